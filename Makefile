@@ -1,0 +1,49 @@
+# The two commands: `make up` (install + start the local stack) and `make test`.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: up down status test lint typecheck unit protos bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e '.[server,dev]'
+	@# xds-protos ships old copies of OpenTelemetry's generated protos that break MLServer's
+	@# tracing import; put opentelemetry-proto's own files back (docs/decisions/0002).
+	$(BIN)/pip install --quiet --force-reinstall --no-deps \
+	  "opentelemetry-proto==$$($(BIN)/python -c 'import importlib.metadata as m; print(m.version("opentelemetry-proto"))')"
+	$(BIN)/python -m samples.train
+	touch $(STAMP)
+
+up: $(STAMP)
+	$(BIN)/meshserve up --detach
+
+down:
+	@if [ -x $(BIN)/meshserve ]; then $(BIN)/meshserve down; else echo "meshserve is not installed"; fi
+
+status: $(STAMP)
+	$(BIN)/meshserve status
+
+protos: $(STAMP)
+	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -m apis.generate
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -m apis.generate --check
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+test: lint typecheck
+	$(BIN)/pytest
+
+bench: $(STAMP)
+	$(BIN)/python -m bench
+
+clean:
+	rm -rf $(VENV) .meshserve build *.egg-info

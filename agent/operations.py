@@ -1,0 +1,121 @@
+"""Loading and unloading one model version on MLServer, and adopting what survived an agent restart.
+
+Transport-free: results are ``Outcome`` values; the gRPC client turns them into ModelEventMessages.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from structlog.typing import FilteringBoundLogger
+
+from agent.errors import AgentError
+from agent.mlserver import MLServerClient, ModelState
+from agent.repository import STAGING, LocalRepository
+from agent.state import ReplicaState, versioned_name
+from apis.mlops.agent import agent_pb2
+from scheduler.validation import InvalidResource, validate_name
+
+Event = agent_pb2.ModelEventMessage.Event
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    model_name: str
+    version: int
+    event: agent_pb2.ModelEventMessage.Event.ValueType
+    message: str = ""
+
+
+class ModelOperator:
+    """Does the work of LOAD/UNLOAD; callers serialise operations on the same versioned model."""
+
+    def __init__(
+        self,
+        *,
+        mlserver: MLServerClient,
+        repository: LocalRepository,
+        state: ReplicaState,
+        logger: FilteringBoundLogger,
+    ) -> None:
+        self._mlserver = mlserver
+        self._repository = repository
+        self._state = state
+        self._log = logger
+
+    async def load(self, model_version: agent_pb2.ModelVersion) -> Outcome:
+        name, version = model_version.model.meta.name, model_version.version
+        started = time.monotonic()
+        try:
+            validate_name(name)
+        except InvalidResource as exc:
+            return Outcome(name, version, Event.LOAD_FAILED, str(exc))
+        served = versioned_name(model_version)
+        if served in self._state:
+            # A repeated LOAD (e.g. after a scheduler restart) must not cause downtime.
+            self._log.info("model already loaded", model=name, version=version)
+            return Outcome(name, version, Event.LOADED)
+        try:
+            await self._repository.prepare(model_version)
+            await self._mlserver.load(served)
+            await self._repository.save_marker(model_version)
+        except AgentError as exc:
+            await self._repository.remove(served)
+            self._log.warning(
+                "model load failed", model=name, version=version, error=str(exc), duration_s=_since(started)
+            )
+            return Outcome(name, version, Event.LOAD_FAILED, str(exc))
+        self._state.add(model_version)
+        self._log.info("model loaded", model=name, version=version, duration_s=_since(started))
+        return Outcome(name, version, Event.LOADED)
+
+    async def unload(self, model_version: agent_pb2.ModelVersion) -> Outcome:
+        name, version = model_version.model.meta.name, model_version.version
+        started = time.monotonic()
+        try:
+            validate_name(name)
+        except InvalidResource as exc:
+            return Outcome(name, version, Event.UNLOAD_FAILED, str(exc))
+        served = versioned_name(model_version)
+        try:
+            await self._mlserver.unload(served)
+        except AgentError as exc:
+            self._log.warning(
+                "model unload failed", model=name, version=version, error=str(exc), duration_s=_since(started)
+            )
+            return Outcome(name, version, Event.UNLOAD_FAILED, str(exc))
+        await self._repository.remove(served)
+        self._state.remove(served)
+        self._log.info("model unloaded", model=name, version=version, duration_s=_since(started))
+        return Outcome(name, version, Event.UNLOADED)
+
+    async def adopt_or_clean(self) -> None:
+        """Rebuild state after a restart: keep READY models this agent loaded, remove everything else.
+
+        Adopted models stay loaded (no downtime); anything else is unloaded and its folder deleted so
+        the scheduler's view and the repository start out identical.
+        """
+        adopted: set[str] = set()
+        for entry in await self._mlserver.index():
+            if entry.state is ModelState.READY:
+                model_version = await self._repository.read_marker(entry.name)
+                if model_version is not None:
+                    self._state.add(model_version)
+                    adopted.add(entry.name)
+                    self._log.info(
+                        "model adopted", model=model_version.model.meta.name, version=model_version.version
+                    )
+                    continue
+            if entry.state in (ModelState.READY, ModelState.LOADING):
+                await self._mlserver.unload(entry.name)
+                self._log.info("stray model unloaded", served_name=entry.name)
+        for folder in await self._repository.folders():
+            if folder not in adopted:
+                await self._repository.remove_entry(folder)
+                if folder != STAGING:
+                    self._log.info("stray model folder removed", folder=folder)
+
+
+def _since(started: float) -> float:
+    return round(time.monotonic() - started, 3)

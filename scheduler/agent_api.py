@@ -1,0 +1,52 @@
+"""The ``seldon.mlops.agent.AgentService`` gRPC service (port 9005): agents register and report."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+import structlog
+
+from apis.mlops.agent import agent_pb2, agent_pb2_grpc
+from scheduler.core import Scheduler
+from scheduler.validation import InvalidResource
+
+log = structlog.get_logger("meshserve.scheduler.agents")
+Context = grpc.aio.ServicerContext[Any, Any]
+
+
+class AgentService(agent_pb2_grpc.AgentServiceServicer):
+    def __init__(self, core: Scheduler) -> None:
+        self._core = core
+
+    async def Subscribe(
+        self, request: agent_pb2.AgentSubscribeRequest, context: Context
+    ) -> AsyncIterator[agent_pb2.ModelOperationMessage]:
+        try:
+            link = self._core.agent_connected(request)
+        except InvalidResource as error:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
+        try:
+            while (operation := await link.outbox.get()) is not None:
+                yield operation
+        finally:
+            self._core.agent_disconnected(link)
+
+    async def AgentEvent(
+        self, request: agent_pb2.ModelEventMessage, context: Context
+    ) -> agent_pb2.ModelEventResponse:
+        self._core.agent_event(request)
+        return agent_pb2.ModelEventResponse()
+
+    async def ModelScalingTrigger(
+        self,
+        request_iterator: AsyncIterator[agent_pb2.ModelScalingTriggerMessage],
+        context: Context,
+    ) -> agent_pb2.ModelScalingTriggerResponse:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "model autoscaling is not enabled")
+
+    async def AgentDrain(
+        self, request: agent_pb2.AgentDrainRequest, context: Context
+    ) -> agent_pb2.AgentDrainResponse:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "agent drain is not implemented yet")

@@ -1,0 +1,150 @@
+"""The ``seldon.mlops.scheduler.Scheduler`` gRPC service: converts messages and calls the core.
+
+Errors are mapped to gRPC status codes here and only here: a bad resource is ``INVALID_ARGUMENT``
+(nothing changed), an unknown model ``NOT_FOUND``. Streams stay open and push on every change,
+as the Seldon controller expects; the read-only RPCs (``ModelStatus``, ``ServerStatus``) send the
+current state and end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import grpc
+import structlog
+
+from apis.mlops.scheduler import scheduler_pb2, scheduler_pb2_grpc
+from scheduler import status
+from scheduler.core import ModelNotFound, Scheduler
+from scheduler.state import ReplicaState
+from scheduler.validation import InvalidResource
+
+log = structlog.get_logger("meshserve.scheduler.api")
+Context = grpc.aio.ServicerContext[Any, Any]
+
+VERSION = "meshserve-0.1.0"
+
+
+class SchedulerService(scheduler_pb2_grpc.SchedulerServicer):
+    def __init__(self, core: Scheduler) -> None:
+        self._core = core
+
+    async def LoadModel(
+        self, request: scheduler_pb2.LoadModelRequest, context: Context
+    ) -> scheduler_pb2.LoadModelResponse:
+        try:
+            self._core.load_model(request.model)
+        except InvalidResource as error:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
+        return scheduler_pb2.LoadModelResponse()
+
+    async def UnloadModel(
+        self, request: scheduler_pb2.UnloadModelRequest, context: Context
+    ) -> scheduler_pb2.UnloadModelResponse:
+        try:
+            self._core.unload_model(request.model.name)
+        except InvalidResource as error:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
+        except ModelNotFound as error:
+            await context.abort(grpc.StatusCode.NOT_FOUND, str(error))
+        return scheduler_pb2.UnloadModelResponse()
+
+    async def ModelStatus(
+        self, request: scheduler_pb2.ModelStatusRequest, context: Context
+    ) -> AsyncIterator[scheduler_pb2.ModelStatusResponse]:
+        if request.HasField("model") and request.model.name:
+            record = self._core.models.get(request.model.name)
+            if record is None:
+                await context.abort(grpc.StatusCode.NOT_FOUND, f"model {request.model.name} not found")
+            yield status.model_status(record, all_versions=request.allVersions)
+            return
+        for name in sorted(self._core.models):
+            yield status.model_status(self._core.models[name], all_versions=request.allVersions)
+
+    async def ServerStatus(
+        self, request: scheduler_pb2.ServerStatusRequest, context: Context
+    ) -> AsyncIterator[scheduler_pb2.ServerStatusResponse]:
+        if request.HasField("name") and request.name:
+            if request.name not in self._core.servers:
+                await context.abort(grpc.StatusCode.NOT_FOUND, f"server {request.name} not found")
+            yield self._server_status(request.name)
+            return
+        for name in sorted(self._core.servers):
+            yield self._server_status(name)
+
+    async def SchedulerStatus(
+        self, request: scheduler_pb2.SchedulerStatusRequest, context: Context
+    ) -> scheduler_pb2.SchedulerStatusResponse:
+        return scheduler_pb2.SchedulerStatusResponse(applicationVersion=VERSION)
+
+    async def SubscribeModelStatus(
+        self, request: scheduler_pb2.ModelSubscriptionRequest, context: Context
+    ) -> AsyncIterator[scheduler_pb2.ModelStatusResponse]:
+        log.info("model status subscriber", subscriber=request.subscriberName)
+        async for name in _changes(self._core.on_model_change, initial=list(self._core.models)):
+            record = self._core.models.get(name)
+            yield (
+                status.model_status(record, all_versions=True)
+                if record is not None
+                else status.deleted_model_status(name)
+            )
+
+    async def SubscribeServerStatus(
+        self, request: scheduler_pb2.ServerSubscriptionRequest, context: Context
+    ) -> AsyncIterator[scheduler_pb2.ServerStatusResponse]:
+        log.info("server status subscriber", subscriber=request.subscriberName)
+        async for name in _changes(self._core.on_server_change, initial=list(self._core.servers)):
+            if name in self._core.servers:
+                yield self._server_status(name)
+            else:
+                yield scheduler_pb2.ServerStatusResponse(
+                    type=scheduler_pb2.ServerStatusResponse.StatusUpdate, serverName=name
+                )
+
+    async def SubscribeControlPlane(
+        self, request: scheduler_pb2.ControlPlaneSubscriptionRequest, context: Context
+    ) -> AsyncIterator[scheduler_pb2.ControlPlaneResponse]:
+        # A controller re-sends its resources on these events; meshserve keeps its own state, so the
+        # stream just tells it the scheduler is up and then stays open.
+        for event in (
+            scheduler_pb2.ControlPlaneResponse.SEND_SERVERS,
+            scheduler_pb2.ControlPlaneResponse.SEND_MODELS,
+        ):
+            yield scheduler_pb2.ControlPlaneResponse(event=event)
+        await asyncio.Event().wait()
+
+    def _server_status(self, name: str) -> scheduler_pb2.ServerStatusResponse:
+        loaded: dict[int, int] = {}
+        for record in self._core.models.values():
+            for version in record.versions:
+                if version.server != name:
+                    continue
+                for idx in version.replicas_in(ReplicaState.Loaded, ReplicaState.Available):
+                    loaded[idx] = loaded.get(idx, 0) + 1
+        return status.server_status(self._core.servers[name], loaded)
+
+
+async def _changes(
+    subscribe: Callable[[Callable[[str], None]], Callable[[], None]], *, initial: list[str]
+) -> AsyncIterator[str]:
+    """Names that changed, starting with ``initial``; coalesces bursts (latest state is sent)."""
+    queue: asyncio.Queue[str] = asyncio.Queue()
+    queued: set[str] = set()
+
+    def push(name: str) -> None:
+        if name not in queued:
+            queued.add(name)
+            queue.put_nowait(name)
+
+    for name in initial:
+        push(name)
+    unsubscribe = subscribe(push)
+    try:
+        while True:
+            name = await queue.get()
+            queued.discard(name)
+            yield name
+    finally:
+        unsubscribe()

@@ -1,0 +1,165 @@
+"""The scheduler's in-memory domain: models, their versions and replica states, servers and replicas.
+
+Plain dataclasses, mutated only by :class:`scheduler.core.Scheduler` on the event loop (no locks).
+State names follow the proto enums by *name* (``ModelReplicaStatus.ModelReplicaState``,
+``ModelStatus.ModelState``) so conversion at the API edge is a lookup.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from apis.mlops.agent import agent_pb2
+from apis.mlops.scheduler import scheduler_pb2
+
+
+class ReplicaState(StrEnum):
+    LoadRequested = "LoadRequested"
+    Loading = "Loading"
+    Loaded = "Loaded"
+    LoadFailed = "LoadFailed"
+    UnloadEnvoyRequested = "UnloadEnvoyRequested"
+    UnloadRequested = "UnloadRequested"
+    Unloading = "Unloading"
+    Unloaded = "Unloaded"
+    UnloadFailed = "UnloadFailed"
+    Available = "Available"
+    LoadedUnavailable = "LoadedUnavailable"
+    Draining = "Draining"
+
+    @property
+    def serves(self) -> bool:
+        """Loaded on the model server, so Envoy may route to it."""
+        return self in _SERVING
+
+    @property
+    def active(self) -> bool:
+        """Occupies (or is about to occupy) the replica."""
+        return self in _ACTIVE
+
+
+_SERVING = frozenset(
+    {ReplicaState.Loaded, ReplicaState.Available, ReplicaState.LoadedUnavailable, ReplicaState.Draining}
+)
+_ACTIVE = _SERVING | {
+    ReplicaState.LoadRequested,
+    ReplicaState.Loading,
+    ReplicaState.UnloadEnvoyRequested,
+    ReplicaState.UnloadRequested,
+    ReplicaState.Unloading,
+}
+
+
+class ModelState(StrEnum):
+    ModelStateUnknown = "ModelStateUnknown"
+    ModelProgressing = "ModelProgressing"
+    ModelAvailable = "ModelAvailable"
+    ModelFailed = "ModelFailed"
+    ModelTerminating = "ModelTerminating"
+    ModelTerminated = "ModelTerminated"
+    ModelTerminateFailed = "ModelTerminateFailed"
+    ScheduleFailed = "ScheduleFailed"
+    ModelScaledDown = "ModelScaledDown"
+
+
+@dataclass
+class ReplicaStatus:
+    state: ReplicaState
+    reason: str = ""
+    timestamp: float = field(default_factory=time.time)
+
+
+@dataclass
+class ModelVersion:
+    number: int
+    spec: scheduler_pb2.Model
+    server: str = ""
+    replicas: dict[int, ReplicaStatus] = field(default_factory=dict)
+    state: ModelState = ModelState.ModelProgressing
+    reason: str = ""
+    timestamp: float = field(default_factory=time.time)
+    # Why placement failed last time ("" once placed); shown as the ScheduleFailed reason.
+    schedule_error: str = ""
+
+    @property
+    def name(self) -> str:
+        return self.spec.meta.name
+
+    @property
+    def versioned_name(self) -> str:
+        return f"{self.name}_{self.number}"
+
+    @property
+    def desired_replicas(self) -> int:
+        return self.spec.deploymentSpec.replicas
+
+    @property
+    def memory_bytes(self) -> int:
+        return self.spec.modelSpec.memoryBytes
+
+    def set_replica(self, idx: int, state: ReplicaState, reason: str = "") -> None:
+        self.replicas[idx] = ReplicaStatus(state, reason)
+
+    def replicas_in(self, *states: ReplicaState) -> list[int]:
+        return sorted(i for i, r in self.replicas.items() if r.state in states)
+
+    def serving_replicas(self) -> list[int]:
+        return sorted(i for i, r in self.replicas.items() if r.state.serves)
+
+    def active_replicas(self) -> list[int]:
+        return sorted(i for i, r in self.replicas.items() if r.state.active)
+
+    def set_state(self, state: ModelState, reason: str = "") -> bool:
+        if (state, reason) == (self.state, self.reason):
+            return False
+        self.state, self.reason, self.timestamp = state, reason, time.time()
+        return True
+
+
+@dataclass
+class ModelRecord:
+    name: str
+    versions: list[ModelVersion] = field(default_factory=list)
+    deleted: bool = False
+
+    @property
+    def latest(self) -> ModelVersion:
+        return self.versions[-1]
+
+    def version(self, number: int) -> ModelVersion | None:
+        return next((v for v in self.versions if v.number == number), None)
+
+
+@dataclass
+class ServerReplica:
+    server: str
+    idx: int
+    config: agent_pb2.ReplicaConfig
+    available_memory: int
+    # Memory promised to loads in flight, by versioned model name (released on LOADED/LOAD_FAILED).
+    reservations: dict[str, int] = field(default_factory=dict)
+    connected: bool = True
+    # Connection generation: a reconnecting agent replaces the old stream; events of the old one are ignored.
+    generation: int = 0
+
+    @property
+    def capabilities(self) -> frozenset[str]:
+        return frozenset(c.strip() for c in self.config.capabilities)
+
+    @property
+    def reserved_memory(self) -> int:
+        return sum(self.reservations.values())
+
+    @property
+    def free_memory(self) -> int:
+        return max(0, self.available_memory - self.reserved_memory)
+
+
+@dataclass
+class Server:
+    name: str
+    replicas: dict[int, ServerReplica] = field(default_factory=dict)
+    shared: bool = True
+    expected_replicas: int = -1

@@ -1,0 +1,227 @@
+"""``meshserve up | down | status``: the local stack as one command each."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from stack import components as probes
+from stack.config import StackConfig, default_home
+from stack.supervisor import run, terminate_group
+
+SAMPLES = Path(__file__).resolve().parent.parent / "samples"
+DEMO_MODEL = SAMPLES / "models" / "iris.yaml"
+START_TIMEOUT = 300.0
+console = Console(stderr=True)
+
+
+def config_from(args: argparse.Namespace) -> StackConfig:
+    home = Path(args.home).resolve() if getattr(args, "home", None) else default_home()
+    return StackConfig(
+        home=home,
+        http_port=getattr(args, "http_port", 9000),
+        xds_port=getattr(args, "xds_port", 9002),
+        scheduler_port=getattr(args, "scheduler_port", 9004),
+        agent_port=getattr(args, "agent_port", 9005),
+    )
+
+
+def read_state(config: StackConfig) -> dict[str, Any] | None:
+    try:
+        state: dict[str, Any] = json.loads(config.state_file.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+    return state
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def up(args: argparse.Namespace) -> int:
+    config = config_from(args)
+    state = read_state(config)
+    if state and alive(state["supervisor"]):
+        console.print(
+            f"meshserve is already running (supervisor pid {state['supervisor']}); `meshserve down` first"
+        )
+        return 1
+    config.home.mkdir(parents=True, exist_ok=True)
+    _ensure_demo_artifacts()
+    if not args.detach:
+        return asyncio.run(_foreground(config, demo=not args.no_demo))
+    config.logs.mkdir(parents=True, exist_ok=True)
+    with (config.logs / "supervisor.log").open("ab") as log_file:
+        supervisor = subprocess.Popen(
+            [sys.executable, "-m", "stack", "--home", str(config.home), *_port_flags(config)],
+            stdin=subprocess.DEVNULL,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # survives the terminal that ran `make up`
+        )
+    deadline = time.monotonic() + START_TIMEOUT
+    with console.status("starting scheduler, Envoy, MLServer and agent…"):
+        while time.monotonic() < deadline:
+            state = read_state(config)
+            if state and state.get("ready") and state.get("supervisor") == supervisor.pid:
+                break
+            if supervisor.poll() is not None:
+                console.print(f"[red]meshserve failed to start[/red]; see {config.logs / 'supervisor.log'}")
+                return 1
+            time.sleep(0.3)
+        else:
+            console.print(f"[red]meshserve did not start within {START_TIMEOUT:.0f} s[/red]")
+            return 1
+    if not args.no_demo and _load_demo(config) != 0:
+        return 1
+    _banner(config)
+    return 0
+
+
+async def _foreground(config: StackConfig, *, demo: bool) -> int:
+    ready = asyncio.Event()
+    stack = asyncio.create_task(run(config, ready))
+    waiter = asyncio.create_task(ready.wait())
+    await asyncio.wait({stack, waiter}, return_when=asyncio.FIRST_COMPLETED)
+    if ready.is_set():
+        if demo:
+            await asyncio.to_thread(_load_demo, config)
+        _banner(config)
+        console.print("press Ctrl-C to stop")
+    else:
+        waiter.cancel()
+    return await stack
+
+
+def _port_flags(config: StackConfig) -> list[str]:
+    return [
+        f"--http-port={config.http_port}",
+        f"--xds-port={config.xds_port}",
+        f"--scheduler-port={config.scheduler_port}",
+        f"--agent-port={config.agent_port}",
+    ]
+
+
+def _ensure_demo_artifacts() -> None:
+    from samples import train
+
+    train.ensure_artifacts()
+
+
+def _load_demo(config: StackConfig) -> int:
+    from cli.main import main as cli
+
+    scheduler = f"{config.host}:{config.scheduler_port}"
+    quiet = io.StringIO()
+    with contextlib.redirect_stdout(quiet):
+        code = cli(["--scheduler-host", scheduler, "model", "load", "-f", str(DEMO_MODEL)])
+        if code == 0:
+            code = cli(["--scheduler-host", scheduler, "model", "status", "iris", "-w", "ModelAvailable"])
+    if code != 0:
+        console.print("[red]the demo model iris did not become available[/red]")
+    return code
+
+
+def _banner(config: StackConfig) -> None:
+    url = f"http://{config.host}:{config.http_port}"
+    console.print(
+        f"""[green]meshserve is up[/green]  (state and logs in {config.home})
+  inference (Envoy)  {url}
+  scheduler API      {config.host}:{config.scheduler_port}
+Try:
+  curl -H 'seldon-model: iris' {url}/v2/models/iris/infer \\
+    -H 'content-type: application/json' \\
+    -d '{{"inputs":[{{"name":"predict","shape":[1,4],"datatype":"FP32","data":[[1,2,3,4]]}}]}}'
+  .venv/bin/meshserve model list
+Stop with: make down"""
+    )
+
+
+def down(args: argparse.Namespace) -> int:
+    config = config_from(args)
+    state = read_state(config)
+    if state is None:
+        console.print("meshserve is not running")
+        return 0
+    supervisor = int(state["supervisor"])
+    if alive(supervisor):
+        os.kill(supervisor, signal.SIGTERM)
+        deadline = time.monotonic() + 30
+        while alive(supervisor) and time.monotonic() < deadline:
+            time.sleep(0.2)
+    # Whatever is left (supervisor killed, or it timed out) goes too.
+    for pid in state.get("components", {}).values():
+        terminate_group(int(pid), signal.SIGKILL)
+    if alive(supervisor):
+        os.kill(supervisor, signal.SIGKILL)
+    with contextlib.suppress(FileNotFoundError):
+        config.state_file.unlink()
+    console.print("meshserve stopped")
+    return 0
+
+
+def status(args: argparse.Namespace) -> int:
+    config = config_from(args)
+    state = read_state(config)
+    if state is None:
+        console.print("meshserve is not running")
+        return 1
+    health = asyncio.run(_health(config))
+    pids: dict[str, int] = state.get("components", {})
+    table = Table("component", "pid", "process", "healthy", "endpoint")
+    ok = True
+    for name, (healthy, endpoint) in health.items():
+        pid = pids.get(name)
+        running = pid is not None and alive(pid)
+        ok = ok and running and healthy
+        table.add_row(
+            name, str(pid or "-"), "running" if running else "stopped", "yes" if healthy else "no", endpoint
+        )
+    Console().print(table)
+    return 0 if ok else 1
+
+
+async def _health(config: StackConfig) -> dict[str, tuple[bool, str]]:
+    host = config.host
+    checks = {
+        "scheduler": (
+            probes.grpc_healthy(f"{host}:{config.scheduler_port}"),
+            f"{host}:{config.scheduler_port}",
+        ),
+        "envoy": (
+            probes.http_ok(f"http://{host}:{config.envoy_admin_port}/ready"),
+            f"{host}:{config.http_port}",
+        ),
+        "mlserver": (
+            probes.http_ok(f"http://{host}:{config.mlserver_http_port}/v2/health/ready"),
+            f"{host}:{config.mlserver_http_port}",
+        ),
+        "agent": (
+            probes.server_registered(f"{host}:{config.scheduler_port}", config.server_name),
+            f"server {config.server_name}",
+        ),
+    }
+    results = await asyncio.gather(*(check for check, _ in checks.values()))
+    return {
+        name: (result, endpoint)
+        for (name, (_, endpoint)), result in zip(checks.items(), results, strict=True)
+    }

@@ -1,0 +1,169 @@
+"""The processes of the local stack: how to start each one and how to tell it is ready."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import string
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import aiohttp
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from apis.mlops.scheduler import scheduler_pb2, scheduler_pb2_grpc
+from stack.config import StackConfig
+
+ENVOY_DIR = Path(__file__).resolve().parent.parent / "envoy"
+ReadyCheck = Callable[[], Awaitable[bool]]
+
+
+@dataclass(frozen=True)
+class Component:
+    name: str
+    argv: list[str]
+    ready: ReadyCheck
+    env: dict[str, str] = field(default_factory=dict)
+    ready_timeout: float = 120.0
+
+
+def components(config: StackConfig) -> list[Component]:
+    """Start order: scheduler (control plane), Envoy (data plane), MLServer, then its agent."""
+    host = config.host
+    return [
+        Component(
+            "scheduler",
+            [
+                config.python,
+                "-m",
+                "scheduler",
+                f"--host={host}",
+                f"--scheduler-port={config.scheduler_port}",
+                f"--agent-port={config.agent_port}",
+                f"--xds-port={config.xds_port}",
+                f"--envoy-listen-address={host}",
+                f"--envoy-http-port={config.http_port}",
+                f"--agent-grace-seconds={config.agent_grace_seconds}",
+            ],
+            ready=lambda: grpc_healthy(f"{host}:{config.scheduler_port}"),
+        ),
+        Component(
+            "envoy",
+            [
+                config.binary("envoy"),
+                "-c",
+                str(write_envoy_bootstrap(config)),
+                "--log-level",
+                "warning",
+                "--base-id",
+                str(config.envoy_admin_port),  # lets several stacks share a machine
+            ],
+            ready=lambda: port_open(host, config.http_port),
+        ),
+        Component(
+            "mlserver",
+            [config.binary("mlserver"), "start", str(config.models_dir)],
+            env={
+                "MLSERVER_HOST": host,
+                "MLSERVER_HTTP_PORT": str(config.mlserver_http_port),
+                "MLSERVER_GRPC_PORT": str(config.mlserver_grpc_port),
+                "MLSERVER_METRICS_PORT": str(config.mlserver_metrics_port),
+                "MLSERVER_METRICS_HOST": host,
+                "MLSERVER_MODEL_REPOSITORY_ROOT": str(config.models_dir),
+                "MLSERVER_LOAD_MODELS_AT_STARTUP": "false",
+                # Inference in the server process: on small machines a worker pool only adds a hop.
+                "MLSERVER_PARALLEL_WORKERS": "0",
+            },
+            ready=lambda: http_ok(f"http://{host}:{config.mlserver_http_port}/v2/health/live"),
+        ),
+        Component(
+            "agent",
+            [
+                config.python,
+                "-m",
+                "agent",
+                f"--server-name={config.server_name}",
+                "--replica-idx=0",
+                f"--scheduler-host={host}",
+                f"--scheduler-port={config.agent_port}",
+                f"--inference-host={host}",
+                f"--inference-http-port={config.mlserver_http_port}",
+                f"--inference-grpc-port={config.mlserver_grpc_port}",
+                f"--memory-bytes={config.memory_bytes}",
+                f"--capabilities={config.capabilities}",
+                f"--overcommit-percentage={config.overcommit_percentage}",
+                f"--models-dir={config.models_dir}",
+            ],
+            env={"MLSERVER_PARALLEL_WORKERS": "0"},
+            ready=lambda: server_registered(f"{host}:{config.scheduler_port}", config.server_name),
+        ),
+    ]
+
+
+def write_envoy_bootstrap(config: StackConfig) -> Path:
+    template = string.Template((ENVOY_DIR / "bootstrap.yaml").read_text())
+    path = config.home / "envoy.yaml"
+    path.write_text(
+        template.substitute(
+            node_id=f"meshserve-{config.http_port}",
+            admin_address=config.host,
+            admin_port=config.envoy_admin_port,
+            xds_host=config.host,
+            xds_port=config.xds_port,
+        )
+    )
+    return path
+
+
+def child_env(component: Component) -> dict[str, str]:
+    return {**os.environ, "PYTHONUNBUFFERED": "1", **component.env}
+
+
+# -- readiness probes ------------------------------------------------------------------------------
+
+
+async def port_open(host: str, port: int) -> bool:
+    try:
+        _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), 1.0)
+    except (OSError, TimeoutError):
+        return False
+    writer.close()
+    await writer.wait_closed()
+    return True
+
+
+async def http_ok(url: str) -> bool:
+    try:
+        async with (
+            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as session,
+            session.get(url) as response,
+        ):
+            return response.status == 200
+    except (aiohttp.ClientError, TimeoutError):
+        return False
+
+
+async def grpc_healthy(target: str) -> bool:
+    async with grpc.aio.insecure_channel(target) as channel:
+        try:
+            reply = await health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(), timeout=2
+            )
+        except grpc.aio.AioRpcError:
+            return False
+    return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
+
+
+async def server_registered(target: str, server: str) -> bool:
+    async with grpc.aio.insecure_channel(target) as channel:
+        stub = scheduler_pb2_grpc.SchedulerStub(channel)
+        try:
+            async for status in stub.ServerStatus(
+                scheduler_pb2.ServerStatusRequest(subscriberName="meshserve-stack", name=server), timeout=2
+            ):
+                return status.availableReplicas > 0
+        except grpc.aio.AioRpcError:
+            return False
+    return False

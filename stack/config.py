@@ -1,0 +1,58 @@
+"""Settings of the local stack: where state lives and which loopback ports each process uses."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+DEFAULT_CAPABILITIES = "mlserver,sklearn,xgboost,lightgbm,python"
+
+
+def default_home() -> Path:
+    return Path(os.environ.get("MESHSERVE_HOME", ".meshserve")).resolve()
+
+
+@dataclass(frozen=True)
+class StackConfig:
+    home: Path = field(default_factory=default_home)
+    host: str = "127.0.0.1"  # every listener binds to loopback in the local stack
+    http_port: int = 9000
+    xds_port: int = 9002
+    scheduler_port: int = 9004
+    agent_port: int = 9005
+    envoy_admin_port: int = 9901
+    mlserver_http_port: int = 8080
+    mlserver_grpc_port: int = 9500
+    mlserver_metrics_port: int = 8082
+    server_name: str = "mlserver"
+    capabilities: str = DEFAULT_CAPABILITIES
+    memory_bytes: int = 2_000_000_000
+    overcommit_percentage: int = 10
+    agent_grace_seconds: float = 15.0
+
+    @property
+    def logs(self) -> Path:
+        return self.home / "logs"
+
+    @property
+    def state_file(self) -> Path:
+        return self.home / "stack.json"
+
+    @property
+    def models_dir(self) -> Path:
+        return self.home / "servers" / self.server_name / "0" / "models"
+
+    @property
+    def python(self) -> str:
+        return sys.executable
+
+    def binary(self, name: str) -> str:
+        """A console script of this environment (envoy, mlserver), else from PATH."""
+        beside = Path(sys.executable).parent / name
+        found = str(beside) if beside.exists() else shutil.which(name)
+        if found is None:
+            raise FileNotFoundError(f"{name} is not installed (run `make up`, which installs it)")
+        return found

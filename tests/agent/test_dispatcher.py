@@ -1,0 +1,80 @@
+from __future__ import annotations
+
+import asyncio
+
+import structlog
+from agent_protos import load_op, model_version, unload_op
+
+from agent.dispatcher import OperationDispatcher
+from agent.operations import Event, Outcome
+from apis.mlops.agent import agent_pb2
+
+
+class FakeOperator:
+    def __init__(self, *, delay_s: float = 0.0, crash: bool = False) -> None:
+        self.calls: list[str] = []
+        self._delay_s = delay_s
+        self._crash = crash
+
+    async def load(self, mv: agent_pb2.ModelVersion) -> Outcome:
+        self.calls.append(f"load {mv.model.meta.name}_{mv.version}")
+        await asyncio.sleep(self._delay_s)
+        if self._crash:
+            raise RuntimeError("boom")
+        return Outcome(mv.model.meta.name, mv.version, Event.LOADED)
+
+    async def unload(self, mv: agent_pb2.ModelVersion) -> Outcome:
+        self.calls.append(f"unload {mv.model.meta.name}_{mv.version}")
+        return Outcome(mv.model.meta.name, mv.version, Event.UNLOADED)
+
+
+def make(operator: FakeOperator, grace_s: float = 0.0) -> tuple[OperationDispatcher, list[Outcome]]:
+    reported: list[Outcome] = []
+
+    async def report(outcome: Outcome) -> None:
+        reported.append(outcome)
+
+    dispatcher = OperationDispatcher(
+        operator=operator, report=report, unload_grace_s=grace_s, logger=structlog.get_logger()
+    )
+    return dispatcher, reported
+
+
+async def test_same_model_operations_run_in_order() -> None:
+    operator = FakeOperator(delay_s=0.05)
+    dispatcher, reported = make(operator)
+    iris = model_version("iris", 1, "/x")
+    dispatcher.submit(load_op(iris))
+    dispatcher.submit(unload_op(iris))
+    await dispatcher.wait_idle()
+    assert operator.calls == ["load iris_1", "unload iris_1"]
+    assert [outcome.event for outcome in reported] == [Event.LOADED, Event.UNLOADED]
+
+
+async def test_unload_overtaken_during_grace_is_skipped() -> None:
+    operator = FakeOperator()
+    dispatcher, reported = make(operator, grace_s=0.2)
+    iris = model_version("iris", 1, "/x")
+    dispatcher.submit(unload_op(iris))
+    dispatcher.submit(load_op(iris))
+    await dispatcher.wait_idle()
+    assert operator.calls == ["load iris_1"]
+    assert [outcome.event for outcome in reported] == [Event.LOADED]
+
+
+async def test_crash_is_reported_as_failure() -> None:
+    dispatcher, reported = make(FakeOperator(crash=True))
+    dispatcher.submit(load_op(model_version("iris", 1, "/x")))
+    await dispatcher.wait_idle()
+    assert reported[0].event == Event.LOAD_FAILED
+    assert "boom" in reported[0].message
+
+
+async def test_close_cancels_pending_operations() -> None:
+    operator = FakeOperator()
+    dispatcher, reported = make(operator, grace_s=60)
+    dispatcher.submit(unload_op(model_version("iris", 1, "/x")))
+    await asyncio.sleep(0)
+    await dispatcher.close()
+    assert operator.calls == []
+    assert reported == []

@@ -1,0 +1,202 @@
+"""Hand-written fakes: real grpc.aio and aiohttp servers on ephemeral loopback ports that record
+what they receive and answer from canned data."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc  # type: ignore[import-untyped, unused-ignore]
+from aiohttp import web
+from google.protobuf.message import Message
+
+from apis.mlops.scheduler import scheduler_pb2, scheduler_pb2_grpc
+from apis.v2_dataplane import v2_dataplane_pb2, v2_dataplane_pb2_grpc
+from cli.main import parse_args, run
+
+ModelState = scheduler_pb2.ModelStatus.ModelState
+
+
+def model_status(
+    name: str, state: str, *, version: int = 1, replicas: int = 1, server: str = "mlserver", reason: str = ""
+) -> scheduler_pb2.ModelStatusResponse:
+    available = replicas if state == "ModelAvailable" else 0
+    return scheduler_pb2.ModelStatusResponse(
+        modelName=name,
+        versions=[
+            scheduler_pb2.ModelVersionStatus(
+                version=version,
+                serverName=server,
+                state=scheduler_pb2.ModelStatus(
+                    state=ModelState.Value(state), availableReplicas=available, reason=reason
+                ),
+                modelDefn=scheduler_pb2.Model(
+                    meta=scheduler_pb2.MetaData(name=name),
+                    deploymentSpec=scheduler_pb2.DeploymentSpec(replicas=replicas),
+                ),
+            )
+        ],
+    )
+
+
+class FakeScheduler(scheduler_pb2_grpc.SchedulerServicer):  # type: ignore[misc, unused-ignore]
+    """Records every request; ModelStatus answers from ``models``, consuming one status per call
+    until the last, which then repeats (a model progressing towards a state)."""
+
+    def __init__(self) -> None:
+        self.requests: list[Message] = []
+        self.models: dict[str, list[scheduler_pb2.ModelStatusResponse]] = {}
+        self.servers: list[scheduler_pb2.ServerStatusResponse] = []
+        self.load_error: tuple[grpc.StatusCode, str] | None = None
+        self.address = ""
+        self._server: grpc.aio.Server | None = None
+
+    async def start(self) -> None:
+        self._server = grpc.aio.server()
+        scheduler_pb2_grpc.add_SchedulerServicer_to_server(self, self._server)
+        port = self._server.add_insecure_port("127.0.0.1:0")
+        await self._server.start()
+        self.address = f"127.0.0.1:{port}"
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            await self._server.stop(grace=None)
+
+    def of_type(self, kind: type[Message]) -> list[Any]:
+        return [request for request in self.requests if isinstance(request, kind)]
+
+    async def LoadModel(self, request: Any, context: Any) -> scheduler_pb2.LoadModelResponse:
+        self.requests.append(request)
+        if self.load_error is not None:
+            await context.abort(*self.load_error)
+        return scheduler_pb2.LoadModelResponse()
+
+    async def UnloadModel(self, request: Any, context: Any) -> scheduler_pb2.UnloadModelResponse:
+        self.requests.append(request)
+        if request.model.name not in self.models:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"model {request.model.name} not found")
+        return scheduler_pb2.UnloadModelResponse()
+
+    async def ModelStatus(
+        self, request: Any, context: Any
+    ) -> AsyncIterator[scheduler_pb2.ModelStatusResponse]:
+        self.requests.append(request)
+        if not request.HasField("model"):
+            for name in sorted(self.models):
+                yield self.models[name][-1]
+            return
+        statuses = self.models.get(request.model.name)
+        if not statuses:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"model {request.model.name} not found")
+            return
+        yield statuses.pop(0) if len(statuses) > 1 else statuses[0]
+
+    async def ServerStatus(
+        self, request: Any, context: Any
+    ) -> AsyncIterator[scheduler_pb2.ServerStatusResponse]:
+        self.requests.append(request)
+        for server in self.servers:
+            if not request.HasField("name") or server.serverName == request.name:
+                yield server
+
+    async def SchedulerStatus(self, request: Any, context: Any) -> scheduler_pb2.SchedulerStatusResponse:
+        self.requests.append(request)
+        return scheduler_pb2.SchedulerStatusResponse(applicationVersion="fake-1.2.3")
+
+
+class FakeRestInference:
+    """OIP REST through "Envoy": appends ``:<model>_1:`` to the incoming ``x-seldon-route``."""
+
+    def __init__(self) -> None:
+        self.requests: list[tuple[str, dict[str, str], bytes]] = []
+        self.failing: set[str] = set()
+        self.address = ""
+        self._runner: web.AppRunner | None = None
+
+    async def start(self) -> None:
+        app = web.Application()
+        app.router.add_post("/v2/models/{name}/infer", self._infer)
+        app.router.add_get("/v2/models/{name}", self._metadata)
+        self._runner = web.AppRunner(app)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        host, port = self._runner.addresses[0][:2]
+        self.address = f"{host}:{port}"
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    async def _infer(self, request: web.Request) -> web.Response:
+        name = request.match_info["name"]
+        self.requests.append((request.path, dict(request.headers), await request.read()))
+        if name in self.failing:
+            return web.Response(status=503, text="upstream connect error")
+        route = " ".join(filter(None, [request.headers.get("x-seldon-route"), f":{name}_1:"]))
+        body = {
+            "model_name": f"{name}_1",
+            "outputs": [{"name": "predict", "shape": [1], "datatype": "INT64", "data": [2]}],
+        }
+        return web.json_response(body, headers={"x-seldon-route": route})
+
+    async def _metadata(self, request: web.Request) -> web.Response:
+        name = request.match_info["name"]
+        self.requests.append((request.path, dict(request.headers), b""))
+        if name != "iris":
+            return web.json_response({"error": f"model {name} not found"}, status=404)
+        return web.json_response(
+            {
+                "name": "iris_1",
+                "versions": [],
+                "platform": "",
+                "inputs": [{"name": "predict", "datatype": "FP32", "shape": [-1, 4]}],
+                "outputs": [{"name": "predict", "datatype": "INT64", "shape": [-1, 1]}],
+            }
+        )
+
+
+class FakeGrpcInference(v2_dataplane_pb2_grpc.GRPCInferenceServiceServicer):  # type: ignore[misc, unused-ignore]
+    def __init__(self) -> None:
+        self.requests: list[tuple[v2_dataplane_pb2.ModelInferRequest, dict[str, str]]] = []
+        self.address = ""
+        self._server: grpc.aio.Server | None = None
+
+    async def start(self) -> None:
+        self._server = grpc.aio.server()
+        v2_dataplane_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(self, self._server)
+        port = self._server.add_insecure_port("127.0.0.1:0")
+        await self._server.start()
+        self.address = f"127.0.0.1:{port}"
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            await self._server.stop(grace=None)
+
+    async def ModelInfer(self, request: Any, context: Any) -> v2_dataplane_pb2.ModelInferResponse:
+        metadata = {key: value for key, value in context.invocation_metadata()}
+        self.requests.append((request, metadata))
+        name = metadata.get("seldon-model", "")
+        if name == "missing":
+            await context.abort(grpc.StatusCode.NOT_FOUND, "model missing not found")
+        route = " ".join(filter(None, [metadata.get("x-seldon-route"), f":{name}_1:"]))
+        await context.send_initial_metadata([("x-seldon-route", route)])
+        context.set_trailing_metadata([("x-trailer", "done")])
+        return v2_dataplane_pb2.ModelInferResponse(
+            model_name=f"{name}_1",
+            outputs=[
+                v2_dataplane_pb2.ModelInferResponse.InferOutputTensor(
+                    name="predict",
+                    datatype="INT64",
+                    shape=[1],
+                    contents=v2_dataplane_pb2.InferTensorContents(int64_contents=[2]),
+                )
+            ],
+        )
+
+
+async def invoke(*argv: str) -> int:
+    """Run a (non-stack) command in the test's event loop, where the fakes are serving."""
+    args: argparse.Namespace = parse_args(list(argv))
+    return await run(args)

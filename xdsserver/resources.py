@@ -1,0 +1,258 @@
+"""Envoy resources for meshserve's routes, built with xds-protos (upb; see docs/decisions).
+
+Shape (see docs/architecture.md):
+- listener ``seldon_http``: one HTTP connection manager (HTTP/1.1, h2c and gRPC on one port) with
+  *scoped routes* keyed on the ``seldon-model`` header, so a request finds its model's routes by
+  hash lookup instead of scanning every model's routes, and a model change touches one resource;
+- one scope per model (``ScopedRouteConfiguration`` named after the model) with its routes inline;
+- clusters per model version, ``<model>_<version>_http`` and ``<model>_<version>_grpc`` (HTTP/2),
+  least-request balancing, endpoints = the model server replicas holding that version.
+
+Version splits use cumulative ``runtime_fraction`` matches instead of weighted clusters: Envoy draws
+one random value per request and tests the routes in order, so route *i* takes the slice
+``[cum(i-1), cum(i))``. Unlike a weighted cluster, each route can then carry its own path rewrite
+and metadata (the versioned name the gRPC body rewrite needs).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from envoy.config.cluster.v3 import cluster_pb2
+from envoy.config.core.v3 import address_pb2, base_pb2, config_source_pb2, protocol_pb2
+from envoy.config.endpoint.v3 import endpoint_components_pb2, endpoint_pb2
+from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
+from envoy.config.route.v3 import route_components_pb2, route_pb2, scoped_route_pb2
+from envoy.extensions.filters.http.lua.v3 import lua_pb2
+from envoy.extensions.filters.http.router.v3 import router_pb2
+from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm
+from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
+from envoy.type.matcher.v3 import regex_pb2, string_pb2
+from envoy.type.v3 import percent_pb2
+from google.protobuf import duration_pb2, struct_pb2, wrappers_pb2
+
+if TYPE_CHECKING:
+    from xdsserver.routes import Endpoint, Route, Split
+
+LISTENER_NAME = "seldon_http"
+MODEL_HEADER = "seldon-model"
+ROUTE_HEADER = "x-seldon-route"
+INTERNAL_MODEL_HEADER = "seldon-internal-model"
+LUA_FILTER = "envoy.filters.http.lua"
+GRPC_PREFIX = "/inference.GRPCInferenceService"
+REST_PREFIX = "/v2"
+# Matches the model (and optional version) segment of an OIP path, to put the versioned name there.
+_MODEL_PATH = r"^/v2/models/[^/]+(/versions/[^/]+)?"
+_FRACTION_DENOMINATOR = 1_000_000
+_ADS = config_source_pb2.ConfigSource(
+    ads=config_source_pb2.AggregatedConfigSource(), resource_api_version=config_source_pb2.V3
+)
+
+
+def cluster_names(target: str) -> tuple[str, str]:
+    return f"{target}_http", f"{target}_grpc"
+
+
+def clusters_for(target: str, endpoints: Sequence[Endpoint]) -> dict[str, cluster_pb2.Cluster]:
+    http_name, grpc_name = cluster_names(target)
+    return {
+        http_name: _cluster(http_name, [(e.host, e.http_port) for e in endpoints], http2=False),
+        grpc_name: _cluster(grpc_name, [(e.host, e.grpc_port) for e in endpoints], http2=True),
+    }
+
+
+def _cluster(name: str, addresses: Sequence[tuple[str, int]], *, http2: bool) -> cluster_pb2.Cluster:
+    static = all(_is_ip(host) for host, _ in addresses)
+    cluster = cluster_pb2.Cluster(
+        name=name,
+        type=cluster_pb2.Cluster.STATIC if static else cluster_pb2.Cluster.STRICT_DNS,
+        connect_timeout=duration_pb2.Duration(seconds=5),
+        lb_policy=cluster_pb2.Cluster.LEAST_REQUEST,
+        dns_lookup_family=cluster_pb2.Cluster.V4_ONLY,
+        load_assignment=endpoint_pb2.ClusterLoadAssignment(
+            cluster_name=name,
+            endpoints=[
+                endpoint_components_pb2.LocalityLbEndpoints(
+                    lb_endpoints=[
+                        endpoint_components_pb2.LbEndpoint(
+                            endpoint=endpoint_components_pb2.Endpoint(address=_address(host, port))
+                        )
+                        for host, port in addresses
+                    ]
+                )
+            ],
+        ),
+    )
+    if http2:
+        options = http_protocol_options_pb2.HttpProtocolOptions(
+            explicit_http_config=http_protocol_options_pb2.HttpProtocolOptions.ExplicitHttpConfig(
+                http2_protocol_options=protocol_pb2.Http2ProtocolOptions()
+            )
+        )
+        cluster.typed_extension_protocol_options[
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+        ].Pack(options)
+    return cluster
+
+
+def scope_for(route: Route) -> scoped_route_pb2.ScopedRouteConfiguration:
+    """The model's scope: key = its ``seldon-model`` value, routes inline."""
+    return scoped_route_pb2.ScopedRouteConfiguration(
+        name=route.name,
+        key=scoped_route_pb2.ScopedRouteConfiguration.Key(
+            fragments=[scoped_route_pb2.ScopedRouteConfiguration.Key.Fragment(string_key=route.name)]
+        ),
+        route_configuration=route_pb2.RouteConfiguration(
+            name=f"model_{route.name}",
+            virtual_hosts=[
+                route_components_pb2.VirtualHost(
+                    name="seldon_service", domains=["*"], routes=list(_routes(route))
+                )
+            ],
+        ),
+    )
+
+
+def _routes(route: Route) -> list[route_components_pb2.Route]:
+    routes: list[route_components_pb2.Route] = []
+    if len(route.splits) > 1:
+        # Sticky sessions: a caller echoing x-seldon-route keeps its version/candidate.
+        for split in route.splits:
+            sticky = _header_contains(ROUTE_HEADER, f":{split.target}:")
+            routes += [_rest_route(route, split, None, sticky), _grpc_route(route, split, None, sticky)]
+    total = sum(s.weight for s in route.splits)
+    cumulative = 0
+    for position, split in enumerate(route.splits):
+        cumulative += split.weight
+        last = position == len(route.splits) - 1
+        fraction = None if last else cumulative * _FRACTION_DENOMINATOR // total
+        routes += [_rest_route(route, split, fraction, None), _grpc_route(route, split, fraction, None)]
+    return routes
+
+
+def _rest_route(
+    route: Route,
+    split: Split,
+    fraction: int | None,
+    header: route_components_pb2.HeaderMatcher | None,
+) -> route_components_pb2.Route:
+    http_cluster, _ = cluster_names(split.target)
+    entry = _route_entry(route, split, REST_PREFIX, "_http", fraction, header)
+    entry.route.cluster = http_cluster
+    entry.route.regex_rewrite.CopyFrom(
+        regex_pb2.RegexMatchAndSubstitute(
+            pattern=regex_pb2.RegexMatcher(regex=_MODEL_PATH),
+            substitution=f"/v2/models/{split.target}",
+        )
+    )
+    return entry
+
+
+def _grpc_route(
+    route: Route,
+    split: Split,
+    fraction: int | None,
+    header: route_components_pb2.HeaderMatcher | None,
+) -> route_components_pb2.Route:
+    _, grpc_cluster = cluster_names(split.target)
+    entry = _route_entry(route, split, GRPC_PREFIX, "_grpc", fraction, header)
+    entry.route.cluster = grpc_cluster
+    # Read by envoy/seldon.lua, which rewrites model_name in the protobuf body to this name.
+    fields = entry.metadata.filter_metadata[LUA_FILTER].fields
+    fields["internal_model"].CopyFrom(struct_pb2.Value(string_value=split.target))
+    return entry
+
+
+def _route_entry(
+    route: Route,
+    split: Split,
+    prefix: str,
+    suffix: str,
+    fraction: int | None,
+    header: route_components_pb2.HeaderMatcher | None,
+) -> route_components_pb2.Route:
+    match = route_components_pb2.RouteMatch(prefix=prefix)
+    if header is not None:
+        match.headers.append(header)
+    if fraction is not None:
+        match.runtime_fraction.CopyFrom(
+            base_pb2.RuntimeFractionalPercent(
+                default_value=percent_pb2.FractionalPercent(
+                    numerator=fraction, denominator=percent_pb2.FractionalPercent.MILLION
+                )
+            )
+        )
+    name = route.name + suffix + ("_experiment" if header is not None else "")
+    return route_components_pb2.Route(
+        name=name,
+        match=match,
+        route=route_components_pb2.RouteAction(
+            timeout=duration_pb2.Duration(seconds=0),
+            retry_policy=route_components_pb2.RetryPolicy(
+                # Only failures where the request never reached a model: safe to retry an inference.
+                retry_on="connect-failure,refused-stream,reset-before-request",
+                num_retries=wrappers_pb2.UInt32Value(value=3),
+            ),
+        ),
+        request_headers_to_remove=[INTERNAL_MODEL_HEADER],
+        request_headers_to_add=[_header(INTERNAL_MODEL_HEADER, split.target)],
+        response_headers_to_add=[_header(ROUTE_HEADER, f":{split.target}:")],
+    )
+
+
+def _header(key: str, value: str) -> base_pb2.HeaderValueOption:
+    return base_pb2.HeaderValueOption(header=base_pb2.HeaderValue(key=key, value=value))
+
+
+def _header_contains(name: str, value: str) -> route_components_pb2.HeaderMatcher:
+    return route_components_pb2.HeaderMatcher(
+        name=name, string_match=string_pb2.StringMatcher(contains=value)
+    )
+
+
+def listener(*, address: str, port: int, lua_code: str) -> listener_pb2.Listener:
+    """The data-plane listener: every model, HTTP/1.1 and HTTP/2 (gRPC) on one port."""
+    manager = hcm.HttpConnectionManager(
+        stat_prefix=LISTENER_NAME,
+        codec_type=hcm.HttpConnectionManager.AUTO,
+        generate_request_id=wrappers_pb2.BoolValue(value=True),
+        always_set_request_id_in_response=True,
+        scoped_routes=hcm.ScopedRoutes(
+            name="seldon_models",
+            scope_key_builder=hcm.ScopedRoutes.ScopeKeyBuilder(
+                fragments=[
+                    hcm.ScopedRoutes.ScopeKeyBuilder.FragmentBuilder(
+                        header_value_extractor=hcm.ScopedRoutes.ScopeKeyBuilder.FragmentBuilder.HeaderValueExtractor(
+                            name=MODEL_HEADER, index=0
+                        )
+                    )
+                ]
+            ),
+            rds_config_source=_ADS,
+            scoped_rds=hcm.ScopedRds(scoped_rds_config_source=_ADS),
+        ),
+    )
+    # The script clears the route cache itself, only when it derived seldon-model from the path.
+    lua = lua_pb2.Lua(
+        default_source_code=base_pb2.DataSource(inline_string=lua_code),
+        clear_route_cache=wrappers_pb2.BoolValue(value=False),
+    )
+    manager.http_filters.add(name=LUA_FILTER).typed_config.Pack(lua)
+    manager.http_filters.add(name="envoy.filters.http.router").typed_config.Pack(router_pb2.Router())
+    chain = listener_components_pb2.FilterChain()
+    chain.filters.add(name="envoy.filters.network.http_connection_manager").typed_config.Pack(manager)
+    return listener_pb2.Listener(name=LISTENER_NAME, address=_address(address, port), filter_chains=[chain])
+
+
+def _address(host: str, port: int) -> address_pb2.Address:
+    return address_pb2.Address(socket_address=address_pb2.SocketAddress(address=host, port_value=port))
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
