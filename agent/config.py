@@ -50,36 +50,43 @@ def parse_capabilities(text: str) -> tuple[str, ...]:
 def parse_parallel_workers(text: str | None) -> int:
     # Same rule as the reference agent: unset or invalid means 1.
     try:
-        return int(text) if text is not None and int(text) >= 0 else 1
+        workers = int(text or "")
     except ValueError:
         return 1
+    return workers if workers >= 0 else 1
 
 
 def _build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
-    def env_or(name: str, default: str) -> str:
-        return env.get(f"MESHSERVE_{name}", default)
+    parser = argparse.ArgumentParser(
+        prog="python -m agent",
+        description="meshserve agent: registers one MLServer replica with the scheduler and loads and "
+        "unloads models on it. Every flag falls back to the environment variable shown.",
+    )
 
-    parser = argparse.ArgumentParser(prog="python -m agent", description=__doc__)
-    add = parser.add_argument
-    add("--server-name", default=env_or("SERVER_NAME", "mlserver"), help="[MESHSERVE_SERVER_NAME]")
-    add("--replica-idx", type=int, default=int(env_or("REPLICA_IDX", "0")), help="[MESHSERVE_REPLICA_IDX]")
-    add("--scheduler-host", default=env_or("SCHEDULER_HOST", "127.0.0.1"), help="[MESHSERVE_SCHEDULER_HOST]")
-    add("--scheduler-port", type=int, default=int(env_or("SCHEDULER_PORT", "9005")))
-    add("--inference-host", default=env_or("INFERENCE_HOST", "127.0.0.1"), help="MLServer's address")
-    add("--inference-http-port", type=int, default=int(env_or("INFERENCE_HTTP_PORT", "8080")))
-    add("--inference-grpc-port", type=int, default=int(env_or("INFERENCE_GRPC_PORT", "9500")))
-    add("--memory-bytes", type=int, default=int(env_or("MEMORY_BYTES", "1000000000")))
-    add("--capabilities", default=env_or("CAPABILITIES", DEFAULT_CAPABILITIES), help="comma-separated")
-    add("--overcommit-percentage", type=int, default=int(env_or("OVERCOMMIT_PERCENTAGE", "0")))
-    add(
+    def add(flag: str, default: str, kind: type = str, doc: str = "") -> None:
+        variable = "MESHSERVE_" + flag.removeprefix("--").replace("-", "_").upper()
+        text = f"{doc} [{variable}, default {default}]".strip()
+        parser.add_argument(flag, type=kind, default=kind(env.get(variable, default)), help=text)
+
+    add("--server-name", "mlserver")
+    add("--replica-idx", "0", int)
+    add("--scheduler-host", "127.0.0.1")
+    add("--scheduler-port", "9005", int, "the scheduler's AgentService port")
+    add("--inference-host", "127.0.0.1", doc="where Envoy reaches MLServer (ReplicaConfig.inferenceSvc)")
+    add("--inference-http-port", "8080", int, "MLServer's HTTP port")
+    add("--inference-grpc-port", "9500", int, "MLServer's gRPC port")
+    add("--memory-bytes", "1000000000", int)
+    add("--capabilities", DEFAULT_CAPABILITIES, doc="comma-separated")
+    add("--overcommit-percentage", "0", int)
+    add("--unload-grace-seconds", "2.0", float, "pause before unloading so Envoy drains")
+    add("--startup-timeout-seconds", "120", float, "how long to wait for MLServer to be live")
+    add("--log-level", "info")
+    parser.add_argument(
         "--models-dir",
         default=env.get("MESHSERVE_MODELS_DIR"),
         required="MESHSERVE_MODELS_DIR" not in env,
-        help="MLServer's model repository root [MESHSERVE_MODELS_DIR]",
+        help="MLServer's model repository root, owned by the agent [MESHSERVE_MODELS_DIR]",
     )
-    add("--unload-grace-seconds", type=float, default=float(env_or("UNLOAD_GRACE_SECONDS", "2.0")))
-    add("--startup-timeout-seconds", type=float, default=float(env_or("STARTUP_TIMEOUT_SECONDS", "120")))
-    add("--log-level", default=env_or("LOG_LEVEL", "info"))
     return parser
 
 

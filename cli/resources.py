@@ -220,10 +220,18 @@ def resolve_storage_uri(uri: str, base_dir: str) -> str:
     """
     if uri.startswith(_FILE_SCHEME):
         path = uri[len(_FILE_SCHEME) :]
-        return uri if path.startswith("/") else _FILE_SCHEME + os.path.normpath(os.path.join(base_dir, path))
-    if uri.startswith("/") or _REMOTE.match(uri):
+        if path.startswith("/"):
+            return uri
+    elif uri.startswith("/") or _REMOTE.match(uri):
         return uri
-    return _FILE_SCHEME + os.path.normpath(os.path.join(base_dir, uri))
+    else:
+        path = uri
+    # A relative path is on this machine by construction, so a missing one is caught here, before
+    # anything is sent. Absolute paths may live on the servers' machines: the agent checks those.
+    resolved = os.path.normpath(os.path.join(base_dir, path))
+    if not os.path.exists(resolved):
+        raise ManifestError(f"spec.storageUri {uri!r} resolves to {resolved}, which does not exist")
+    return _FILE_SCHEME + resolved
 
 
 def _parameters(spec: Mapping[str, Any]) -> list[scheduler_pb2.ParameterSpec]:

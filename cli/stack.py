@@ -26,6 +26,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     up.add_argument("--xds-port", type=int, default=9002, help="(default: %(default)s)")
     up.add_argument("--scheduler-port", type=int, default=9004, help="(default: %(default)s)")
     up.add_argument("--agent-port", type=int, default=9005, help="(default: %(default)s)")
+    up.add_argument("--envoy-admin-port", type=int, default=9901, help="(default: %(default)s)")
+    up.add_argument("--mlserver-http-port", type=int, default=8080, help="(default: %(default)s)")
+    up.add_argument("--mlserver-grpc-port", type=int, default=9500, help="(default: %(default)s)")
+    up.add_argument("--mlserver-metrics-port", type=int, default=8082, help="(default: %(default)s)")
     up.add_argument("--no-demo", action="store_true", help="don't load the demo iris model")
     up.set_defaults(stack_command="up")
 

@@ -28,14 +28,22 @@ START_TIMEOUT = 300.0
 console = Console(stderr=True)
 
 
+def _home(args: argparse.Namespace) -> Path:
+    return Path(args.home).resolve() if getattr(args, "home", None) else default_home()
+
+
 def config_from(args: argparse.Namespace) -> StackConfig:
-    home = Path(args.home).resolve() if getattr(args, "home", None) else default_home()
+    """``up``'s flags; ``down`` and ``status`` read what ``up`` saved instead."""
     return StackConfig(
-        home=home,
-        http_port=getattr(args, "http_port", 9000),
-        xds_port=getattr(args, "xds_port", 9002),
-        scheduler_port=getattr(args, "scheduler_port", 9004),
-        agent_port=getattr(args, "agent_port", 9005),
+        home=_home(args),
+        http_port=args.http_port,
+        xds_port=args.xds_port,
+        scheduler_port=args.scheduler_port,
+        agent_port=args.agent_port,
+        envoy_admin_port=args.envoy_admin_port,
+        mlserver_http_port=args.mlserver_http_port,
+        mlserver_grpc_port=args.mlserver_grpc_port,
+        mlserver_metrics_port=args.mlserver_metrics_port,
     )
 
 
@@ -59,20 +67,20 @@ def alive(pid: int) -> bool:
 
 def up(args: argparse.Namespace) -> int:
     config = config_from(args)
-    state = read_state(config)
+    state = read_state(StackConfig.load(config.home))
     if state and alive(state["supervisor"]):
         console.print(
             f"meshserve is already running (supervisor pid {state['supervisor']}); `meshserve down` first"
         )
         return 1
-    config.home.mkdir(parents=True, exist_ok=True)
+    config.save()
     _ensure_demo_artifacts()
     if not args.detach:
         return asyncio.run(_foreground(config, demo=not args.no_demo))
     config.logs.mkdir(parents=True, exist_ok=True)
     with (config.logs / "supervisor.log").open("ab") as log_file:
         supervisor = subprocess.Popen(
-            [sys.executable, "-m", "stack", "--home", str(config.home), *_port_flags(config)],
+            [sys.executable, "-m", "stack", "--home", str(config.home)],
             stdin=subprocess.DEVNULL,
             stdout=log_file,
             stderr=subprocess.STDOUT,
@@ -112,15 +120,6 @@ async def _foreground(config: StackConfig, *, demo: bool) -> int:
     return await stack
 
 
-def _port_flags(config: StackConfig) -> list[str]:
-    return [
-        f"--http-port={config.http_port}",
-        f"--xds-port={config.xds_port}",
-        f"--scheduler-port={config.scheduler_port}",
-        f"--agent-port={config.agent_port}",
-    ]
-
-
 def _ensure_demo_artifacts() -> None:
     from samples import train
 
@@ -157,7 +156,7 @@ Stop with: make down"""
 
 
 def down(args: argparse.Namespace) -> int:
-    config = config_from(args)
+    config = StackConfig.load(_home(args))
     state = read_state(config)
     if state is None:
         console.print("meshserve is not running")
@@ -180,7 +179,7 @@ def down(args: argparse.Namespace) -> int:
 
 
 def status(args: argparse.Namespace) -> int:
-    config = config_from(args)
+    config = StackConfig.load(_home(args))
     state = read_state(config)
     if state is None:
         console.print("meshserve is not running")

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
 import shutil
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 DEFAULT_CAPABILITIES = "mlserver,sklearn,xgboost,lightgbm,python"
 
@@ -56,3 +59,23 @@ class StackConfig:
         if found is None:
             raise FileNotFoundError(f"{name} is not installed (run `make up`, which installs it)")
         return found
+
+    @property
+    def config_file(self) -> Path:
+        return self.home / "config.json"
+
+    def save(self) -> None:
+        """Written by ``up`` so the detached supervisor, ``status`` and ``down`` see the same ports."""
+        values: dict[str, Any] = dataclasses.asdict(self)
+        values["home"] = str(self.home)
+        self.home.mkdir(parents=True, exist_ok=True)
+        self.config_file.write_text(json.dumps(values, indent=2))
+
+    @classmethod
+    def load(cls, home: Path) -> StackConfig:
+        try:
+            values = json.loads((home / "config.json").read_text())
+        except FileNotFoundError:
+            return cls(home=home)
+        values["home"] = Path(values["home"])
+        return cls(**values)

@@ -44,15 +44,21 @@ class Supervisor:
         self._stopping = False
         self._ready = False
 
-    async def start(self) -> None:
+    async def start(self, only: set[str] | None = None) -> None:
+        """Start the components in order (all, or just those named in ``only``)."""
         self.config.logs.mkdir(parents=True, exist_ok=True)
         self.config.models_dir.mkdir(parents=True, exist_ok=True)
-        for component in components(self.config):
-            await self._spawn(component)
-            await self._wait_ready(component)
-            log.info("component ready", component=component.name)
-        self._ready = True
+        planned = components(self.config)
+        for component in planned:
+            if (only is None or component.name in only) and component.name not in self._running:
+                await self._spawn(component)
+                await self._wait_ready(component)
+                log.info("component ready", component=component.name)
+        self._ready = len(self._running) == len(planned)
         self._write_state()
+
+    def pid(self, name: str) -> int:
+        return self._running[name].process.pid
 
     async def _spawn(self, component: Component) -> None:
         log_file = (self.config.logs / f"{component.name}.log").open("ab")

@@ -9,7 +9,7 @@ import pytest
 from apis.mlops.scheduler import scheduler_pb2
 from cli.errors import CliError
 from cli.quantity import parse_quantity
-from cli.resources import parse_model_requests, read_model_requests, resolve_storage_uri
+from cli.resources import ManifestError, parse_model_requests, read_model_requests, resolve_storage_uri
 
 HEADER = "apiVersion: mlops.seldon.io/v1alpha1\nkind: Model\n"
 IRIS = HEADER + "metadata:\n  name: iris\nspec:\n  storageUri: gs://seldon-models/mlserver/iris\n"
@@ -92,24 +92,32 @@ def test_multi_document_file_in_order_skipping_empty_documents() -> None:
 @pytest.mark.parametrize(
     ("uri", "expected"),
     [
-        ("./artifacts/iris", "file:///manifests/artifacts/iris"),
-        ("artifacts/iris", "file:///manifests/artifacts/iris"),
-        ("../shared/iris", "file:///shared/iris"),
-        ("file://./artifacts/iris", "file:///manifests/artifacts/iris"),
-        ("file://artifacts/iris", "file:///manifests/artifacts/iris"),
+        ("./artifacts/iris", "file://{base}/manifests/artifacts/iris"),
+        ("artifacts/iris", "file://{base}/manifests/artifacts/iris"),
+        ("../shared/iris", "file://{base}/shared/iris"),
+        ("file://./artifacts/iris", "file://{base}/manifests/artifacts/iris"),
+        ("file://artifacts/iris", "file://{base}/manifests/artifacts/iris"),
         ("file:///var/models/iris", "file:///var/models/iris"),
         ("/var/models/iris", "/var/models/iris"),
         ("gs://seldon-models/mlserver/iris", "gs://seldon-models/mlserver/iris"),
         ("s3:bucket/iris", "s3:bucket/iris"),
     ],
 )
-def test_storage_uri_resolution(uri: str, expected: str) -> None:
-    assert resolve_storage_uri(uri, "/manifests") == expected
+def test_storage_uri_resolution(uri: str, expected: str, tmp_path: Path) -> None:
+    (tmp_path / "manifests" / "artifacts" / "iris").mkdir(parents=True)
+    (tmp_path / "shared" / "iris").mkdir(parents=True)
+    base = str(tmp_path / "manifests")
+    assert resolve_storage_uri(uri, base) == expected.format(base=tmp_path)
+
+
+def test_missing_relative_artifact_is_rejected_before_sending(tmp_path: Path) -> None:
+    with pytest.raises(ManifestError, match="does not exist"):
+        resolve_storage_uri("./artifacts/missing", str(tmp_path))
 
 
 def test_relative_uri_resolves_against_the_yaml_files_folder(tmp_path: Path) -> None:
     manifest = tmp_path / "samples" / "iris.yaml"
-    manifest.parent.mkdir()
+    (manifest.parent / "artifacts" / "iris").mkdir(parents=True)
     manifest.write_text(IRIS.replace("gs://seldon-models/mlserver/iris", "./artifacts/iris"))
     [request] = read_model_requests(str(manifest))
     assert request.model.modelSpec.uri == f"file://{tmp_path}/samples/artifacts/iris"

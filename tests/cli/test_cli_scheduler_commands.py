@@ -18,6 +18,12 @@ from apis.mlops.scheduler import scheduler_pb2
 from cli.main import main
 from cli.output import human_bytes
 
+@pytest.fixture(autouse=True)
+def _artifacts(tmp_path: Path) -> None:
+    """The manifests below name ./artifacts/iris, which the CLI checks exists."""
+    (tmp_path / "artifacts" / "iris").mkdir(parents=True)
+
+
 IRIS_YAML = """\
 apiVersion: mlops.seldon.io/v1alpha1
 kind: Model

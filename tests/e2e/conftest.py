@@ -118,12 +118,13 @@ async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 30, 
 
 
 @contextlib.asynccontextmanager
-async def running_stack(config: StackConfig) -> AsyncIterator[Stack]:
+async def running_stack(config: StackConfig, only: set[str] | None = None) -> AsyncIterator[Stack]:
+    """The stack's processes (all, or ``only`` some), restarted if they die while in use."""
     train.ensure_artifacts()
     supervisor = Supervisor(config)
     stop = asyncio.Event()
     try:
-        await supervisor.start()
+        await supervisor.start(only)
         watcher = asyncio.create_task(supervisor.supervise(stop))
         async with (
             grpc.aio.insecure_channel(f"127.0.0.1:{config.scheduler_port}") as scheduler,
