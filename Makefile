@@ -29,12 +29,12 @@ status: $(STAMP)
 	$(BIN)/meshserve status
 
 protos: $(STAMP)
-	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -m apis.generate
+	$(BIN)/python -m apis.generate
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -m apis.generate --check
+	$(BIN)/python -m apis.generate --check
 
 typecheck: $(STAMP)
 	$(BIN)/mypy

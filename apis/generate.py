@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import filecmp
+import os
 import re
 import shutil
 import sys
@@ -28,6 +29,8 @@ _IMPORT = re.compile(rb"^(from|import) (mlops|v2_dataplane)([.\s])", re.MULTILIN
 
 def _generate_into(out_dir: Path) -> None:
     protos = sorted(str(p.relative_to(PROTO_ROOT)) for p in PROTO_ROOT.rglob("*.proto"))
+    # protoc finds the mypy-protobuf plugins on PATH; they live beside this interpreter.
+    os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
     include = Path(protoc.__file__).parent / "_proto"
     args = [
         "grpc_tools.protoc",

@@ -7,7 +7,7 @@ import asyncio
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING
 
-import grpc  # type: ignore[import-untyped, unused-ignore]
+import grpc
 
 from apis.mlops.scheduler import scheduler_pb2
 from cli import infer

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 # grpcio ships no type stubs; "unused-ignore" keeps this clean once stubs or an override appear.
-import grpc  # type: ignore[import-untyped, unused-ignore]
+import grpc
 
 from apis.mlops.scheduler import scheduler_pb2_grpc
 from cli.errors import CliError

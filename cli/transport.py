@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import aiohttp
-import grpc  # type: ignore[import-untyped, unused-ignore]
+import grpc
 from google.protobuf import json_format
 
 from apis.v2_dataplane import v2_dataplane_pb2, v2_dataplane_pb2_grpc

@@ -1,6 +1,8 @@
 """Placement: which server replicas get a model version.
 
-A policy is a list of server filters, replica filters, server sorters and replica sorters (the
+The contract is :class:`PlacementPolicy` (any object with a ``name`` and a ``place`` method);
+``scheduler.policies`` registers implementations by name. :class:`Policy` is the usual way to
+build one: a list of server filters, replica filters, server sorters and replica sorters (the
 shape of the reference scheduler, §4 of the reference digest). Sorters are stable and applied in
 list order, so the *last* sorter is the primary key. The default policy reproduces Seldon's rules.
 Filters return a reason when they reject, so ``ScheduleFailed`` can say what was missing.
@@ -9,7 +11,8 @@ Filters return a reason when they reject, so ``ScheduleFailed`` can say what was
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from scheduler.state import ModelVersion, Server, ServerReplica
 
@@ -28,6 +31,31 @@ class Placement:
 @dataclass(frozen=True)
 class PlacementFailure:
     reason: str
+
+
+@runtime_checkable
+class PlacementPolicy(Protocol):
+    """Decides which replicas of which server get a model version.
+
+    ``place`` is called by the scheduler core on the event loop, once per scheduling decision,
+    with the latest version of one model and every registered server (in registration order).
+    It must be a pure function of its inputs: it must not mutate the version, the servers or the
+    replicas (the core applies the result, reserving memory on the chosen replicas before the
+    next call), must not block or await, and must not keep per-call state between calls.
+
+    Return a :class:`Placement` naming one server and the replica indices to use (at most the
+    desired replica count; fewer only when ``deploymentSpec.minReplicas`` allows it). Replicas
+    that already hold the version and are left out of the placement are unloaded. Otherwise
+    return a :class:`PlacementFailure` whose reason says what was missing: it becomes the
+    model's ``ScheduleFailed`` reason.
+    """
+
+    @property
+    def name(self) -> str:
+        """The name the policy is registered and selected under."""
+        ...
+
+    def place(self, version: ModelVersion, servers: Sequence[Server]) -> Placement | PlacementFailure: ...
 
 
 def required_memory(version: ModelVersion) -> int:
@@ -104,12 +132,38 @@ def prefer_loaded(version: ModelVersion, replicas: list[ServerReplica]) -> list[
     return sorted(replicas, key=lambda r: not loaded(r))
 
 
-@dataclass
+DEFAULT_SERVER_FILTERS: tuple[ServerFilter, ...] = (has_replicas, sharing, not_deleted, requirements)
+DEFAULT_REPLICA_FILTERS: tuple[ReplicaFilter, ...] = (connected, memory)
+DEFAULT_SERVER_SORTERS: tuple[ServerSorter, ...] = (prefer_current_server,)
+DEFAULT_REPLICA_SORTERS: tuple[ReplicaSorter, ...] = (by_index, by_free_memory, prefer_loaded)
+
+
+def suitable_replicas(
+    version: ModelVersion,
+    server: Server,
+    filters: Sequence[ReplicaFilter],
+    reasons: list[str] | None = None,
+) -> list[ServerReplica]:
+    """The replicas of ``server`` that pass every filter, in index order; rejections go to ``reasons``."""
+    replicas = []
+    for replica in sorted(server.replicas.values(), key=lambda r: r.idx):
+        rejected = next((r for f in filters if (r := f(version, replica)) is not None), None)
+        if rejected is None:
+            replicas.append(replica)
+        elif reasons is not None:
+            reasons.append(rejected)
+    return replicas
+
+
+@dataclass(frozen=True, kw_only=True)
 class Policy:
-    server_filters: Sequence[ServerFilter] = (has_replicas, sharing, not_deleted, requirements)
-    replica_filters: Sequence[ReplicaFilter] = (connected, memory)
-    server_sorters: Sequence[ServerSorter] = (prefer_current_server,)
-    replica_sorters: Sequence[ReplicaSorter] = field(default=(by_index, by_free_memory, prefer_loaded))
+    """A :class:`PlacementPolicy` made of filters and sorters; the defaults are Seldon's rules."""
+
+    name: str = "seldon"
+    server_filters: Sequence[ServerFilter] = DEFAULT_SERVER_FILTERS
+    replica_filters: Sequence[ReplicaFilter] = DEFAULT_REPLICA_FILTERS
+    server_sorters: Sequence[ServerSorter] = DEFAULT_SERVER_SORTERS
+    replica_sorters: Sequence[ReplicaSorter] = DEFAULT_REPLICA_SORTERS
 
     def place(self, version: ModelVersion, servers: Sequence[Server]) -> Placement | PlacementFailure:
         reasons: list[str] = []
@@ -145,13 +199,11 @@ class Policy:
     def _suitable_replicas(
         self, version: ModelVersion, server: Server, reasons: list[str]
     ) -> list[ServerReplica]:
-        replicas = []
-        for replica in server.replicas.values():
-            rejected = next((r for f in self.replica_filters if (r := f(version, replica)) is not None), None)
-            if rejected is None:
-                replicas.append(replica)
-            else:
-                reasons.append(rejected)
+        replicas = suitable_replicas(version, server, self.replica_filters, reasons)
         for sorter in self.replica_sorters:
             replicas = sorter(version, replicas)
         return replicas
+
+
+if TYPE_CHECKING:
+    _policy: PlacementPolicy = Policy()

@@ -23,7 +23,7 @@ import pytest
 
 from apis.mlops.agent import agent_pb2, agent_pb2_grpc
 
-LAUNCHER = Path(__file__).with_name("mlserver_launcher.py")
+MLSERVER = str(Path(sys.executable).parent / "mlserver")
 WAIT_S = 20.0
 
 
@@ -83,7 +83,7 @@ def start_mlserver(models_dir: Path, log_path: Path, *, timeout_s: float = 60.0)
     }
     with log_path.open("wb") as log:
         process = subprocess.Popen(
-            [sys.executable, str(LAUNCHER), "start", str(models_dir)],
+            [MLSERVER, "start", str(models_dir)],
             env=env,
             stdout=log,
             stderr=subprocess.STDOUT,

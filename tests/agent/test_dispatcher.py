@@ -3,11 +3,11 @@ from __future__ import annotations
 import asyncio
 
 import structlog
-from agent_protos import load_op, model_version, unload_op
 
 from agent.dispatcher import OperationDispatcher
 from agent.operations import Event, Outcome
 from apis.mlops.agent import agent_pb2
+from tests.agent.agent_protos import load_op, model_version, unload_op
 
 
 class FakeOperator:

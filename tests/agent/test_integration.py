@@ -13,15 +13,15 @@ from typing import TYPE_CHECKING
 import aiohttp
 import pytest
 import structlog
-from agent_protos import load_op, model_version, unload_op
 
 from agent.app import run_agent
 from agent.config import AgentConfig
 from agent.repository import MARKER
 from apis.mlops.agent import agent_pb2
+from tests.agent.agent_protos import load_op, model_version, unload_op
 
 if TYPE_CHECKING:
-    from conftest import FakeScheduler, MLServerProcess
+    from tests.agent.conftest import FakeScheduler, MLServerProcess
 
 Event = agent_pb2.ModelEventMessage.Event
 MEMORY = 1_000_000

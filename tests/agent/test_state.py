@@ -1,9 +1,9 @@
 from __future__ import annotations
 
 import pytest
-from agent_protos import model_version
 
 from agent.state import ReplicaState, versioned_name
+from tests.agent.agent_protos import model_version
 
 
 @pytest.mark.parametrize(

@@ -7,7 +7,7 @@ import argparse
 from collections.abc import AsyncIterator
 from typing import Any
 
-import grpc  # type: ignore[import-untyped, unused-ignore]
+import grpc
 from aiohttp import web
 from google.protobuf.message import Message
 

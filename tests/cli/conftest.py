@@ -2,23 +2,16 @@
 
 from __future__ import annotations
 
-import sys
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 
-# The repository is not installed into the virtualenv; make ``cli`` and ``apis`` importable.
-_ROOT = str(Path(__file__).resolve().parents[2])
-if _ROOT not in sys.path:
-    sys.path.insert(0, _ROOT)
-
-from cli_fakes import FakeGrpcInference, FakeRestInference, FakeScheduler  # noqa: E402
+from tests.cli.cli_fakes import FakeGrpcInference, FakeRestInference, FakeScheduler
 
 
 @pytest.fixture
 async def fake_scheduler() -> AsyncIterator[FakeScheduler]:
-    fake = FakeScheduler()
+    fake = FakeScheduler()  # type: ignore[abstract]  # implements only what the CLI calls
     await fake.start()
     try:
         yield fake
@@ -38,7 +31,7 @@ async def fake_rest() -> AsyncIterator[FakeRestInference]:
 
 @pytest.fixture
 async def fake_grpc() -> AsyncIterator[FakeGrpcInference]:
-    fake = FakeGrpcInference()
+    fake = FakeGrpcInference()  # type: ignore[abstract]  # implements only what the CLI calls
     await fake.start()
     try:
         yield fake

@@ -7,11 +7,11 @@ import socket
 from pathlib import Path
 
 import pytest
-from cli_fakes import FakeGrpcInference, FakeRestInference, invoke
 
 from cli.errors import CliError
 from cli.payload import infer_request
 from cli.routes import format_route_map
+from tests.cli.cli_fakes import FakeGrpcInference, FakeRestInference, invoke
 
 PROTO_STYLE = (
     '{"model_name":"iris","inputs":[{"name":"input","contents":{"fp32_contents":[1,2,3,4]},'

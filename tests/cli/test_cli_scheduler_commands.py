@@ -10,13 +10,14 @@ import types
 from collections.abc import Callable
 from pathlib import Path
 
-import grpc  # type: ignore[import-untyped, unused-ignore]
+import grpc
 import pytest
-from cli_fakes import FakeScheduler, invoke, model_status
 
 from apis.mlops.scheduler import scheduler_pb2
 from cli.main import main
 from cli.output import human_bytes
+from tests.cli.cli_fakes import FakeScheduler, invoke, model_status
+
 
 @pytest.fixture(autouse=True)
 def _artifacts(tmp_path: Path) -> None:

@@ -57,8 +57,8 @@ def stack_config(home: Path, **overrides: object) -> StackConfig:
 class Stack:
     config: StackConfig
     supervisor: Supervisor
-    scheduler: scheduler_pb2_grpc.SchedulerStub
-    inference: v2_dataplane_pb2_grpc.GRPCInferenceServiceStub
+    scheduler: scheduler_pb2_grpc.SchedulerAsyncStub
+    inference: v2_dataplane_pb2_grpc.GRPCInferenceServiceAsyncStub
     http: aiohttp.ClientSession
 
     @property
@@ -82,7 +82,9 @@ class Stack:
             raise
         return None
 
-    async def wait_state(self, name: str, state: str, timeout: float = 60) -> scheduler_pb2.ModelStatusResponse:
+    async def wait_state(
+        self, name: str, state: str, timeout: float = 60
+    ) -> scheduler_pb2.ModelStatusResponse:
         deadline = time.monotonic() + timeout
         last = None
         while time.monotonic() < deadline:
@@ -100,10 +102,14 @@ class Stack:
             await asyncio.sleep(0.1)
         raise AssertionError(f"model {name} was not removed")
 
-    async def infer(self, model: str | None, path_model: str = "iris", **headers: str) -> aiohttp.ClientResponse:
+    async def infer(
+        self, model: str | None, path_model: str = "iris", **headers: str
+    ) -> aiohttp.ClientResponse:
         if model is not None:
             headers["seldon-model"] = model
-        async with self.http.post(f"{self.url}/v2/models/{path_model}/infer", json=IRIS_IN, headers=headers) as r:
+        async with self.http.post(
+            f"{self.url}/v2/models/{path_model}/infer", json=IRIS_IN, headers=headers
+        ) as r:
             await r.read()
             return r
 

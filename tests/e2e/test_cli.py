@@ -85,7 +85,15 @@ async def test_cli_load_status_infer_unload(stack: Stack, tmp_path: Path) -> Non
         ("apiVersion: mlops.seldon.io/v1alpha1\nkind: Model\nmetadata: {name: [broken\n", "YAML"),
         (model_yaml("missing-artifact", "./no/such/folder"), "does not exist"),
     ],
-    ids=["traversal", "upper-case", "too-long", "no-storage-uri", "wrong-kind", "broken-yaml", "missing-path"],
+    ids=[
+        "traversal",
+        "upper-case",
+        "too-long",
+        "no-storage-uri",
+        "wrong-kind",
+        "broken-yaml",
+        "missing-path",
+    ],
 )
 async def test_cli_rejects_bad_manifests_and_changes_nothing(
     stack: Stack, tmp_path: Path, body: str, message: str

@@ -35,8 +35,13 @@ async def unload(stack: Stack, name: str) -> None:
     )
 
 
-async def grpc_infer(stack: Stack, model: str, request: v2_dataplane_pb2.ModelInferRequest = GRPC_IRIS) -> v2_dataplane_pb2.ModelInferResponse:
-    return await stack.inference.ModelInfer(request, metadata=[("seldon-model", model)], timeout=10)
+async def grpc_infer(
+    stack: Stack, model: str, request: v2_dataplane_pb2.ModelInferRequest = GRPC_IRIS
+) -> v2_dataplane_pb2.ModelInferResponse:
+    reply: v2_dataplane_pb2.ModelInferResponse = await stack.inference.ModelInfer(
+        request, metadata=(("seldon-model", model),), timeout=10
+    )
+    return reply
 
 
 async def test_load_infer_rest_and_grpc_then_unload(stack: Stack) -> None:
@@ -45,7 +50,10 @@ async def test_load_infer_rest_and_grpc_then_unload(stack: Stack) -> None:
     version = status.versions[0]
     assert version.version == 1
     assert version.serverName == "mlserver"
-    assert scheduler_pb2.ModelReplicaStatus.ModelReplicaState.Name(version.modelReplicaState[0].state) == "Available"
+    assert (
+        scheduler_pb2.ModelReplicaStatus.ModelReplicaState.Name(version.modelReplicaState[0].state)
+        == "Available"
+    )
     assert version.state.availableReplicas == 1
 
     # Header routing, path ignored in favour of the header.
@@ -100,10 +108,14 @@ async def test_two_models_on_one_server(stack: Stack) -> None:
     for name in ("iris-a", "iris-b"):
         async with stack.http.post(
             f"{stack.url}/v2/models/{name}/infer",
-            json={"inputs": [{"name": "predict", "shape": [1, 4], "datatype": "FP32", "data": [[1, 2, 3, 4]]}]},
+            json={
+                "inputs": [{"name": "predict", "shape": [1, 4], "datatype": "FP32", "data": [[1, 2, 3, 4]]}]
+            },
         ) as r:
             assert (await r.json())["model_name"] == f"{name}_1"
-    servers = [s async for s in stack.scheduler.ServerStatus(scheduler_pb2.ServerStatusRequest(name="mlserver"))]
+    servers = [
+        s async for s in stack.scheduler.ServerStatus(scheduler_pb2.ServerStatusRequest(name="mlserver"))
+    ]
     assert servers[0].resources[0].numLoadedModels >= 2
     await unload(stack, "iris-a")
     await unload(stack, "iris-b")
@@ -123,7 +135,10 @@ async def test_unsatisfiable_requirement_is_schedule_failed_with_no_route(stack:
 async def test_missing_artifact_fails_load_and_routes_nothing(stack: Stack) -> None:
     await load(stack, iris_model("ghost", uri="file:///nonexistent/path/to/model"))
     status = await stack.wait_state("ghost", "ModelFailed")
-    assert "does not exist" in status.versions[0].state.reason or "nonexistent" in status.versions[0].state.reason
+    assert (
+        "does not exist" in status.versions[0].state.reason
+        or "nonexistent" in status.versions[0].state.reason
+    )
     assert (await stack.infer("ghost")).status == 404
     await unload(stack, "ghost")
     await stack.wait_gone("ghost")
@@ -142,12 +157,18 @@ async def test_missing_artifact_fails_load_and_routes_nothing(stack: Stack) -> N
 async def test_bad_models_are_rejected_without_state_change(
     stack: Stack, model: scheduler_pb2.Model, message: str
 ) -> None:
-    before = [json.dumps(str(s.modelName)) async for s in stack.scheduler.ModelStatus(scheduler_pb2.ModelStatusRequest())]
+    before = [
+        json.dumps(str(s.modelName))
+        async for s in stack.scheduler.ModelStatus(scheduler_pb2.ModelStatusRequest())
+    ]
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await load(stack, model)
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert message in (caught.value.details() or "")
-    after = [json.dumps(str(s.modelName)) async for s in stack.scheduler.ModelStatus(scheduler_pb2.ModelStatusRequest())]
+    after = [
+        json.dumps(str(s.modelName))
+        async for s in stack.scheduler.ModelStatus(scheduler_pb2.ModelStatusRequest())
+    ]
     assert before == after
 
 

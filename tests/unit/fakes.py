@@ -1,0 +1,203 @@
+"""Hand-written fakes and builders shared by the unit tests (no mocks).
+
+``FakeEnvoy`` is the scheduler's ack oracle: it "applies" a snapshot of the resource cache when told
+to, and answers ``acked`` against that snapshot only, the way a real Envoy lags behind the cache.
+``Harness`` wires a real :class:`Scheduler` to a real :class:`ResourceCache` and
+:class:`RoutePublisher`, and plays the agents through their :class:`AgentLink` outboxes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+from apis.mlops.agent import agent_pb2
+from apis.mlops.scheduler import scheduler_pb2
+from scheduler.core import AckOracle, AgentLink, Scheduler
+from scheduler.state import ModelState, ModelVersion
+from xdsserver.cache import Requirement, ResourceCache
+from xdsserver.routes import Route, RoutePublisher
+from xdsserver.types import CLUSTER, LISTENER, ROUTE, SCOPED_ROUTE
+
+Event = agent_pb2.ModelEventMessage
+Operation = agent_pb2.ModelOperationMessage
+WAIT_S = 1.0
+MEMORY = 1_000_000
+
+
+class FakeEnvoy(AckOracle):
+    """Holds what the cache had at the last :meth:`sync`; ``acked`` checks that snapshot."""
+
+    def __init__(self, cache: ResourceCache) -> None:
+        self._cache = cache
+        self._held: dict[str, dict[str, int]] = {}
+
+    def sync(self) -> None:
+        self._held = {
+            t: {name: entry.version for name, entry in self._cache.live(t).items()}
+            for t in (CLUSTER, LISTENER, SCOPED_ROUTE, ROUTE)
+        }
+
+    def acked(self, requirements: Iterable[Requirement]) -> bool:
+        return all(self._holds(r) for r in requirements)
+
+    def _holds(self, requirement: Requirement) -> bool:
+        held = self._held.get(requirement.type_url, {}).get(requirement.name)
+        if requirement.removed:
+            return held is None
+        return held is not None and held >= requirement.version
+
+
+def model(
+    name: str,
+    *,
+    uri: str = "gs://models/iris",
+    replicas: int | None = None,
+    min_replicas: int = 0,
+    memory: int = 0,
+    requirements: tuple[str, ...] = ("sklearn",),
+    server: str | None = None,
+) -> scheduler_pb2.Model:
+    spec = scheduler_pb2.ModelSpec(uri=uri, memoryBytes=memory, requirements=list(requirements))
+    if server is not None:
+        spec.server = server
+    built = scheduler_pb2.Model(meta=scheduler_pb2.MetaData(name=name), modelSpec=spec)
+    if replicas is not None:
+        built.deploymentSpec.CopyFrom(
+            scheduler_pb2.DeploymentSpec(replicas=replicas, minReplicas=min_replicas)
+        )
+    return built
+
+
+def subscribe(
+    server: str = "mlserver",
+    idx: int = 0,
+    *,
+    memory: int = MEMORY,
+    capabilities: tuple[str, ...] = ("sklearn",),
+    loaded: Iterable[tuple[str, int]] = (),
+    shared: bool = True,
+) -> agent_pb2.AgentSubscribeRequest:
+    return agent_pb2.AgentSubscribeRequest(
+        serverName=server,
+        replicaIdx=idx,
+        shared=shared,
+        availableMemoryBytes=memory,
+        replicaConfig=agent_pb2.ReplicaConfig(
+            inferenceSvc=f"10.0.0.{idx + 1}",
+            inferenceHttpPort=9000,
+            inferenceGrpcPort=9500,
+            memoryBytes=memory,
+            capabilities=list(capabilities),
+        ),
+        loadedModels=[agent_pb2.ModelVersion(model=model(name), version=version) for name, version in loaded],
+    )
+
+
+def pending_ops(link: AgentLink) -> list[tuple[str, str, int]]:
+    """Everything queued for an agent, as ``(operation, model, version)``; empties the outbox."""
+    ops: list[tuple[str, str, int]] = []
+    while not link.outbox.empty():
+        op = link.outbox.get_nowait()
+        if op is not None:
+            kind = Operation.Operation.Name(op.operation)
+            ops.append((kind, op.modelVersion.model.meta.name, op.modelVersion.version))
+    return ops
+
+
+async def wait_until(predicate: Callable[[], bool], timeout: float = WAIT_S) -> None:
+    async with asyncio.timeout(timeout):
+        while not predicate():
+            await asyncio.sleep(0.005)
+
+
+@dataclass
+class Harness:
+    cache: ResourceCache = field(default_factory=ResourceCache)
+    grace_s: float = 0.05
+
+    def __post_init__(self) -> None:
+        self.publisher = RoutePublisher(self.cache)
+        self.envoy = FakeEnvoy(self.cache)
+        self.scheduler = Scheduler(self.publisher, self.envoy, agent_grace_seconds=self.grace_s)
+        self.links: dict[tuple[str, int], AgentLink] = {}
+
+    async def settle(self) -> None:
+        for _ in range(3):
+            await asyncio.sleep(0)
+
+    async def connect(
+        self,
+        server: str = "mlserver",
+        idx: int = 0,
+        *,
+        memory: int = MEMORY,
+        capabilities: tuple[str, ...] = ("sklearn",),
+        loaded: Iterable[tuple[str, int]] = (),
+    ) -> AgentLink:
+        request = subscribe(server, idx, memory=memory, capabilities=capabilities, loaded=loaded)
+        link = self.scheduler.agent_connected(request)
+        self.links[(server, idx)] = link
+        await self.settle()
+        return link
+
+    async def load(self, spec: scheduler_pb2.Model) -> None:
+        self.scheduler.load_model(spec)
+        await self.settle()
+
+    async def unload(self, name: str) -> None:
+        self.scheduler.unload_model(name)
+        await self.settle()
+
+    async def report(
+        self,
+        kind: Event.Event.ValueType,
+        name: str,
+        version: int,
+        *,
+        server: str = "mlserver",
+        idx: int = 0,
+        memory: int = MEMORY,
+        message: str = "",
+    ) -> None:
+        self.scheduler.agent_event(
+            Event(
+                serverName=server,
+                replicaIdx=idx,
+                modelName=name,
+                modelVersion=version,
+                event=kind,
+                message=message,
+                availableMemoryBytes=memory,
+            )
+        )
+        await self.settle()
+
+    async def envoy_applies(self) -> None:
+        """Envoy takes the cache as it is now and ACKs it."""
+        self.envoy.sync()
+        self.scheduler.envoy_acked()
+        await self.settle()
+
+    async def make_available(
+        self, name: str, version: int = 1, *, server: str = "mlserver", idx: int = 0
+    ) -> None:
+        await self.report(Event.LOADED, name, version, server=server, idx=idx)
+        await self.envoy_applies()
+
+    def version(self, name: str, number: int | None = None) -> ModelVersion:
+        record = self.scheduler.models[name]
+        found = record.latest if number is None else record.version(number)
+        assert found is not None, f"{name} has no version {number}"
+        return found
+
+    def state(self, name: str, number: int | None = None) -> ModelState:
+        return self.version(name, number).state
+
+    def route(self, name: str) -> Route | None:
+        return self.publisher.routes.get(name)
+
+    def targets(self, name: str) -> dict[str, int]:
+        route = self.route(name)
+        return {s.target: s.weight for s in route.splits} if route else {}
