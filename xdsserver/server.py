@@ -103,6 +103,11 @@ class DeltaStream:
         type_url, versions = pending
         if request.HasField("error_detail"):
             self.nacks += 1
+            # Envoy kept its previous state for these names: nothing in this response counts as
+            # held, and a removal must go out again with the next change to the name.
+            sent = self._sent.setdefault(type_url, {})
+            for name in versions:
+                sent[name] = -1
             log.warning(
                 "envoy rejected config",
                 node=self.node_id,

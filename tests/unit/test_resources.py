@@ -1,0 +1,208 @@
+"""Envoy resources built for routes, and the RoutePublisher that keeps them in the cache."""
+
+from __future__ import annotations
+
+import re
+
+from envoy.config.cluster.v3 import cluster_pb2
+from envoy.config.route.v3 import route_components_pb2
+from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm
+from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
+from envoy.type.v3 import percent_pb2
+
+from xdsserver import resources
+from xdsserver.cache import Requirement, ResourceCache
+from xdsserver.routes import Endpoint, Route, RoutePublisher, Split
+from xdsserver.types import CLUSTER, SCOPED_ROUTE
+
+IP = Endpoint("10.0.0.1", 9000, 9500)
+DNS = Endpoint("mlserver-0.svc", 9001, 9501)
+_H2 = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+
+
+def split(target: str, weight: int = 100, *endpoints: Endpoint) -> Split:
+    return Split(target, weight, endpoints or (IP,))
+
+
+def routes_of(route: Route) -> list[route_components_pb2.Route]:
+    return list(resources.scope_for(route).route_configuration.virtual_hosts[0].routes)
+
+
+def fractions(route: Route) -> list[tuple[str, int | None]]:
+    """(cluster, numerator or None) of the non-sticky routes."""
+    found: list[tuple[str, int | None]] = []
+    for r in routes_of(route):
+        if r.match.headers:
+            continue
+        numerator = r.match.runtime_fraction.default_value.numerator
+        found.append((r.route.cluster, numerator if r.match.HasField("runtime_fraction") else None))
+    return found
+
+
+# -- clusters --------------------------------------------------------------------------------------
+
+
+def test_each_version_gets_an_http_and_a_grpc_cluster() -> None:
+    clusters = resources.clusters_for("iris_1", [IP])
+    assert set(clusters) == {"iris_1_http", "iris_1_grpc"}
+    http, grpc = clusters["iris_1_http"], clusters["iris_1_grpc"]
+    assert [
+        e.endpoint.address.socket_address.port_value for e in http.load_assignment.endpoints[0].lb_endpoints
+    ] == [9000]
+    assert [
+        e.endpoint.address.socket_address.port_value for e in grpc.load_assignment.endpoints[0].lb_endpoints
+    ] == [9500]
+    assert http.lb_policy == cluster_pb2.Cluster.LEAST_REQUEST
+
+
+def test_grpc_cluster_speaks_http2_and_http_cluster_does_not() -> None:
+    clusters = resources.clusters_for("iris_1", [IP])
+    assert _H2 not in clusters["iris_1_http"].typed_extension_protocol_options
+    options = http_protocol_options_pb2.HttpProtocolOptions()
+    assert clusters["iris_1_grpc"].typed_extension_protocol_options[_H2].Unpack(options)
+    assert options.explicit_http_config.HasField("http2_protocol_options")
+
+
+def test_ip_endpoints_make_a_static_cluster_and_host_names_a_dns_one() -> None:
+    assert resources.clusters_for("m_1", [IP])["m_1_http"].type == cluster_pb2.Cluster.STATIC
+    assert resources.clusters_for("m_1", [DNS])["m_1_http"].type == cluster_pb2.Cluster.STRICT_DNS
+    assert resources.clusters_for("m_1", [IP, DNS])["m_1_grpc"].type == cluster_pb2.Cluster.STRICT_DNS
+
+
+# -- scopes and routes -----------------------------------------------------------------------------
+
+
+def test_scope_is_keyed_on_the_model_name_with_inline_routes() -> None:
+    scope = resources.scope_for(Route("iris", (split("iris_1"),)))
+    assert scope.name == "iris"
+    assert [f.string_key for f in scope.key.fragments] == ["iris"]
+    assert scope.route_configuration.name == "model_iris"
+
+
+def test_single_split_has_one_rest_and_one_grpc_route_without_fractions() -> None:
+    route = Route("iris", (split("iris_1"),))
+    assert [r.match.prefix for r in routes_of(route)] == ["/v2", "/inference.GRPCInferenceService"]
+    assert fractions(route) == [("iris_1_http", None), ("iris_1_grpc", None)]
+
+
+def test_splits_use_cumulative_fractions_with_the_last_unbounded() -> None:
+    route = Route("iris", (split("iris_1", 50), split("iris_2", 25), split("iris_3", 25)))
+    assert fractions(route) == [
+        ("iris_1_http", 500_000),
+        ("iris_1_grpc", 500_000),
+        ("iris_2_http", 750_000),
+        ("iris_2_grpc", 750_000),
+        ("iris_3_http", None),
+        ("iris_3_grpc", None),
+    ]
+    denominators = {
+        r.match.runtime_fraction.default_value.denominator
+        for r in routes_of(route)
+        if r.match.HasField("runtime_fraction")
+    }
+    assert denominators == {percent_pb2.FractionalPercent.MILLION}
+
+
+def test_sticky_routes_come_first_and_only_with_several_splits() -> None:
+    assert not any(r.match.headers for r in routes_of(Route("iris", (split("iris_1"),))))
+    route = Route("iris", (split("iris_1", 30), split("iris_2", 70)))
+    sticky = [
+        (r.match.headers[0].name, r.match.headers[0].string_match.contains, r.route.cluster)
+        for r in routes_of(route)[:4]
+    ]
+    assert sticky == [
+        ("x-seldon-route", ":iris_1:", "iris_1_http"),
+        ("x-seldon-route", ":iris_1:", "iris_1_grpc"),
+        ("x-seldon-route", ":iris_2:", "iris_2_http"),
+        ("x-seldon-route", ":iris_2:", "iris_2_grpc"),
+    ]
+    assert not any(r.match.HasField("runtime_fraction") for r in routes_of(route)[:4])
+
+
+def test_rest_route_rewrites_the_model_path_to_the_versioned_name() -> None:
+    rest = routes_of(Route("iris", (split("iris_1"),)))[0]
+    rewrite = rest.route.regex_rewrite
+    assert rewrite.substitution == "/v2/models/iris_1"
+    for path in ("/v2/models/iris/infer", "/v2/models/iris/versions/7/infer"):
+        assert re.sub(rewrite.pattern.regex, rewrite.substitution, path) == "/v2/models/iris_1/infer"
+
+
+def test_grpc_route_tells_the_lua_filter_the_internal_model() -> None:
+    grpc = routes_of(Route("iris", (split("iris_1"),)))[1]
+    fields = grpc.metadata.filter_metadata["envoy.filters.http.lua"].fields
+    assert fields["internal_model"].string_value == "iris_1"
+
+
+def test_routes_set_the_internal_model_and_echo_the_route_header() -> None:
+    for r in routes_of(Route("iris", (split("iris_1"),))):
+        assert [(h.header.key, h.header.value) for h in r.request_headers_to_add] == [
+            ("seldon-internal-model", "iris_1")
+        ]
+        assert list(r.request_headers_to_remove) == ["seldon-internal-model"]
+        assert [(h.header.key, h.header.value) for h in r.response_headers_to_add] == [
+            ("x-seldon-route", ":iris_1:")
+        ]
+
+
+def test_listener_scopes_routes_by_the_model_header_and_runs_lua_before_the_router() -> None:
+    listener = resources.listener(address="0.0.0.0", port=9000, lua_code="-- lua")
+    assert listener.name == "seldon_http"
+    manager = hcm.HttpConnectionManager()
+    assert listener.filter_chains[0].filters[0].typed_config.Unpack(manager)
+    fragment = manager.scoped_routes.scope_key_builder.fragments[0]
+    assert fragment.header_value_extractor.name == "seldon-model"
+    assert [f.name for f in manager.http_filters] == ["envoy.filters.http.lua", "envoy.filters.http.router"]
+
+
+# -- RoutePublisher --------------------------------------------------------------------------------
+
+
+def test_publish_puts_clusters_and_the_scope_in_the_cache() -> None:
+    cache = ResourceCache()
+    requirements = RoutePublisher(cache).publish(Route("iris", (split("iris_1"),)))
+    assert {(r.type_url, r.name) for r in requirements} == {
+        (CLUSTER, "iris_1_http"),
+        (CLUSTER, "iris_1_grpc"),
+        (SCOPED_ROUTE, "iris"),
+    }
+    assert set(cache.live(CLUSTER)) == {"iris_1_http", "iris_1_grpc"}
+
+
+def test_republishing_the_same_route_keeps_every_version() -> None:
+    publisher = RoutePublisher(ResourceCache())
+    route = Route("iris", (split("iris_1"),))
+    assert publisher.publish(route) == publisher.publish(route)
+
+
+def test_dropping_a_version_removes_its_clusters() -> None:
+    cache = ResourceCache()
+    publisher = RoutePublisher(cache)
+    publisher.publish(Route("iris", (split("iris_2", 50), split("iris_1", 50))))
+    requirements = publisher.publish(Route("iris", (split("iris_2"),)))
+    assert {r.name for r in requirements if r.removed} == {"iris_1_http", "iris_1_grpc"}
+    assert set(cache.live(CLUSTER)) == {"iris_2_http", "iris_2_grpc"}
+
+
+def test_route_without_splits_is_removed() -> None:
+    cache = ResourceCache()
+    publisher = RoutePublisher(cache)
+    publisher.publish(Route("iris", (split("iris_1"),)))
+    requirements = publisher.publish(Route("iris", ()))
+    assert all(r.removed for r in requirements) and len(requirements) == 3
+    assert cache.live(CLUSTER) == {} and cache.live(SCOPED_ROUTE) == {}
+    assert publisher.routes == {}
+
+
+def test_removing_an_unknown_route_requires_nothing() -> None:
+    assert RoutePublisher(ResourceCache()).remove("nope") == []
+
+
+def test_routes_of_other_models_are_untouched() -> None:
+    cache = ResourceCache()
+    publisher = RoutePublisher(cache)
+    [*_, kept] = publisher.publish(Route("a", (split("a_1"),)))
+    publisher.publish(Route("b", (split("b_1"),)))
+    publisher.remove("b")
+    assert kept == Requirement(SCOPED_ROUTE, "a", kept.version)
+    assert set(cache.live(SCOPED_ROUTE)) == {"a"}
+    assert set(publisher.routes) == {"a"}

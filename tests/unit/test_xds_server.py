@@ -1,0 +1,340 @@
+"""The delta ADS stream state (DeltaStream) and XdsServer's ACK oracle."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import cast
+
+import pytest
+from envoy.config.cluster.v3 import cluster_pb2
+from envoy.config.listener.v3 import listener_pb2
+from envoy.config.route.v3 import route_pb2, scoped_route_pb2
+from envoy.service.discovery.v3 import discovery_pb2
+from google.protobuf.message import Message
+
+from tests.unit.fakes import WAIT_S, wait_until
+from xdsserver import server as xds
+from xdsserver.cache import Requirement, ResourceCache
+from xdsserver.server import DeltaStream, XdsServer
+from xdsserver.types import CLUSTER, LISTENER, ROUTE, SCOPED_ROUTE
+
+_MESSAGES: dict[str, type[Message]] = {
+    CLUSTER: cluster_pb2.Cluster,
+    LISTENER: listener_pb2.Listener,
+    SCOPED_ROUTE: scoped_route_pb2.ScopedRouteConfiguration,
+    ROUTE: route_pb2.RouteConfiguration,
+}
+
+
+def resource(type_url: str, name: str, tag: str = "") -> tuple[str, str, Message]:
+    message = _MESSAGES[type_url](name=name + tag)
+    return type_url, name, message
+
+
+def request(
+    type_url: str,
+    *,
+    subscribe: tuple[str, ...] = (),
+    unsubscribe: tuple[str, ...] = (),
+    nonce: str = "",
+    error: str = "",
+    initial: dict[str, str] | None = None,
+) -> discovery_pb2.DeltaDiscoveryRequest:
+    built = discovery_pb2.DeltaDiscoveryRequest(
+        type_url=type_url,
+        resource_names_subscribe=list(subscribe),
+        resource_names_unsubscribe=list(unsubscribe),
+        response_nonce=nonce,
+        initial_resource_versions=initial or {},
+    )
+    built.node.id = "envoy-1"
+    if error:
+        built.error_detail.message = error
+    return built
+
+
+class AckCounter:
+    def __init__(self) -> None:
+        self.count = 0
+
+    def __call__(self) -> None:
+        self.count += 1
+
+
+def new_stream(cache: ResourceCache) -> tuple[DeltaStream, AckCounter]:
+    acks = AckCounter()
+    stream = DeltaStream(cache, "p", acks)
+    cache.watch(stream.mark_dirty)
+    return stream, acks
+
+
+def drain(stream: DeltaStream) -> list[discovery_pb2.DeltaDiscoveryResponse]:
+    """What the stream's writer would send right now."""
+    return list(stream._drain())
+
+
+def summary(responses: list[discovery_pb2.DeltaDiscoveryResponse]) -> list[tuple[str, list[str], list[str]]]:
+    return [
+        (r.type_url.rsplit(".", 1)[-1], [x.name for x in r.resources], list(r.removed_resources))
+        for r in responses
+    ]
+
+
+def ack(stream: DeltaStream, response: discovery_pb2.DeltaDiscoveryResponse) -> None:
+    stream.handle_request(request(response.type_url, nonce=response.nonce))
+
+
+# -- DeltaStream -----------------------------------------------------------------------------------
+
+
+def test_wildcard_subscription_gets_every_live_resource_with_prefixed_versions() -> None:
+    cache = ResourceCache()
+    cache.apply(upserts=[resource(CLUSTER, "a"), resource(CLUSTER, "b")], removals=[])
+    cache.apply(removals=[(CLUSTER, "b")])
+    stream, _ = new_stream(cache)
+    stream.handle_request(request(CLUSTER))
+    [response] = drain(stream)
+    assert [(r.name, r.version) for r in response.resources] == [("a", "p-1")]
+    assert response.nonce and response.system_version_info == "p-1"
+    assert stream.node_id == "envoy-1"
+
+
+def test_first_request_with_nothing_to_send_gets_an_empty_response_once() -> None:
+    stream, _ = new_stream(ResourceCache())
+    stream.handle_request(request(LISTENER))
+    [response] = drain(stream)
+    assert response.type_url == LISTENER and not response.resources and response.nonce
+    assert drain(stream) == []
+
+
+def test_ack_marks_the_sent_versions_as_held() -> None:
+    cache = ResourceCache()
+    [requirement] = cache.apply(upserts=[resource(CLUSTER, "a")])
+    stream, acks = new_stream(cache)
+    stream.handle_request(request(CLUSTER))
+    [response] = drain(stream)
+    assert not stream.holds(requirement)
+    ack(stream, response)
+    assert stream.holds(requirement)
+    assert acks.count == 1
+
+
+def test_nack_holds_nothing_and_is_counted() -> None:
+    cache = ResourceCache()
+    [requirement] = cache.apply(upserts=[resource(CLUSTER, "a")])
+    stream, acks = new_stream(cache)
+    stream.handle_request(request(CLUSTER))
+    [response] = drain(stream)
+    stream.handle_request(request(CLUSTER, nonce=response.nonce, error="bad cluster"))
+    assert not stream.holds(requirement)
+    assert (stream.nacks, acks.count) == (1, 0)
+
+
+def test_ack_of_an_older_version_does_not_hold_the_newer_one() -> None:
+    cache = ResourceCache()
+    cache.apply(upserts=[resource(CLUSTER, "a")])
+    stream, _ = new_stream(cache)
+    stream.handle_request(request(CLUSTER))
+    [first] = drain(stream)
+    [newer] = cache.apply(upserts=[resource(CLUSTER, "a", tag="-v2")])
+    [second] = drain(stream)
+    ack(stream, first)
+    assert not stream.holds(newer)
+    ack(stream, second)
+    assert stream.holds(newer)
+
+
+def test_changes_between_sends_coalesce_into_one_response_per_type() -> None:
+    cache = ResourceCache()
+    stream, _ = new_stream(cache)
+    stream.handle_request(request(CLUSTER))
+    drain(stream)
+    cache.apply(upserts=[resource(CLUSTER, "a")])
+    cache.apply(upserts=[resource(CLUSTER, "b")])
+    assert summary(drain(stream)) == [("Cluster", ["a", "b"], [])]
+
+
+def test_updates_go_out_make_before_break() -> None:
+    cache = ResourceCache()
+    cache.apply(upserts=[resource(CLUSTER, "old"), resource(SCOPED_ROUTE, "gone")])
+    stream, _ = new_stream(cache)
+    for type_url in (ROUTE, SCOPED_ROUTE, LISTENER, CLUSTER):
+        stream.handle_request(request(type_url, subscribe=("r",) if type_url == ROUTE else ()))
+    drain(stream)
+    cache.apply(
+        upserts=[
+            resource(ROUTE, "r"),
+            resource(SCOPED_ROUTE, "iris"),
+            resource(LISTENER, "seldon_http"),
+            resource(CLUSTER, "new"),
+        ],
+        removals=[(CLUSTER, "old"), (SCOPED_ROUTE, "gone")],
+    )
+    assert summary(drain(stream)) == [
+        ("Cluster", ["new"], []),
+        ("Listener", ["seldon_http"], []),
+        ("ScopedRouteConfiguration", ["iris"], ["gone"]),
+        ("RouteConfiguration", ["r"], []),
+        ("Cluster", [], ["old"]),
+    ]
+
+
+def test_named_subscription_only_gets_the_names_asked_for() -> None:
+    cache = ResourceCache()
+    cache.apply(upserts=[resource(ROUTE, "wanted"), resource(ROUTE, "other")])
+    stream, _ = new_stream(cache)
+    stream.handle_request(request(ROUTE, subscribe=("wanted",)))
+    assert summary(drain(stream)) == [("RouteConfiguration", ["wanted"], [])]
+    cache.apply(upserts=[resource(ROUTE, "other", tag="-v2")])
+    assert drain(stream) == []
+
+
+def test_unsubscribed_names_are_no_longer_sent() -> None:
+    cache = ResourceCache()
+    cache.apply(upserts=[resource(ROUTE, "r")])
+    stream, _ = new_stream(cache)
+    stream.handle_request(request(ROUTE, subscribe=("r",)))
+    drain(stream)
+    stream.handle_request(request(ROUTE, unsubscribe=("r",)))
+    cache.apply(upserts=[resource(ROUTE, "r", tag="-v2")])
+    assert drain(stream) == []
+
+
+def test_reconnecting_envoy_keeps_current_versions_and_gets_the_rest() -> None:
+    cache = ResourceCache()
+    [current, *_] = cache.apply(upserts=[resource(CLUSTER, "current"), resource(CLUSTER, "stale")])
+    cache.apply(upserts=[resource(CLUSTER, "stale", tag="-v2")])
+    stream, _ = new_stream(cache)
+    held = {"current": "p-1", "stale": "p-2", "gone": "p-9"}
+    stream.handle_request(request(CLUSTER, initial=held))
+    assert stream.holds(current)
+    assert summary(drain(stream)) == [("Cluster", ["stale"], []), ("Cluster", [], ["gone"])]
+
+
+def test_versions_from_another_scheduler_run_are_resent() -> None:
+    cache = ResourceCache()
+    cache.apply(upserts=[resource(CLUSTER, "a")])
+    stream, _ = new_stream(cache)
+    stream.handle_request(request(CLUSTER, initial={"a": "other-1"}))
+    assert summary(drain(stream)) == [("Cluster", ["a"], [])]
+
+
+def test_removal_is_held_only_once_envoy_acks_it() -> None:
+    cache = ResourceCache()
+    cache.apply(upserts=[resource(SCOPED_ROUTE, "iris")])
+    stream, _ = new_stream(cache)
+    stream.handle_request(request(SCOPED_ROUTE))
+    ack(stream, drain(stream)[0])
+    [removal] = cache.apply(removals=[(SCOPED_ROUTE, "iris")])
+    assert not stream.holds(removal)  # not sent yet
+    [response] = drain(stream)
+    assert list(response.removed_resources) == ["iris"]
+    assert not stream.holds(removal)  # sent, not acknowledged
+    ack(stream, response)
+    assert stream.holds(removal)
+
+
+def test_removal_of_a_never_sent_resource_is_held() -> None:
+    stream, _ = new_stream(ResourceCache())
+    stream.handle_request(request(CLUSTER))
+    assert stream.holds(Requirement(CLUSTER, "never", 3, removed=True))
+
+
+def test_nacked_removal_is_not_held() -> None:
+    cache = ResourceCache()
+    cache.apply(upserts=[resource(SCOPED_ROUTE, "iris")])
+    stream, _ = new_stream(cache)
+    stream.handle_request(request(SCOPED_ROUTE))
+    ack(stream, drain(stream)[0])
+    [removal] = cache.apply(removals=[(SCOPED_ROUTE, "iris")])
+    [response] = drain(stream)
+    stream.handle_request(request(SCOPED_ROUTE, nonce=response.nonce, error="rejected"))
+    assert not stream.holds(removal)
+
+
+def test_large_updates_are_split_into_bounded_responses(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(xds, "MAX_RESOURCES_PER_RESPONSE", 2)
+    cache = ResourceCache()
+    cache.apply(upserts=[resource(CLUSTER, name) for name in "abcde"])
+    stream, _ = new_stream(cache)
+    stream.handle_request(request(CLUSTER))
+    assert [len(r.resources) for r in drain(stream)] == [2, 2, 1]
+
+
+# -- XdsServer -------------------------------------------------------------------------------------
+
+
+class EnvoyClient:
+    """Plays Envoy on an in-process DeltaAggregatedResources call."""
+
+    def __init__(self, server: XdsServer) -> None:
+        self._requests: asyncio.Queue[discovery_pb2.DeltaDiscoveryRequest | None] = asyncio.Queue()
+        context = cast(xds.Context, object())  # unused by the delta handler
+        self._responses = aiter(server.DeltaAggregatedResources(self._requests_iter(), context))
+
+    async def _requests_iter(self) -> AsyncIterator[discovery_pb2.DeltaDiscoveryRequest]:
+        while (item := await self._requests.get()) is not None:
+            yield item
+
+    def send(self, message: discovery_pb2.DeltaDiscoveryRequest) -> None:
+        self._requests.put_nowait(message)
+
+    async def expect_response(self) -> discovery_pb2.DeltaDiscoveryResponse:
+        return await asyncio.wait_for(anext(self._responses), WAIT_S)
+
+    async def close(self) -> None:
+        self._requests.put_nowait(None)
+        with pytest.raises(StopAsyncIteration):
+            await asyncio.wait_for(anext(self._responses), WAIT_S)
+
+
+def test_nothing_to_wait_for_is_acked_even_without_envoys() -> None:
+    server = XdsServer(ResourceCache())
+    assert server.acked([])
+    assert not server.acked([Requirement(CLUSTER, "a", 1)])
+
+
+async def test_connected_envoy_acks_through_the_grpc_stream() -> None:
+    cache = ResourceCache()
+    [requirement] = cache.apply(upserts=[resource(CLUSTER, "a")])
+    server, acks = XdsServer(cache), AckCounter()
+    server.add_ack_listener(acks)
+    envoy = EnvoyClient(server)
+    envoy.send(request(CLUSTER))
+    response = await envoy.expect_response()
+    assert [r.name for r in response.resources] == ["a"]
+    assert server.connected == ["envoy-1"] and not server.acked([requirement])
+    envoy.send(request(CLUSTER, nonce=response.nonce))
+    await wait_until(lambda: acks.count == 1)
+    assert server.acked([requirement])
+    await envoy.close()
+    assert server.connected == [] and acks.count == 2
+
+
+async def test_stream_sends_later_cache_changes() -> None:
+    cache = ResourceCache()
+    envoy = EnvoyClient(XdsServer(cache))
+    envoy.send(request(CLUSTER))
+    assert not (await envoy.expect_response()).resources
+    cache.apply(upserts=[resource(CLUSTER, "late")])
+    assert [r.name for r in (await envoy.expect_response()).resources] == ["late"]
+    await envoy.close()
+
+
+async def test_acked_needs_every_connected_envoy() -> None:
+    cache = ResourceCache()
+    [requirement] = cache.apply(upserts=[resource(CLUSTER, "a")])
+    server, acks = XdsServer(cache, min_envoys=1), AckCounter()
+    server.add_ack_listener(acks)
+    first, second = EnvoyClient(server), EnvoyClient(server)
+    first.send(request(CLUSTER))
+    second.send(request(CLUSTER))
+    response = await first.expect_response()
+    await second.expect_response()
+    first.send(request(CLUSTER, nonce=response.nonce))
+    await wait_until(lambda: acks.count == 1)
+    assert not server.acked([requirement])
+    await second.close()
+    assert server.acked([requirement])
+    await first.close()
