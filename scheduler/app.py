@@ -27,6 +27,8 @@ from scheduler.agent_api import AgentService
 from scheduler.api import SchedulerService
 from scheduler.core import Scheduler
 from scheduler.logs import configure_logging
+from scheduler.policies import DEFAULT_POLICY, load_policy
+from scheduler.store import StateStore
 from xdsserver import resources
 from xdsserver.cache import ResourceCache
 from xdsserver.routes import RoutePublisher
@@ -49,6 +51,8 @@ class SchedulerConfig:
     lua_file: Path = DEFAULT_LUA
     agent_grace_seconds: float = 15.0
     min_envoys: int = 1
+    state_dir: Path | None = None  # None: keep nothing across restarts
+    placement_policy: str = DEFAULT_POLICY
 
 
 class SchedulerApp:
@@ -59,13 +63,19 @@ class SchedulerApp:
         self.cache = ResourceCache()
         self.xds = XdsServer(self.cache, min_envoys=config.min_envoys)
         self.core = Scheduler(
-            RoutePublisher(self.cache), self.xds, agent_grace_seconds=config.agent_grace_seconds
+            RoutePublisher(self.cache),
+            self.xds,
+            policy=load_policy(config.placement_policy),
+            agent_grace_seconds=config.agent_grace_seconds,
+            store=StateStore(config.state_dir / "scheduler.db" if config.state_dir else None),
         )
         self.xds.add_ack_listener(self.core.envoy_acked)
         self._servers: list[grpc.aio.Server] = []
 
     async def start(self) -> None:
         config = self.config
+        # Before any server starts: a reconnecting Envoy must see the same routes as before.
+        self.core.restore()
         self.cache.apply(
             upserts=[
                 (
@@ -152,6 +162,16 @@ def parse_args(argv: list[str] | None = None) -> SchedulerConfig:
         help="how long a disconnected agent's models stay routed, waiting for it to reconnect",
     )
     parser.add_argument("--min-envoys", type=int, default=1, help="Envoys that must ACK a route")
+    parser.add_argument(
+        "--state-dir",
+        default=env("MESHSERVE_STATE_DIR", str(Path(env("MESHSERVE_HOME", ".meshserve")) / "state")),
+        help="where desired state is kept (SQLite); empty string: keep nothing",
+    )
+    parser.add_argument(
+        "--placement-policy",
+        default=env("MESHSERVE_PLACEMENT_POLICY", DEFAULT_POLICY),
+        help="placement policy name (entry-point group meshserve.placement; docs/placement-plugins.md)",
+    )
     args = parser.parse_args(argv)
     return SchedulerConfig(
         host=args.host,
@@ -163,6 +183,8 @@ def parse_args(argv: list[str] | None = None) -> SchedulerConfig:
         lua_file=args.lua_file,
         agent_grace_seconds=args.agent_grace_seconds,
         min_envoys=args.min_envoys,
+        placement_policy=args.placement_policy,
+        state_dir=Path(args.state_dir).resolve() if args.state_dir else None,
     )
 
 

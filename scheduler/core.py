@@ -22,7 +22,7 @@ import structlog
 
 from apis.mlops.agent import agent_pb2
 from apis.mlops.scheduler import scheduler_pb2
-from scheduler.placement import Placement, Policy, required_memory
+from scheduler.placement import Placement, PlacementPolicy, Policy, required_memory
 from scheduler.state import (
     ModelRecord,
     ModelState,
@@ -31,6 +31,7 @@ from scheduler.state import (
     Server,
     ServerReplica,
 )
+from scheduler.store import StateStore
 from scheduler.validation import validate_model, validate_name
 from xdsserver.cache import Requirement
 from xdsserver.routes import Endpoint, Route, RoutePublisher, Split
@@ -74,8 +75,9 @@ class Scheduler:
         routes: RoutePublisher,
         envoy: AckOracle,
         *,
-        policy: Policy | None = None,
+        policy: PlacementPolicy | None = None,
         agent_grace_seconds: float = 15.0,
+        store: StateStore | None = None,
     ) -> None:
         self._routes = routes
         self._envoy = envoy
@@ -89,6 +91,24 @@ class Scheduler:
         self._model_listeners: list[Callable[[str], None]] = []
         self._server_listeners: list[Callable[[str], None]] = []
         self._tasks: set[asyncio.Task[None]] = set()
+        self._store = store or StateStore(None)
+        self._store.bind(lambda: self.models, lambda: self.servers)
+
+    def restore(self) -> None:
+        """Reload persisted state and re-publish its routes, before Envoy or any agent connects.
+
+        Replicas come back disconnected: their agents get the usual grace period to re-subscribe
+        (and re-adopt what they hold) before their models are moved.
+        """
+        self.models, self.servers = self._store.load()
+        for server in self.servers.values():
+            for replica in server.replicas.values():
+                self._generation += 1
+                replica.generation = self._generation
+                self._spawn(self._expire_replica(AgentLink(server.name, replica.idx, replica.generation)))
+        for record in self.models.values():
+            self._publish(record)
+        log.info("state restored", models=len(self.models), servers=len(self.servers))
 
     # -- listeners (status streams) ----------------------------------------------------------------
 
@@ -101,10 +121,12 @@ class Scheduler:
         return lambda: self._server_listeners.remove(listener)
 
     def _model_changed(self, name: str) -> None:
+        self._store.model_changed(name)
         for listener in list(self._model_listeners):
             listener(name)
 
     def _server_changed(self, name: str) -> None:
+        self._store.server_changed(name)
         for listener in list(self._server_listeners):
             listener(name)
 
@@ -127,6 +149,7 @@ class Scheduler:
             record.latest.spec.deploymentSpec.CopyFrom(model.deploymentSpec)
         elif record.latest.spec.meta != model.meta:
             record.latest.spec.meta.CopyFrom(model.meta)
+            self._model_changed(name)
             return
         else:
             return  # identical: loading twice is a no-op
@@ -188,7 +211,7 @@ class Scheduler:
             )
             if not keep or version is None:
                 link.send(_operation(Operation.UNLOAD_MODEL, name, number, None))
-                if version is not None and status is not None:
+                if version is not None and status is not None and version.server == replica.server:
                     version.set_replica(replica.idx, ReplicaState.Unloading)
                 continue
             if status is None or not status.state.serves:
@@ -254,7 +277,9 @@ class Scheduler:
         if replica is not None:
             replica.available_memory = event.availableMemoryBytes
             self._server_changed(event.serverName)
-        status = version.replicas.get(event.replicaIdx) if version else None
+        # Replica states are per index of the version's server; an event from another server is stale.
+        on_server = version is not None and version.server == event.serverName
+        status = version.replicas.get(event.replicaIdx) if version is not None and on_server else None
         if record is None or version is None or status is None:
             log.warning("event for unknown model replica", model=event.modelName, version=event.modelVersion)
             return
@@ -268,7 +293,7 @@ class Scheduler:
             )
             return
         outcome = transition[1]
-        if replica is not None and event.event != Event.UNLOADED:
+        if replica is not None:
             replica.reservations.pop(version.versioned_name, None)
         version.set_replica(event.replicaIdx, outcome, event.message)
         spec = version.spec.modelSpec
@@ -327,8 +352,16 @@ class Scheduler:
             return
         latest.schedule_error = ""
         server = self.servers[placement.server]
+        if latest.server not in ("", placement.server) and latest.active_replicas():
+            # Moving servers is a roll-out to a new version: the old one keeps serving until the
+            # new one is Available (reference §4.4), and replica indexes never mix servers.
+            moved = scheduler_pb2.Model()
+            moved.CopyFrom(latest.spec)
+            latest = ModelVersion(latest.number + 1, moved)
+            record.versions.append(latest)
+            log.info("model moves server", model=record.name, version=latest.number, server=placement.server)
         for idx in latest.active_replicas():
-            if latest.server != placement.server or idx not in placement.replicas:
+            if idx not in placement.replicas:
                 latest.set_replica(idx, ReplicaState.UnloadEnvoyRequested)
         latest.server = placement.server
         for idx in placement.replicas:
@@ -373,22 +406,26 @@ class Scheduler:
     def _refresh(self, record: ModelRecord, *, publish: bool = True) -> None:
         """Recompute states, retire superseded versions, republish the route, notify listeners."""
         latest = record.latest
+        self._update_states(record)
         if not record.deleted and latest.state is ModelState.ModelAvailable:
+            # Make before break: older versions leave the route first and are unloaded once every
+            # Envoy has ACKed the route without them (_route_confirmed).
             for version in record.versions[:-1]:
                 for idx in version.active_replicas():
-                    if version.replicas[idx].state.serves or version.replicas[idx].state in (
-                        ReplicaState.LoadRequested,
-                        ReplicaState.Loading,
-                    ):
+                    if version.replicas[idx].state in _RETIRABLE:
                         version.set_replica(idx, ReplicaState.UnloadEnvoyRequested)
         if publish or any(v.replicas_in(ReplicaState.UnloadEnvoyRequested) for v in record.versions):
             self._publish(record)
-        for version in record.versions:
-            _update_state(version, latest=version is latest and not record.deleted)
+        self._update_states(record)
         if record.deleted and all(not v.active_replicas() for v in record.versions):
             del self.models[record.name]
             log.info("model removed", model=record.name)
         self._model_changed(record.name)
+
+    @staticmethod
+    def _update_states(record: ModelRecord) -> None:
+        for version in record.versions:
+            _update_state(version, latest=version is record.latest and not record.deleted)
 
     def _publish(self, record: ModelRecord) -> None:
         route = self._route_for(record)
@@ -463,7 +500,20 @@ class Scheduler:
                 await task
         for link in self._links.values():
             link.close()
+        self._store.close()
 
+
+# Replica states of a superseded version that are taken out of the route before unloading.
+_RETIRABLE = frozenset(
+    {
+        ReplicaState.Loaded,
+        ReplicaState.Available,
+        ReplicaState.LoadedUnavailable,
+        ReplicaState.Draining,
+        ReplicaState.LoadRequested,
+        ReplicaState.Loading,
+    }
+)
 
 _EVENT_TRANSITIONS: dict[int, tuple[tuple[ReplicaState, ...], ReplicaState]] = {
     Event.LOADED: ((ReplicaState.Loading, ReplicaState.LoadRequested), ReplicaState.Loaded),

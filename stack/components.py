@@ -46,6 +46,7 @@ def components(config: StackConfig) -> list[Component]:
                 f"--envoy-listen-address={host}",
                 f"--envoy-http-port={config.http_port}",
                 f"--agent-grace-seconds={config.agent_grace_seconds}",
+                f"--state-dir={config.home / 'state'}",
             ],
             ready=lambda: grpc_healthy(f"{host}:{config.scheduler_port}"),
         ),
