@@ -46,8 +46,8 @@ class TightestServerFirst:
         desired = max(version.desired_replicas, 1)
 
         def key(server: Server) -> tuple[bool, int]:
-            free = sorted(r.free_memory for r in suitable_replicas(version, server, self.replica_filters))
-            return len(free) < desired, sum(free[:desired])
+            free = [r.free_memory for r in suitable_replicas(version, server, self.replica_filters)]
+            return len(free) < desired, sum(free)
 
         return sorted(servers, key=key)
 

@@ -13,6 +13,7 @@ replicas that already hold the version first), so a live model is never moved by
 from __future__ import annotations
 
 import functools
+import itertools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -47,7 +48,8 @@ def ring_order(key: str, nodes: Iterable[str]) -> list[str]:
     distinct = frozenset(nodes)
     if not distinct:
         return []
-    return list(_ring(distinct).iterate_nodes(key))
+    # The walk yields each node once; stop at the last one instead of going round the whole ring.
+    return list(itertools.islice(_ring(distinct).iterate_nodes(key), len(distinct)))
 
 
 def by_ring(version: ModelVersion, replicas: list[ServerReplica]) -> list[ServerReplica]:

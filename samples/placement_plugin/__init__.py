@@ -1,0 +1,1 @@
+"""An example placement plug-in package (installable on its own; see its pyproject.toml)."""
