@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import yaml
@@ -16,7 +17,13 @@ import yaml
 from apis.mlops.scheduler import scheduler_pb2
 from cli.errors import CliError
 from cli.quantity import parse_quantity
-from scheduler.validation import InvalidResource, validate_model, validate_name
+from scheduler.validation import (
+    InvalidResource,
+    validate_capability,
+    validate_model,
+    validate_name,
+    validate_server,
+)
 
 API_VERSION = "mlops.seldon.io/v1alpha1"
 KIND = "Model"
@@ -59,12 +66,92 @@ def checked_name(name: str, *, kind: str = "model") -> str:
 
 def read_model_requests(path: str) -> list[scheduler_pb2.LoadModelRequest]:
     """Parse every Model document in ``path``; raises CliError naming the file and document."""
+    text = _read(path)
+    return parse_model_requests(text, source=path, base_dir=os.path.dirname(os.path.abspath(path)))
+
+
+# -- Server resources --------------------------------------------------------------------------------
+
+SERVER_KIND = "Server"
+# ServerConfig defaults (reference §2.4), for the runtimes meshserve's local servers install.
+SERVER_CONFIGS = {"mlserver": ("mlserver", "sklearn", "xgboost", "lightgbm", "python")}
+_SERVER_SPEC_FIELDS = frozenset(
+    {"serverConfig", "replicas", "minReplicas", "maxReplicas", "capabilities", "extraCapabilities"}
+)
+
+
+@dataclass(frozen=True)
+class ServerManifest:
+    notify: scheduler_pb2.ServerNotify
+    capabilities: tuple[str, ...]
+
+
+def read_server_manifests(path: str) -> list[ServerManifest]:
+    """Parse every Server document in ``path``; raises CliError naming the file and document."""
+    text = _read(path)
+    manifests: list[ServerManifest] = []
+    for index, document in enumerate(_load_documents(text, path), start=1):
+        if document is None:
+            continue
+        try:
+            manifests.append(server_manifest(document))
+        except (ManifestError, InvalidResource) as exc:
+            raise CliError(f"{path}: document {index}: {exc}") from exc
+    if not manifests:
+        raise CliError(f"{path}: no Server documents found")
+    return manifests
+
+
+def server_manifest(document: object) -> ServerManifest:
+    """A Server resource: replica counts for the scheduler, capabilities for the server's agents.
+
+    ``capabilities`` replaces the server config's defaults; ``extraCapabilities`` appends to them.
+    """
+    spec = _resource(document, SERVER_KIND, "server load")
+    _reject_unknown(spec, _SERVER_SPEC_FIELDS, prefix="spec.")
+    name = _string(_mapping(document, "metadata", required=True), "name", "metadata.")  # type: ignore[arg-type]
+    if not name:
+        raise ManifestError("metadata.name is missing")
+    config = _string(spec, "serverConfig", "spec.") or "mlserver"
+    if config not in SERVER_CONFIGS:
+        raise ManifestError(
+            f"spec.serverConfig {config!r} is unknown; available: {', '.join(SERVER_CONFIGS)}"
+        )
+    notify = scheduler_pb2.ServerNotify(
+        name=name,
+        expectedReplicas=_uint32(spec, "replicas") if "replicas" in spec else 1,
+        minReplicas=_uint32(spec, "minReplicas") if "minReplicas" in spec else 0,
+        maxReplicas=_uint32(spec, "maxReplicas") if "maxReplicas" in spec else 0,
+        shared=True,
+    )
+    base = tuple(_string_list(spec, "capabilities")) if "capabilities" in spec else SERVER_CONFIGS[config]
+    capabilities = tuple(
+        dict.fromkeys(validate_capability(c) for c in (*base, *_string_list(spec, "extraCapabilities")))
+    )
+    if not capabilities:
+        raise ManifestError("spec.capabilities is empty: the server could run no model")
+    validate_server(notify)
+    return ServerManifest(notify, capabilities)
+
+
+def _resource(document: object, kind: str, command: str) -> dict[str, Any]:
+    """Common checks of a Seldon resource; returns its spec."""
+    if not isinstance(document, dict):
+        raise ManifestError(f"expected a mapping (a Kubernetes resource), got {_type_name(document)}")
+    if document.get("apiVersion") != API_VERSION:
+        raise ManifestError(f"apiVersion is {document.get('apiVersion')!r}; expected {API_VERSION!r}")
+    if document.get("kind") != kind:
+        raise ManifestError(f"kind is {document.get('kind')!r}; '{command}' takes kind {kind!r}")
+    _reject_unknown(document, _TOP_LEVEL_FIELDS, prefix="")
+    return _mapping(document, "spec", required=True)
+
+
+def _read(path: str) -> str:
     try:
         with open(path, encoding="utf-8") as handle:
-            text = handle.read()
+            return handle.read()
     except OSError as exc:
         raise CliError(f"{path}: {exc.strerror or exc}") from exc
-    return parse_model_requests(text, source=path, base_dir=os.path.dirname(os.path.abspath(path)))
 
 
 def parse_model_requests(text: str, *, source: str, base_dir: str) -> list[scheduler_pb2.LoadModelRequest]:
@@ -107,15 +194,8 @@ def _yaml_problem(exc: yaml.YAMLError) -> str:
 
 def model_request(document: object, *, base_dir: str) -> scheduler_pb2.LoadModelRequest:
     """One manifest to a validated LoadModelRequest; raises ManifestError or InvalidResource."""
-    if not isinstance(document, dict):
-        raise ManifestError(f"expected a mapping (a Kubernetes resource), got {_type_name(document)}")
-    if document.get("apiVersion") != API_VERSION:
-        raise ManifestError(f"apiVersion is {document.get('apiVersion')!r}; expected {API_VERSION!r}")
-    if document.get("kind") != KIND:
-        raise ManifestError(f"kind is {document.get('kind')!r}; 'model load' takes kind {KIND!r}")
-    _reject_unknown(document, _TOP_LEVEL_FIELDS, prefix="")
-    metadata = _mapping(document, "metadata", required=True)
-    spec = _mapping(document, "spec", required=True)
+    spec = _resource(document, KIND, "model load")
+    metadata = _mapping(document, "metadata", required=True)  # type: ignore[arg-type]
     _reject_unknown(spec, _SPEC_FIELDS, prefix="spec.")
 
     model = scheduler_pb2.Model()

@@ -3,26 +3,44 @@
 from __future__ import annotations
 
 import argparse
-from collections.abc import Iterable, Sequence
+import asyncio
+import json
+import os
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
 
 from apis.mlops.scheduler import scheduler_pb2
 from cli.errors import CliError
 from cli.output import JSON, TABLE, human_bytes, print_message, print_messages, print_table
-from cli.resources import checked_name
+from cli.resources import ServerManifest, checked_name, read_server_manifests
 from cli.rpc import SUBSCRIBER, scheduler, scheduler_endpoint
+from stack.components import server_spec_file
+
+HOME_HELP = "the local stack's state folder, whose controller starts the replicas (env MESHSERVE_HOME)"
 
 
 def register(
     subparsers: argparse._SubParsersAction[argparse.ArgumentParser], common: list[argparse.ArgumentParser]
 ) -> None:
-    server = subparsers.add_parser("server", help="inspect inference servers")
+    server = subparsers.add_parser("server", help="declare and inspect inference servers")
     commands = server.add_subparsers(dest="server_command", required=True, metavar="COMMAND")
+    load = commands.add_parser("load", parents=common, help="declare servers from a Seldon Server YAML file")
+    load.add_argument("-f", "--file", required=True, metavar="FILE")
+    load.add_argument("--home", default=os.environ.get("MESHSERVE_HOME", "./.meshserve"), help=HOME_HELP)
+    load.set_defaults(handler=load_servers)
+    unload = commands.add_parser("unload", parents=common, help="scale a server to 0 and forget it")
+    unload.add_argument("name")
+    unload.set_defaults(handler=unload_server)
     listing = commands.add_parser("list", parents=common, help="list servers")
     listing.add_argument("-o", "--output", choices=(TABLE, JSON), default=TABLE)
     listing.set_defaults(handler=list_servers)
     status = commands.add_parser("status", parents=common, help="show one server's status")
     status.add_argument("name")
     status.add_argument("-o", "--output", choices=(JSON, TABLE), default=JSON)
+    status.add_argument("-w", "--wait", action="store_true", help="wait until every declared replica is up")
+    status.add_argument(
+        "--wait-timeout", type=float, default=120.0, metavar="S", help="(default: %(default)s)"
+    )
     status.set_defaults(handler=server_status)
 
     sched = subparsers.add_parser("scheduler", help="inspect the scheduler")
@@ -42,8 +60,73 @@ async def list_servers(args: argparse.Namespace) -> int:
     return 0
 
 
+async def load_servers(args: argparse.Namespace) -> int:
+    """Leave each replica spec for the local stack's controller, then declare the servers."""
+    manifests = read_server_manifests(args.file)
+    undo = _write_specs(Path(args.home), manifests)
+    request = scheduler_pb2.ServerNotifyRequest(servers=[m.notify for m in manifests])
+    endpoint = scheduler_endpoint(args)
+    try:
+        async with scheduler(endpoint) as stub:
+            print_message(await stub.ServerNotify(request, timeout=endpoint.timeout))
+    except BaseException:
+        undo()  # the scheduler refused: leave no trace
+        raise
+    return 0
+
+
+def _write_specs(home: Path, manifests: list[ServerManifest]) -> Callable[[], None]:
+    """Write each server's replica spec; returns a function that puts the old files back."""
+    previous: dict[Path, str | None] = {}
+    for manifest in manifests:
+        path = server_spec_file(home.resolve(), manifest.notify.name)
+        previous[path] = path.read_text() if path.exists() else None
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"capabilities": list(manifest.capabilities)}))
+
+    def undo() -> None:
+        for path, text in previous.items():
+            if text is None:
+                path.unlink(missing_ok=True)
+            else:
+                path.write_text(text)
+
+    return undo
+
+
+async def unload_server(args: argparse.Namespace) -> int:
+    name = checked_name(args.name, kind="server")
+    request = scheduler_pb2.ServerNotifyRequest(
+        servers=[scheduler_pb2.ServerNotify(name=name, expectedReplicas=0, shared=True)]
+    )
+    endpoint = scheduler_endpoint(args)
+    async with scheduler(endpoint) as stub:
+        if name not in {r.serverName for r in await _server_statuses(args, None)}:
+            raise CliError(f"server {name!r} not found")
+        print_message(await stub.ServerNotify(request, timeout=endpoint.timeout))
+    return 0
+
+
+async def _wait_ready(args: argparse.Namespace, name: str) -> None:
+    try:
+        async with asyncio.timeout(args.wait_timeout):
+            while True:
+                found = [r for r in await _server_statuses(args, None) if r.serverName == name]
+                if (
+                    found
+                    and found[0].expectedReplicas >= 0
+                    and (found[0].availableReplicas == found[0].expectedReplicas)
+                ):
+                    return
+                await asyncio.sleep(0.2)
+    except TimeoutError:
+        raise CliError("Server wait status timeout") from None
+
+
 async def server_status(args: argparse.Namespace) -> int:
     name = checked_name(args.name, kind="server")
+    if args.wait:
+        await _wait_ready(args, name)
     responses = [response for response in await _server_statuses(args, name) if response.serverName == name]
     if not responses:
         raise CliError(f"server {name!r} not found")

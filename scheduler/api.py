@@ -40,6 +40,15 @@ class SchedulerService(scheduler_pb2_grpc.SchedulerServicer):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
         return scheduler_pb2.LoadModelResponse()
 
+    async def ServerNotify(
+        self, request: scheduler_pb2.ServerNotifyRequest, context: Context
+    ) -> scheduler_pb2.ServerNotifyResponse:
+        try:
+            self._core.notify_servers(request.servers)
+        except InvalidResource as error:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
+        return scheduler_pb2.ServerNotifyResponse()
+
     async def UnloadModel(
         self, request: scheduler_pb2.UnloadModelRequest, context: Context
     ) -> scheduler_pb2.UnloadModelResponse:

@@ -32,7 +32,7 @@ from scheduler.state import (
     ServerReplica,
 )
 from scheduler.store import StateStore
-from scheduler.validation import validate_model, validate_name
+from scheduler.validation import InvalidResource, validate_model, validate_name, validate_server
 from xdsserver.cache import Requirement
 from xdsserver.routes import Endpoint, Route, RoutePublisher, Split
 
@@ -135,6 +135,12 @@ class Scheduler:
     def load_model(self, model: scheduler_pb2.Model) -> None:
         """Create a model, add a version (spec changed) or rescale it (deployment changed)."""
         validate_model(model)
+        pinned = model.modelSpec.server if model.modelSpec.HasField("server") else ""
+        if pinned and pinned not in self.servers:
+            known = ", ".join(sorted(self.servers)) or "none"
+            raise InvalidResource(
+                f"model is pinned to server {pinned!r}, which does not exist (servers: {known})"
+            )
         model = _normalised(model)
         name = model.meta.name
         record = self.models.get(name)
@@ -168,6 +174,43 @@ class Scheduler:
                 version.set_replica(idx, ReplicaState.UnloadEnvoyRequested)
         self._refresh(record)
 
+    # -- server resources --------------------------------------------------------------------------
+
+    def notify_servers(self, servers: Iterable[scheduler_pb2.ServerNotify]) -> None:
+        """Declare servers (a Server resource, or the controller's view): replica counts, sharing.
+
+        All are validated before any is applied. Replicas at or above the expected count retire:
+        their models are placed elsewhere first, then the controller may stop them.
+        """
+        declared = list(servers)
+        for notify in declared:
+            validate_server(notify)
+        for notify in declared:
+            server = self.servers.setdefault(notify.name, Server(notify.name))
+            server.expected_replicas = notify.expectedReplicas
+            server.min_replicas, server.max_replicas = notify.minReplicas, notify.maxReplicas
+            server.shared = notify.shared
+            log.info("server declared", server=notify.name, replicas=notify.expectedReplicas)
+            for replica in server.replicas.values():
+                replica.retiring = server.is_retiring(replica.idx)
+            self._move_off_retiring(server)
+            self._forget_if_empty(server)
+            self._server_changed(notify.name)
+        self._retry_unsatisfied()
+
+    def _move_off_retiring(self, server: Server) -> None:
+        retiring = {r.idx for r in server.replicas.values() if r.retiring}
+        for record in list(self.models.values()):
+            latest = record.latest
+            on_retiring = latest.server == server.name and retiring & set(latest.active_replicas())
+            if on_retiring and not record.deleted:
+                self._schedule(record)
+
+    def _forget_if_empty(self, server: Server) -> None:
+        if not server.replicas and server.expected_replicas <= 0 and self.servers.get(server.name) is server:
+            del self.servers[server.name]
+            log.info("server removed", server=server.name)
+
     # -- agent membership --------------------------------------------------------------------------
 
     def agent_connected(self, request: agent_pb2.AgentSubscribeRequest) -> AgentLink:
@@ -178,13 +221,15 @@ class Scheduler:
         if previous is not None:
             previous.close()
         server = self.servers.setdefault(server_name, Server(server_name))
-        server.shared = request.shared
+        if server.expected_replicas < 0:
+            server.shared = request.shared  # a declared Server's own setting wins
         replica = ServerReplica(
             server_name,
             idx,
             request.replicaConfig,
             available_memory=request.availableMemoryBytes,
             generation=self._generation,
+            retiring=server.is_retiring(idx),
         )
         server.replicas[idx] = replica
         link = self._links[(server_name, idx)] = AgentLink(server_name, idx, self._generation)
@@ -251,9 +296,8 @@ class Scheduler:
         if server is None or replica is None or replica.generation != link.generation:
             return
         del server.replicas[link.idx]
-        if not server.replicas:
-            del self.servers[link.server]
         log.info("replica removed", server=link.server, replica=link.idx)
+        self._forget_if_empty(server)
         for record in list(self.models.values()):
             touched = False
             for version in record.versions:

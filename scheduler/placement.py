@@ -98,6 +98,12 @@ def connected(version: ModelVersion, replica: ServerReplica) -> str | None:
     return None if replica.connected else f"replica {replica.server}/{replica.idx} is not connected"
 
 
+def not_retiring(version: ModelVersion, replica: ServerReplica) -> str | None:
+    if replica.retiring:
+        return f"replica {replica.server}/{replica.idx} is above its server's replica count"
+    return None
+
+
 def memory(version: ModelVersion, replica: ServerReplica) -> str | None:
     if version.replicas.get(replica.idx) is not None and version.replicas[replica.idx].state.active:
         return None  # already holds this version: re-scheduling must not evict itself
@@ -133,7 +139,7 @@ def prefer_loaded(version: ModelVersion, replicas: list[ServerReplica]) -> list[
 
 
 DEFAULT_SERVER_FILTERS: tuple[ServerFilter, ...] = (has_replicas, sharing, not_deleted, requirements)
-DEFAULT_REPLICA_FILTERS: tuple[ReplicaFilter, ...] = (connected, memory)
+DEFAULT_REPLICA_FILTERS: tuple[ReplicaFilter, ...] = (connected, not_retiring, memory)
 DEFAULT_SERVER_SORTERS: tuple[ServerSorter, ...] = (prefer_current_server,)
 DEFAULT_REPLICA_SORTERS: tuple[ReplicaSorter, ...] = (by_index, by_free_memory, prefer_loaded)
 

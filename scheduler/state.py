@@ -141,6 +141,8 @@ class ServerReplica:
     # Memory promised to loads in flight, by versioned model name (released on LOADED/LOAD_FAILED).
     reservations: dict[str, int] = field(default_factory=dict)
     connected: bool = True
+    # Above the server's expected replica count: its models move away before it is stopped.
+    retiring: bool = False
     # Connection generation: a reconnecting agent replaces the old stream; events of the old one are ignored.
     generation: int = 0
 
@@ -162,4 +164,10 @@ class Server:
     name: str
     replicas: dict[int, ServerReplica] = field(default_factory=dict)
     shared: bool = True
+    # -1 until a Server resource declares it (ServerNotify); agents alone do not set it.
     expected_replicas: int = -1
+    min_replicas: int = 0
+    max_replicas: int = 0
+
+    def is_retiring(self, idx: int) -> bool:
+        return 0 <= self.expected_replicas <= idx

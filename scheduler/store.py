@@ -200,6 +200,8 @@ def _dump_server(server: Server) -> str:
         {
             "shared": server.shared,
             "expected_replicas": server.expected_replicas,
+            "min_replicas": server.min_replicas,
+            "max_replicas": server.max_replicas,
             "replicas": {
                 str(r.idx): {"config": _b64(r.config), "available_memory": r.available_memory}
                 for r in server.replicas.values()
@@ -209,12 +211,23 @@ def _dump_server(server: Server) -> str:
 
 
 def _load_server(name: str, data: dict[str, Any]) -> Server:
-    server = Server(name=name, shared=data["shared"], expected_replicas=data["expected_replicas"])
+    server = Server(
+        name=name,
+        shared=data["shared"],
+        expected_replicas=data["expected_replicas"],
+        min_replicas=data.get("min_replicas", 0),
+        max_replicas=data.get("max_replicas", 0),
+    )
     for idx, replica in data["replicas"].items():
         config = agent_pb2.ReplicaConfig()
         config.ParseFromString(base64.b64decode(replica["config"]))
         # Restored replicas are not connected until their agent subscribes again.
         server.replicas[int(idx)] = ServerReplica(
-            name, int(idx), config, available_memory=replica["available_memory"], connected=False
+            name,
+            int(idx),
+            config,
+            available_memory=replica["available_memory"],
+            connected=False,
+            retiring=server.is_retiring(int(idx)),
         )
     return server

@@ -61,3 +61,13 @@ def validate_model(model: scheduler_pb2.Model) -> None:
         raise InvalidResource(
             f"replicas ({deployment.replicas}) is below minReplicas ({deployment.minReplicas})"
         )
+
+
+def validate_server(server: scheduler_pb2.ServerNotify) -> None:
+    """Check a server declaration (ServerNotify); raises InvalidResource."""
+    name, replicas = validate_name(server.name, kind="server"), server.expectedReplicas
+    low, high = server.minReplicas, server.maxReplicas
+    if high and replicas > high:
+        raise InvalidResource(f"server {name}: replicas ({replicas}) is above maxReplicas ({high})")
+    if replicas < low:
+        raise InvalidResource(f"server {name}: replicas ({replicas}) is below minReplicas ({low})")

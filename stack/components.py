@@ -63,42 +63,79 @@ def components(config: StackConfig) -> list[Component]:
             ],
             ready=lambda: port_open(host, config.http_port),
         ),
+        *server_replica(
+            config,
+            ReplicaPorts(config.mlserver_http_port, config.mlserver_grpc_port, config.mlserver_metrics_port),
+            server=config.server_name,
+            idx=0,
+            capabilities=config.capabilities,
+        ),
+    ]
+
+
+@dataclass(frozen=True)
+class ReplicaPorts:
+    http: int
+    grpc: int
+    metrics: int
+
+
+def replica_names(config: StackConfig, server: str, idx: int) -> tuple[str, str]:
+    """Process names of one server replica; the default server's first replica keeps short names."""
+    if (server, idx) == (config.server_name, 0):
+        return "mlserver", "agent"
+    return f"mlserver-{server}-{idx}", f"agent-{server}-{idx}"
+
+
+def models_dir(config: StackConfig, server: str, idx: int) -> Path:
+    return config.home / "servers" / server / str(idx) / "models"
+
+
+def server_replica(
+    config: StackConfig, ports: ReplicaPorts, *, server: str, idx: int, capabilities: str
+) -> list[Component]:
+    """One server replica: an MLServer and the agent that registers it as ``server``/``idx``."""
+    host = config.host
+    mlserver_name, agent_name = replica_names(config, server, idx)
+    repository = models_dir(config, server, idx)
+    repository.mkdir(parents=True, exist_ok=True)
+    return [
         Component(
-            "mlserver",
-            [config.binary("mlserver"), "start", str(config.models_dir)],
+            mlserver_name,
+            [config.binary("mlserver"), "start", str(repository)],
             env={
                 "MLSERVER_HOST": host,
-                "MLSERVER_HTTP_PORT": str(config.mlserver_http_port),
-                "MLSERVER_GRPC_PORT": str(config.mlserver_grpc_port),
-                "MLSERVER_METRICS_PORT": str(config.mlserver_metrics_port),
+                "MLSERVER_HTTP_PORT": str(ports.http),
+                "MLSERVER_GRPC_PORT": str(ports.grpc),
+                "MLSERVER_METRICS_PORT": str(ports.metrics),
                 "MLSERVER_METRICS_HOST": host,
-                "MLSERVER_MODEL_REPOSITORY_ROOT": str(config.models_dir),
+                "MLSERVER_MODEL_REPOSITORY_ROOT": str(repository),
                 "MLSERVER_LOAD_MODELS_AT_STARTUP": "false",
                 # Inference in the server process: on small machines a worker pool only adds a hop.
                 "MLSERVER_PARALLEL_WORKERS": "0",
             },
-            ready=lambda: http_ok(f"http://{host}:{config.mlserver_http_port}/v2/health/live"),
+            ready=lambda: http_ok(f"http://{host}:{ports.http}/v2/health/live"),
         ),
         Component(
-            "agent",
+            agent_name,
             [
                 config.python,
                 "-m",
                 "agent",
-                f"--server-name={config.server_name}",
-                "--replica-idx=0",
+                f"--server-name={server}",
+                f"--replica-idx={idx}",
                 f"--scheduler-host={host}",
                 f"--scheduler-port={config.agent_port}",
                 f"--inference-host={host}",
-                f"--inference-http-port={config.mlserver_http_port}",
-                f"--inference-grpc-port={config.mlserver_grpc_port}",
+                f"--inference-http-port={ports.http}",
+                f"--inference-grpc-port={ports.grpc}",
                 f"--memory-bytes={config.memory_bytes}",
-                f"--capabilities={config.capabilities}",
+                f"--capabilities={capabilities}",
                 f"--overcommit-percentage={config.overcommit_percentage}",
-                f"--models-dir={config.models_dir}",
+                f"--models-dir={repository}",
             ],
             env={"MLSERVER_PARALLEL_WORKERS": "0"},
-            ready=lambda: server_registered(f"{host}:{config.scheduler_port}", config.server_name),
+            ready=lambda: replica_registered(f"{host}:{config.scheduler_port}", server, idx),
         ),
     ]
 
@@ -158,13 +195,25 @@ async def grpc_healthy(target: str) -> bool:
 
 
 async def server_registered(target: str, server: str) -> bool:
+    return await replica_registered(target, server, None)
+
+
+async def replica_registered(target: str, server: str, idx: int | None) -> bool:
+    """The scheduler knows a connected replica of ``server`` (``idx``, or any)."""
     async with grpc.aio.insecure_channel(target) as channel:
         stub = scheduler_pb2_grpc.SchedulerStub(channel)
         try:
             async for status in stub.ServerStatus(
                 scheduler_pb2.ServerStatusRequest(subscriberName="meshserve-stack", name=server), timeout=2
             ):
-                return status.availableReplicas > 0
+                return any(idx is None or r.replicaIdx == idx for r in status.resources) and (
+                    status.availableReplicas > 0
+                )
         except grpc.aio.AioRpcError:
             return False
     return False
+
+
+def server_spec_file(home: Path, server: str) -> Path:
+    """Where ``meshserve server load`` leaves a Server's replica spec for the local controller."""
+    return home / "resources" / "servers" / f"{server}.json"

@@ -45,10 +45,6 @@ class StackConfig:
         return self.home / "stack.json"
 
     @property
-    def models_dir(self) -> Path:
-        return self.home / "servers" / self.server_name / "0" / "models"
-
-    @property
     def python(self) -> str:
         return sys.executable
 

@@ -20,6 +20,7 @@ import structlog
 
 from stack.components import Component, child_env, components
 from stack.config import StackConfig
+from stack.controller import ServerController
 
 log = structlog.get_logger("meshserve.stack")
 
@@ -41,13 +42,12 @@ class Supervisor:
     def __init__(self, config: StackConfig) -> None:
         self.config = config
         self._running: dict[str, Running] = {}
-        self._stopping = False
         self._ready = False
+        self._changed = asyncio.Event()  # wakes the supervise loop when components come or go
 
     async def start(self, only: set[str] | None = None) -> None:
         """Start the components in order (all, or just those named in ``only``)."""
         self.config.logs.mkdir(parents=True, exist_ok=True)
-        self.config.models_dir.mkdir(parents=True, exist_ok=True)
         planned = components(self.config)
         for component in planned:
             if (only is None or component.name in only) and component.name not in self._running:
@@ -59,6 +59,29 @@ class Supervisor:
 
     def pid(self, name: str) -> int:
         return self._running[name].process.pid
+
+    def running(self, name: str) -> bool:
+        return name in self._running
+
+    async def add(self, component: Component) -> None:
+        """Start one more component (a server replica the controller wants) and wait until ready."""
+        await self._spawn(component)
+        self._changed.set()
+        try:
+            await self._wait_ready(component)
+        except StackError:
+            await self.remove(component.name)
+            raise
+        log.info("component ready", component=component.name)
+
+    async def remove(self, name: str, grace: float = 15.0) -> None:
+        running = self._running.pop(name, None)
+        if running is None:
+            return
+        self._changed.set()
+        await _terminate(running, grace)
+        log.info("component stopped", component=name)
+        self._write_state()
 
     async def _spawn(self, component: Component) -> None:
         log_file = (self.config.logs / f"{component.name}.log").open("ab")
@@ -92,36 +115,34 @@ class Supervisor:
         """Restart any component that dies, until ``stop`` is set."""
         backoff: dict[str, float] = {}
         while not stop.is_set():
-            waits = {asyncio.ensure_future(r.process.wait()): name for name, r in self._running.items()}
-            stopper = asyncio.ensure_future(stop.wait())
-            done, pending = await asyncio.wait({*waits, stopper}, return_when=asyncio.FIRST_COMPLETED)
+            self._changed.clear()
+            waits = {asyncio.ensure_future(r.process.wait()): (n, r) for n, r in self._running.items()}
+            wakers = {asyncio.ensure_future(stop.wait()), asyncio.ensure_future(self._changed.wait())}
+            done, pending = await asyncio.wait({*waits, *wakers}, return_when=asyncio.FIRST_COMPLETED)
             for future in pending:
                 future.cancel()
             if stop.is_set():
                 return
-            for future in done:
-                name = waits[future]
-                code = future.result()
+            for future in done & waits.keys():
+                name, running = waits[future]
+                if self._running.get(name) is not running:
+                    continue  # removed on purpose
                 delay = backoff.get(name, 0.5)
                 backoff[name] = min(delay * 2, RESTART_BACKOFF_MAX)
-                log.warning("component exited; restarting", component=name, code=code, after=delay)
-                self._running[name].log_file.close()
+                log.warning("component exited; restarting", component=name, code=future.result(), after=delay)
+                running.log_file.close()
                 await asyncio.sleep(delay)
-                await self._spawn(self._running[name].component)
+                await self._spawn(running.component)
+
+    async def operate(self, stop: asyncio.Event) -> None:
+        """Supervise the processes and run the Server controller until ``stop`` is set."""
+        async with asyncio.TaskGroup() as tasks:
+            tasks.create_task(self.supervise(stop))
+            tasks.create_task(ServerController(self).run(stop))
 
     async def stop(self, grace: float = 15.0) -> None:
-        self._stopping = True
         for name in reversed(list(self._running)):
-            running = self._running[name]
-            terminate_group(running.process.pid, signal.SIGTERM)
-            try:
-                await asyncio.wait_for(running.process.wait(), grace)
-            except TimeoutError:
-                terminate_group(running.process.pid, signal.SIGKILL)
-                await running.process.wait()
-            # Children the component left behind in its group (e.g. MLServer workers).
-            terminate_group(running.process.pid, signal.SIGKILL)
-            running.log_file.close()
+            await _terminate(self._running[name], grace)
             log.info("component stopped", component=name)
         self._running.clear()
         with contextlib.suppress(FileNotFoundError):
@@ -147,6 +168,18 @@ class Supervisor:
         temporary.replace(self.config.state_file)
 
 
+async def _terminate(running: Running, grace: float) -> None:
+    terminate_group(running.process.pid, signal.SIGTERM)
+    try:
+        await asyncio.wait_for(running.process.wait(), grace)
+    except TimeoutError:
+        terminate_group(running.process.pid, signal.SIGKILL)
+        await running.process.wait()
+    # Children the component left behind in its group (e.g. MLServer workers).
+    terminate_group(running.process.pid, signal.SIGKILL)
+    running.log_file.close()
+
+
 def terminate_group(pid: int, signum: signal.Signals) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pid, signum)
@@ -163,7 +196,7 @@ async def run(config: StackConfig, on_ready: asyncio.Event | None = None) -> int
         await supervisor.start()
         if on_ready is not None:
             on_ready.set()
-        await supervisor.supervise(stop)
+        await supervisor.operate(stop)
         return 0
     except StackError as error:
         log.error("stack failed to start", error=str(error))

@@ -131,7 +131,7 @@ async def running_stack(config: StackConfig, only: set[str] | None = None) -> As
     stop = asyncio.Event()
     try:
         await supervisor.start(only)
-        watcher = asyncio.create_task(supervisor.supervise(stop))
+        watcher = asyncio.create_task(supervisor.operate(stop))
         async with (
             grpc.aio.insecure_channel(f"127.0.0.1:{config.scheduler_port}") as scheduler,
             grpc.aio.insecure_channel(f"127.0.0.1:{config.http_port}") as envoy,

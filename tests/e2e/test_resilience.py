@@ -80,7 +80,8 @@ async def own_stack(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[S
 async def listing(stack: Stack) -> tuple[list[dict[str, object]], list[dict[str, object]]]:
     """`model list` and `server list` contents, without timestamps."""
     models = [
-        json_format.MessageToDict(m) async for m in stack.scheduler.ModelStatus(scheduler_pb2.ModelStatusRequest())
+        json_format.MessageToDict(m)
+        async for m in stack.scheduler.ModelStatus(scheduler_pb2.ModelStatusRequest())
     ]
     for model in models:
         model.pop("timestamp", None)

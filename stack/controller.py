@@ -1,0 +1,131 @@
+"""The local stack's controller for Server resources: what the Seldon operator does in Kubernetes.
+
+The scheduler is the source of truth. ``meshserve server load`` declares a server to it
+(``ServerNotify``) and leaves the replica spec (capabilities) in ``$MESHSERVE_HOME/servers/``;
+this controller follows ``SubscribeServerStatus`` and keeps that many MLServer + agent pairs
+running: missing replicas are started, replicas above the expected count are stopped once the
+scheduler has moved every model off them (make before break).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import socket
+from typing import TYPE_CHECKING
+
+import grpc
+import structlog
+
+from apis.mlops.scheduler import scheduler_pb2, scheduler_pb2_grpc
+from stack.components import ReplicaPorts, replica_names, server_replica, server_spec_file
+
+if TYPE_CHECKING:
+    from stack.supervisor import Supervisor
+
+log = structlog.get_logger("meshserve.stack.controller")
+RECONNECT_SECONDS = 1.0
+
+
+class ServerController:
+    def __init__(self, supervisor: Supervisor) -> None:
+        self._supervisor = supervisor
+        self._config = supervisor.config
+        # Replicas this stack runs, per server (the default server's replica 0 starts with the stack).
+        self._replicas: dict[str, set[int]] = {self._config.server_name: {0}}
+        self._latest: dict[str, scheduler_pb2.ServerStatusResponse] = {}
+        self._workers: dict[str, asyncio.Task[None]] = {}
+
+    async def run(self, stop: asyncio.Event) -> None:
+        follower = asyncio.create_task(self._follow())
+        await stop.wait()
+        for task in [follower, *self._workers.values()]:
+            task.cancel()
+        for task in [follower, *self._workers.values()]:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def _follow(self) -> None:
+        target = f"{self._config.host}:{self._config.scheduler_port}"
+        request = scheduler_pb2.ServerSubscriptionRequest(subscriberName="meshserve-stack")
+        while True:
+            try:
+                async with grpc.aio.insecure_channel(target) as channel:
+                    stub = scheduler_pb2_grpc.SchedulerStub(channel)
+                    async for status in stub.SubscribeServerStatus(request):
+                        self._changed(status)
+            except grpc.aio.AioRpcError as error:
+                log.debug("server status stream ended; reconnecting", code=str(error.code()))
+            await asyncio.sleep(RECONNECT_SECONDS)
+
+    def _changed(self, status: scheduler_pb2.ServerStatusResponse) -> None:
+        """Keep the newest status per server; one worker per server applies it (starts take seconds)."""
+        self._latest[status.serverName] = status
+        worker = self._workers.get(status.serverName)
+        if worker is None or worker.done():
+            self._workers[status.serverName] = asyncio.create_task(
+                self._reconcile_until_stable(status.serverName)
+            )
+
+    async def _reconcile_until_stable(self, server: str) -> None:
+        applied = None
+        while (status := self._latest[server]) is not applied:
+            applied = status
+            try:
+                await self._reconcile(status)
+            except Exception:  # keep the controller alive; the next status retries
+                log.exception("reconcile failed", server=server)
+                await asyncio.sleep(RECONNECT_SECONDS)
+
+    async def _reconcile(self, status: scheduler_pb2.ServerStatusResponse) -> None:
+        if status.expectedReplicas < 0:
+            return  # not declared by a Server resource: nothing to manage
+        server, expected = status.serverName, status.expectedReplicas
+        running = self._replicas.setdefault(server, set())
+        for idx in range(expected):
+            if idx not in running:
+                await self._start(server, idx)
+                running.add(idx)
+        loaded = {r.replicaIdx: r.numLoadedModels for r in status.resources}
+        for idx in sorted(i for i in running if i >= expected):
+            if loaded.get(idx, 0) == 0:
+                await self._stop(server, idx)
+                running.discard(idx)
+
+    async def _start(self, server: str, idx: int) -> None:
+        http, grpc_port, metrics = _free_ports(3)
+        capabilities = self._capabilities(server)
+        log.info("starting server replica", server=server, replica=idx, capabilities=capabilities)
+        for component in server_replica(
+            self._config,
+            ReplicaPorts(http, grpc_port, metrics),
+            server=server,
+            idx=idx,
+            capabilities=capabilities,
+        ):
+            await self._supervisor.add(component)
+
+    async def _stop(self, server: str, idx: int) -> None:
+        log.info("stopping server replica", server=server, replica=idx)
+        mlserver, agent = replica_names(self._config, server, idx)
+        await self._supervisor.remove(agent)
+        await self._supervisor.remove(mlserver)
+
+    def _capabilities(self, server: str) -> str:
+        spec_file = server_spec_file(self._config.home, server)
+        try:
+            spec = json.loads(spec_file.read_text())
+        except FileNotFoundError:
+            return self._config.capabilities
+        return ",".join(spec["capabilities"])
+
+
+def _free_ports(count: int) -> list[int]:
+    sockets = [socket.socket() for _ in range(count)]
+    for s in sockets:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports

@@ -1,0 +1,270 @@
+"""Reference scheduling scenarios (control-plane digest §11, 13-20 and 24) with real servers.
+
+Servers are declared with `meshserve server load`; the local stack's controller starts their
+MLServer + agent replicas, as the Seldon operator would in Kubernetes.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import grpc
+import joblib
+import pytest
+from sklearn.dummy import DummyClassifier
+
+from apis.mlops.scheduler import scheduler_pb2
+from samples import train
+from tests.e2e.conftest import IRIS_IN, Stack, eventually, iris_model, running_stack, stack_config
+from tests.e2e.test_cli import cli
+from tests.e2e.test_serving_path import load, unload
+
+SERVERS = """\
+apiVersion: mlops.seldon.io/v1alpha1
+kind: Server
+metadata: {name: mlserver-134}
+spec: {serverConfig: mlserver, replicas: 1, capabilities: [mlserver-1.3.4]}
+---
+apiVersion: mlops.seldon.io/v1alpha1
+kind: Server
+metadata: {name: mlserver-extra}
+spec: {serverConfig: mlserver, replicas: 1, extraCapabilities: [extra]}
+"""
+
+
+def server_yaml(name: str, **spec: object) -> str:
+    body = ", ".join(f"{k}: {json.dumps(v)}" for k, v in spec.items())
+    return (
+        f"apiVersion: mlops.seldon.io/v1alpha1\nkind: Server\nmetadata: {{name: {name}}}\nspec: {{{body}}}\n"
+    )
+
+
+@pytest.fixture(scope="module")
+async def servers(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Stack]:
+    home = tmp_path_factory.mktemp("scheduling")
+    async with running_stack(stack_config(home)) as stack:
+        manifest = home / "servers.yaml"
+        manifest.write_text(SERVERS)
+        assert (await cli(stack, "server", "load", "-f", str(manifest), "--home", str(home))).returncode == 0
+        for name in ("mlserver-134", "mlserver-extra"):
+            waited = await cli(stack, "server", "status", name, "-w", "--wait-timeout", "90")
+            assert waited.returncode == 0, waited.stderr
+        yield stack
+
+
+@pytest.fixture(scope="module")
+def settings_artifact(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An artifact that brings its own model-settings.json, so any MLServer can load it."""
+    folder = tmp_path_factory.mktemp("with-settings")
+    shutil.copy(train.ARTIFACTS / "iris" / "model.joblib", folder)
+    settings = {"implementation": "mlserver_sklearn.SKLearnModel", "parameters": {"uri": "./model.joblib"}}
+    (folder / "model-settings.json").write_text(json.dumps(settings))
+    return folder
+
+
+async def server_of(stack: Stack, name: str, state: str = "ModelAvailable") -> str:
+    return (await stack.wait_state(name, state)).versions[-1].serverName
+
+
+async def test_capabilities_replace_and_extend_the_server_config(
+    servers: Stack, settings_artifact: Path
+) -> None:
+    # 15: a model needing the replaced capability lands there and serves.
+    await load(
+        servers, iris_model("needs-134", uri=f"file://{settings_artifact}", requirements=["mlserver-1.3.4"])
+    )
+    assert await server_of(servers, "needs-134") == "mlserver-134"
+    async with servers.http.post(f"{servers.url}/v2/models/needs-134/infer", json=IRIS_IN) as response:
+        body = await response.json()
+    assert (body["model_name"], body["outputs"][0]["data"]) == ("needs-134_1", [2])
+    # 16: extraCapabilities add to the defaults; the server still satisfies sklearn.
+    await load(servers, iris_model("needs-extra", requirements=["sklearn", "extra"]))
+    assert await server_of(servers, "needs-extra") == "mlserver-extra"
+    # 13/15: an sklearn model is never placed on mlserver-134, whose capabilities were replaced.
+    for name in ("plain-a", "plain-b", "plain-c"):
+        await load(servers, iris_model(name))
+        assert await server_of(servers, name) in {"mlserver", "mlserver-extra"}
+    for name in ("needs-134", "needs-extra", "plain-a", "plain-b", "plain-c"):
+        await unload(servers, name)
+
+
+async def test_pinning_places_on_the_named_server_or_fails_there(
+    servers: Stack, settings_artifact: Path
+) -> None:
+    # 17: pinned with no requirements.
+    await load(
+        servers,
+        iris_model("pinned", uri=f"file://{settings_artifact}", requirements=[], server="mlserver-134"),
+    )
+    assert await server_of(servers, "pinned") == "mlserver-134"
+    # Too big for the pinned server: ScheduleFailed, not moved to another server.
+    big = iris_model("pinned-big", requirements=[], server="mlserver-134", memoryBytes=10**13)
+    await load(servers, big)
+    failed = await servers.wait_state("pinned-big", "ScheduleFailed")
+    assert failed.versions[-1].serverName in ("", "mlserver-134")
+    assert "bytes free" in failed.versions[-1].state.reason
+    for name in ("pinned", "pinned-big"):
+        await unload(servers, name)
+
+
+async def test_pinning_to_an_unknown_server_is_rejected(servers: Stack) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await load(servers, iris_model("lost", server="no-such-server"))
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "no-such-server" in (caught.value.details() or "")
+    assert await servers.model_status("lost") is None
+
+
+async def test_replicas_beyond_the_servers_need_min_replicas(servers: Stack) -> None:
+    # 18: two replicas on 1-replica servers fail; with minReplicas 1 the model runs on one.
+    wide = iris_model("wide")
+    wide.deploymentSpec.replicas = 2
+    await load(servers, wide)
+    await servers.wait_state("wide", "ScheduleFailed")
+    await unload(servers, "wide")
+    await servers.wait_gone("wide")
+    partial = iris_model("partial")
+    partial.deploymentSpec.replicas, partial.deploymentSpec.minReplicas = 2, 1
+    await load(servers, partial)
+    status = await servers.wait_state("partial", "ModelAvailable")
+    assert status.versions[-1].state.availableReplicas == 1
+    assert (await servers.infer("partial")).status == 200
+    await unload(servers, "partial")
+
+
+async def test_memory_beyond_every_replica_is_schedule_failed(servers: Stack) -> None:
+    # 20: more than memory * (1 + overcommit) of any matching replica.
+    await load(servers, iris_model("huge", memoryBytes=10**13))
+    status = await servers.wait_state("huge", "ScheduleFailed")
+    assert "bytes free" in status.versions[-1].state.reason
+    await unload(servers, "huge")
+
+
+async def test_server_scales_out_and_in_with_the_local_controller(servers: Stack, tmp_path: Path) -> None:
+    manifest = tmp_path / "two.yaml"
+    manifest.write_text(server_yaml("mlserver-extra", replicas=2, extraCapabilities=["extra"]))
+    home = str(servers.config.home)
+    assert (await cli(servers, "server", "load", "-f", str(manifest), "--home", home)).returncode == 0
+    assert (
+        await cli(servers, "server", "status", "mlserver-extra", "-w", "--wait-timeout", "90")
+    ).returncode == 0
+    both = iris_model("both", requirements=["sklearn", "extra"])
+    both.deploymentSpec.replicas = 2
+    await load(servers, both)
+    status = await servers.wait_state("both", "ModelAvailable")
+    assert status.versions[-1].state.availableReplicas == 2
+    await unload(servers, "both")
+    await servers.wait_gone("both")
+
+    manifest.write_text(server_yaml("mlserver-extra", replicas=1, extraCapabilities=["extra"]))
+    assert (await cli(servers, "server", "load", "-f", str(manifest), "--home", home)).returncode == 0
+
+    async def replica_stopped() -> bool:
+        return not servers.supervisor.running("agent-mlserver-extra-1")
+
+    await eventually(replica_stopped, timeout=60, what="replica 1 of mlserver-extra to stop")
+
+
+async def test_unloading_a_server_moves_its_models_and_stops_it(servers: Stack, tmp_path: Path) -> None:
+    manifest = tmp_path / "temp.yaml"
+    manifest.write_text(server_yaml("mlserver-temp", replicas=1, extraCapabilities=["temp"]))
+    home = str(servers.config.home)
+    assert (await cli(servers, "server", "load", "-f", str(manifest), "--home", home)).returncode == 0
+    assert (
+        await cli(servers, "server", "status", "mlserver-temp", "-w", "--wait-timeout", "90")
+    ).returncode == 0
+    await load(
+        servers,
+        iris_model("mover"),
+    )
+    await servers.wait_state("mover", "ModelAvailable")
+    assert (await cli(servers, "server", "unload", "mlserver-temp")).returncode == 0
+
+    async def gone() -> bool:
+        listed = json.loads((await cli(servers, "server", "list", "-o", "json")).stdout)
+        return "mlserver-temp" not in {s["serverName"] for s in listed}
+
+    await eventually(gone, timeout=60, what="mlserver-temp to be removed")
+    assert not servers.supervisor.running("agent-mlserver-temp-0")
+    assert (await servers.infer("mover")).status == 200
+    await unload(servers, "mover")
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (server_yaml("bad-min", replicas=1, minReplicas=2), "below minReplicas"),
+        (server_yaml("bad-max", replicas=3, maxReplicas=2), "above maxReplicas"),
+        (server_yaml("bad-cap", capabilities=["not ok!"]), "capability"),
+        (server_yaml("bad-config", serverConfig="triton"), "serverConfig"),
+        (server_yaml("Bad-Name"), "invalid"),
+    ],
+    ids=["replicas-below-min", "max-below-replicas", "capability-syntax", "unknown-config", "bad-name"],
+)
+async def test_bad_server_resources_change_nothing(
+    servers: Stack, tmp_path: Path, body: str, message: str
+) -> None:
+    async def declared() -> dict[str, int]:
+        listed = json.loads((await cli(servers, "server", "list", "-o", "json")).stdout)
+        return {s["serverName"]: s.get("expectedReplicas", 0) for s in listed}
+
+    before = await declared()
+    manifest = tmp_path / "bad.yaml"
+    manifest.write_text(body)
+    result = await cli(servers, "server", "load", "-f", str(manifest), "--home", str(servers.config.home))
+    assert result.returncode == 1 and message in result.stderr, result.stderr
+    assert await declared() == before
+
+
+async def test_artifact_version_update_serves_the_new_version(servers: Stack, tmp_path: Path) -> None:
+    # 24: one artifact with numbered version folders; artifactVersion picks one.
+    for version, model in (
+        ("1", joblib.load(train.ARTIFACTS / "iris" / "model.joblib")),
+        ("2", _constant(0)),
+    ):
+        folder = tmp_path / "math" / version
+        folder.mkdir(parents=True)
+        joblib.dump(model, folder / "model.joblib")
+        settings = {
+            "implementation": "mlserver_sklearn.SKLearnModel",
+            "parameters": {"uri": "./model.joblib"},
+        }
+        (folder / "model-settings.json").write_text(json.dumps(settings))
+    math = iris_model("math", uri=f"file://{tmp_path / 'math'}", artifactVersion=1)
+    await load(servers, math)
+    await servers.wait_state("math", "ModelAvailable")
+    async with servers.http.post(f"{servers.url}/v2/models/math/infer", json=IRIS_IN) as response:
+        assert (await response.json())["outputs"][0]["data"] == [2]
+    math.modelSpec.artifactVersion = 2
+    await load(servers, math)
+
+    async def on_version_two() -> bool:
+        async with servers.http.post(f"{servers.url}/v2/models/math/infer", json=IRIS_IN) as response:
+            body = await response.json()
+        return bool(body["model_name"] == "math_2" and body["outputs"][0]["data"] == [0])
+
+    await eventually(on_version_two, what="math_2 to serve")
+    await unload(servers, "math")
+    await servers.wait_gone("math")
+    assert (await servers.infer("math")).status == 404
+
+
+def _constant(label: int) -> DummyClassifier:
+    model = DummyClassifier(strategy="constant", constant=label)
+    return model.fit([[0, 0, 0, 0], [1, 1, 1, 1]], [label, label + 1])
+
+
+def test_server_resource_documents_are_scheduler_messages() -> None:
+    """The CLI's Server parsing gives the scheduler exactly the Seldon ServerNotify fields."""
+    import yaml
+
+    from cli.resources import server_manifest
+
+    manifest = server_manifest(yaml.safe_load(server_yaml("s", replicas=2, minReplicas=1, maxReplicas=3)))
+    assert manifest.notify == scheduler_pb2.ServerNotify(
+        name="s", expectedReplicas=2, minReplicas=1, maxReplicas=3, shared=True
+    )
+    assert manifest.capabilities == ("mlserver", "sklearn", "xgboost", "lightgbm", "python")
