@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -9,11 +10,12 @@ import grpc
 import structlog
 
 from apis.mlops.agent import agent_pb2, agent_pb2_grpc
-from scheduler.core import Scheduler
+from scheduler.core import ModelNotFound, Scheduler
 from scheduler.validation import InvalidResource
 
 log = structlog.get_logger("meshserve.scheduler.agents")
 Context = grpc.aio.ServicerContext[Any, Any]
+DRAIN_TIMEOUT_SECONDS = 300
 
 
 class AgentService(agent_pb2_grpc.AgentServiceServicer):
@@ -49,4 +51,13 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
     async def AgentDrain(
         self, request: agent_pb2.AgentDrainRequest, context: Context
     ) -> agent_pb2.AgentDrainResponse:
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "agent drain is not implemented yet")
+        try:
+            async with asyncio.timeout(DRAIN_TIMEOUT_SECONDS):
+                await self._core.drain(request.serverName, request.replicaIdx)
+        except ModelNotFound as error:
+            await context.abort(grpc.StatusCode.NOT_FOUND, str(error))
+        except TimeoutError:
+            await context.abort(
+                grpc.StatusCode.DEADLINE_EXCEEDED, "models did not move off the replica in time"
+            )
+        return agent_pb2.AgentDrainResponse(success=True)

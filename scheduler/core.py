@@ -211,6 +211,37 @@ class Scheduler:
             del self.servers[server.name]
             log.info("server removed", server=server.name)
 
+    async def drain(self, server_name: str, idx: int) -> None:
+        """Move every model off one replica (AgentDrain), returning once each runs elsewhere.
+
+        Models that cannot be placed elsewhere are not waited for (reference §4.7). Callers bound
+        the wait with ``asyncio.timeout``.
+        """
+        server = self.servers.get(server_name)
+        replica = server.replicas.get(idx) if server else None
+        if server is None or replica is None:
+            raise ModelNotFound(f"replica {server_name}/{idx} is not registered")
+        replica.retiring = True
+        self._move_off_retiring(server)
+        changed = asyncio.Event()
+        stop_listening = self.on_model_change(lambda _: changed.set())
+        try:
+            while self._still_on(server_name, idx):
+                changed.clear()
+                await changed.wait()
+        finally:
+            stop_listening()
+        log.info("replica drained", server=server_name, replica=idx)
+
+    def _still_on(self, server_name: str, idx: int) -> bool:
+        for record in self.models.values():
+            latest = record.latest
+            if latest.server != server_name or record.deleted or latest.schedule_error:
+                continue
+            if idx in latest.active_replicas():
+                return True
+        return False
+
     # -- agent membership --------------------------------------------------------------------------
 
     def agent_connected(self, request: agent_pb2.AgentSubscribeRequest) -> AgentLink:
@@ -406,7 +437,11 @@ class Scheduler:
             log.info("model moves server", model=record.name, version=latest.number, server=placement.server)
         for idx in latest.active_replicas():
             if idx not in placement.replicas:
-                latest.set_replica(idx, ReplicaState.UnloadEnvoyRequested)
+                # A serving replica keeps serving (Draining) until its replacements are up.
+                serving = latest.replicas[idx].state.serves
+                latest.set_replica(
+                    idx, ReplicaState.Draining if serving else ReplicaState.UnloadEnvoyRequested
+                )
         latest.server = placement.server
         for idx in placement.replicas:
             status = latest.replicas.get(idx)
@@ -451,6 +486,9 @@ class Scheduler:
         """Recompute states, retire superseded versions, republish the route, notify listeners."""
         latest = record.latest
         self._update_states(record)
+        if _replacements_ready(latest):
+            for idx in latest.replicas_in(ReplicaState.Draining):
+                latest.set_replica(idx, ReplicaState.UnloadEnvoyRequested)
         if not record.deleted and latest.state is ModelState.ModelAvailable:
             # Make before break: older versions leave the route first and are unloaded once every
             # Envoy has ACKed the route without them (_route_confirmed).
@@ -591,6 +629,14 @@ def _update_state(version: ModelVersion, *, latest: bool) -> None:
         version.set_state(ModelState.ModelAvailable, version.schedule_error)
     else:
         version.set_state(ModelState.ModelProgressing)
+
+
+def _replacements_ready(version: ModelVersion) -> bool:
+    """Draining replicas may go: the others finished loading and at least one is Available."""
+    if not version.replicas_in(ReplicaState.Draining):
+        return False
+    loading = version.replicas_in(ReplicaState.LoadRequested, ReplicaState.Loading)
+    return not loading and bool(version.replicas_in(ReplicaState.Available))
 
 
 def _newest_reason(version: ModelVersion) -> str:

@@ -327,3 +327,39 @@ async def test_stale_copy_on_a_returning_server_does_not_touch_the_real_replica(
     assert pending_ops(returning) == [(UNLOAD, "iris", 1)]
     assert harness.version("iris").replicas[0].state is ReplicaState.Available
     assert harness.targets("iris") == {"iris_1": 100}
+
+
+async def test_drained_replica_keeps_serving_until_its_replacement_is_available(harness: Harness) -> None:
+    link0, link1 = await harness.connect(idx=0), await harness.connect(idx=1)
+    await harness.load(model("iris"))
+    await harness.make_available("iris", idx=0)
+    pending_ops(link0)
+
+    drain = asyncio.create_task(harness.scheduler.drain("mlserver", 0))
+    await harness.settle()
+    # Make before break: replica 1 loads while replica 0 still takes the traffic.
+    assert pending_ops(link1) == [(LOAD, "iris", 1)]
+    route = harness.route("iris")
+    assert route is not None and [e.host for e in route.splits[0].endpoints] == ["10.0.0.1"]
+    assert not drain.done()
+
+    await harness.make_available("iris", idx=1)
+    await harness.envoy_applies()
+    assert pending_ops(link0) == [(UNLOAD, "iris", 1)]
+    await harness.report(Event.UNLOADED, "iris", 1, idx=0)
+    await asyncio.wait_for(drain, 1)
+    assert harness.version("iris").active_replicas() == [1]
+
+
+async def test_drain_does_not_wait_for_models_that_cannot_move(harness: Harness) -> None:
+    await harness.connect(idx=0)
+    await harness.load(model("iris"))
+    await harness.make_available("iris", idx=0)
+    await asyncio.wait_for(harness.scheduler.drain("mlserver", 0), 1)
+    assert harness.state("iris") is ModelState.ModelAvailable  # still served where it is
+    assert harness.version("iris").schedule_error
+
+
+async def test_draining_an_unknown_replica_is_not_found(harness: Harness) -> None:
+    with pytest.raises(ModelNotFound):
+        await harness.scheduler.drain("nowhere", 3)
