@@ -163,18 +163,25 @@ async def _server_statuses(
 
 
 def print_server_table(responses: Iterable[scheduler_pb2.ServerStatusResponse]) -> None:
-    columns = ("server", "replicas", "loaded models", "memory free/total", "overcommit")
+    columns = ("server", "replicas", "loaded models", "memory free/capacity", "overcommit")
     print_table(columns, [_server_row(response) for response in responses])
 
 
 def _server_row(response: scheduler_pb2.ServerStatusResponse) -> Sequence[str]:
-    total = sum(replica.totalMemoryBytes for replica in response.resources)
+    # Capacity includes the overcommit headroom, which the agents' free memory also counts.
+    capacity = sum(r.totalMemoryBytes * (100 + r.overCommitPercentage) // 100 for r in response.resources)
     available = sum(replica.availableMemoryBytes for replica in response.resources)
     overcommit = sorted({f"{replica.overCommitPercentage}%" for replica in response.resources})
+    declared = response.expectedReplicas >= 0  # -1: no Server resource, just agents that registered
+    replicas = (
+        f"{response.availableReplicas}/{response.expectedReplicas}"
+        if declared
+        else str(response.availableReplicas)
+    )
     return (
         response.serverName,
-        f"{response.availableReplicas}/{response.expectedReplicas}",
+        replicas,
         str(response.numLoadedModelReplicas),
-        f"{human_bytes(available)}/{human_bytes(total)}",
+        f"{human_bytes(available)}/{human_bytes(capacity)}",
         ",".join(overcommit) or "-",
     )

@@ -151,7 +151,8 @@ Try:
     -H 'content-type: application/json' \\
     -d '{{"inputs":[{{"name":"predict","shape":[1,4],"datatype":"FP32","data":[[1,2,3,4]]}}]}}'
   .venv/bin/meshserve model list
-Stop with: make down"""
+Stop with: make down""",
+        soft_wrap=True,  # keep the curl line whole, whatever the terminal width
     )
 
 
