@@ -42,8 +42,13 @@ typecheck: $(STAMP)
 test: lint typecheck
 	$(BIN)/pytest
 
+# Load generators from Debian (wrk; h2load from nghttp2-client), installed when missing (needs root
+# or sudo). BENCH_ARGS passes options, e.g. `make bench BENCH_ARGS="--only dataplane --quick"`.
 bench: $(STAMP)
-	$(BIN)/python -m bench
+	@command -v wrk >/dev/null && command -v h2load >/dev/null || { \
+	  SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq wrk nghttp2-client; }
+	$(BIN)/python -m bench $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .meshserve build *.egg-info

@@ -20,7 +20,12 @@ async def _main(config: AgentConfig) -> int:
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, task.cancel)
     try:
-        await run_agent(config)
+        if config.simulate:
+            from agent.simulate import run_simulated_agent
+
+            await run_simulated_agent(config)
+        else:
+            await run_agent(config)
     except asyncio.CancelledError:
         get_logger().info("agent stopped")
         return 0

@@ -33,6 +33,8 @@ class AgentConfig:
     startup_timeout_seconds: float = 120.0
     parallel_workers: int = 1
     """MLServer's worker count, reported as runtime info on LOADED (env MLSERVER_PARALLEL_WORKERS)."""
+    simulate: bool = False
+    """No model server: acknowledge every load/unload at once (agent/simulate.py, for benchmarks)."""
 
     @property
     def scheduler_address(self) -> str:
@@ -84,8 +86,14 @@ def _build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     parser.add_argument(
         "--models-dir",
         default=env.get("MESHSERVE_MODELS_DIR"),
-        required="MESHSERVE_MODELS_DIR" not in env,
-        help="MLServer's model repository root, owned by the agent [MESHSERVE_MODELS_DIR]",
+        help="MLServer's model repository root, owned by the agent (required) [MESHSERVE_MODELS_DIR]",
+    )
+    parser.add_argument(
+        "--simulate",
+        action="store_true",
+        default=env.get("MESHSERVE_SIMULATE", "") not in ("", "0", "false"),
+        help="no model server: acknowledge loads/unloads at once; --inference-* name the upstream "
+        "Envoy should route to (benchmarks) [MESHSERVE_SIMULATE]",
     )
     return parser
 
@@ -99,10 +107,12 @@ def parse_config(
     args = parser.parse_args(argv)
     if args.replica_idx < 0 or args.memory_bytes < 0 or args.overcommit_percentage < 0:
         parser.error("--replica-idx, --memory-bytes and --overcommit-percentage must not be negative")
+    if args.models_dir is None and not args.simulate:
+        parser.error("the following arguments are required: --models-dir")
     config = AgentConfig(
         server_name=validate_name(args.server_name, kind="server"),
         replica_idx=args.replica_idx,
-        models_dir=Path(args.models_dir).resolve(),
+        models_dir=Path(args.models_dir or ".").resolve(),
         scheduler_host=args.scheduler_host,
         scheduler_port=args.scheduler_port,
         inference_host=args.inference_host,
@@ -114,5 +124,6 @@ def parse_config(
         unload_grace_seconds=args.unload_grace_seconds,
         startup_timeout_seconds=args.startup_timeout_seconds,
         parallel_workers=parse_parallel_workers(env.get("MLSERVER_PARALLEL_WORKERS")),
+        simulate=args.simulate,
     )
     return config, str(args.log_level)

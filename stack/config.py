@@ -56,6 +56,25 @@ class StackConfig:
             raise FileNotFoundError(f"{name} is not installed (run `make up`, which installs it)")
         return found
 
+    @classmethod
+    def on_free_ports(cls, home: Path, **overrides: Any) -> StackConfig:
+        """A stack on loopback ports free right now (tests and benchmarks run beside other stacks)."""
+        from stack.ports import free_ports
+
+        http, xds, scheduler, agent, admin, ml_http, ml_grpc, ml_metrics = free_ports(8)
+        values: dict[str, Any] = {
+            "http_port": http,
+            "xds_port": xds,
+            "scheduler_port": scheduler,
+            "agent_port": agent,
+            "envoy_admin_port": admin,
+            "mlserver_http_port": ml_http,
+            "mlserver_grpc_port": ml_grpc,
+            "mlserver_metrics_port": ml_metrics,
+            "agent_grace_seconds": 5.0,
+        }
+        return cls(home=home, **{**values, **overrides})
+
     @property
     def config_file(self) -> Path:
         return self.home / "config.json"

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import socket
 from typing import TYPE_CHECKING
 
 import grpc
@@ -20,6 +19,7 @@ import structlog
 
 from apis.mlops.scheduler import scheduler_pb2, scheduler_pb2_grpc
 from stack.components import ReplicaPorts, replica_names, server_replica, server_spec_file
+from stack.ports import free_ports
 
 if TYPE_CHECKING:
     from stack.supervisor import Supervisor
@@ -94,7 +94,7 @@ class ServerController:
                 running.discard(idx)
 
     async def _start(self, server: str, idx: int) -> None:
-        http, grpc_port, metrics = _free_ports(3)
+        http, grpc_port, metrics = free_ports(3)
         capabilities = self._capabilities(server)
         log.info("starting server replica", server=server, replica=idx, capabilities=capabilities)
         for component in server_replica(
@@ -119,13 +119,3 @@ class ServerController:
         except FileNotFoundError:
             return self._config.capabilities
         return ",".join(spec["capabilities"])
-
-
-def _free_ports(count: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(count)]
-    for s in sockets:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
@@ -24,33 +23,8 @@ IRIS_IN = {"inputs": [{"name": "predict", "shape": [1, 4], "datatype": "FP32", "
 ModelState = scheduler_pb2.ModelStatus.ModelState
 
 
-def free_ports(count: int) -> list[int]:
-    sockets = []
-    for _ in range(count):
-        s = socket.socket()
-        s.bind(("127.0.0.1", 0))
-        sockets.append(s)
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
-
-
 def stack_config(home: Path, **overrides: object) -> StackConfig:
-    ports = free_ports(9)
-    config = StackConfig(
-        home=home,
-        http_port=ports[0],
-        xds_port=ports[1],
-        scheduler_port=ports[2],
-        agent_port=ports[3],
-        envoy_admin_port=ports[4],
-        mlserver_http_port=ports[5],
-        mlserver_grpc_port=ports[6],
-        mlserver_metrics_port=ports[7],
-        agent_grace_seconds=5.0,
-    )
-    return replace(config, **overrides)  # type: ignore[arg-type]
+    return StackConfig.on_free_ports(home, **overrides)
 
 
 @dataclass

@@ -13,7 +13,8 @@ import aiohttp
 import grpc
 
 from apis.v2_dataplane import v2_dataplane_pb2_grpc
-from tests.e2e.conftest import IRIS_IN, free_ports
+from stack.ports import free_ports
+from tests.e2e.conftest import IRIS_IN
 from tests.e2e.test_serving_path import GRPC_IRIS
 
 MESHSERVE = str(Path(sys.executable).parent / "meshserve")

@@ -1,0 +1,79 @@
+"""Simulated replica (``python -m agent --simulate``): for control-plane benchmarks and tests.
+
+Registers with the scheduler like a real agent (same Subscribe stream, same ReplicaConfig and
+memory accounting) but runs no model server: every LOAD_MODEL is answered LOADED and every
+UNLOAD_MODEL UNLOADED at once. Its ``--inference-*`` flags name whatever upstream Envoy should
+route to (e.g. a tiny HTTP server in ``bench/``), so routes can be exercised end to end.
+"""
+
+from __future__ import annotations
+
+import grpc
+from structlog.typing import FilteringBoundLogger
+
+from agent.client import AgentClient
+from agent.config import AgentConfig
+from agent.log import get_logger
+from agent.operations import Event, ModelOperator, Outcome
+from agent.state import ReplicaState, model_cost, versioned_name
+from apis.mlops.agent import agent_pb2
+
+
+class SimulatedState(ReplicaState):
+    """ReplicaState with a running total, so reporting free memory is O(1) at 10,000 models."""
+
+    def __init__(self, *, memory_bytes: int, overcommit_percentage: int) -> None:
+        super().__init__(memory_bytes=memory_bytes, overcommit_percentage=overcommit_percentage)
+        self._used = 0
+
+    def available_bytes(self) -> int:
+        return max(0, self.capacity_bytes - self._used)
+
+    def add(self, model_version: agent_pb2.ModelVersion) -> None:
+        previous = self.get(versioned_name(model_version))
+        if previous is not None:
+            self._used -= model_cost(previous)
+        super().add(model_version)
+        self._used += model_cost(model_version)
+
+    def remove(self, name: str) -> agent_pb2.ModelVersion | None:
+        removed = super().remove(name)
+        if removed is not None:
+            self._used -= model_cost(removed)
+        return removed
+
+
+class SimulatedOperator(ModelOperator):
+    """Acknowledges loads and unloads without a model server."""
+
+    def __init__(self, *, state: ReplicaState, logger: FilteringBoundLogger) -> None:
+        # No MLServer and no repository: deliberately not calling ModelOperator.__init__.
+        self._state = state
+        self._log = logger
+
+    async def load(self, model_version: agent_pb2.ModelVersion) -> Outcome:
+        self._state.add(model_version)
+        return Outcome(model_version.model.meta.name, model_version.version, Event.LOADED)
+
+    async def unload(self, model_version: agent_pb2.ModelVersion) -> Outcome:
+        self._state.remove(versioned_name(model_version))
+        return Outcome(model_version.model.meta.name, model_version.version, Event.UNLOADED)
+
+    async def adopt_or_clean(self) -> None:
+        return None
+
+
+async def run_simulated_agent(config: AgentConfig, *, logger: FilteringBoundLogger | None = None) -> None:
+    """Follow the scheduler until cancelled, acknowledging every operation immediately."""
+    log = logger or get_logger()
+    state = SimulatedState(
+        memory_bytes=config.memory_bytes, overcommit_percentage=config.overcommit_percentage
+    )
+    operator = SimulatedOperator(state=state, logger=log)
+    log.info(
+        "simulated replica",
+        upstream=f"{config.inference_host}:{config.inference_http_port}/{config.inference_grpc_port}",
+    )
+    async with grpc.aio.insecure_channel(config.scheduler_address) as channel:
+        client = AgentClient(config=config, channel=channel, operator=operator, state=state, logger=log)
+        await client.run()
