@@ -36,6 +36,7 @@ class SchedulerService(scheduler_pb2_grpc.SchedulerServicer):
     ) -> scheduler_pb2.LoadModelResponse:
         try:
             self._core.load_model(request.model)
+            self._core.commit()
         except InvalidResource as error:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
         return scheduler_pb2.LoadModelResponse()
@@ -45,6 +46,7 @@ class SchedulerService(scheduler_pb2_grpc.SchedulerServicer):
     ) -> scheduler_pb2.ServerNotifyResponse:
         try:
             self._core.notify_servers(request.servers)
+            self._core.commit()
         except InvalidResource as error:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
         return scheduler_pb2.ServerNotifyResponse()
@@ -54,6 +56,7 @@ class SchedulerService(scheduler_pb2_grpc.SchedulerServicer):
     ) -> scheduler_pb2.UnloadModelResponse:
         try:
             self._core.unload_model(request.model.name)
+            self._core.commit()
         except InvalidResource as error:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
         except ModelNotFound as error:

@@ -94,6 +94,10 @@ class Scheduler:
         self._store = store or StateStore(None)
         self._store.bind(lambda: self.models, lambda: self.servers)
 
+    def commit(self) -> None:
+        """Make every accepted change durable now (the API calls this before answering)."""
+        self._store.flush()
+
     def restore(self) -> None:
         """Reload persisted state and re-publish its routes, before Envoy or any agent connects.
 
@@ -125,8 +129,9 @@ class Scheduler:
         for listener in list(self._model_listeners):
             listener(name)
 
-    def _server_changed(self, name: str) -> None:
-        self._store.server_changed(name)
+    def _server_changed(self, name: str, *, persist: bool = True) -> None:
+        if persist:
+            self._store.server_changed(name)
         for listener in list(self._server_listeners):
             listener(name)
 
@@ -351,7 +356,8 @@ class Scheduler:
         replica = server.replicas.get(event.replicaIdx) if server else None
         if replica is not None:
             replica.available_memory = event.availableMemoryBytes
-            self._server_changed(event.serverName)
+            # Free memory is re-reported by the agent on reconnect: not worth a write per event.
+            self._server_changed(event.serverName, persist=False)
         # Replica states are per index of the version's server; an event from another server is stale.
         on_server = version is not None and version.server == event.serverName
         status = version.replicas.get(event.replicaIdx) if version is not None and on_server else None
@@ -378,7 +384,7 @@ class Scheduler:
             and not spec.HasField("modelRuntimeInfo")
         ):
             spec.modelRuntimeInfo.CopyFrom(event.runtimeInfo)
-        log.info(
+        log.debug(
             "agent event",
             model=version.versioned_name,
             replica=event.replicaIdx,
@@ -402,7 +408,8 @@ class Scheduler:
 
     def _route_confirmed(self, record: ModelRecord) -> None:
         """The current route of ``record`` is live in every Envoy."""
-        routed = {s.target for s in self._routes.routes.get(record.name, Route(record.name, ())).splits}
+        route = self._routes.route(record.name)
+        routed = {s.target for s in route.splits} if route is not None else set()
         for version in record.versions:
             in_route = version.versioned_name in routed
             for idx, status in list(version.replicas.items()):

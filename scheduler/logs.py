@@ -18,7 +18,8 @@ def configure_logging(level: str | None = None) -> None:
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso"),
             structlog.processors.format_exc_info,
-            structlog.dev.ConsoleRenderer(colors=False),
+            # logfmt: greppable, and several times cheaper than the console renderer.
+            structlog.processors.LogfmtRenderer(key_order=["timestamp", "level", "event"]),
         ],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(name)),
         logger_factory=structlog.PrintLoggerFactory(sys.stderr),

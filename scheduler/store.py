@@ -4,8 +4,11 @@ What is kept: every model with its versions (spec, server, replica states, model
 server with its replicas' configs. That is enough for a restarted scheduler to publish the very
 same Envoy configuration before any agent has reconnected, so the data plane never notices.
 
-Writes are coalesced: the core marks names dirty as it changes them and one transaction per event
-loop turn writes them all, so a burst of 10,000 loads is not 10,000 commits.
+Writes are coalesced: the core marks names dirty as it changes them and one transaction writes
+them all, ``FLUSH_DELAY`` later, so a burst of 10,000 loads is not 10,000 commits. API calls do
+not wait for that: the scheduler commits before it answers (``flush``), so nothing a client was
+told is accepted can be lost; what the delay may lose is agent-reported state, which agents
+report again when they reconnect.
 
 Contract: only :class:`scheduler.core.Scheduler` calls ``model_changed``/``server_changed``, on the
 event loop; ``load`` is called once, before serving.
@@ -34,6 +37,7 @@ from scheduler.state import (
 )
 
 SCHEMA_VERSION = 1
+FLUSH_DELAY = 0.05  # seconds
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS models (name TEXT PRIMARY KEY, record TEXT NOT NULL);
@@ -91,7 +95,7 @@ class StateStore:
     def _schedule_flush(self) -> None:
         if not self._flush_scheduled:
             self._flush_scheduled = True
-            asyncio.get_running_loop().call_soon(self.flush)
+            asyncio.get_running_loop().call_later(FLUSH_DELAY, self.flush)
 
     def flush(self) -> None:
         self._flush_scheduled = False

@@ -46,6 +46,7 @@ REST_PREFIX = "/v2"
 # Matches the model (and optional version) segment of an OIP path, to put the versioned name there.
 _MODEL_PATH = r"^/v2/models/[^/]+(/versions/[^/]+)?"
 _FRACTION_DENOMINATOR = 1_000_000
+_LUA_OFF = lua_pb2.LuaPerRoute(disabled=True)
 _ADS = config_source_pb2.ConfigSource(
     ads=config_source_pb2.AggregatedConfigSource(), resource_api_version=config_source_pb2.V3
 )
@@ -141,6 +142,9 @@ def _rest_route(
     http_cluster, _ = cluster_names(split.target)
     entry = _route_entry(route, split, REST_PREFIX, "_http", fraction, header)
     entry.route.cluster = http_cluster
+    # REST needs no Lua once a route matched (regex_rewrite does the renaming): skip its cost.
+    # Path-only requests still run it, since before it derives seldon-model no route matches.
+    entry.typed_per_filter_config[LUA_FILTER].Pack(_LUA_OFF)
     entry.route.regex_rewrite.CopyFrom(
         regex_pb2.RegexMatchAndSubstitute(
             pattern=regex_pb2.RegexMatcher(regex=_MODEL_PATH),

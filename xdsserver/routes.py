@@ -46,9 +46,8 @@ class RoutePublisher:
         self._clusters_of: dict[str, set[str]] = {}  # route name -> cluster names it uses
         self._routes: dict[str, Route] = {}
 
-    @property
-    def routes(self) -> dict[str, Route]:
-        return dict(self._routes)
+    def route(self, name: str) -> Route | None:
+        return self._routes.get(name)
 
     def publish(self, route: Route) -> list[Requirement]:
         if not route.splits:

@@ -196,7 +196,7 @@ class Harness:
         return self.version(name, number).state
 
     def route(self, name: str) -> Route | None:
-        return self.publisher.routes.get(name)
+        return self.publisher.route(name)
 
     def targets(self, name: str) -> dict[str, int]:
         route = self.route(name)

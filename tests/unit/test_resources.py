@@ -190,7 +190,7 @@ def test_route_without_splits_is_removed() -> None:
     requirements = publisher.publish(Route("iris", ()))
     assert all(r.removed for r in requirements) and len(requirements) == 3
     assert cache.live(CLUSTER) == {} and cache.live(SCOPED_ROUTE) == {}
-    assert publisher.routes == {}
+    assert publisher.route("iris") is None
 
 
 def test_removing_an_unknown_route_requires_nothing() -> None:
@@ -205,4 +205,4 @@ def test_routes_of_other_models_are_untouched() -> None:
     publisher.remove("b")
     assert kept == Requirement(SCOPED_ROUTE, "a", kept.version)
     assert set(cache.live(SCOPED_ROUTE)) == {"a"}
-    assert set(publisher.routes) == {"a"}
+    assert publisher.route("a") is not None and publisher.route("b") is None
