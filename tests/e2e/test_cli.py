@@ -63,6 +63,10 @@ async def test_cli_load_status_infer_unload(stack: Stack, tmp_path: Path) -> Non
     headers = await cli(stack, "model", "infer", "cli-iris", "--show-headers", IRIS_JSON)
     assert "x-seldon-route: :cli-iris_1:" in headers.stderr.lower()
 
+    metadata = await cli(stack, "model", "metadata", "cli-iris")
+    assert metadata.returncode == 0, metadata.stderr
+    assert json.loads(metadata.stdout)["name"] == "cli-iris_1"
+
     servers = json.loads((await cli(stack, "server", "list", "-o", "json")).stdout)
     assert servers[0]["serverName"] == "mlserver"
     assert (await cli(stack, "scheduler", "status")).returncode == 0
