@@ -521,7 +521,8 @@ class Scheduler:
         requirements = self._routes.publish(route)
         if self._envoy.acked(requirements):
             self._awaiting_envoy.pop(record.name, None)
-            self._route_confirmed_later(record.name)
+            if any(v.replicas_in(*_AWAITING_CONFIRMATION) for v in record.versions):
+                self._route_confirmed_later(record.name)
         else:
             self._awaiting_envoy[record.name] = requirements
 
@@ -591,6 +592,13 @@ class Scheduler:
             link.close()
         self._store.close()
 
+
+# Replica states that change once Envoy holds the model's current route.
+_AWAITING_CONFIRMATION = (
+    ReplicaState.Loaded,
+    ReplicaState.LoadedUnavailable,
+    ReplicaState.UnloadEnvoyRequested,
+)
 
 # Replica states of a superseded version that are taken out of the route before unloading.
 _RETIRABLE = frozenset(
