@@ -42,16 +42,23 @@ def server_yaml(name: str, **spec: object) -> str:
     )
 
 
+async def declare(stack: Stack, manifest: Path, *names: str) -> None:
+    """`meshserve server load -f` then `server status -w` for each server named."""
+    home = str(stack.config.home)
+    loaded = await cli(stack, "server", "load", "-f", str(manifest), "--home", home)
+    assert loaded.returncode == 0, loaded.stderr
+    for name in names:
+        waited = await cli(stack, "server", "status", name, "-w", "--wait-timeout", "90")
+        assert waited.returncode == 0, waited.stderr
+
+
 @pytest.fixture(scope="module")
 async def servers(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Stack]:
     home = tmp_path_factory.mktemp("scheduling")
     async with running_stack(stack_config(home)) as stack:
         manifest = home / "servers.yaml"
         manifest.write_text(SERVERS)
-        assert (await cli(stack, "server", "load", "-f", str(manifest), "--home", str(home))).returncode == 0
-        for name in ("mlserver-134", "mlserver-extra"):
-            waited = await cli(stack, "server", "status", name, "-w", "--wait-timeout", "90")
-            assert waited.returncode == 0, waited.stderr
+        await declare(stack, manifest, "mlserver-134", "mlserver-extra")
         yield stack
 
 
@@ -146,11 +153,7 @@ async def test_memory_beyond_every_replica_is_schedule_failed(servers: Stack) ->
 async def test_server_scales_out_and_in_with_the_local_controller(servers: Stack, tmp_path: Path) -> None:
     manifest = tmp_path / "two.yaml"
     manifest.write_text(server_yaml("mlserver-extra", replicas=2, extraCapabilities=["extra"]))
-    home = str(servers.config.home)
-    assert (await cli(servers, "server", "load", "-f", str(manifest), "--home", home)).returncode == 0
-    assert (
-        await cli(servers, "server", "status", "mlserver-extra", "-w", "--wait-timeout", "90")
-    ).returncode == 0
+    await declare(servers, manifest, "mlserver-extra")
     both = iris_model("both", requirements=["sklearn", "extra"])
     both.deploymentSpec.replicas = 2
     await load(servers, both)
@@ -160,7 +163,7 @@ async def test_server_scales_out_and_in_with_the_local_controller(servers: Stack
     await servers.wait_gone("both")
 
     manifest.write_text(server_yaml("mlserver-extra", replicas=1, extraCapabilities=["extra"]))
-    assert (await cli(servers, "server", "load", "-f", str(manifest), "--home", home)).returncode == 0
+    await declare(servers, manifest)  # scale in: the replica stops once it holds no model
 
     async def replica_stopped() -> bool:
         return not servers.supervisor.running("agent-mlserver-extra-1")
@@ -171,11 +174,7 @@ async def test_server_scales_out_and_in_with_the_local_controller(servers: Stack
 async def test_unloading_a_server_moves_its_models_and_stops_it(servers: Stack, tmp_path: Path) -> None:
     manifest = tmp_path / "temp.yaml"
     manifest.write_text(server_yaml("mlserver-temp", replicas=1, extraCapabilities=["temp"]))
-    home = str(servers.config.home)
-    assert (await cli(servers, "server", "load", "-f", str(manifest), "--home", home)).returncode == 0
-    assert (
-        await cli(servers, "server", "status", "mlserver-temp", "-w", "--wait-timeout", "90")
-    ).returncode == 0
+    await declare(servers, manifest, "mlserver-temp")
     await load(
         servers,
         iris_model("mover"),
