@@ -9,6 +9,7 @@ from collections.abc import Callable
 from typing import cast
 
 from cli.output import print_error
+from stack.config import port_defaults
 
 StackCommand = Callable[[argparse.Namespace], int]
 
@@ -20,16 +21,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     up = subparsers.add_parser("up", help="start the local stack")
     up.add_argument("-d", "--detach", action="store_true", help="return once the stack is up")
     up.add_argument("--home", default=home, help=home_help)
-    up.add_argument(
-        "--http-port", type=int, default=9000, help="inference entry point (default: %(default)s)"
-    )
-    up.add_argument("--xds-port", type=int, default=9002, help="(default: %(default)s)")
-    up.add_argument("--scheduler-port", type=int, default=9004, help="(default: %(default)s)")
-    up.add_argument("--agent-port", type=int, default=9005, help="(default: %(default)s)")
-    up.add_argument("--envoy-admin-port", type=int, default=9901, help="(default: %(default)s)")
-    up.add_argument("--mlserver-http-port", type=int, default=8080, help="(default: %(default)s)")
-    up.add_argument("--mlserver-grpc-port", type=int, default=9500, help="(default: %(default)s)")
-    up.add_argument("--mlserver-metrics-port", type=int, default=8082, help="(default: %(default)s)")
+    for setting, default in port_defaults().items():
+        up.add_argument(
+            f"--{setting.replace('_', '-')}", type=int, default=default, help="(default: %(default)s)"
+        )
     up.add_argument("--no-demo", action="store_true", help="don't load the demo iris model")
     up.set_defaults(stack_command="up")
 

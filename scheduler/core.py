@@ -258,7 +258,8 @@ class Scheduler:
             previous.close()
         server = self.servers.setdefault(server_name, Server(server_name))
         if server.expected_replicas < 0:
-            server.shared = request.shared  # a declared Server's own setting wins
+            # Only an undeclared server takes the agent's word; a Server resource's setting wins.
+            server.shared = request.shared
         replica = ServerReplica(
             server_name,
             idx,

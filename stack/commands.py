@@ -19,7 +19,7 @@ from rich.console import Console
 from rich.table import Table
 
 from stack import components as probes
-from stack.config import StackConfig, default_home
+from stack.config import StackConfig, default_home, port_defaults
 from stack.supervisor import run, terminate_group
 
 SAMPLES = Path(__file__).resolve().parent.parent / "samples"
@@ -34,17 +34,7 @@ def _home(args: argparse.Namespace) -> Path:
 
 def config_from(args: argparse.Namespace) -> StackConfig:
     """``up``'s flags; ``down`` and ``status`` read what ``up`` saved instead."""
-    return StackConfig(
-        home=_home(args),
-        http_port=args.http_port,
-        xds_port=args.xds_port,
-        scheduler_port=args.scheduler_port,
-        agent_port=args.agent_port,
-        envoy_admin_port=args.envoy_admin_port,
-        mlserver_http_port=args.mlserver_http_port,
-        mlserver_grpc_port=args.mlserver_grpc_port,
-        mlserver_metrics_port=args.mlserver_metrics_port,
-    )
+    return StackConfig(home=_home(args), **{setting: getattr(args, setting) for setting in port_defaults()})
 
 
 def read_state(config: StackConfig) -> dict[str, Any] | None:

@@ -14,6 +14,11 @@ from typing import Any
 DEFAULT_CAPABILITIES = "mlserver,sklearn,xgboost,lightgbm,python"
 
 
+def port_defaults() -> dict[str, int]:
+    """Every ``*_port`` setting and its default: the single list ``meshserve up`` exposes as flags."""
+    return {f.name: f.default for f in dataclasses.fields(StackConfig) if f.name.endswith("_port")}  # type: ignore[misc]
+
+
 def default_home() -> Path:
     return Path(os.environ.get("MESHSERVE_HOME", ".meshserve")).resolve()
 
@@ -61,18 +66,9 @@ class StackConfig:
         """A stack on loopback ports free right now (tests and benchmarks run beside other stacks)."""
         from stack.ports import free_ports
 
-        http, xds, scheduler, agent, admin, ml_http, ml_grpc, ml_metrics = free_ports(8)
-        values: dict[str, Any] = {
-            "http_port": http,
-            "xds_port": xds,
-            "scheduler_port": scheduler,
-            "agent_port": agent,
-            "envoy_admin_port": admin,
-            "mlserver_http_port": ml_http,
-            "mlserver_grpc_port": ml_grpc,
-            "mlserver_metrics_port": ml_metrics,
-            "agent_grace_seconds": 5.0,
-        }
+        settings = port_defaults()
+        values: dict[str, Any] = dict(zip(settings, free_ports(len(settings)), strict=True))
+        values["agent_grace_seconds"] = 5.0
         return cls(home=home, **{**values, **overrides})
 
     @property
