@@ -8,9 +8,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from scheduler.validation import validate_capability, validate_name
-
-DEFAULT_CAPABILITIES = "mlserver,sklearn,xgboost,lightgbm,python"
+from apis.names import DEFAULT_CAPABILITIES
+from apis.validation import validate_capability, validate_name
 
 
 @dataclass(frozen=True, slots=True)

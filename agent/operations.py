@@ -15,7 +15,7 @@ from agent.mlserver import MLServerClient, ModelState
 from agent.repository import STAGING, LocalRepository
 from agent.state import ReplicaState, versioned_name
 from apis.mlops.agent import agent_pb2
-from scheduler.validation import InvalidResource, validate_name
+from apis.validation import InvalidResource, validate_name
 
 Event = agent_pb2.ModelEventMessage.Event
 

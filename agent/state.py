@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from apis import names
 from apis.mlops.agent import agent_pb2
 
 # MLServer runs one copy of each model per replica; kept explicit to match the reference formula.
@@ -10,7 +11,7 @@ INSTANCE_COUNT = 1
 
 def versioned_name(model_version: agent_pb2.ModelVersion) -> str:
     """The name the model is served under on MLServer: ``<model>_<version>``."""
-    return f"{model_version.model.meta.name}_{model_version.version}"
+    return names.versioned_name(model_version.model.meta.name, model_version.version)
 
 
 def model_cost(model_version: agent_pb2.ModelVersion) -> int:

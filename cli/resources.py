@@ -15,15 +15,16 @@ from typing import Any
 import yaml
 
 from apis.mlops.scheduler import scheduler_pb2
-from cli.errors import CliError
-from cli.quantity import parse_quantity
-from scheduler.validation import (
+from apis.names import MLSERVER_CAPABILITIES
+from apis.validation import (
     InvalidResource,
     validate_capability,
     validate_model,
     validate_name,
     validate_server,
 )
+from cli.errors import CliError
+from cli.quantity import parse_quantity
 
 API_VERSION = "mlops.seldon.io/v1alpha1"
 KIND = "Model"
@@ -74,7 +75,7 @@ def read_model_requests(path: str) -> list[scheduler_pb2.LoadModelRequest]:
 
 SERVER_KIND = "Server"
 # ServerConfig defaults (reference §2.4), for the runtimes meshserve's local servers install.
-SERVER_CONFIGS = {"mlserver": ("mlserver", "sklearn", "xgboost", "lightgbm", "python")}
+SERVER_CONFIGS = {"mlserver": MLSERVER_CAPABILITIES}
 _SERVER_SPEC_FIELDS = frozenset(
     {"serverConfig", "replicas", "minReplicas", "maxReplicas", "capabilities", "extraCapabilities"}
 )

@@ -5,7 +5,9 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Mapping
 
-ROUTE_HEADER = "x-seldon-route"
+from apis.names import ROUTE_HEADER
+
+__all__ = ["ROUTE_HEADER", "count_routes", "format_route_map"]
 
 
 def route_tokens(value: str) -> list[str]:

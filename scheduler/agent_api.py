@@ -10,8 +10,8 @@ import grpc
 import structlog
 
 from apis.mlops.agent import agent_pb2, agent_pb2_grpc
+from apis.validation import InvalidResource
 from scheduler.core import ModelNotFound, Scheduler
-from scheduler.validation import InvalidResource
 
 log = structlog.get_logger("meshserve.scheduler.agents")
 Context = grpc.aio.ServicerContext[Any, Any]

@@ -16,10 +16,10 @@ import grpc
 import structlog
 
 from apis.mlops.scheduler import scheduler_pb2, scheduler_pb2_grpc
+from apis.validation import InvalidResource
 from scheduler import status
 from scheduler.core import ModelNotFound, Scheduler
 from scheduler.state import ReplicaState
-from scheduler.validation import InvalidResource
 
 log = structlog.get_logger("meshserve.scheduler.api")
 Context = grpc.aio.ServicerContext[Any, Any]

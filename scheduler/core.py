@@ -22,6 +22,7 @@ import structlog
 
 from apis.mlops.agent import agent_pb2
 from apis.mlops.scheduler import scheduler_pb2
+from apis.validation import InvalidResource, validate_model, validate_name, validate_server
 from scheduler.placement import Placement, PlacementPolicy, Policy, required_memory
 from scheduler.state import (
     ModelRecord,
@@ -32,7 +33,6 @@ from scheduler.state import (
     ServerReplica,
 )
 from scheduler.store import StateStore
-from scheduler.validation import InvalidResource, validate_model, validate_name, validate_server
 from xdsserver.cache import Requirement
 from xdsserver.routes import Endpoint, Route, RoutePublisher, Split
 

@@ -13,6 +13,7 @@ from enum import StrEnum
 
 from apis.mlops.agent import agent_pb2
 from apis.mlops.scheduler import scheduler_pb2
+from apis.names import versioned_name
 
 
 class ReplicaState(StrEnum):
@@ -89,7 +90,7 @@ class ModelVersion:
 
     @property
     def versioned_name(self) -> str:
-        return f"{self.name}_{self.number}"
+        return versioned_name(self.name, self.number)
 
     @property
     def desired_replicas(self) -> int:

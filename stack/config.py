@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-DEFAULT_CAPABILITIES = "mlserver,sklearn,xgboost,lightgbm,python"
+from apis.names import DEFAULT_CAPABILITIES
 
 
 def port_defaults() -> dict[str, int]:

@@ -33,13 +33,12 @@ from envoy.type.matcher.v3 import regex_pb2, string_pb2
 from envoy.type.v3 import percent_pb2
 from google.protobuf import duration_pb2, struct_pb2, wrappers_pb2
 
+from apis.names import INTERNAL_MODEL_HEADER, MODEL_HEADER, ROUTE_HEADER
+
 if TYPE_CHECKING:
     from xdsserver.routes import Endpoint, Route, Split
 
 LISTENER_NAME = "seldon_http"
-MODEL_HEADER = "seldon-model"
-ROUTE_HEADER = "x-seldon-route"
-INTERNAL_MODEL_HEADER = "seldon-internal-model"
 LUA_FILTER = "envoy.filters.http.lua"
 GRPC_PREFIX = "/inference.GRPCInferenceService"
 REST_PREFIX = "/v2"

@@ -3,8 +3,8 @@ from __future__ import annotations
 import pytest
 
 from apis.mlops.scheduler import scheduler_pb2
-from scheduler.validation import InvalidResource, validate_capability, validate_model, validate_name
-from tests.unit.fakes import model
+from apis.validation import InvalidResource, validate_capability, validate_model, validate_name
+from tests.scheduler.fakes import model
 
 
 @pytest.mark.parametrize("name", ["iris", "a", "iris-2", "0model", "x" * 63])

@@ -6,10 +6,10 @@ import asyncio
 
 import pytest
 
+from apis.validation import InvalidResource
 from scheduler.core import ModelNotFound
 from scheduler.state import ModelState, ReplicaState
-from scheduler.validation import InvalidResource
-from tests.unit.fakes import Event, Harness, model, pending_ops, wait_until
+from tests.scheduler.fakes import Event, Harness, model, pending_ops, wait_until
 
 LOAD, UNLOAD = "LOAD_MODEL", "UNLOAD_MODEL"
 

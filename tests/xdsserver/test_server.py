@@ -13,7 +13,7 @@ from envoy.config.route.v3 import route_pb2, scoped_route_pb2
 from envoy.service.discovery.v3 import discovery_pb2
 from google.protobuf.message import Message
 
-from tests.unit.fakes import WAIT_S, wait_until
+from tests.scheduler.fakes import WAIT_S, wait_until
 from xdsserver import server as xds
 from xdsserver.cache import Requirement, ResourceCache
 from xdsserver.server import DeltaStream, XdsServer

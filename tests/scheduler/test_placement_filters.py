@@ -3,7 +3,7 @@ from __future__ import annotations
 from apis.mlops.agent import agent_pb2
 from scheduler.placement import Placement, PlacementFailure, Policy, required_memory
 from scheduler.state import ModelVersion, ReplicaState, Server, ServerReplica
-from tests.unit.fakes import MEMORY, model
+from tests.scheduler.fakes import MEMORY, model
 
 
 def version(
