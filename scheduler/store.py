@@ -1,28 +1,56 @@
 """Persistent scheduler state in SQLite (stdlib, WAL mode) in the state directory.
 
-What is kept: every model with its versions (spec, server, replica states, model state) and every
-server with its replicas' configs. That is enough for a restarted scheduler to publish the very
-same Envoy configuration before any agent has reconnected, so the data plane never notices.
+What is kept: every object of every registered :class:`ResourceKind`. Today that is models (every
+version with its spec, server, replica states and model state) and servers (their replicas'
+configs and declared counts): enough for a restarted scheduler to publish the very same Envoy
+configuration before any agent has reconnected, so the data plane never notices.
 
-Writes are coalesced: the core marks names dirty as it changes them and one transaction writes
-them all, ``FLUSH_DELAY`` later, so a burst of 10,000 loads is not 10,000 commits. API calls do
-not wait for that: the scheduler commits before it answers (``flush``), so nothing a client was
-told is accepted can be lost; what the delay may lose is agent-reported state, which agents
-report again when they reconnect.
+What is durable when:
 
-Contract: only :class:`scheduler.core.Scheduler` calls ``model_changed``/``server_changed``, on the
-event loop; ``load`` is called once, before serving.
+* ``changed`` (and ``model_changed``/``server_changed``) only marks a name dirty; one transaction
+  writes every dirty name of every kind ``FLUSH_DELAY`` later, so a burst of 10,000 loads is not
+  10,000 commits. A crash inside that window loses those changes; they are agent-reported state,
+  which agents report again when they reconnect.
+* ``flush`` writes everything dirty now and returns once it is committed. API calls do this before
+  they answer, so nothing a client was told is accepted can be lost.
+* A flush that fails (raises ``sqlite3.Error``) rolls back and keeps every dirty name for the next
+  flush; a failed timed flush retries after ``RETRY_DELAY``.
+* ``close`` flushes, then closes.
+
+Schema: each kind has its own table ``<kind>(name TEXT PRIMARY KEY, record TEXT NOT NULL)``, one
+self-describing text record (JSON) per object. The schema version lives in ``meta`` under the key
+``schema``; :data:`MIGRATIONS` is the ordered, append-only list of steps from an empty file to the
+current version. Opening a database applies the missing steps in one transaction; a database
+written by a newer meshserve (a version this code does not know) is refused with
+:class:`SchemaTooNewError`. Never edit or reorder a released migration: add one.
+
+Adding a kind (experiments, pipelines, ...) takes two steps:
+
+1. append ``Migration(N + 1, "experiments", (kind_table("experiments"),))`` to :data:`MIGRATIONS`;
+2. define ``EXPERIMENTS = ResourceKind("experiments", encode, decode)`` and, where the live objects
+   are kept, ``store.register(EXPERIMENTS, lambda: self.experiments)``; then call
+   ``store.changed(EXPERIMENTS, name)`` on every change and ``store.load_kind(EXPERIMENTS)`` on start.
+
+An older database simply gains the empty table; an older scheduler refuses the newer file rather
+than silently dropping what it cannot read.
+
+Contract: one owner (:class:`scheduler.core.Scheduler`) calls ``register``/``bind``, ``changed``
+and ``flush`` on the event loop; ``load``/``load_kind`` are called once, before serving.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
+
+import structlog
 
 from apis.mlops.agent import agent_pb2
 from apis.mlops.scheduler import scheduler_pb2
@@ -36,124 +64,262 @@ from scheduler.state import (
     ServerReplica,
 )
 
-SCHEMA_VERSION = 1
-FLUSH_DELAY = 0.05  # seconds
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS models (name TEXT PRIMARY KEY, record TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS servers (name TEXT PRIMARY KEY, record TEXT NOT NULL);
-"""
+FLUSH_DELAY = 0.05  # seconds between the first change and the batch that writes it
+RETRY_DELAY = 1.0  # seconds before a failed timed flush is tried again
+
+log = structlog.get_logger("meshserve.scheduler.store")
+T = TypeVar("T")
 
 
 class StoreError(RuntimeError):
-    pass
+    """The state database cannot be used as asked."""
+
+
+class SchemaTooNewError(StoreError):
+    """The database was written by a newer meshserve, with a schema this code does not know."""
+
+
+# -- kinds and migrations ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ResourceKind(Generic[T]):
+    """One kind of persisted object: its table (``name``) and its text (de)serialisation."""
+
+    name: str
+    encode: Callable[[T], str]
+    decode: Callable[[str, str], T]  # (object name, record) -> object
+
+    def __post_init__(self) -> None:
+        # The name is spliced into SQL as a table name.
+        if not self.name.isidentifier():
+            raise ValueError(f"kind name must be an identifier, not {self.name!r}")
+
+
+@dataclass(frozen=True)
+class Migration:
+    """One schema step; ``version`` is the schema a database has once it is applied."""
+
+    version: int
+    description: str
+    statements: tuple[str, ...]
+
+
+def kind_table(kind: str) -> str:
+    """The DDL of a kind's table (every kind has this shape)."""
+    return f"CREATE TABLE IF NOT EXISTS {kind} (name TEXT PRIMARY KEY, record TEXT NOT NULL)"
+
+
+# Append-only. Version 1 is the schema meshserve shipped first (IF NOT EXISTS: such files exist).
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(1, "models and servers", (kind_table("models"), kind_table("servers"))),
+)
+SCHEMA_VERSION = MIGRATIONS[-1].version
+
+
+# -- the store -----------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Binding:
+    """A registered kind, where its live objects are read from, and its names not yet written."""
+
+    kind: ResourceKind[Any]
+    current: Callable[[], Mapping[str, Any]]
+    dirty: set[str] = field(default_factory=set)
 
 
 class StateStore:
-    def __init__(self, path: Path | None) -> None:
-        """``path=None`` keeps nothing (tests, throwaway runs)."""
-        self._db: sqlite3.Connection | None = None
-        if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(path, isolation_level=None)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=NORMAL")
-            self._db.executescript(_SCHEMA)
-            self._check_schema()
-        self._dirty_models: set[str] = set()
-        self._dirty_servers: set[str] = set()
-        self._flush_scheduled = False
-        self._models: Callable[[], dict[str, ModelRecord]] = dict
-        self._servers: Callable[[], dict[str, Server]] = dict
+    def __init__(self, path: Path | None, *, migrations: Sequence[Migration] = MIGRATIONS) -> None:
+        """Open (creating or migrating) the database at ``path``; ``None`` keeps nothing (tests,
+        throwaway runs). ``migrations`` is for tests of future schemas."""
+        self._db = None if path is None else _open(path, migrations)
+        self._bindings: dict[str, _Binding] = {}
+        self._timer: asyncio.TimerHandle | None = None
+        self.register(MODELS, dict)
+        self.register(SERVERS, dict)
 
-    def _check_schema(self) -> None:
-        assert self._db is not None
-        row = self._db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
-        if row is None:
-            self._db.execute("INSERT INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
-        elif int(row[0]) != SCHEMA_VERSION:
-            raise StoreError(f"state database has schema {row[0]}, this scheduler reads {SCHEMA_VERSION}")
+    def register(self, kind: ResourceKind[T], current: Callable[[], Mapping[str, T]]) -> None:
+        """Persist ``kind``; ``current()`` returns its live objects by name when flushing.
+
+        Registering the same kind again only rebinds ``current`` (dirty names are kept).
+        """
+        bound = self._bindings.get(kind.name)
+        if bound is not None and bound.kind != kind:
+            raise StoreError(f"two different kinds are named {kind.name!r}")
+        if self._db is not None and not _has_table(self._db, kind.name):
+            raise StoreError(f"kind {kind.name!r} has no table: add a migration creating it")
+        if bound is None:
+            self._bindings[kind.name] = _Binding(kind, current)
+        else:
+            bound.current = current
 
     def bind(
         self, models: Callable[[], dict[str, ModelRecord]], servers: Callable[[], dict[str, Server]]
     ) -> None:
-        """Where the live state is read from when flushing."""
-        self._models, self._servers = models, servers
+        """Where the live models and servers are read from when flushing."""
+        self.register(MODELS, models)
+        self.register(SERVERS, servers)
 
     # -- writes ------------------------------------------------------------------------------------
 
-    def model_changed(self, name: str) -> None:
+    def changed(self, kind: ResourceKind[Any], name: str) -> None:
+        """``name`` changed (or is gone): write it with the next batch."""
         if self._db is not None:
-            self._dirty_models.add(name)
-            self._schedule_flush()
+            self._binding(kind).dirty.add(name)
+            self._schedule_flush(FLUSH_DELAY)
+
+    def model_changed(self, name: str) -> None:
+        self.changed(MODELS, name)
 
     def server_changed(self, name: str) -> None:
-        if self._db is not None:
-            self._dirty_servers.add(name)
-            self._schedule_flush()
-
-    def _schedule_flush(self) -> None:
-        if not self._flush_scheduled:
-            self._flush_scheduled = True
-            asyncio.get_running_loop().call_later(FLUSH_DELAY, self.flush)
+        self.changed(SERVERS, name)
 
     def flush(self) -> None:
-        self._flush_scheduled = False
-        if self._db is None or not (self._dirty_models or self._dirty_servers):
+        """Write every dirty name in one transaction. On failure it raises and forgets nothing."""
+        if self._db is None:
             return
-        models, servers = self._models(), self._servers()
-        model_names, self._dirty_models = self._dirty_models, set()
-        server_names, self._dirty_servers = self._dirty_servers, set()
+        batch = [(bound, set(bound.dirty)) for bound in self._bindings.values() if bound.dirty]
+        if not batch:
+            return
         with _transaction(self._db) as db:
-            for name in model_names:
-                if (record := models.get(name)) is not None:
-                    db.execute("INSERT OR REPLACE INTO models VALUES (?, ?)", (name, _dump_model(record)))
-                else:
-                    db.execute("DELETE FROM models WHERE name = ?", (name,))
-            for name in server_names:
-                if (server := servers.get(name)) is not None:
-                    db.execute("INSERT OR REPLACE INTO servers VALUES (?, ?)", (name, _dump_server(server)))
-                else:
-                    db.execute("DELETE FROM servers WHERE name = ?", (name,))
+            for bound, names in batch:
+                _write(db, bound, names)
+        # Only now: a failure above leaves the names dirty for the next flush.
+        for bound, names in batch:
+            bound.dirty -= names
+
+    def _schedule_flush(self, delay: float) -> None:
+        if self._timer is None:
+            self._timer = asyncio.get_running_loop().call_later(delay, self._timed_flush)
+
+    def _timed_flush(self) -> None:
+        self._timer = None
+        try:
+            self.flush()
+        except sqlite3.Error as error:
+            log.warning("state flush failed, will retry", error=str(error), retry_in=RETRY_DELAY)
+            self._schedule_flush(RETRY_DELAY)
 
     # -- reads -------------------------------------------------------------------------------------
 
-    def load(self) -> tuple[dict[str, ModelRecord], dict[str, Server]]:
+    def load_kind(self, kind: ResourceKind[T]) -> dict[str, T]:
+        """Every stored object of a registered ``kind``, by name."""
+        self._binding(kind)
         if self._db is None:
-            return {}, {}
-        rows = self._db.execute("SELECT name, record FROM models").fetchall()
-        models = {name: _load_model(name, json.loads(record)) for name, record in rows}
-        rows = self._db.execute("SELECT name, record FROM servers").fetchall()
-        servers = {name: _load_server(name, json.loads(record)) for name, record in rows}
-        return models, servers
+            return {}
+        rows = self._db.execute(f"SELECT name, record FROM {kind.name}").fetchall()
+        return {name: kind.decode(name, record) for name, record in rows}
+
+    def load(self) -> tuple[dict[str, ModelRecord], dict[str, Server]]:
+        return self.load_kind(MODELS), self.load_kind(SERVERS)
 
     def close(self) -> None:
-        if self._db is not None:
+        """Flush what is dirty and close; the connection is closed even if that flush fails."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._db is None:
+            return
+        try:
             self.flush()
+        finally:
             self._db.close()
             self._db = None
 
-
-class _transaction:
-    def __init__(self, db: sqlite3.Connection) -> None:
-        self._db = db
-
-    def __enter__(self) -> sqlite3.Connection:
-        self._db.execute("BEGIN")
-        return self._db
-
-    def __exit__(self, kind: object, *_: object) -> None:
-        self._db.execute("COMMIT" if kind is None else "ROLLBACK")
+    def _binding(self, kind: ResourceKind[Any]) -> _Binding:
+        bound = self._bindings.get(kind.name)
+        if bound is None or bound.kind != kind:
+            raise StoreError(f"kind {kind.name!r} is not registered with this store")
+        return bound
 
 
-# -- (de)serialisation: JSON envelopes around protobuf bytes -----------------------------------------
+def _write(db: sqlite3.Connection, bound: _Binding, names: set[str]) -> None:
+    current = bound.current()
+    table, encode = bound.kind.name, bound.kind.encode
+    rows = [(name, encode(obj)) for name in names if (obj := current.get(name)) is not None]
+    gone = [(name,) for name in names if name not in current]
+    db.executemany(f"INSERT OR REPLACE INTO {table} VALUES (?, ?)", rows)
+    db.executemany(f"DELETE FROM {table} WHERE name = ?", gone)
+
+
+# -- opening and migrating -----------------------------------------------------------------------------
+
+
+def _open(path: Path, migrations: Sequence[Migration]) -> sqlite3.Connection:
+    _check_numbering(migrations)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # Autocommit mode: transactions are explicit (_transaction), never implicit.
+    db = sqlite3.connect(path, isolation_level=None)
+    try:
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=NORMAL")
+        _migrate(db, path, migrations)
+    except BaseException:
+        db.close()
+        raise
+    return db
+
+
+def _check_numbering(migrations: Sequence[Migration]) -> None:
+    numbers = [m.version for m in migrations]
+    if numbers != list(range(1, len(numbers) + 1)):
+        raise ValueError(f"migrations must be numbered 1, 2, 3, ... in order, not {numbers}")
+
+
+def _migrate(db: sqlite3.Connection, path: Path, migrations: Sequence[Migration]) -> None:
+    """Bring the database to the last migration's version, all in one transaction."""
+    known = len(migrations)
+    with _transaction(db):
+        db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+        found = _schema_version(db)
+        if found > known:
+            raise SchemaTooNewError(
+                f"state database {path} has schema version {found}, but this meshserve knows versions "
+                f"up to {known}: it was written by a newer meshserve; run that one, or use another "
+                "--state-dir"
+            )
+        for migration in migrations[found:]:
+            for statement in migration.statements:
+                db.execute(statement)
+        if found < known:
+            db.execute("INSERT OR REPLACE INTO meta VALUES ('schema', ?)", (str(known),))
+            log.info("state database migrated", path=str(path), from_version=found, to_version=known)
+
+
+def _schema_version(db: sqlite3.Connection) -> int:
+    row = db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
+    return 0 if row is None else int(row[0])
+
+
+def _has_table(db: sqlite3.Connection, table: str) -> bool:
+    query = "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?"
+    return db.execute(query, (table,)).fetchone() is not None
+
+
+@contextlib.contextmanager
+def _transaction(db: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    # IMMEDIATE: take the write lock up front, so two openers cannot both migrate.
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        yield db
+        db.execute("COMMIT")
+    except BaseException:
+        # A failed COMMIT leaves the transaction open; a dead connection cannot roll back at all.
+        with contextlib.suppress(sqlite3.Error):
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+        raise
+
+
+# -- models and servers: JSON envelopes around protobuf bytes ------------------------------------------
 
 
 def _b64(message: Any) -> str:
     return base64.b64encode(message.SerializeToString()).decode()
 
 
-def _dump_model(record: ModelRecord) -> str:
+def _encode_model(record: ModelRecord) -> str:
     return json.dumps(
         {
             "deleted": record.deleted,
@@ -176,7 +342,8 @@ def _dump_model(record: ModelRecord) -> str:
     )
 
 
-def _load_model(name: str, data: dict[str, Any]) -> ModelRecord:
+def _decode_model(name: str, record: str) -> ModelRecord:
+    data = json.loads(record)
     versions = []
     for v in data["versions"]:
         spec = scheduler_pb2.Model()
@@ -199,7 +366,7 @@ def _load_model(name: str, data: dict[str, Any]) -> ModelRecord:
     return ModelRecord(name, versions, deleted=data["deleted"])
 
 
-def _dump_server(server: Server) -> str:
+def _encode_server(server: Server) -> str:
     return json.dumps(
         {
             "shared": server.shared,
@@ -214,7 +381,8 @@ def _dump_server(server: Server) -> str:
     )
 
 
-def _load_server(name: str, data: dict[str, Any]) -> Server:
+def _decode_server(name: str, record: str) -> Server:
+    data = json.loads(record)
     server = Server(
         name=name,
         shared=data["shared"],
@@ -235,3 +403,7 @@ def _load_server(name: str, data: dict[str, Any]) -> Server:
             retiring=server.is_retiring(int(idx)),
         )
     return server
+
+
+MODELS: ResourceKind[ModelRecord] = ResourceKind("models", _encode_model, _decode_model)
+SERVERS: ResourceKind[Server] = ResourceKind("servers", _encode_server, _decode_server)
