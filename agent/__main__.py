@@ -10,7 +10,8 @@ import sys
 from agent.app import run_agent
 from agent.config import AgentConfig, parse_config
 from agent.errors import AgentError
-from agent.log import configure_logging, get_logger
+from agent.log import get_logger
+from apis.logs import configure_logging
 
 
 async def _main(config: AgentConfig) -> int:
@@ -36,8 +37,8 @@ async def _main(config: AgentConfig) -> int:
 
 
 def main() -> None:
-    config, log_level = parse_config()
-    configure_logging(log_level)
+    config = parse_config()
+    configure_logging(config.log_level)
     with contextlib.suppress(KeyboardInterrupt):
         sys.exit(asyncio.run(_main(config)))
 

@@ -1,47 +1,25 @@
-"""Agent configuration: command-line flags with environment fallbacks (flags win)."""
+"""The agent process's settings: flags of ``python -m agent``, env ``MESHSERVE_AGENT_*``.
+
+Derived from :class:`AgentConfig` by ``apis.settings`` (``--scheduler-port`` is
+``MESHSERVE_AGENT_SCHEDULER_PORT``; a flag wins over the environment). The one other variable read
+is MLServer's own ``MLSERVER_PARALLEL_WORKERS``, which the agent shares with its MLServer.
+"""
 
 from __future__ import annotations
 
 import argparse
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from apis.names import DEFAULT_CAPABILITIES
+from apis import settings
+from apis.logs import LEVELS
+from apis.names import MLSERVER_CAPABILITIES
+from apis.settings import NOT_A_FLAG, flag, non_negative_int, positive_float
 from apis.validation import validate_capability, validate_name
 
-
-@dataclass(frozen=True, slots=True)
-class AgentConfig:
-    server_name: str
-    replica_idx: int
-    models_dir: Path
-    """MLServer's model repository root; the agent owns everything inside it."""
-    scheduler_host: str = "127.0.0.1"
-    scheduler_port: int = 9005
-    inference_host: str = "127.0.0.1"
-    """Where Envoy (and the agent) reach MLServer; sent as ReplicaConfig.inferenceSvc."""
-    inference_http_port: int = 8080
-    inference_grpc_port: int = 9500
-    memory_bytes: int = 1_000_000_000
-    capabilities: tuple[str, ...] = tuple(DEFAULT_CAPABILITIES.split(","))
-    overcommit_percentage: int = 0
-    unload_grace_seconds: float = 2.0
-    """Pause before an unload so Envoy stops routing to the model first."""
-    startup_timeout_seconds: float = 120.0
-    parallel_workers: int = 1
-    """MLServer's worker count, reported as runtime info on LOADED (env MLSERVER_PARALLEL_WORKERS)."""
-    simulate: bool = False
-    """No model server: acknowledge every load/unload at once (agent/simulate.py, for benchmarks)."""
-
-    @property
-    def scheduler_address(self) -> str:
-        return f"{self.scheduler_host}:{self.scheduler_port}"
-
-    @property
-    def mlserver_url(self) -> str:
-        return f"http://{self.inference_host}:{self.inference_http_port}"
+ENV_PREFIX = "MESHSERVE_AGENT_"
 
 
 def parse_capabilities(text: str) -> tuple[str, ...]:
@@ -57,72 +35,81 @@ def parse_parallel_workers(text: str | None) -> int:
     return workers if workers >= 0 else 1
 
 
-def _build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
+def _server_name(text: str) -> str:
+    return validate_name(text, kind="server")
+
+
+def _folder(text: str) -> Path:
+    return Path(text).resolve()
+
+
+@dataclass(frozen=True, slots=True)
+class AgentConfig:
+    models_dir: Path = field(
+        metadata=flag("MLServer's model repository root; the agent owns everything inside it", parse=_folder)
+    )
+    server_name: str = field(
+        default="mlserver", metadata=flag("the server this replica belongs to", parse=_server_name)
+    )
+    replica_idx: int = field(default=0, metadata=flag("this replica's index", parse=non_negative_int))
+    scheduler_host: str = field(default="127.0.0.1", metadata=flag("the scheduler's host"))
+    scheduler_port: int = field(default=9005, metadata=flag("the scheduler's AgentService port"))
+    inference_host: str = field(
+        default="127.0.0.1",
+        metadata=flag("where Envoy (and the agent) reach MLServer; sent as ReplicaConfig.inferenceSvc"),
+    )
+    inference_http_port: int = field(default=8080, metadata=flag("MLServer's HTTP port"))
+    inference_grpc_port: int = field(default=9500, metadata=flag("MLServer's gRPC port"))
+    memory_bytes: int = field(
+        default=1_000_000_000, metadata=flag("memory its models may use", parse=non_negative_int)
+    )
+    capabilities: tuple[str, ...] = field(
+        default=MLSERVER_CAPABILITIES,
+        metadata=flag("comma-separated runtimes this replica runs", parse=parse_capabilities),
+    )
+    overcommit_percentage: int = field(
+        default=0, metadata=flag("memory overcommit allowed", parse=non_negative_int)
+    )
+    unload_grace_seconds: float = field(
+        default=2.0, metadata=flag("pause before an unload so Envoy stops routing to the model first")
+    )
+    startup_timeout_seconds: float = field(
+        default=120.0, metadata=flag("how long to wait for MLServer to be live", parse=positive_float)
+    )
+    parallel_workers: int = field(default=1, metadata=NOT_A_FLAG)
+    """MLServer's worker count, reported as runtime info on LOADED (env MLSERVER_PARALLEL_WORKERS)."""
+    simulate: bool = field(
+        default=False,
+        metadata=flag(
+            "no model server: acknowledge every load/unload at once; --inference-* name the upstream "
+            "Envoy should route to (agent/simulate.py, for benchmarks)"
+        ),
+    )
+    log_level: str = field(default="info", metadata=flag(f"one of {', '.join(LEVELS)}"))
+
+    @property
+    def scheduler_address(self) -> str:
+        return f"{self.scheduler_host}:{self.scheduler_port}"
+
+    @property
+    def mlserver_url(self) -> str:
+        return f"http://{self.inference_host}:{self.inference_http_port}"
+
+
+def parse_config(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> AgentConfig:
+    env = os.environ if env is None else env
     parser = argparse.ArgumentParser(
         prog="python -m agent",
         description="meshserve agent: registers one MLServer replica with the scheduler and loads and "
         "unloads models on it. Every flag falls back to the environment variable shown.",
     )
-
-    def add(flag: str, default: str, kind: type = str, doc: str = "") -> None:
-        variable = "MESHSERVE_" + flag.removeprefix("--").replace("-", "_").upper()
-        text = f"{doc} [{variable}, default {default}]".strip()
-        parser.add_argument(flag, type=kind, default=kind(env.get(variable, default)), help=text)
-
-    add("--server-name", "mlserver")
-    add("--replica-idx", "0", int)
-    add("--scheduler-host", "127.0.0.1")
-    add("--scheduler-port", "9005", int, "the scheduler's AgentService port")
-    add("--inference-host", "127.0.0.1", doc="where Envoy reaches MLServer (ReplicaConfig.inferenceSvc)")
-    add("--inference-http-port", "8080", int, "MLServer's HTTP port")
-    add("--inference-grpc-port", "9500", int, "MLServer's gRPC port")
-    add("--memory-bytes", "1000000000", int)
-    add("--capabilities", DEFAULT_CAPABILITIES, doc="comma-separated")
-    add("--overcommit-percentage", "0", int)
-    add("--unload-grace-seconds", "2.0", float, "pause before unloading so Envoy drains")
-    add("--startup-timeout-seconds", "120", float, "how long to wait for MLServer to be live")
-    add("--log-level", "info")
-    parser.add_argument(
-        "--models-dir",
-        default=env.get("MESHSERVE_MODELS_DIR"),
-        help="MLServer's model repository root, owned by the agent (required) [MESHSERVE_MODELS_DIR]",
-    )
-    parser.add_argument(
-        "--simulate",
-        action="store_true",
-        default=env.get("MESHSERVE_SIMULATE", "") not in ("", "0", "false"),
-        help="no model server: acknowledge loads/unloads at once; --inference-* name the upstream "
-        "Envoy should route to (benchmarks) [MESHSERVE_SIMULATE]",
-    )
-    return parser
-
-
-def parse_config(
-    argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
-) -> tuple[AgentConfig, str]:
-    """Return the agent configuration and the log level."""
-    env = os.environ if env is None else env
-    parser = _build_parser(env)
+    settings.add_flags(parser, AgentConfig, prefix=ENV_PREFIX, env=env)
     args = parser.parse_args(argv)
-    if args.replica_idx < 0 or args.memory_bytes < 0 or args.overcommit_percentage < 0:
-        parser.error("--replica-idx, --memory-bytes and --overcommit-percentage must not be negative")
-    if args.models_dir is None and not args.simulate:
-        parser.error("the following arguments are required: --models-dir")
-    config = AgentConfig(
-        server_name=validate_name(args.server_name, kind="server"),
-        replica_idx=args.replica_idx,
-        models_dir=Path(args.models_dir or ".").resolve(),
-        scheduler_host=args.scheduler_host,
-        scheduler_port=args.scheduler_port,
-        inference_host=args.inference_host,
-        inference_http_port=args.inference_http_port,
-        inference_grpc_port=args.inference_grpc_port,
-        memory_bytes=args.memory_bytes,
-        capabilities=parse_capabilities(args.capabilities),
-        overcommit_percentage=args.overcommit_percentage,
-        unload_grace_seconds=args.unload_grace_seconds,
-        startup_timeout_seconds=args.startup_timeout_seconds,
-        parallel_workers=parse_parallel_workers(env.get("MLSERVER_PARALLEL_WORKERS")),
-        simulate=args.simulate,
-    )
-    return config, str(args.log_level)
+    if args.log_level not in LEVELS:
+        parser.error(f"--log-level must be one of {', '.join(LEVELS)}")
+    if args.simulate and args.models_dir is None:
+        args.models_dir = _folder(".")  # a simulated agent writes nothing
+    if missing := settings.missing(AgentConfig, args):
+        parser.error(f"the following arguments are required: {', '.join(missing)}")
+    workers = parse_parallel_workers(env.get("MLSERVER_PARALLEL_WORKERS"))
+    return settings.build(AgentConfig, args, parallel_workers=workers)

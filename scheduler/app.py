@@ -7,13 +7,9 @@
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
-import os
 import signal
-from dataclasses import dataclass
-from pathlib import Path
 
 import grpc
 import structlog
@@ -21,13 +17,15 @@ from envoy.service.discovery.v3 import ads_pb2_grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from apis.logs import configure_logging
 from apis.mlops.agent import agent_pb2, agent_pb2_grpc
 from apis.mlops.scheduler import scheduler_pb2, scheduler_pb2_grpc
 from scheduler.agent_api import AgentService
 from scheduler.api import SchedulerService
+from scheduler.config import SchedulerConfig, parse_args
 from scheduler.core import Scheduler
-from scheduler.logs import configure_logging
-from scheduler.policies import DEFAULT_POLICY, load_policy
+from scheduler.errors import StatusMapping
+from scheduler.policies import load_policy
 from scheduler.store import StateStore
 from xdsserver import resources
 from xdsserver.cache import ResourceCache
@@ -37,22 +35,7 @@ from xdsserver.types import LISTENER
 
 log = structlog.get_logger("meshserve.scheduler")
 
-DEFAULT_LUA = Path(__file__).resolve().parent.parent / "envoy" / "seldon.lua"
-
-
-@dataclass(frozen=True)
-class SchedulerConfig:
-    host: str = "127.0.0.1"
-    scheduler_port: int = 9004
-    agent_port: int = 9005
-    xds_port: int = 9002
-    envoy_listen_address: str = "127.0.0.1"
-    envoy_http_port: int = 9000
-    lua_file: Path = DEFAULT_LUA
-    agent_grace_seconds: float = 15.0
-    min_envoys: int = 1
-    state_dir: Path | None = None  # None: keep nothing across restarts
-    placement_policy: str = DEFAULT_POLICY
+__all__ = ["SchedulerApp", "SchedulerConfig", "main", "parse_args", "serve"]
 
 
 class SchedulerApp:
@@ -62,14 +45,13 @@ class SchedulerApp:
         self.config = config
         self.cache = ResourceCache()
         self.xds = XdsServer(self.cache, min_envoys=config.min_envoys)
+        self.routes = RoutePublisher(self.cache, self.xds)
         self.core = Scheduler(
-            RoutePublisher(self.cache),
-            self.xds,
+            self.routes,
             policy=load_policy(config.placement_policy),
             agent_grace_seconds=config.agent_grace_seconds,
             store=StateStore(config.state_dir / "scheduler.db" if config.state_dir else None),
         )
-        self.xds.add_ack_listener(self.core.envoy_acked)
         self._servers: list[grpc.aio.Server] = []
 
     async def start(self) -> None:
@@ -119,11 +101,12 @@ class SchedulerApp:
 
     def _server(self, port: int) -> grpc.aio.Server:
         server = grpc.aio.server(
+            interceptors=[StatusMapping()],
             options=[
                 ("grpc.max_receive_message_length", 64 * 1024 * 1024),
                 ("grpc.keepalive_permit_without_calls", 1),
                 ("grpc.http2.min_ping_interval_without_data_ms", 5000),
-            ]
+            ],
         )
         bound = server.add_insecure_port(f"{self.config.host}:{port}")
         if bound == 0:
@@ -133,6 +116,7 @@ class SchedulerApp:
 
     async def stop(self, grace: float = 1.0) -> None:
         await self.core.close()
+        self.routes.close()
         await asyncio.gather(*(s.stop(grace) for s in self._servers))
 
 
@@ -143,49 +127,6 @@ def _add_health(server: grpc.aio.Server, service: str) -> None:
         asyncio.get_running_loop().create_task(
             servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
         ).add_done_callback(lambda t: t.result())
-
-
-def parse_args(argv: list[str] | None = None) -> SchedulerConfig:
-    env = os.environ.get
-    parser = argparse.ArgumentParser(prog="python -m scheduler", description="meshserve scheduler")
-    parser.add_argument("--host", default=env("MESHSERVE_BIND", "127.0.0.1"), help="address to bind")
-    parser.add_argument("--scheduler-port", type=int, default=int(env("MESHSERVE_SCHEDULER_PORT", "9004")))
-    parser.add_argument("--agent-port", type=int, default=int(env("MESHSERVE_AGENT_PORT", "9005")))
-    parser.add_argument("--xds-port", type=int, default=int(env("MESHSERVE_XDS_PORT", "9002")))
-    parser.add_argument("--envoy-listen-address", default=env("MESHSERVE_ENVOY_ADDRESS", "127.0.0.1"))
-    parser.add_argument("--envoy-http-port", type=int, default=int(env("MESHSERVE_HTTP_PORT", "9000")))
-    parser.add_argument("--lua-file", type=Path, default=DEFAULT_LUA)
-    parser.add_argument(
-        "--agent-grace-seconds",
-        type=float,
-        default=15.0,
-        help="how long a disconnected agent's models stay routed, waiting for it to reconnect",
-    )
-    parser.add_argument("--min-envoys", type=int, default=1, help="Envoys that must ACK a route")
-    parser.add_argument(
-        "--state-dir",
-        default=env("MESHSERVE_STATE_DIR", str(Path(env("MESHSERVE_HOME", ".meshserve")) / "state")),
-        help="where desired state is kept (SQLite); empty string: keep nothing",
-    )
-    parser.add_argument(
-        "--placement-policy",
-        default=env("MESHSERVE_PLACEMENT_POLICY", DEFAULT_POLICY),
-        help="placement policy name (entry-point group meshserve.placement; docs/placement-plugins.md)",
-    )
-    args = parser.parse_args(argv)
-    return SchedulerConfig(
-        host=args.host,
-        scheduler_port=args.scheduler_port,
-        agent_port=args.agent_port,
-        xds_port=args.xds_port,
-        envoy_listen_address=args.envoy_listen_address,
-        envoy_http_port=args.envoy_http_port,
-        lua_file=args.lua_file,
-        agent_grace_seconds=args.agent_grace_seconds,
-        min_envoys=args.min_envoys,
-        placement_policy=args.placement_policy,
-        state_dir=Path(args.state_dir).resolve() if args.state_dir else None,
-    )
 
 
 async def serve(config: SchedulerConfig) -> None:
@@ -201,7 +142,7 @@ async def serve(config: SchedulerConfig) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    configure_logging()
     config = parse_args(argv)
+    configure_logging(config.log_level)
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(serve(config))

@@ -7,7 +7,7 @@ import asyncio
 import sys
 from pathlib import Path
 
-from scheduler.logs import configure_logging
+from apis.logs import configure_logging
 from stack.config import StackConfig
 from stack.supervisor import run
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from scheduler.app import parse_args
+from scheduler.config import parse_args
 from scheduler.placement import Placement, PlacementFailure, Policy
 from scheduler.policies import (
     BUILTIN_POLICIES,
@@ -124,8 +124,8 @@ def test_installed_metadata_knows_the_builtins() -> None:
 
 
 def test_cli_flag_and_environment_select_the_policy(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("MESHSERVE_PLACEMENT_POLICY", raising=False)
+    monkeypatch.delenv("MESHSERVE_SCHEDULER_PLACEMENT_POLICY", raising=False)
     assert parse_args([]).placement_policy == "seldon"
-    monkeypatch.setenv("MESHSERVE_PLACEMENT_POLICY", "spread-hash")
+    monkeypatch.setenv("MESHSERVE_SCHEDULER_PLACEMENT_POLICY", "spread-hash")
     assert parse_args([]).placement_policy == "spread-hash"
     assert parse_args(["--placement-policy", "binpack"]).placement_policy == "binpack"
