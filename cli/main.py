@@ -1,7 +1,8 @@
 """``meshserve``: the command line, mirroring Seldon Core 2's ``seldon`` CLI.
 
-Exit codes: 0 on success, 1 on any error (printed as ``Error: <message>`` on stderr), 2 on usage
-errors (argparse), 130 on Ctrl-C.
+Connection flags come from ``cli.config.CliConfig`` (env ``MESHSERVE_CLI_*``). Exit codes: 0 on
+success, 1 on any error (printed as ``Error: <message>`` on stderr), 2 on usage errors (argparse),
+130 on Ctrl-C.
 """
 
 from __future__ import annotations
@@ -12,37 +13,20 @@ import os
 import sys
 from collections.abc import Awaitable, Callable
 
+from apis import settings
 from cli import models, servers, stack
+from cli.config import ENV_PREFIX, CliConfig
 from cli.errors import CliError
 from cli.output import print_error
 
 Handler = Callable[[argparse.Namespace], Awaitable[int]]
-
-DEFAULT_SCHEDULER_HOST = "127.0.0.1:9004"
-DEFAULT_INFERENCE_HOST = "127.0.0.1:9000"
-DEFAULT_TIMEOUT_S = 10.0
 
 
 def build_parser() -> argparse.ArgumentParser:
     # Connection flags are accepted both before and after the subcommand, as with seldon's
     # persistent flags; SUPPRESS keeps a leaf parser from overwriting a value given earlier.
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument(
-        "--scheduler-host",
-        default=argparse.SUPPRESS,
-        help=f"env MESHSERVE_SCHEDULER_HOST, default {DEFAULT_SCHEDULER_HOST}",
-    )
-    common.add_argument(
-        "--inference-host",
-        default=argparse.SUPPRESS,
-        help=f"env MESHSERVE_INFERENCE_HOST, default {DEFAULT_INFERENCE_HOST}",
-    )
-    common.add_argument(
-        "--timeout",
-        type=_seconds,
-        default=argparse.SUPPRESS,
-        help=f"per-call deadline in seconds, default {DEFAULT_TIMEOUT_S:g}",
-    )
+    settings.add_flags(common, CliConfig, prefix=ENV_PREFIX, env=os.environ, suppress=True)
     parser = argparse.ArgumentParser(
         prog="meshserve", parents=[common], description="Load, inspect and call models on a meshserve stack."
     )
@@ -63,12 +47,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         setattr(args, late, extras.pop())
     if extras:
         parser.error(f"unrecognized arguments: {' '.join(extras)}")
-    if not hasattr(args, "scheduler_host"):
-        args.scheduler_host = os.environ.get("MESHSERVE_SCHEDULER_HOST") or DEFAULT_SCHEDULER_HOST
-    if not hasattr(args, "inference_host"):
-        args.inference_host = os.environ.get("MESHSERVE_INFERENCE_HOST") or DEFAULT_INFERENCE_HOST
-    if not hasattr(args, "timeout"):
-        args.timeout = DEFAULT_TIMEOUT_S
+    try:
+        defaults = settings.env_defaults(CliConfig, prefix=ENV_PREFIX, env=os.environ)
+    except settings.SettingError as exc:
+        parser.error(str(exc))
+    for name, value in defaults.items():
+        if not hasattr(args, name):
+            setattr(args, name, value)
     return args
 
 
@@ -93,16 +78,6 @@ async def run(args: argparse.Namespace) -> int:
     except CliError as exc:
         print_error(str(exc))
         return 1
-
-
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError("must be above 0")
-    return value
 
 
 if __name__ == "__main__":

@@ -1,30 +1,28 @@
-"""``up``, ``down`` and ``status`` for the local stack; parsing only, the work is in ``stack.commands``."""
+"""``up``, ``down`` and ``status`` for the local stack; parsing only, the work is in ``stack.commands``.
+
+``up``'s flags derive from ``StackConfig`` (env ``MESHSERVE_STACK_*``); ``--home`` is the stack's
+state folder for all three (env ``MESHSERVE_HOME``).
+"""
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import os
-from collections.abc import Callable
-from typing import cast
 
-from cli.output import print_error
-from stack.config import port_defaults
-
-StackCommand = Callable[[argparse.Namespace], int]
+from apis import settings
+from stack.config import ENV_PREFIX, HOME_ENV, StackConfig
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    home = os.environ.get("MESHSERVE_HOME", "./.meshserve")
-    home_help = "state folder of the local stack (env MESHSERVE_HOME, default: %(default)s)"
+    home = os.environ.get(HOME_ENV, "./.meshserve")
+    home_help = f"state folder of the local stack [env {HOME_ENV}, default ./.meshserve]"
 
-    up = subparsers.add_parser("up", help="start the local stack")
+    up = subparsers.add_parser(
+        "up", help="start the local stack", description="Every flag falls back to the variable shown."
+    )
     up.add_argument("-d", "--detach", action="store_true", help="return once the stack is up")
     up.add_argument("--home", default=home, help=home_help)
-    for setting, default in port_defaults().items():
-        up.add_argument(
-            f"--{setting.replace('_', '-')}", type=int, default=default, help="(default: %(default)s)"
-        )
+    settings.add_flags(up, StackConfig, prefix=ENV_PREFIX, env=os.environ)
     up.add_argument("--no-demo", action="store_true", help="don't load the demo iris model")
     up.set_defaults(stack_command="up")
 
@@ -38,11 +36,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 def run_stack_command(args: argparse.Namespace) -> int:
-    # Imported lazily: the stack pulls in process management the other commands never need.
-    try:
-        commands = importlib.import_module("stack.commands")
-    except ImportError as exc:
-        print_error(f"the local stack is not available: cannot import stack.commands ({exc})")
-        return 1
-    command = cast(StackCommand, getattr(commands, args.stack_command))
+    # Imported here: only these commands need the process management the stack pulls in.
+    from stack import commands
+
+    command = {"up": commands.up, "down": commands.down, "status": commands.status}[args.stack_command]
     return command(args)

@@ -16,8 +16,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m stack")
     parser.add_argument("--home", required=True, help="state folder holding config.json")
     args = parser.parse_args()
-    configure_logging()
-    return asyncio.run(run(StackConfig.load(Path(args.home).resolve())))
+    config = StackConfig.load(Path(args.home).resolve())
+    configure_logging(config.log_level)
+    return asyncio.run(run(config))
 
 
 if __name__ == "__main__":

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import io
 import json
 import os
 import signal
@@ -18,12 +17,12 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from apis import settings
 from stack import components as probes
-from stack.config import StackConfig, default_home, port_defaults
+from stack.config import StackConfig, default_home
+from stack.demo import DemoError, load_models
 from stack.supervisor import run, terminate_group
 
-SAMPLES = Path(__file__).resolve().parent.parent / "samples"
-DEMO_MODEL = SAMPLES / "models" / "iris.yaml"
 START_TIMEOUT = 300.0
 console = Console(stderr=True)
 
@@ -34,7 +33,7 @@ def _home(args: argparse.Namespace) -> Path:
 
 def config_from(args: argparse.Namespace) -> StackConfig:
     """``up``'s flags; ``down`` and ``status`` read what ``up`` saved instead."""
-    return StackConfig(home=_home(args), **{setting: getattr(args, setting) for setting in port_defaults()})
+    return settings.build(StackConfig, args, home=_home(args))
 
 
 def read_state(config: StackConfig) -> dict[str, Any] | None:
@@ -89,7 +88,7 @@ def up(args: argparse.Namespace) -> int:
         else:
             console.print(f"[red]meshserve did not start within {START_TIMEOUT:.0f} s[/red]")
             return 1
-    if not args.no_demo and _load_demo(config) != 0:
+    if not args.no_demo and not asyncio.run(_load_demo(config)):
         return 1
     _banner(config)
     return 0
@@ -102,7 +101,7 @@ async def _foreground(config: StackConfig, *, demo: bool) -> int:
     await asyncio.wait({stack, waiter}, return_when=asyncio.FIRST_COMPLETED)
     if ready.is_set():
         if demo:
-            await asyncio.to_thread(_load_demo, config)
+            await _load_demo(config)
         _banner(config)
         console.print("press Ctrl-C to stop")
     else:
@@ -116,18 +115,13 @@ def _ensure_demo_artifacts() -> None:
     train.ensure_artifacts()
 
 
-def _load_demo(config: StackConfig) -> int:
-    from cli.main import main as cli
-
-    scheduler = f"{config.host}:{config.scheduler_port}"
-    quiet = io.StringIO()
-    with contextlib.redirect_stdout(quiet):
-        code = cli(["--scheduler-host", scheduler, "model", "load", "-f", str(DEMO_MODEL)])
-        if code == 0:
-            code = cli(["--scheduler-host", scheduler, "model", "status", "iris", "-w", "ModelAvailable"])
-    if code != 0:
-        console.print("[red]the demo model iris did not become available[/red]")
-    return code
+async def _load_demo(config: StackConfig) -> bool:
+    try:
+        await load_models(f"{config.host}:{config.scheduler_port}")
+    except DemoError as exc:
+        console.print(f"[red]the demo model iris did not become available[/red]: {exc}")
+        return False
+    return True
 
 
 def _banner(config: StackConfig) -> None:

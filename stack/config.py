@@ -1,4 +1,9 @@
-"""Settings of the local stack: where state lives and which loopback ports each process uses."""
+"""Settings of the local stack: where state lives and which loopback ports each process uses.
+
+``meshserve up``'s flags derive from :class:`StackConfig` (``apis.settings``): ``--http-port`` is
+``MESHSERVE_STACK_HTTP_PORT``. The state folder is ``--home`` / ``MESHSERVE_HOME``, shared by every
+command that addresses the stack (``up``, ``down``, ``status``, ``server load``).
+"""
 
 from __future__ import annotations
 
@@ -11,7 +16,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from apis.logs import LEVELS
 from apis.names import DEFAULT_CAPABILITIES
+from apis.settings import NOT_A_FLAG, flag, non_negative_int, positive_float
+
+ENV_PREFIX = "MESHSERVE_STACK_"
+HOME_ENV = "MESHSERVE_HOME"
 
 
 def port_defaults() -> dict[str, int]:
@@ -20,26 +30,33 @@ def port_defaults() -> dict[str, int]:
 
 
 def default_home() -> Path:
-    return Path(os.environ.get("MESHSERVE_HOME", ".meshserve")).resolve()
+    return Path(os.environ.get(HOME_ENV, ".meshserve")).resolve()
 
 
 @dataclass(frozen=True)
 class StackConfig:
-    home: Path = field(default_factory=default_home)
-    host: str = "127.0.0.1"  # every listener binds to loopback in the local stack
-    http_port: int = 9000
-    xds_port: int = 9002
-    scheduler_port: int = 9004
-    agent_port: int = 9005
-    envoy_admin_port: int = 9901
-    mlserver_http_port: int = 8080
-    mlserver_grpc_port: int = 9500
-    mlserver_metrics_port: int = 8082
-    server_name: str = "mlserver"
-    capabilities: str = DEFAULT_CAPABILITIES
-    memory_bytes: int = 2_000_000_000
-    overcommit_percentage: int = 10
-    agent_grace_seconds: float = 15.0
+    home: Path = field(default_factory=default_home, metadata=NOT_A_FLAG)
+    host: str = field(default="127.0.0.1", metadata=NOT_A_FLAG)  # the local stack binds to loopback only
+    http_port: int = field(default=9000, metadata=flag("Envoy's data plane"))
+    xds_port: int = field(default=9002, metadata=flag("the scheduler's xDS"))
+    scheduler_port: int = field(default=9004, metadata=flag("the Scheduler API"))
+    agent_port: int = field(default=9005, metadata=flag("the scheduler's AgentService"))
+    envoy_admin_port: int = field(default=9901, metadata=flag("Envoy's admin"))
+    mlserver_http_port: int = field(default=8080, metadata=flag("the first MLServer's HTTP"))
+    mlserver_grpc_port: int = field(default=9500, metadata=flag("the first MLServer's gRPC"))
+    mlserver_metrics_port: int = field(default=8082, metadata=flag("the first MLServer's metrics"))
+    server_name: str = field(default="mlserver", metadata=flag("the server the stack starts"))
+    capabilities: str = field(default=DEFAULT_CAPABILITIES, metadata=flag("its comma-separated runtimes"))
+    memory_bytes: int = field(
+        default=2_000_000_000, metadata=flag("memory per replica", parse=non_negative_int)
+    )
+    overcommit_percentage: int = field(
+        default=10, metadata=flag("memory overcommit per replica", parse=non_negative_int)
+    )
+    agent_grace_seconds: float = field(
+        default=15.0, metadata=flag("how long a disconnected agent stays routed", parse=positive_float)
+    )
+    log_level: str = field(default="info", metadata=flag(f"the supervisor's; one of {', '.join(LEVELS)}"))
 
     @property
     def logs(self) -> Path:
@@ -85,8 +102,10 @@ class StackConfig:
     @classmethod
     def load(cls, home: Path) -> StackConfig:
         try:
-            values = json.loads((home / "config.json").read_text())
+            saved = json.loads((home / "config.json").read_text())
         except FileNotFoundError:
             return cls(home=home)
-        values["home"] = Path(values["home"])
+        # Settings another meshserve version saved are left out rather than refused.
+        values = {f.name: saved[f.name] for f in dataclasses.fields(cls) if f.name in saved}
+        values["home"] = Path(saved["home"])
         return cls(**values)

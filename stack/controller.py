@@ -12,24 +12,35 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import grpc
 import structlog
 
 from apis.mlops.scheduler import scheduler_pb2, scheduler_pb2_grpc
-from stack.components import ReplicaPorts, replica_names, server_replica, server_spec_file
+from stack.components import Component, ReplicaPorts, replica_names, server_replica, server_spec_file
+from stack.config import StackConfig
 from stack.ports import free_ports
-
-if TYPE_CHECKING:
-    from stack.supervisor import Supervisor
 
 log = structlog.get_logger("meshserve.stack.controller")
 RECONNECT_SECONDS = 1.0
 
 
+class Processes(Protocol):
+    """What the controller needs of the supervisor (which owns it: the arrow points one way)."""
+
+    @property
+    def config(self) -> StackConfig: ...
+
+    async def add(self, component: Component) -> None:
+        """Start ``component`` and return once it is ready."""
+
+    async def remove(self, name: str) -> None:
+        """Stop the component called ``name``, if it runs."""
+
+
 class ServerController:
-    def __init__(self, supervisor: Supervisor) -> None:
+    def __init__(self, supervisor: Processes) -> None:
         self._supervisor = supervisor
         self._config = supervisor.config
         # Replicas this stack runs, per server (the default server's replica 0 starts with the stack).

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from apis.mlops.scheduler import scheduler_pb2
+from apis.quantity import parse_quantity
 from cli.errors import CliError
-from cli.quantity import parse_quantity
 from cli.resources import ManifestError, parse_model_requests, read_model_requests, resolve_storage_uri
 
 HEADER = "apiVersion: mlops.seldon.io/v1alpha1\nkind: Model\n"

@@ -5,16 +5,15 @@ from __future__ import annotations
 import argparse
 import json
 import socket
-import sys
-import types
 from collections.abc import Callable
 from pathlib import Path
 
 import grpc
 import pytest
 
+import stack.commands
 from apis.mlops.scheduler import scheduler_pb2
-from cli.main import main
+from cli.main import main, parse_args
 from cli.output import human_bytes
 from tests.cli.cli_fakes import FakeScheduler, invoke, model_status
 
@@ -315,9 +314,30 @@ async def test_scheduler_status(fake_scheduler: FakeScheduler, capsys: pytest.Ca
 async def test_scheduler_host_from_the_environment(
     fake_scheduler: FakeScheduler, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("MESHSERVE_SCHEDULER_HOST", fake_scheduler.address)
+    monkeypatch.setenv("MESHSERVE_CLI_SCHEDULER_HOST", fake_scheduler.address)
     assert await invoke("scheduler", "status") == 0
     assert "fake-1.2.3" in capsys.readouterr().out
+
+
+def test_connection_settings_come_from_cli_variables_and_flags_win(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Unprefixed names belonged to other processes too (MESHSERVE_INFERENCE_HOST was MLServer to the
+    # agent); the CLI reads only its own.
+    monkeypatch.setenv("MESHSERVE_INFERENCE_HOST", "mlserver.example:8080")
+    monkeypatch.setenv("MESHSERVE_CLI_TIMEOUT", "3")
+    args = parse_args(["model", "list"])
+    assert (args.scheduler_host, args.inference_host, args.timeout) == ("127.0.0.1:9004", "127.0.0.1:9000", 3)
+    monkeypatch.setenv("MESHSERVE_CLI_INFERENCE_HOST", "envoy.example:9000")
+    args = parse_args(["--timeout", "5", "model", "list", "--inference-host", "other:9000"])
+    assert (args.inference_host, args.timeout) == ("other:9000", 5)
+    assert parse_args(["model", "list"]).inference_host == "envoy.example:9000"
+
+
+def test_a_bad_cli_variable_is_a_usage_error(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("MESHSERVE_CLI_TIMEOUT", "soon")
+    assert main(["model", "list"]) == 2
+    assert "MESHSERVE_CLI_TIMEOUT='soon'" in capsys.readouterr().err
 
 
 def _free_port() -> int:
@@ -355,12 +375,11 @@ def test_stack_commands_dispatch_to_stack_module(monkeypatch: pytest.MonkeyPatch
 
         return run
 
-    fake = types.ModuleType("stack.commands")
-    fake.up = command("up", 0)  # type: ignore[attr-defined]
-    fake.down = command("down", 3)  # type: ignore[attr-defined]
-    fake.status = command("status", 0)  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "stack.commands", fake)
+    monkeypatch.setattr(stack.commands, "up", command("up", 0))
+    monkeypatch.setattr(stack.commands, "down", command("down", 3))
+    monkeypatch.setattr(stack.commands, "status", command("status", 0))
     monkeypatch.setenv("MESHSERVE_HOME", "/tmp/mesh-home")
+    monkeypatch.setenv("MESHSERVE_STACK_XDS_PORT", "19002")
     assert main(["up", "-d", "--no-demo", "--http-port", "19000"]) == 0
     assert main(["down"]) == 3
     assert main(["status", "--home", "/elsewhere"]) == 0
@@ -372,14 +391,6 @@ def test_stack_commands_dispatch_to_stack_module(monkeypatch: pytest.MonkeyPatch
         9004,
         "/tmp/mesh-home",
     )
-    assert (up.xds_port, up.agent_port) == (9002, 9005)
+    assert (up.xds_port, up.agent_port, up.server_name, up.log_level) == (19002, 9005, "mlserver", "info")
     assert down.home == "/tmp/mesh-home"
     assert status.home == "/elsewhere"
-
-
-def test_stack_commands_without_the_stack_module(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
-    monkeypatch.setitem(sys.modules, "stack.commands", None)  # makes the import raise ImportError
-    assert main(["up"]) == 1
-    assert capsys.readouterr().err.startswith("Error: the local stack is not available")

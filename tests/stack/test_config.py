@@ -1,0 +1,37 @@
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from apis import settings
+from stack.commands import config_from
+from stack.config import ENV_PREFIX, StackConfig, port_defaults
+
+
+def up_args(argv: list[str], env: dict[str, str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--home")
+    settings.add_flags(parser, StackConfig, prefix=ENV_PREFIX, env=env)
+    return parser.parse_args(argv)
+
+
+def test_up_flags_derive_from_the_stack_config(tmp_path: Path) -> None:
+    env = {"MESHSERVE_STACK_HTTP_PORT": "19000", "MESHSERVE_STACK_CAPABILITIES": "sklearn"}
+    args = up_args(["--home", str(tmp_path), "--scheduler-port", "19004", "--log-level", "debug"], env)
+    config = config_from(args)
+    assert (config.home, config.http_port, config.scheduler_port) == (tmp_path.resolve(), 19000, 19004)
+    assert (config.capabilities, config.log_level, config.agent_port) == ("sklearn", "debug", 9005)
+    assert set(port_defaults()) <= set(vars(args))
+    assert "home" in vars(args) and "host" not in vars(args)  # home is --home; host stays loopback
+
+
+def test_saved_config_round_trips_and_tolerates_unknown_settings(tmp_path: Path) -> None:
+    StackConfig(home=tmp_path, http_port=19000).save()
+    saved = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**saved, "retired_setting": 1}))
+    assert StackConfig.load(tmp_path) == StackConfig(home=tmp_path, http_port=19000)
+
+
+def test_load_without_a_saved_config_uses_the_defaults(tmp_path: Path) -> None:
+    assert StackConfig.load(tmp_path / "nowhere") == StackConfig(home=tmp_path / "nowhere")
