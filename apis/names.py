@@ -25,3 +25,8 @@ DEFAULT_CAPABILITIES = ",".join(MLSERVER_CAPABILITIES)
 def versioned_name(model: str, version: int) -> str:
     """The name a model version is served under on its model server: ``<model>_<version>``."""
     return f"{model}_{version}"
+
+
+def model_of(target: str) -> str:
+    """The model a versioned name belongs to (model names hold no ``_``, so the split is exact)."""
+    return target.rpartition("_")[0]

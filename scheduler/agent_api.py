@@ -1,4 +1,7 @@
-"""The ``seldon.mlops.agent.AgentService`` gRPC service (port 9005): agents register and report."""
+"""The ``seldon.mlops.agent.AgentService`` gRPC service (port 9005): agents register and report.
+
+Domain errors become gRPC status codes in :mod:`scheduler.errors`, not here.
+"""
 
 from __future__ import annotations
 
@@ -10,8 +13,7 @@ import grpc
 import structlog
 
 from apis.mlops.agent import agent_pb2, agent_pb2_grpc
-from apis.validation import InvalidResource
-from scheduler.core import ModelNotFound, Scheduler
+from scheduler.core import Scheduler
 
 log = structlog.get_logger("meshserve.scheduler.agents")
 Context = grpc.aio.ServicerContext[Any, Any]
@@ -25,10 +27,7 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
     async def Subscribe(
         self, request: agent_pb2.AgentSubscribeRequest, context: Context
     ) -> AsyncIterator[agent_pb2.ModelOperationMessage]:
-        try:
-            link = self._core.agent_connected(request)
-        except InvalidResource as error:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
+        link = self._core.agent_connected(request)
         try:
             while (operation := await link.outbox.get()) is not None:
                 yield operation
@@ -54,10 +53,6 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
         try:
             async with asyncio.timeout(DRAIN_TIMEOUT_SECONDS):
                 await self._core.drain(request.serverName, request.replicaIdx)
-        except ModelNotFound as error:
-            await context.abort(grpc.StatusCode.NOT_FOUND, str(error))
-        except TimeoutError:
-            await context.abort(
-                grpc.StatusCode.DEADLINE_EXCEEDED, "models did not move off the replica in time"
-            )
+        except TimeoutError as error:
+            raise TimeoutError("models did not move off the replica in time") from error
         return agent_pb2.AgentDrainResponse(success=True)

@@ -1,9 +1,9 @@
 """The ``seldon.mlops.scheduler.Scheduler`` gRPC service: converts messages and calls the core.
 
-Errors are mapped to gRPC status codes here and only here: a bad resource is ``INVALID_ARGUMENT``
-(nothing changed), an unknown model ``NOT_FOUND``. Streams stay open and push on every change,
-as the Seldon controller expects; the read-only RPCs (``ModelStatus``, ``ServerStatus``) send the
-current state and end.
+Domain errors become gRPC status codes in one table (:mod:`scheduler.errors`): a bad resource
+is ``INVALID_ARGUMENT`` (nothing changed), an unknown model ``NOT_FOUND``. Streams stay open and
+push on every change, as the Seldon controller expects; the read-only RPCs (``ModelStatus``,
+``ServerStatus``) send the current state and end.
 """
 
 from __future__ import annotations
@@ -16,10 +16,8 @@ import grpc
 import structlog
 
 from apis.mlops.scheduler import scheduler_pb2, scheduler_pb2_grpc
-from apis.validation import InvalidResource
 from scheduler import status
-from scheduler.core import ModelNotFound, Scheduler
-from scheduler.state import ReplicaState
+from scheduler.core import Scheduler
 
 log = structlog.get_logger("meshserve.scheduler.api")
 Context = grpc.aio.ServicerContext[Any, Any]
@@ -34,42 +32,29 @@ class SchedulerService(scheduler_pb2_grpc.SchedulerServicer):
     async def LoadModel(
         self, request: scheduler_pb2.LoadModelRequest, context: Context
     ) -> scheduler_pb2.LoadModelResponse:
-        try:
-            self._core.load_model(request.model)
-            self._core.commit()
-        except InvalidResource as error:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
+        self._core.load_model(request.model)
+        self._core.commit()
         return scheduler_pb2.LoadModelResponse()
 
     async def ServerNotify(
         self, request: scheduler_pb2.ServerNotifyRequest, context: Context
     ) -> scheduler_pb2.ServerNotifyResponse:
-        try:
-            self._core.notify_servers(request.servers)
-            self._core.commit()
-        except InvalidResource as error:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
+        self._core.notify_servers(request.servers)
+        self._core.commit()
         return scheduler_pb2.ServerNotifyResponse()
 
     async def UnloadModel(
         self, request: scheduler_pb2.UnloadModelRequest, context: Context
     ) -> scheduler_pb2.UnloadModelResponse:
-        try:
-            self._core.unload_model(request.model.name)
-            self._core.commit()
-        except InvalidResource as error:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
-        except ModelNotFound as error:
-            await context.abort(grpc.StatusCode.NOT_FOUND, str(error))
+        self._core.unload_model(request.model.name)
+        self._core.commit()
         return scheduler_pb2.UnloadModelResponse()
 
     async def ModelStatus(
         self, request: scheduler_pb2.ModelStatusRequest, context: Context
     ) -> AsyncIterator[scheduler_pb2.ModelStatusResponse]:
         if request.HasField("model") and request.model.name:
-            record = self._core.models.get(request.model.name)
-            if record is None:
-                await context.abort(grpc.StatusCode.NOT_FOUND, f"model {request.model.name} not found")
+            record = self._core.model(request.model.name)
             yield status.model_status(record, all_versions=request.allVersions)
             return
         for name in sorted(self._core.models):
@@ -79,8 +64,7 @@ class SchedulerService(scheduler_pb2_grpc.SchedulerServicer):
         self, request: scheduler_pb2.ServerStatusRequest, context: Context
     ) -> AsyncIterator[scheduler_pb2.ServerStatusResponse]:
         if request.HasField("name") and request.name:
-            if request.name not in self._core.servers:
-                await context.abort(grpc.StatusCode.NOT_FOUND, f"server {request.name} not found")
+            self._core.server(request.name)
             yield self._server_status(request.name)
             return
         for name in sorted(self._core.servers):
@@ -128,14 +112,7 @@ class SchedulerService(scheduler_pb2_grpc.SchedulerServicer):
         await asyncio.Event().wait()
 
     def _server_status(self, name: str) -> scheduler_pb2.ServerStatusResponse:
-        loaded: dict[int, int] = {}
-        for record in self._core.models.values():
-            for version in record.versions:
-                if version.server != name:
-                    continue
-                for idx in version.replicas_in(ReplicaState.Loaded, ReplicaState.Available):
-                    loaded[idx] = loaded.get(idx, 0) + 1
-        return status.server_status(self._core.servers[name], loaded)
+        return status.server_status(self._core.servers[name], self._core.loaded_per_replica(name))
 
 
 async def _changes(

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.core.v3 import address_pb2, base_pb2, config_source_pb2, protocol_pb2
@@ -34,9 +33,7 @@ from envoy.type.v3 import percent_pb2
 from google.protobuf import duration_pb2, struct_pb2, wrappers_pb2
 
 from apis.names import INTERNAL_MODEL_HEADER, MODEL_HEADER, ROUTE_HEADER
-
-if TYPE_CHECKING:
-    from xdsserver.routes import Endpoint, Route, Split
+from apis.routing import Endpoint, Route, Split
 
 LISTENER_NAME = "seldon_http"
 LUA_FILTER = "envoy.filters.http.lua"
@@ -44,7 +41,6 @@ GRPC_PREFIX = "/inference.GRPCInferenceService"
 REST_PREFIX = "/v2"
 # Matches the model (and optional version) segment of an OIP path, to put the versioned name there.
 _MODEL_PATH = r"^/v2/models/[^/]+(/versions/[^/]+)?"
-_FRACTION_DENOMINATOR = 1_000_000
 _LUA_OFF = lua_pb2.LuaPerRoute(disabled=True)
 _ADS = config_source_pb2.ConfigSource(
     ads=config_source_pb2.AggregatedConfigSource(), resource_api_version=config_source_pb2.V3
@@ -122,12 +118,11 @@ def _routes(route: Route) -> list[route_components_pb2.Route]:
         for split in route.splits:
             sticky = _header_contains(ROUTE_HEADER, f":{split.target}:")
             routes += [_rest_route(route, split, None, sticky), _grpc_route(route, split, None, sticky)]
-    total = sum(s.weight for s in route.splits)
     cumulative = 0
     for position, split in enumerate(route.splits):
-        cumulative += split.weight
+        cumulative += split.weight  # millionths, which is the runtime fraction's denominator
         last = position == len(route.splits) - 1
-        fraction = None if last else cumulative * _FRACTION_DENOMINATOR // total
+        fraction = None if last else cumulative
         routes += [_rest_route(route, split, fraction, None), _grpc_route(route, split, fraction, None)]
     return routes
 

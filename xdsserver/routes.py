@@ -1,76 +1,162 @@
-"""What the scheduler asks of Envoy: one route per model, split over versioned targets.
+"""The xDS side of the routing contract: routes in, clusters and scopes in the cache, futures out.
 
-This is the contract between the scheduler core and the xDS layer. The scheduler says *what*
-should be routable; :class:`RoutePublisher` turns it into clusters, scopes and route
-configurations in the :class:`ResourceCache` and returns the versions to wait for.
+:class:`RoutePublisher` is the :class:`apis.routing.RouteSink` the scheduler publishes to. It turns
+each route into one scope plus the clusters of its targets and keeps clusters reference-counted:
+a cluster is built once per target and removed only when no route names it any more (an
+experiment's routes and a model's own route share their models' clusters).
+
+ACKs flow one way: the publisher asks an :class:`AckQuorum` (the ADS server) whether every Envoy
+holds a publication's resource versions, each time the quorum reports ACKs for those names, and
+completes the publication's future then. Only the latest publication per route is kept waiting,
+so the waiting set is bounded by the number of routes.
 """
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
 
+from google.protobuf.message import Message
+
+from apis.routing import Route, RouteSink
 from xdsserver import resources
 from xdsserver.cache import Requirement, ResourceCache
 from xdsserver.types import CLUSTER, SCOPED_ROUTE
 
-
-@dataclass(frozen=True, slots=True)
-class Endpoint:
-    host: str
-    http_port: int
-    grpc_port: int
+# Names an ACK covered, as (type URL, resource name); None: the set of Envoys changed.
+AckedNames = Iterable[tuple[str, str]] | None
+AckListener = Callable[[AckedNames], None]
 
 
-@dataclass(frozen=True, slots=True)
-class Split:
-    target: str  # versioned model name as the model server knows it, e.g. "iris_1"
-    weight: int
-    endpoints: tuple[Endpoint, ...]
+class AckQuorum(Protocol):
+    """What the publisher needs from the stream server (implemented by ``XdsServer``)."""
+
+    def acked(self, requirements: Iterable[Requirement]) -> bool:
+        """Whether every connected Envoy (and at least the configured minimum) holds these."""
+        ...
+
+    def on_ack(self, listener: AckListener) -> Callable[[], None]:
+        """Call ``listener`` after every ACK and every connect/disconnect; returns an unsubscribe."""
+        ...
 
 
-@dataclass(frozen=True, slots=True)
-class Route:
-    name: str  # the seldon-model header value, e.g. "iris"
-    splits: tuple[Split, ...]
+@dataclass(eq=False, slots=True)
+class _Publication:
+    route: str
+    requirements: list[Requirement]
+    future: asyncio.Future[None]
 
 
 class RoutePublisher:
-    """Keeps the cache's clusters and scopes equal to the routes the scheduler wants.
+    """Keeps the cache's clusters and scopes equal to the published routes; completes their futures.
 
-    Make-before-break is left to the stream server's send order (clusters before scopes,
-    cluster removals last); this class only computes the resources.
+    Make-before-break within one change is left to the stream server's send order (clusters before
+    scopes, cluster removals last); this class only computes resources and reference counts.
     """
 
-    def __init__(self, cache: ResourceCache) -> None:
+    def __init__(self, cache: ResourceCache, quorum: AckQuorum) -> None:
         self._cache = cache
-        self._clusters_of: dict[str, set[str]] = {}  # route name -> cluster names it uses
-        self._routes: dict[str, Route] = {}
+        self._quorum = quorum
+        self._clusters_of: dict[str, frozenset[str]] = {}  # route name -> cluster names it uses
+        self._users: dict[str, set[str]] = {}  # cluster name -> route names using it
+        self._waiting: dict[str, _Publication] = {}  # route name -> its latest publication
+        self._by_resource: dict[tuple[str, str], set[_Publication]] = {}
+        self._unsubscribe = quorum.on_ack(self._acked)
 
-    def route(self, name: str) -> Route | None:
-        return self._routes.get(name)
-
-    def publish(self, route: Route) -> list[Requirement]:
-        if not route.splits:
-            return self.remove(route.name)
+    def publish(self, route: Route) -> asyncio.Future[None]:
         clusters = {
             name: cluster
             for split in route.splits
             for name, cluster in resources.clusters_for(split.target, split.endpoints).items()
         }
-        stale = self._clusters_of.get(route.name, set()) - clusters.keys()
-        self._clusters_of[route.name] = set(clusters)
-        self._routes[route.name] = route
-        return self._cache.apply(
-            upserts=[
-                *((CLUSTER, name, cluster) for name, cluster in clusters.items()),
-                (SCOPED_ROUTE, route.name, resources.scope_for(route)),
+        now = frozenset(clusters)
+        before = self._clusters_of.pop(route.name, frozenset())
+        if now:
+            self._clusters_of[route.name] = now
+        for name in now - before:
+            self._users.setdefault(name, set()).add(route.name)
+        unused = [name for name in before - now if self._release(name, route.name)]
+        scope: list[tuple[str, str, Message]] = (
+            [(SCOPED_ROUTE, route.name, resources.scope_for(route))] if route.splits else []
+        )
+        requirements = self._cache.apply(
+            upserts=[*((CLUSTER, name, cluster) for name, cluster in clusters.items()), *scope],
+            removals=[
+                *([] if route.splits else [(SCOPED_ROUTE, route.name)]),
+                *((CLUSTER, n) for n in unused),
             ],
-            removals=[(CLUSTER, name) for name in stale],
         )
+        return self._wait(route.name, requirements)
 
-    def remove(self, name: str) -> list[Requirement]:
-        clusters = self._clusters_of.pop(name, set())
-        self._routes.pop(name, None)
-        return self._cache.apply(
-            removals=[(SCOPED_ROUTE, name), *((CLUSTER, c) for c in sorted(clusters))],
-        )
+    def _release(self, cluster: str, route: str) -> bool:
+        """Drop one route's use of a cluster; True when nothing uses it any more."""
+        users = self._users.get(cluster)
+        if users is None:
+            return False
+        users.discard(route)
+        if users:
+            return False
+        del self._users[cluster]
+        return True
+
+    def users(self, cluster: str) -> frozenset[str]:
+        """Routes that name a cluster (for tests and introspection)."""
+        return frozenset(self._users.get(cluster, ()))
+
+    # -- ACKs ---------------------------------------------------------------------------------------
+
+    def _wait(self, route: str, requirements: list[Requirement]) -> asyncio.Future[None]:
+        self._forget(self._waiting.pop(route, None))
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if self._quorum.acked(requirements):
+            future.set_result(None)
+            return future
+        publication = _Publication(route, requirements, future)
+        self._waiting[route] = publication
+        for requirement in requirements:
+            self._by_resource.setdefault((requirement.type_url, requirement.name), set()).add(publication)
+        return future
+
+    def _forget(self, publication: _Publication | None) -> None:
+        """Supersede a publication: its future is cancelled and it stops being checked."""
+        if publication is not None:
+            publication.future.cancel()
+            self._forget_index(publication)
+
+    def _acked(self, names: AckedNames) -> None:
+        if names is None:
+            candidates: set[_Publication] = set(self._waiting.values())
+        else:
+            candidates = set()
+            for key in names:
+                candidates |= self._by_resource.get(key, set())
+        for publication in candidates:
+            if self._waiting.get(publication.route) is publication and self._quorum.acked(
+                publication.requirements
+            ):
+                del self._waiting[publication.route]
+                self._forget_index(publication)
+                publication.future.set_result(None)
+
+    def _forget_index(self, publication: _Publication) -> None:
+        for requirement in publication.requirements:
+            key = (requirement.type_url, requirement.name)
+            waiting = self._by_resource.get(key)
+            if waiting is not None:
+                waiting.discard(publication)
+                if not waiting:
+                    del self._by_resource[key]
+
+    def close(self) -> None:
+        self._unsubscribe()
+        for publication in list(self._waiting.values()):
+            self._forget(publication)
+        self._waiting.clear()
+
+
+if TYPE_CHECKING:
+
+    def _is_a_sink(publisher: RoutePublisher) -> RouteSink:
+        return publisher

@@ -24,6 +24,7 @@ import structlog
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 
 from xdsserver.cache import Changes, Requirement, ResourceCache
+from xdsserver.routes import AckedNames, AckListener
 from xdsserver.types import CLUSTER, LISTENER, ROUTE, SCOPED_ROUTE
 
 log = structlog.get_logger("meshserve.xds")
@@ -47,7 +48,7 @@ class _Subscription:
 class DeltaStream:
     """State of one Envoy's delta ADS stream. Owned by :meth:`XdsServer.DeltaAggregatedResources`."""
 
-    def __init__(self, cache: ResourceCache, version_prefix: str, on_ack: Callable[[], None]) -> None:
+    def __init__(self, cache: ResourceCache, version_prefix: str, on_ack: AckListener) -> None:
         self.node_id = ""
         self._cache = cache
         self._prefix = version_prefix
@@ -117,7 +118,7 @@ class DeltaStream:
             )
             return
         self._acked.setdefault(type_url, {}).update(versions)
-        self._on_ack()
+        self._on_ack([(type_url, name) for name in versions])
 
     def _adopt_initial_versions(self, type_url: str, held: dict[str, str]) -> None:
         """A reconnecting Envoy says what it holds: skip what is current, remove what is gone."""
@@ -230,10 +231,12 @@ class XdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignor
         self._min_envoys = min_envoys
         self._prefix = secrets.token_hex(3)  # lets an Envoy tell this scheduler run from the last
         self._streams: set[DeltaStream] = set()
-        self._ack_listeners: list[Callable[[], None]] = []
+        self._ack_listeners: list[AckListener] = []
 
-    def add_ack_listener(self, listener: Callable[[], None]) -> None:
+    def on_ack(self, listener: AckListener) -> Callable[[], None]:
+        """``listener`` hears the names each ACK covered, and ``None`` when the set of Envoys changed."""
         self._ack_listeners.append(listener)
+        return lambda: self._ack_listeners.remove(listener)
 
     @property
     def connected(self) -> list[str]:
@@ -249,9 +252,9 @@ class XdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignor
             return False
         return all(s.holds(r) for s in streams for r in wanted)
 
-    def _notify_ack(self) -> None:
+    def _notify_ack(self, names: AckedNames) -> None:
         for listener in list(self._ack_listeners):
-            listener()
+            listener(names)
 
     async def StreamAggregatedResources(
         self,
@@ -287,7 +290,7 @@ class XdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignor
             with contextlib.suppress(asyncio.CancelledError, grpc.aio.AioRpcError):
                 await reader
             log.info("envoy disconnected", node=stream.node_id)
-            self._notify_ack()
+            self._notify_ack(None)
 
 
 async def _until_done(

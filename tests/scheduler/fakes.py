@@ -1,9 +1,9 @@
 """Hand-written fakes and builders shared by the unit tests (no mocks).
 
-``FakeEnvoy`` is the scheduler's ack oracle: it "applies" a snapshot of the resource cache when told
-to, and answers ``acked`` against that snapshot only, the way a real Envoy lags behind the cache.
-``Harness`` wires a real :class:`Scheduler` to a real :class:`ResourceCache` and
-:class:`RoutePublisher`, and plays the agents through their :class:`AgentLink` outboxes.
+``FakeEnvoy`` is the route publisher's ACK quorum: it "applies" a snapshot of the resource cache
+when told to, and answers ``acked`` against that snapshot only, the way a real Envoy lags behind
+the cache. ``Harness`` wires a real :class:`Scheduler` to a real :class:`RoutePublisher` over a
+real :class:`ResourceCache`, and plays the agents through their :class:`AgentLink` outboxes.
 """
 
 from __future__ import annotations
@@ -14,10 +14,11 @@ from dataclasses import dataclass, field
 
 from apis.mlops.agent import agent_pb2
 from apis.mlops.scheduler import scheduler_pb2
-from scheduler.core import AckOracle, AgentLink, Scheduler
+from apis.routing import WEIGHT_SCALE, Route
+from scheduler.core import AgentLink, Scheduler
 from scheduler.state import ModelState, ModelVersion
 from xdsserver.cache import Requirement, ResourceCache
-from xdsserver.routes import Route, RoutePublisher
+from xdsserver.routes import AckListener, RoutePublisher
 from xdsserver.types import CLUSTER, LISTENER, ROUTE, SCOPED_ROUTE
 
 Event = agent_pb2.ModelEventMessage
@@ -26,18 +27,26 @@ WAIT_S = 1.0
 MEMORY = 1_000_000
 
 
-class FakeEnvoy(AckOracle):
+class FakeEnvoy:
     """Holds what the cache had at the last :meth:`sync`; ``acked`` checks that snapshot."""
 
     def __init__(self, cache: ResourceCache) -> None:
         self._cache = cache
         self._held: dict[str, dict[str, int]] = {}
+        self._listeners: list[AckListener] = []
+
+    def on_ack(self, listener: AckListener) -> Callable[[], None]:
+        self._listeners.append(listener)
+        return lambda: self._listeners.remove(listener)
 
     def sync(self) -> None:
+        """Take the cache as it is now and ACK all of it."""
         self._held = {
             t: {name: entry.version for name, entry in self._cache.live(t).items()}
             for t in (CLUSTER, LISTENER, SCOPED_ROUTE, ROUTE)
         }
+        for listener in list(self._listeners):
+            listener(None)
 
     def acked(self, requirements: Iterable[Requirement]) -> bool:
         return all(self._holds(r) for r in requirements)
@@ -118,9 +127,9 @@ class Harness:
     grace_s: float = 0.05
 
     def __post_init__(self) -> None:
-        self.publisher = RoutePublisher(self.cache)
         self.envoy = FakeEnvoy(self.cache)
-        self.scheduler = Scheduler(self.publisher, self.envoy, agent_grace_seconds=self.grace_s)
+        self.publisher = RoutePublisher(self.cache, self.envoy)
+        self.scheduler = Scheduler(self.publisher, agent_grace_seconds=self.grace_s)
         self.links: dict[tuple[str, int], AgentLink] = {}
 
     async def settle(self) -> None:
@@ -177,7 +186,6 @@ class Harness:
     async def envoy_applies(self) -> None:
         """Envoy takes the cache as it is now and ACKs it."""
         self.envoy.sync()
-        self.scheduler.envoy_acked()
         await self.settle()
 
     async def make_available(
@@ -196,8 +204,9 @@ class Harness:
         return self.version(name, number).state
 
     def route(self, name: str) -> Route | None:
-        return self.publisher.route(name)
+        return self.scheduler.route(name)
 
     def targets(self, name: str) -> dict[str, int]:
         route = self.route(name)
-        return {s.target: s.weight for s in route.splits} if route else {}
+        """Each target's share of the route, in percent (weights are millionths)."""
+        return {s.target: s.weight * 100 // WEIGHT_SCALE for s in route.splits} if route else {}

@@ -30,7 +30,7 @@ async def test_loaded_model_is_routed_to_its_replica_but_not_available_before_ac
     await harness.report(Event.LOADED, "iris", 1)
     route = harness.route("iris")
     assert route is not None
-    assert [(s.target, s.weight) for s in route.splits] == [("iris_1", 100)]
+    assert [(s.target, s.weight) for s in route.splits] == [("iris_1", 1_000_000)]
     assert route.splits[0].endpoints[0].host == "10.0.0.1"
     assert harness.state("iris") is ModelState.ModelProgressing
 

@@ -1,4 +1,4 @@
-"""Envoy resources built for routes, and the RoutePublisher that keeps them in the cache."""
+"""Envoy resources built for routes: clusters, scopes, fractions, sticky routes, the listener."""
 
 from __future__ import annotations
 
@@ -10,18 +10,16 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import http_con
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
 from envoy.type.v3 import percent_pb2
 
+from apis.routing import WEIGHT_SCALE, Endpoint, Route, Split
 from xdsserver import resources
-from xdsserver.cache import Requirement, ResourceCache
-from xdsserver.routes import Endpoint, Route, RoutePublisher, Split
-from xdsserver.types import CLUSTER, SCOPED_ROUTE
 
 IP = Endpoint("10.0.0.1", 9000, 9500)
 DNS = Endpoint("mlserver-0.svc", 9001, 9501)
 _H2 = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 
 
-def split(target: str, weight: int = 100, *endpoints: Endpoint) -> Split:
-    return Split(target, weight, endpoints or (IP,))
+def split(target: str, percent: int = 100, *endpoints: Endpoint) -> Split:
+    return Split(target, percent * WEIGHT_SCALE // 100, endpoints or (IP,))
 
 
 def routes_of(route: Route) -> list[route_components_pb2.Route]:
@@ -152,57 +150,3 @@ def test_listener_scopes_routes_by_the_model_header_and_runs_lua_before_the_rout
     fragment = manager.scoped_routes.scope_key_builder.fragments[0]
     assert fragment.header_value_extractor.name == "seldon-model"
     assert [f.name for f in manager.http_filters] == ["envoy.filters.http.lua", "envoy.filters.http.router"]
-
-
-# -- RoutePublisher --------------------------------------------------------------------------------
-
-
-def test_publish_puts_clusters_and_the_scope_in_the_cache() -> None:
-    cache = ResourceCache()
-    requirements = RoutePublisher(cache).publish(Route("iris", (split("iris_1"),)))
-    assert {(r.type_url, r.name) for r in requirements} == {
-        (CLUSTER, "iris_1_http"),
-        (CLUSTER, "iris_1_grpc"),
-        (SCOPED_ROUTE, "iris"),
-    }
-    assert set(cache.live(CLUSTER)) == {"iris_1_http", "iris_1_grpc"}
-
-
-def test_republishing_the_same_route_keeps_every_version() -> None:
-    publisher = RoutePublisher(ResourceCache())
-    route = Route("iris", (split("iris_1"),))
-    assert publisher.publish(route) == publisher.publish(route)
-
-
-def test_dropping_a_version_removes_its_clusters() -> None:
-    cache = ResourceCache()
-    publisher = RoutePublisher(cache)
-    publisher.publish(Route("iris", (split("iris_2", 50), split("iris_1", 50))))
-    requirements = publisher.publish(Route("iris", (split("iris_2"),)))
-    assert {r.name for r in requirements if r.removed} == {"iris_1_http", "iris_1_grpc"}
-    assert set(cache.live(CLUSTER)) == {"iris_2_http", "iris_2_grpc"}
-
-
-def test_route_without_splits_is_removed() -> None:
-    cache = ResourceCache()
-    publisher = RoutePublisher(cache)
-    publisher.publish(Route("iris", (split("iris_1"),)))
-    requirements = publisher.publish(Route("iris", ()))
-    assert all(r.removed for r in requirements) and len(requirements) == 3
-    assert cache.live(CLUSTER) == {} and cache.live(SCOPED_ROUTE) == {}
-    assert publisher.route("iris") is None
-
-
-def test_removing_an_unknown_route_requires_nothing() -> None:
-    assert RoutePublisher(ResourceCache()).remove("nope") == []
-
-
-def test_routes_of_other_models_are_untouched() -> None:
-    cache = ResourceCache()
-    publisher = RoutePublisher(cache)
-    [*_, kept] = publisher.publish(Route("a", (split("a_1"),)))
-    publisher.publish(Route("b", (split("b_1"),)))
-    publisher.remove("b")
-    assert kept == Requirement(SCOPED_ROUTE, "a", kept.version)
-    assert set(cache.live(SCOPED_ROUTE)) == {"a"}
-    assert publisher.route("a") is not None and publisher.route("b") is None

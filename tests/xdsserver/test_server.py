@@ -16,6 +16,7 @@ from google.protobuf.message import Message
 from tests.scheduler.fakes import WAIT_S, wait_until
 from xdsserver import server as xds
 from xdsserver.cache import Requirement, ResourceCache
+from xdsserver.routes import AckedNames
 from xdsserver.server import DeltaStream, XdsServer
 from xdsserver.types import CLUSTER, LISTENER, ROUTE, SCOPED_ROUTE
 
@@ -55,11 +56,15 @@ def request(
 
 
 class AckCounter:
+    """An ACK listener that counts calls and remembers the names ACKs covered."""
+
     def __init__(self) -> None:
         self.count = 0
+        self.names: set[tuple[str, str]] = set()
 
-    def __call__(self) -> None:
+    def __call__(self, names: AckedNames) -> None:
         self.count += 1
+        self.names.update(names or ())
 
 
 def new_stream(cache: ResourceCache) -> tuple[DeltaStream, AckCounter]:
@@ -299,7 +304,7 @@ async def test_connected_envoy_acks_through_the_grpc_stream() -> None:
     cache = ResourceCache()
     [requirement] = cache.apply(upserts=[resource(CLUSTER, "a")])
     server, acks = XdsServer(cache), AckCounter()
-    server.add_ack_listener(acks)
+    server.on_ack(acks)
     envoy = EnvoyClient(server)
     envoy.send(request(CLUSTER))
     response = await envoy.expect_response()
@@ -326,7 +331,7 @@ async def test_acked_needs_every_connected_envoy() -> None:
     cache = ResourceCache()
     [requirement] = cache.apply(upserts=[resource(CLUSTER, "a")])
     server, acks = XdsServer(cache, min_envoys=1), AckCounter()
-    server.add_ack_listener(acks)
+    server.on_ack(acks)
     first, second = EnvoyClient(server), EnvoyClient(server)
     first.send(request(CLUSTER))
     second.send(request(CLUSTER))

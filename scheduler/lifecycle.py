@@ -1,0 +1,182 @@
+"""The model/replica state machine: pure functions over :mod:`scheduler.state`, no I/O, no hooks.
+
+Life of a model version (make before break):
+  LoadModel → placement → replicas LoadRequested → LOAD sent (Loading) → agent LOADED (Loaded)
+  → route published → every Envoy ACKed → replicas Available → model ModelAvailable
+  → older versions: UnloadEnvoyRequested → every route ACKed without them → UNLOAD sent
+  (Unloading) → agent UNLOADED (Unloaded) → version ModelTerminated.
+
+Model states follow Seldon's rules for deriving a model's state from its replicas'.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from apis.mlops.agent import agent_pb2
+from apis.mlops.scheduler import scheduler_pb2
+from scheduler.state import ModelRecord, ModelState, ModelVersion, ReplicaState
+
+Event = agent_pb2.ModelEventMessage
+
+# Replica states that change once Envoy holds the model's current route.
+AWAITING_CONFIRMATION = (
+    ReplicaState.Loaded,
+    ReplicaState.LoadedUnavailable,
+    ReplicaState.UnloadEnvoyRequested,
+)
+
+# Replica states Envoy may route to.
+ROUTABLE = (
+    ReplicaState.Loaded,
+    ReplicaState.Available,
+    ReplicaState.LoadedUnavailable,
+    ReplicaState.Draining,
+)
+
+# Replica states of a superseded version that are taken out of the route before unloading.
+RETIRABLE = frozenset(
+    {
+        ReplicaState.Loaded,
+        ReplicaState.Available,
+        ReplicaState.LoadedUnavailable,
+        ReplicaState.Draining,
+        ReplicaState.LoadRequested,
+        ReplicaState.Loading,
+    }
+)
+
+# Agent event -> (replica states it may arrive in, the state it leads to).
+_EVENT_TRANSITIONS: dict[int, tuple[tuple[ReplicaState, ...], ReplicaState]] = {
+    Event.LOADED: ((ReplicaState.Loading, ReplicaState.LoadRequested), ReplicaState.Loaded),
+    Event.LOAD_FAILED: ((ReplicaState.Loading, ReplicaState.LoadRequested), ReplicaState.LoadFailed),
+    Event.LOAD_FAIL_MEMORY: ((ReplicaState.Loading, ReplicaState.LoadRequested), ReplicaState.LoadFailed),
+    Event.UNLOADED: ((ReplicaState.Unloading,), ReplicaState.Unloaded),
+    Event.UNLOAD_FAILED: ((ReplicaState.Unloading,), ReplicaState.UnloadFailed),
+}
+
+
+def event_outcome(event: Event.Event.ValueType, current: ReplicaState) -> ReplicaState | None:
+    """The replica state an agent event leads to, or None when the event is stale here."""
+    transition = _EVENT_TRANSITIONS.get(event)
+    if transition is None or current not in transition[0]:
+        return None
+    return transition[1]
+
+
+def update_states(record: ModelRecord) -> None:
+    for version in record.versions:
+        update_state(version, latest=version is record.latest and not record.deleted)
+
+
+def update_state(version: ModelVersion, *, latest: bool) -> None:
+    """A version's model state from its replicas' states."""
+    states = [r.state for r in version.replicas.values()]
+    if not latest:
+        if ReplicaState.UnloadFailed in states:
+            version.set_state(ModelState.ModelTerminateFailed, newest_reason(version))
+        elif version.active_replicas():
+            version.set_state(ModelState.ModelTerminating)
+        else:
+            version.set_state(ModelState.ModelTerminated)
+        return
+    available = len(version.replicas_in(ReplicaState.Available))
+    minimum = version.spec.deploymentSpec.minReplicas
+    if version.schedule_error and not available:
+        version.set_state(ModelState.ScheduleFailed, version.schedule_error)
+    elif ReplicaState.LoadFailed in states or ReplicaState.LoadedUnavailable in states:
+        version.set_state(ModelState.ModelFailed, newest_reason(version))
+    elif version.desired_replicas == 0 and minimum == 0 and not available:
+        version.set_state(ModelState.ModelScaledDown)
+    elif available and (available >= version.desired_replicas or (minimum and available >= minimum)):
+        version.set_state(ModelState.ModelAvailable, version.schedule_error)
+    else:
+        version.set_state(ModelState.ModelProgressing)
+
+
+def retire_superseded(record: ModelRecord) -> None:
+    """Mark what may leave the route: drained replicas whose replacements are up, and (once the
+    latest version is Available) every older version's replicas."""
+    latest = record.latest
+    if replacements_ready(latest):
+        for idx in latest.replicas_in(ReplicaState.Draining):
+            latest.set_replica(idx, ReplicaState.UnloadEnvoyRequested)
+    if record.deleted or latest.state is not ModelState.ModelAvailable:
+        return
+    for version in record.versions[:-1]:
+        for idx in version.active_replicas():
+            if version.replicas[idx].state in RETIRABLE:
+                version.set_replica(idx, ReplicaState.UnloadEnvoyRequested)
+
+
+def replacements_ready(version: ModelVersion) -> bool:
+    """Draining replicas may go: the others finished loading and at least one is Available."""
+    if not version.replicas_in(ReplicaState.Draining):
+        return False
+    loading = version.replicas_in(ReplicaState.LoadRequested, ReplicaState.Loading)
+    return not loading and bool(version.replicas_in(ReplicaState.Available))
+
+
+def newest_reason(version: ModelVersion) -> str:
+    failed = [r for r in version.replicas.values() if r.reason]
+    return max(failed, key=lambda r: r.timestamp).reason if failed else ""
+
+
+def adopt(
+    models: Mapping[str, ModelRecord], server: str, idx: int, reported: set[tuple[str, int]]
+) -> tuple[list[tuple[str, int]], list[ModelRecord]]:
+    """Reconcile what a (re)connecting agent holds with what the scheduler believes.
+
+    Returns the ``(model, version)`` pairs the agent should unload, and the records whose replica
+    states changed. What the agent holds and the scheduler wants becomes Loaded; what the scheduler
+    believed was there but the agent no longer holds is forgotten.
+    """
+    unwanted: list[tuple[str, int]] = []
+    for name, number in sorted(reported):
+        record = models.get(name)
+        version = record.version(number) if record is not None and not record.deleted else None
+        status = version.replicas.get(idx) if version is not None else None
+        keep = (
+            record is not None
+            and version is not None
+            and version.server in ("", server)
+            and (version is record.latest or bool(version.serving_replicas()))
+            and (status is None or status.state.serves or status.state is ReplicaState.Loading)
+        )
+        if not keep or version is None:
+            unwanted.append((name, number))
+            if version is not None and status is not None and version.server == server:
+                version.set_replica(idx, ReplicaState.Unloading)
+            continue
+        if status is None or not status.state.serves:
+            version.set_replica(idx, ReplicaState.Loaded)
+        version.server = server
+    touched: list[ModelRecord] = []
+    for record in models.values():
+        on_replica = [v for v in record.versions if v.server == server and idx in v.replicas]
+        for version in on_replica:
+            state = version.replicas[idx].state
+            held = (record.name, version.number) in reported
+            if state.active and not held and state is not ReplicaState.Unloading:
+                del version.replicas[idx]
+        if on_replica:
+            touched.append(record)
+    return unwanted, touched
+
+
+def normalised(model: scheduler_pb2.Model) -> scheduler_pb2.Model:
+    copy = scheduler_pb2.Model()
+    copy.CopyFrom(model)
+    if not copy.HasField("deploymentSpec"):
+        copy.deploymentSpec.replicas = 1
+    return copy
+
+
+def same_model_spec(current: scheduler_pb2.Model, new: scheduler_pb2.Model) -> bool:
+    """Equal model specs, ignoring the runtime info the agent reported (as Seldon does)."""
+    a, b = scheduler_pb2.ModelSpec(), scheduler_pb2.ModelSpec()
+    a.CopyFrom(current.modelSpec)
+    b.CopyFrom(new.modelSpec)
+    a.ClearField("modelRuntimeInfo")
+    b.ClearField("modelRuntimeInfo")
+    return a == b

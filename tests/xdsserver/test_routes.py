@@ -1,0 +1,122 @@
+"""The RoutePublisher: resources in the cache, reference-counted clusters, futures completed by ACKs."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from apis.routing import WEIGHT_SCALE, Endpoint, InvalidWeights, Route, Split, millionths
+from tests.scheduler.fakes import FakeEnvoy
+from xdsserver.cache import ResourceCache
+from xdsserver.routes import RoutePublisher
+from xdsserver.types import CLUSTER, SCOPED_ROUTE
+
+IP = Endpoint("10.0.0.1", 9000, 9500)
+
+
+def split(target: str, percent: int = 100) -> Split:
+    return Split(target, percent * WEIGHT_SCALE // 100, (IP,))
+
+
+def publisher() -> tuple[ResourceCache, FakeEnvoy, RoutePublisher]:
+    cache = ResourceCache()
+    envoy = FakeEnvoy(cache)
+    return cache, envoy, RoutePublisher(cache, envoy)
+
+
+async def settle() -> None:
+    for _ in range(3):
+        await asyncio.sleep(0)
+
+
+async def test_publish_puts_clusters_and_the_scope_in_the_cache() -> None:
+    cache, _, routes = publisher()
+    routes.publish(Route("iris", (split("iris_1"),)))
+    assert set(cache.live(CLUSTER)) == {"iris_1_http", "iris_1_grpc"}
+    assert set(cache.live(SCOPED_ROUTE)) == {"iris"}
+    routes.close()
+
+
+async def test_the_future_completes_only_once_envoy_holds_the_route() -> None:
+    _, envoy, routes = publisher()
+    held = routes.publish(Route("iris", (split("iris_1"),)))
+    await settle()
+    assert not held.done()
+    envoy.sync()
+    assert held.done() and not held.cancelled()
+    # Already held: a republication of the same route completes at once.
+    assert routes.publish(Route("iris", (split("iris_1"),))).done()
+    routes.close()
+
+
+async def test_publishing_again_supersedes_the_earlier_future() -> None:
+    _, envoy, routes = publisher()
+    first = routes.publish(Route("iris", (split("iris_1"),)))
+    second = routes.publish(Route("iris", (split("iris_2"),)))
+    assert first.cancelled()
+    envoy.sync()
+    assert second.done() and not second.cancelled()
+    routes.close()
+
+
+async def test_a_cluster_named_by_two_routes_stays_until_both_drop_it() -> None:
+    cache, _, routes = publisher()
+    routes.publish(Route("iris", (split("iris_1"),)))
+    routes.publish(Route("ab.experiment", (split("iris_1", 50), split("iris-b_1", 50))))
+    assert routes.users("iris_1_http") == {"iris", "ab.experiment"}
+
+    routes.publish(Route("ab.experiment"))  # the experiment's route goes
+    assert set(cache.live(SCOPED_ROUTE)) == {"iris"}
+    assert set(cache.live(CLUSTER)) == {"iris_1_http", "iris_1_grpc"}  # iris still names it
+
+    routes.publish(Route("iris"))  # and now the last route naming it
+    assert cache.live(CLUSTER) == {} and cache.live(SCOPED_ROUTE) == {}
+    routes.close()
+
+
+async def test_dropping_a_version_removes_its_clusters() -> None:
+    cache, _, routes = publisher()
+    routes.publish(Route("iris", (split("iris_2", 50), split("iris_1", 50))))
+    routes.publish(Route("iris", (split("iris_2"),)))
+    assert set(cache.live(CLUSTER)) == {"iris_2_http", "iris_2_grpc"}
+    routes.close()
+
+
+async def test_a_removal_completes_once_envoy_dropped_the_route() -> None:
+    _, envoy, routes = publisher()
+    routes.publish(Route("iris", (split("iris_1"),)))
+    envoy.sync()
+    removed = routes.publish(Route("iris"))
+    assert not removed.done()
+    envoy.sync()
+    assert removed.done()
+    routes.close()
+
+
+async def test_routes_of_other_models_are_untouched() -> None:
+    cache, _, routes = publisher()
+    routes.publish(Route("a", (split("a_1"),)))
+    routes.publish(Route("b", (split("b_1"),)))
+    version = cache.live(SCOPED_ROUTE)["a"].version
+    routes.publish(Route("b"))
+    assert set(cache.live(SCOPED_ROUTE)) == {"a"} and cache.live(SCOPED_ROUTE)["a"].version == version
+    routes.close()
+
+
+def test_millionths_add_up_exactly() -> None:
+    assert millionths([1, 1, 1]) == [333_334, 333_333, 333_333]
+    assert millionths([30, 70]) == [300_000, 700_000]
+    assert millionths([0, 5]) == [0, WEIGHT_SCALE]
+    assert sum(millionths([7, 11, 13, 17])) == WEIGHT_SCALE
+
+
+@pytest.mark.parametrize("shares", [[], [0, 0], [-1, 2]])
+def test_weights_that_cannot_split_traffic_are_refused(shares: list[int]) -> None:
+    with pytest.raises(InvalidWeights):
+        millionths(shares)
+
+
+def test_a_route_whose_weights_do_not_add_up_is_refused() -> None:
+    with pytest.raises(InvalidWeights):
+        Route("iris", (Split("iris_1", 10, (IP,)),))
