@@ -45,7 +45,7 @@ def local_path(uri: str) -> Path | None:
 
 
 def select_version_folder(root: Path, artifact_version: int | None) -> Path:
-    """Pick the folder to serve inside a downloaded artifact (reference §5.3, MLServer rules).
+    """Pick the folder to serve inside a downloaded artifact (MLServer's model-repository rules).
 
     1. ``model-settings.json`` at the root wins, whatever version was asked for;
     2. a requested version must exist as a numeric sub-folder holding ``model-settings.json``;

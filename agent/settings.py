@@ -1,5 +1,5 @@
 """MLServer model-settings.json: generated from the model's requirements when absent, then rewritten
-so MLServer serves the model under its versioned name (reference §5.3)."""
+so MLServer serves the model under its versioned name, as Seldon's agent does."""
 
 from __future__ import annotations
 

@@ -19,7 +19,7 @@ def model_cost(model_version: agent_pb2.ModelVersion) -> int:
 
 
 class ReplicaState:
-    """Assigned models and memory accounting (simple form of reference §5.4, no LRU eviction).
+    """Assigned models and memory accounting (Seldon's agent memory accounting, no LRU eviction).
 
     Owned by the event loop: mutate it only from coroutines, never from threads.
     """

@@ -1,4 +1,4 @@
-"""Reference scheduling scenarios (control-plane digest §11, 13-20 and 24) with real servers.
+"""Seldon Core 2 scheduling scenarios (capabilities, pinning, replicas, memory, scaling) on real servers.
 
 Servers are declared with `meshserve server load`; the local stack's controller starts their
 MLServer + agent replicas, as the Seldon operator would in Kubernetes.
