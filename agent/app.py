@@ -12,6 +12,7 @@ from agent.mlserver import MLServerClient
 from agent.operations import ModelOperator
 from agent.repository import LocalRepository
 from agent.state import ReplicaState
+from apis.limits import GRPC_RECEIVE_LIMIT
 
 
 async def run_agent(config: AgentConfig, *, logger: FilteringBoundLogger | None = None) -> None:
@@ -27,6 +28,8 @@ async def run_agent(config: AgentConfig, *, logger: FilteringBoundLogger | None 
         await mlserver.wait_live(config.startup_timeout_seconds)
         operator = ModelOperator(mlserver=mlserver, repository=repository, state=state, logger=log)
         await operator.adopt_or_clean()
-        async with grpc.aio.insecure_channel(config.scheduler_address) as channel:
+        async with grpc.aio.insecure_channel(
+            config.scheduler_address, options=[GRPC_RECEIVE_LIMIT]
+        ) as channel:
             client = AgentClient(config=config, channel=channel, operator=operator, state=state, logger=log)
             await client.run()

@@ -17,6 +17,7 @@ from typing import Any
 
 import yaml
 
+from apis.limits import MAX_GENERATION, MAX_REQUIREMENTS
 from apis.mlops.scheduler import scheduler_pb2
 from apis.names import MLSERVER_CAPABILITIES
 from apis.quantity import parse_quantity
@@ -180,6 +181,12 @@ def _load_documents(text: str, source: str) -> list[Any]:
             documents.append(document)
     except yaml.YAMLError as exc:
         raise ManifestFileError(f"{source}: document {len(documents) + 1}: {_yaml_problem(exc)}") from exc
+    except (ValueError, OverflowError) as exc:  # e.g. a timestamp with a 13th month
+        raise ManifestFileError(
+            f"{source}: document {len(documents) + 1}: invalid YAML value: {exc}"
+        ) from exc
+    except RecursionError as exc:
+        raise ManifestFileError(f"{source}: document {len(documents) + 1}: YAML nested too deeply") from exc
     return documents
 
 
@@ -220,8 +227,14 @@ def _fill_meta(meta: scheduler_pb2.MetaData, metadata: Mapping[str, Any]) -> Non
         meta.kubernetesMeta.namespace = namespace
     if "generation" in metadata:
         generation = metadata["generation"]
-        if isinstance(generation, bool) or not isinstance(generation, int) or generation < 0:
-            raise ManifestError(f"metadata.generation must be a non-negative integer, got {generation!r}")
+        if (
+            isinstance(generation, bool)
+            or not isinstance(generation, int)
+            or not 0 <= generation <= MAX_GENERATION
+        ):
+            raise ManifestError(
+                f"metadata.generation must be an integer within 0..{MAX_GENERATION}, got {generation!r}"
+            )
         meta.kubernetesMeta.generation = generation
 
 
@@ -230,7 +243,7 @@ def _fill_model_spec(model_spec: scheduler_pb2.ModelSpec, spec: Mapping[str, Any
     if not uri:
         raise ManifestError("spec.storageUri is missing")
     model_spec.uri = resolve_storage_uri(uri, base_dir)
-    model_spec.requirements.extend(_string_list(spec, "requirements"))
+    model_spec.requirements.extend(validate_capability(r) for r in _string_list(spec, "requirements"))
     if "memory" in spec:
         try:
             model_spec.memoryBytes = parse_quantity(spec["memory"])
@@ -341,7 +354,7 @@ def _scalar_text(value: object, prefix: str) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, str | int | float):
-        return str(value)
+        return _text(str(value), f"{prefix}value")
     raise ManifestError(f"{prefix}value must be a scalar, got {_type_name(value)}")
 
 
@@ -371,7 +384,7 @@ def _string(parent: Mapping[str, Any], key: str, prefix: str) -> str | None:
         return None
     if not isinstance(value, str):
         raise ManifestError(f"{prefix}{key} must be a string, got {_type_name(value)}")
-    return value
+    return _text(value, f"{prefix}{key}")
 
 
 def _string_list(spec: Mapping[str, Any], key: str) -> list[str]:
@@ -380,6 +393,17 @@ def _string_list(spec: Mapping[str, Any], key: str) -> list[str]:
         return []
     if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
         raise ManifestError(f"spec.{key} must be a list of strings")
+    if len(value) > MAX_REQUIREMENTS:
+        raise ManifestError(f"spec.{key} has {len(value)} entries; the limit is {MAX_REQUIREMENTS}")
+    return [_text(item, f"spec.{key}") for item in value]
+
+
+def _text(value: str, field: str) -> str:
+    # YAML escapes can make lone surrogates, which no protobuf string (UTF-8) can hold.
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ManifestError(f"{field} is not valid text: {exc.reason}") from exc
     return value
 
 

@@ -1,20 +1,46 @@
 """Validation of user-supplied resources, shared by the scheduler API and the CLI.
 
 Names become Envoy cluster/route names, file-system paths and (later) Kafka topics, so they are
-checked before anything else touches them.
+checked before anything else touches them. Every pattern is matched against the *whole* value
+(``re.fullmatch``: ``$`` alone would accept a trailing newline), and every number and length has an
+upper bound from :mod:`apis.limits`, so what is accepted fits every message, status field and
+process it later reaches.
 """
 
 from __future__ import annotations
 
 import re
 
+from apis.limits import (
+    MAX_CAPABILITY_LENGTH,
+    MAX_GENERATION,
+    MAX_MEMORY_BYTES,
+    MAX_NAME_LENGTH,
+    MAX_PARALLEL_WORKERS,
+    MAX_PARAMETER_NAME_LENGTH,
+    MAX_PARAMETERS,
+    MAX_REPLICAS,
+    MAX_REQUIREMENTS,
+    MAX_RESOURCE_BYTES,
+    MAX_URI_LENGTH,
+)
 from apis.mlops.scheduler import scheduler_pb2
 
+__all__ = [
+    "MAX_NAME_LENGTH",
+    "InvalidResource",
+    "validate_capability",
+    "validate_model",
+    "validate_name",
+    "validate_server",
+]
+
 # DNS-1123 label: what Kubernetes (and Seldon's store) accept as a resource name.
-_DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
-MAX_NAME_LENGTH = 63
+_DNS1123_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
 # A capability is a free-form tag such as "sklearn" or "mlserver-1.3.4".
-_CAPABILITY = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._-]*[A-Za-z0-9])?$")
+_CAPABILITY = re.compile(r"[A-Za-z0-9]([A-Za-z0-9._-]*[A-Za-z0-9])?")
+# C0 controls and DEL: never part of a URI, secret name or parameter name.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 class InvalidResource(ValueError):
@@ -26,33 +52,73 @@ def validate_name(name: str, *, kind: str = "model") -> str:
         raise InvalidResource(f"{kind} name is empty")
     if len(name) > MAX_NAME_LENGTH:
         raise InvalidResource(f"{kind} name is {len(name)} characters long; the limit is {MAX_NAME_LENGTH}")
-    if not _DNS1123_LABEL.match(name):
+    if not _DNS1123_LABEL.fullmatch(name):
         raise InvalidResource(
-            f"{kind} name {name!r} is invalid: use lower-case letters, digits and '-', "
+            f"{kind} name {_shown(name)} is invalid: use lower-case letters, digits and '-', "
             "starting and ending with a letter or digit (DNS-1123 label)"
         )
     return name
 
 
 def validate_capability(tag: str) -> str:
-    if not _CAPABILITY.match(tag.strip()):
-        raise InvalidResource(f"capability {tag!r} is invalid: use letters, digits, '.', '_' and '-'")
-    return tag.strip()
+    """A capability tag, surrounding blanks removed (as in a comma-separated list)."""
+    stripped = tag.strip()
+    if len(stripped) > MAX_CAPABILITY_LENGTH:
+        raise InvalidResource(
+            f"capability is {len(stripped)} characters long; the limit is {MAX_CAPABILITY_LENGTH}"
+        )
+    if not _CAPABILITY.fullmatch(stripped):
+        raise InvalidResource(f"capability {_shown(tag)} is invalid: use letters, digits, '.', '_' and '-'")
+    return stripped
 
 
 def validate_model(model: scheduler_pb2.Model) -> None:
     """Check a model definition as received by LoadModel; raises InvalidResource."""
-    validate_name(model.meta.name)
+    name = validate_name(model.meta.name)
+    _check_size(model, f"model {name}")
+    _check_meta(model.meta, f"model {name}")
     spec = model.modelSpec
     if not spec.uri:
-        raise InvalidResource(f"model {model.meta.name!r} has no storageUri")
+        raise InvalidResource(f"model {name!r} has no storageUri")
     if "\x00" in spec.uri:
         raise InvalidResource("storageUri contains a NUL byte")
+    _check_text(spec.uri, "storageUri", MAX_URI_LENGTH)
+    _check_count(len(spec.requirements), "requirements", MAX_REQUIREMENTS)
     for requirement in spec.requirements:
-        validate_capability(requirement)
+        if validate_capability(requirement) != requirement:
+            raise InvalidResource(f"requirement {requirement!r} has surrounding blanks")
+    if spec.memoryBytes > MAX_MEMORY_BYTES:
+        raise InvalidResource(f"memory ({spec.memoryBytes} bytes) is above the limit of {MAX_MEMORY_BYTES}")
     if spec.HasField("server"):
         validate_name(spec.server, kind="server")
+    _check_count(len(spec.parameters), "parameters", MAX_PARAMETERS)
+    for position, parameter in enumerate(spec.parameters):
+        if not parameter.name:
+            raise InvalidResource(f"parameters[{position}] has no name")
+        _check_text(parameter.name, f"parameters[{position}].name", MAX_PARAMETER_NAME_LENGTH)
+    config = spec.storageConfig
+    if config.HasField("storageSecretName"):
+        _check_text(config.storageSecretName, "storage secret name", MAX_URI_LENGTH)
+    if spec.HasField("explainer"):
+        _check_text(spec.explainer.type, "explainer type", MAX_NAME_LENGTH)
+        _check_refs(spec.explainer, "explainer")
+    if spec.HasField("llm"):
+        _check_refs(spec.llm, "llm")
+    workers = spec.modelRuntimeInfo.mlserver.parallelWorkers
+    if workers > MAX_PARALLEL_WORKERS:
+        raise InvalidResource(f"parallelWorkers ({workers}) is above the limit of {MAX_PARALLEL_WORKERS}")
+    for topic, what in (
+        (model.streamSpec.inputTopic, "inputTopic"),
+        (model.streamSpec.outputTopic, "outputTopic"),
+    ):
+        _check_text(topic, what, MAX_URI_LENGTH)
     deployment = model.deploymentSpec
+    for value, field in (
+        (deployment.replicas, "replicas"),
+        (deployment.minReplicas, "minReplicas"),
+        (deployment.maxReplicas, "maxReplicas"),
+    ):
+        _check_replicas(value, field, f"model {name}")
     if deployment.maxReplicas and deployment.maxReplicas < deployment.replicas:
         raise InvalidResource(
             f"maxReplicas ({deployment.maxReplicas}) is below replicas ({deployment.replicas})"
@@ -66,8 +132,68 @@ def validate_model(model: scheduler_pb2.Model) -> None:
 def validate_server(server: scheduler_pb2.ServerNotify) -> None:
     """Check a server declaration (ServerNotify); raises InvalidResource."""
     name, replicas = validate_name(server.name, kind="server"), server.expectedReplicas
+    _check_size(server, f"server {name}")
+    if server.HasField("kubernetesMeta"):
+        _check_kubernetes_meta(server.kubernetesMeta, f"server {name}")
     low, high = server.minReplicas, server.maxReplicas
+    for value, field in ((replicas, "replicas"), (low, "minReplicas"), (high, "maxReplicas")):
+        _check_replicas(value, field, f"server {name}")
     if high and replicas > high:
         raise InvalidResource(f"server {name}: replicas ({replicas}) is above maxReplicas ({high})")
     if replicas < low:
         raise InvalidResource(f"server {name}: replicas ({replicas}) is below minReplicas ({low})")
+
+
+def _check_size(resource: scheduler_pb2.Model | scheduler_pb2.ServerNotify, what: str) -> None:
+    size = resource.ByteSize()
+    if size > MAX_RESOURCE_BYTES:
+        raise InvalidResource(
+            f"{what} is {size} bytes serialized; the limit is {MAX_RESOURCE_BYTES} bytes "
+            f"({MAX_RESOURCE_BYTES // 1024} KiB): keep large data in the artifact, not the resource"
+        )
+
+
+def _check_meta(meta: scheduler_pb2.MetaData, what: str) -> None:
+    if meta.HasField("kind"):
+        _check_text(meta.kind, "meta.kind", MAX_NAME_LENGTH)
+    if meta.HasField("version"):
+        _check_text(meta.version, "meta.version", MAX_NAME_LENGTH)
+    if meta.HasField("kubernetesMeta"):
+        _check_kubernetes_meta(meta.kubernetesMeta, what)
+
+
+def _check_kubernetes_meta(meta: scheduler_pb2.KubernetesMeta, what: str) -> None:
+    if meta.namespace:
+        validate_name(meta.namespace, kind="namespace")
+    if not 0 <= meta.generation <= MAX_GENERATION:
+        raise InvalidResource(f"{what}: generation ({meta.generation}) must be within 0..{MAX_GENERATION}")
+
+
+def _check_refs(spec: scheduler_pb2.ExplainerSpec | scheduler_pb2.LlmSpec, what: str) -> None:
+    if spec.HasField("modelRef"):
+        validate_name(spec.modelRef, kind=f"{what} modelRef")
+    if spec.HasField("pipelineRef"):
+        validate_name(spec.pipelineRef, kind=f"{what} pipelineRef")
+
+
+def _check_replicas(value: int, field: str, what: str) -> None:
+    if value > MAX_REPLICAS:
+        raise InvalidResource(f"{what}: {field} ({value}) is above the limit of {MAX_REPLICAS}")
+
+
+def _check_count(count: int, field: str, limit: int) -> None:
+    if count > limit:
+        raise InvalidResource(f"{field} has {count} entries; the limit is {limit}")
+
+
+def _check_text(value: str, field: str, limit: int) -> None:
+    if len(value) > limit:
+        raise InvalidResource(f"{field} is {len(value)} characters long; the limit is {limit}")
+    if _CONTROL.search(value):
+        raise InvalidResource(f"{field} {_shown(value)} contains a control character")
+
+
+def _shown(value: str, limit: int = 80) -> str:
+    """``repr`` of a user value, cut short: error messages must stay readable (and small)."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 # grpcio ships no type stubs; "unused-ignore" keeps this clean once stubs or an override appear.
 import grpc
 
+from apis.limits import GRPC_RECEIVE_LIMIT
 from apis.mlops.scheduler import scheduler_pb2_grpc
 from cli.errors import CliError
 
@@ -38,7 +39,7 @@ class Endpoint:
 @asynccontextmanager
 async def scheduler(endpoint: Endpoint) -> AsyncIterator[SchedulerAsyncStub]:
     """Yield a stub on a fresh channel; any RpcError raised inside becomes a CliError."""
-    async with grpc.aio.insecure_channel(endpoint.host) as channel:
+    async with grpc.aio.insecure_channel(endpoint.host, options=[GRPC_RECEIVE_LIMIT]) as channel:
         try:
             yield scheduler_pb2_grpc.SchedulerStub(channel)
         except grpc.aio.AioRpcError as exc:

@@ -17,6 +17,7 @@ from envoy.service.discovery.v3 import ads_pb2_grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from apis.limits import GRPC_RECEIVE_LIMIT
 from apis.logs import configure_logging
 from apis.mlops.agent import agent_pb2, agent_pb2_grpc
 from apis.mlops.scheduler import scheduler_pb2, scheduler_pb2_grpc
@@ -25,13 +26,14 @@ from scheduler.api import SchedulerService
 from scheduler.config import SchedulerConfig, parse_args
 from scheduler.core import Scheduler
 from scheduler.errors import StatusMapping
+from scheduler.experiments import Experiments
 from scheduler.policies import load_policy
 from scheduler.store import StateStore
 from xdsserver import resources
 from xdsserver.cache import ResourceCache
 from xdsserver.routes import RoutePublisher
 from xdsserver.server import XdsServer
-from xdsserver.types import LISTENER
+from xdsserver.types import CLUSTER, LISTENER
 
 log = structlog.get_logger("meshserve.scheduler")
 
@@ -46,35 +48,41 @@ class SchedulerApp:
         self.cache = ResourceCache()
         self.xds = XdsServer(self.cache, min_envoys=config.min_envoys)
         self.routes = RoutePublisher(self.cache, self.xds)
+        store = StateStore(config.state_dir / "scheduler.db" if config.state_dir else None)
         self.core = Scheduler(
             self.routes,
             policy=load_policy(config.placement_policy),
             agent_grace_seconds=config.agent_grace_seconds,
-            store=StateStore(config.state_dir / "scheduler.db" if config.state_dir else None),
+            store=store,
         )
+        self.experiments = Experiments(self.core, store)
         self._servers: list[grpc.aio.Server] = []
 
     async def start(self) -> None:
         config = self.config
         # Before any server starts: a reconnecting Envoy must see the same routes as before.
         self.core.restore()
+        self.experiments.restore()
+        listen = config.envoy_listen_address
+        loopback = "127.0.0.1" if listen in ("0.0.0.0", "::", "") else listen
+        listener = resources.listener(
+            address=listen, port=config.envoy_http_port, lua_code=config.lua_file.read_text()
+        )
         self.cache.apply(
             upserts=[
-                (
-                    LISTENER,
-                    resources.LISTENER_NAME,
-                    resources.listener(
-                        address=config.envoy_listen_address,
-                        port=config.envoy_http_port,
-                        lua_code=config.lua_file.read_text(),
-                    ),
-                )
+                (LISTENER, resources.LISTENER_NAME, listener),
+                *(
+                    (CLUSTER, name, cluster)
+                    for name, cluster in resources.loopback_clusters(
+                        address=loopback, port=config.envoy_http_port
+                    ).items()
+                ),
             ]
         )
         api = self._server(config.scheduler_port)
         # Pipeline and experiment RPCs land with their issues; until then grpc's generated base
         # class answers them UNIMPLEMENTED, which mypy-protobuf's stubs model as abstract.
-        service = SchedulerService(self.core)  # type: ignore[abstract]
+        service = SchedulerService(self.core, self.experiments)  # type: ignore[abstract]
         scheduler_pb2_grpc.add_SchedulerServicer_to_server(service, api)
         _add_health(api, "seldon.mlops.scheduler.Scheduler")
         reflection.enable_server_reflection(
@@ -103,7 +111,7 @@ class SchedulerApp:
         server = grpc.aio.server(
             interceptors=[StatusMapping()],
             options=[
-                ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+                GRPC_RECEIVE_LIMIT,
                 ("grpc.keepalive_permit_without_calls", 1),
                 ("grpc.http2.min_ping_interval_without_data_ms", 5000),
             ],

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 import grpc
 
 from apis import manifests
+from apis.limits import GRPC_RECEIVE_LIMIT
 from apis.mlops.scheduler import scheduler_pb2, scheduler_pb2_grpc
 
 if TYPE_CHECKING:
@@ -38,7 +39,7 @@ async def load_models(
     except manifests.ManifestFileError as exc:
         raise DemoError(str(exc)) from exc
     names = [request.model.meta.name for request in requests]
-    async with grpc.aio.insecure_channel(target) as channel:
+    async with grpc.aio.insecure_channel(target, options=[GRPC_RECEIVE_LIMIT]) as channel:
         stub: SchedulerAsyncStub = scheduler_pb2_grpc.SchedulerStub(channel)
         try:
             for request in requests:
