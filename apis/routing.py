@@ -45,17 +45,29 @@ class Split:
 
 
 @dataclass(frozen=True, slots=True)
+class MirrorPolicy:
+    """Copy ``fraction`` (millionths) of a route's requests to the route ``route``; its answers
+    are discarded."""
+
+    route: str
+    fraction: int
+
+
+@dataclass(frozen=True, slots=True)
 class Route:
     """What Envoy should do with requests whose ``seldon-model`` is ``name``; no splits: no route."""
 
     name: str
     splits: tuple[Split, ...] = ()
+    mirror: MirrorPolicy | None = None
 
     def __post_init__(self) -> None:
         if self.splits and sum(s.weight for s in self.splits) != WEIGHT_SCALE:
             raise InvalidWeights(f"route {self.name}: split weights must add up to {WEIGHT_SCALE}")
         if any(s.weight <= 0 or not s.endpoints for s in self.splits):
             raise InvalidWeights(f"route {self.name}: every split needs a positive weight and endpoints")
+        if self.mirror is not None and not 0 < self.mirror.fraction <= WEIGHT_SCALE:
+            raise InvalidWeights(f"route {self.name}: a mirror fraction must be in (0, {WEIGHT_SCALE}]")
 
     @property
     def targets(self) -> frozenset[str]:

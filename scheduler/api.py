@@ -18,6 +18,7 @@ import structlog
 from apis.mlops.scheduler import scheduler_pb2, scheduler_pb2_grpc
 from scheduler import status
 from scheduler.core import Scheduler
+from scheduler.experiments import Experiments
 
 log = structlog.get_logger("meshserve.scheduler.api")
 Context = grpc.aio.ServicerContext[Any, Any]
@@ -26,14 +27,15 @@ VERSION = "meshserve-0.1.0"
 
 
 class SchedulerService(scheduler_pb2_grpc.SchedulerServicer):
-    def __init__(self, core: Scheduler) -> None:
+    def __init__(self, core: Scheduler, experiments: Experiments) -> None:
         self._core = core
+        self._experiments = experiments
 
     async def LoadModel(
         self, request: scheduler_pb2.LoadModelRequest, context: Context
     ) -> scheduler_pb2.LoadModelResponse:
         self._core.load_model(request.model)
-        self._core.commit()
+        await self._core.committed()
         return scheduler_pb2.LoadModelResponse()
 
     async def ServerNotify(
@@ -47,7 +49,7 @@ class SchedulerService(scheduler_pb2_grpc.SchedulerServicer):
         self, request: scheduler_pb2.UnloadModelRequest, context: Context
     ) -> scheduler_pb2.UnloadModelResponse:
         self._core.unload_model(request.model.name)
-        self._core.commit()
+        await self._core.committed()
         return scheduler_pb2.UnloadModelResponse()
 
     async def ModelStatus(
@@ -98,6 +100,48 @@ class SchedulerService(scheduler_pb2_grpc.SchedulerServicer):
                 yield scheduler_pb2.ServerStatusResponse(
                     type=scheduler_pb2.ServerStatusResponse.StatusUpdate, serverName=name
                 )
+
+    # -- experiments ------------------------------------------------------------------------------
+
+    async def StartExperiment(
+        self, request: scheduler_pb2.StartExperimentRequest, context: Context
+    ) -> scheduler_pb2.StartExperimentResponse:
+        self._experiments.start(request.experiment)
+        self._core.commit()
+        return scheduler_pb2.StartExperimentResponse()
+
+    async def StopExperiment(
+        self, request: scheduler_pb2.StopExperimentRequest, context: Context
+    ) -> scheduler_pb2.StopExperimentResponse:
+        self._experiments.stop(request.name)
+        self._core.commit()
+        return scheduler_pb2.StopExperimentResponse()
+
+    async def ExperimentStatus(
+        self, request: scheduler_pb2.ExperimentStatusRequest, context: Context
+    ) -> AsyncIterator[scheduler_pb2.ExperimentStatusResponse]:
+        if request.HasField("name") and request.name:
+            self._experiments.get(request.name)
+            yield self._experiment_status(request.name)
+            return
+        for name in sorted(self._experiments.experiments):
+            yield self._experiment_status(name)
+
+    async def SubscribeExperimentStatus(
+        self, request: scheduler_pb2.ExperimentSubscriptionRequest, context: Context
+    ) -> AsyncIterator[scheduler_pb2.ExperimentStatusResponse]:
+        log.info("experiment status subscriber", subscriber=request.subscriberName)
+        initial = list(self._experiments.experiments)
+        async for name in _changes(self._experiments.on_change, initial=initial):
+            yield self._experiment_status(name)
+
+    def _experiment_status(self, name: str) -> scheduler_pb2.ExperimentStatusResponse:
+        experiment = self._experiments.experiments.get(name)
+        if experiment is None:  # stopped: an inactive status says it is gone
+            return scheduler_pb2.ExperimentStatusResponse(
+                experimentName=name, statusDescription="experiment stopped"
+            )
+        return status.experiment_status(experiment, self._experiments.status(name))
 
     async def SubscribeControlPlane(
         self, request: scheduler_pb2.ControlPlaneSubscriptionRequest, context: Context

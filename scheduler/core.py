@@ -61,6 +61,8 @@ class Scheduler:
         self._loaded: dict[str, dict[tuple[str, int], int]] = {}  # model -> (server, idx) -> versions
         self._model_listeners: list[Callable[[str], None]] = []
         self._server_listeners: list[Callable[[str], None]] = []
+        self._route_listeners: list[Callable[[str], None]] = []
+        self._override: Callable[[str], Route | None] = lambda _: None
         self._store = store or StateStore(None)
         self._store.bind(lambda: self.models, lambda: self.servers)
 
@@ -71,6 +73,11 @@ class Scheduler:
     def commit(self) -> None:
         """Make every accepted change durable now (the API calls this before answering)."""
         self._store.flush()
+
+    async def committed(self) -> None:
+        """Make every accepted change durable, in one commit shared with every caller of the same
+        event-loop turn (group commit); returns once it is committed (the API awaits this)."""
+        await self._store.group_commit()
 
     def restore(self) -> None:
         """Reload persisted state and re-publish its routes, before Envoy or any agent connects.
@@ -102,6 +109,37 @@ class Scheduler:
     def route(self, name: str) -> Route | None:
         """The latest route plan for a ``seldon-model`` value."""
         return self._routing.plan(name)
+
+    # -- routes other use cases own (experiments, pipelines) ---------------------------------------
+
+    def route_held(self, name: str) -> Route | None:
+        """The route every Envoy has ACKed for ``name``."""
+        return self._routing.held(name)
+
+    def publish(self, route: Route) -> None:
+        """Publish a route that is not a model's own (``<e>.experiment``, ``<m>.mirror``, ...)."""
+        self._routing.publish(route)
+
+    def own_route(self, name: str) -> Route | None:
+        """The route a model would have on its own (no experiment taking it over)."""
+        record = self.models.get(name)
+        return model_route(record, self.servers) if record is not None else None
+
+    def set_route_override(self, override: Callable[[str], Route | None]) -> None:
+        """Let another use case take over a model's endpoint: ``override(model)`` returns the
+        route to publish instead of the model's own, or None."""
+        self._override = override
+
+    def reroute(self, name: str) -> None:
+        """Re-plan a model's endpoint now (an override started or stopped)."""
+        record = self.models.get(name)
+        if record is not None:
+            self._refresh(record)
+
+    def on_route_confirmed(self, listener: Callable[[str], None]) -> Callable[[], None]:
+        """``listener(route name)`` after every Envoy ACKed a route's latest plan."""
+        self._route_listeners.append(listener)
+        return lambda: self._route_listeners.remove(listener)
 
     def loaded_per_replica(self, server: str) -> dict[int, int]:
         """How many model versions each replica of ``server`` holds (Loaded or Available)."""
@@ -272,19 +310,43 @@ class Scheduler:
         self._retry_unsatisfied()
 
     def agent_event(self, event: agent_pb2.ModelEventMessage) -> None:
+        self.agent_events((event,))
+
+    def agent_events(self, events: Iterable[agent_pb2.ModelEventMessage]) -> None:
+        """Apply agents' events in order, then refresh each model they touched once."""
+        touched: dict[str, ModelRecord] = {}
+        servers: dict[str, None] = {}
+        freed = False
+        for event in events:
+            applied = self._apply_event(event, servers)
+            if applied is not None:
+                record, outcome = applied
+                touched[record.name] = record
+                freed |= outcome is ReplicaState.Unloaded
+        for server in servers:
+            # Free memory is re-reported by the agent on reconnect: not worth a write per event.
+            self._server_changed(server, persist=False)
+        for record in touched.values():
+            self._refresh(record)
+        if freed:
+            self._retry_unsatisfied()  # memory was freed
+
+    def _apply_event(
+        self, event: agent_pb2.ModelEventMessage, servers: dict[str, None]
+    ) -> tuple[ModelRecord, ReplicaState] | None:
+        """One event's replica transition (no refresh); None when it is unknown or stale."""
         record = self.models.get(event.modelName)
         version = record.version(event.modelVersion) if record else None
         replica = self._members.replica(event.serverName, event.replicaIdx)
         if replica is not None:
             replica.available_memory = event.availableMemoryBytes
-            # Free memory is re-reported by the agent on reconnect: not worth a write per event.
-            self._server_changed(event.serverName, persist=False)
+            servers[event.serverName] = None
         # Replica states are per index of the version's server; an event from another server is stale.
         on_server = version is not None and version.server == event.serverName
         status = version.replicas.get(event.replicaIdx) if version is not None and on_server else None
         if record is None or version is None or status is None:
             log.warning("event for unknown model replica", model=event.modelName, version=event.modelVersion)
-            return
+            return None
         outcome = lifecycle.event_outcome(event.event, status.state)
         if outcome is None:
             log.warning(
@@ -293,7 +355,7 @@ class Scheduler:
                 replica_state=status.state,
                 agent_event=Event.Event.Name(event.event),
             )
-            return
+            return None
         if replica is not None:
             replica.reservations.pop(version.versioned_name, None)
         version.set_replica(event.replicaIdx, outcome, event.message)
@@ -311,9 +373,7 @@ class Scheduler:
             agent_event=Event.Event.Name(event.event),
             message=event.message,
         )
-        self._refresh(record)
-        if outcome is ReplicaState.Unloaded:
-            self._retry_unsatisfied()  # memory was freed
+        return record, outcome
 
     # -- Envoy -------------------------------------------------------------------------------------
 
@@ -324,10 +384,11 @@ class Scheduler:
             record = self.models.get(model)
             if record is not None:
                 self._refresh(record)
+        for listener in list(self._route_listeners):
+            listener(name)
 
     def _settle_routes(self, record: ModelRecord) -> None:
         """Replicas Envoy routes to become Available; replicas no route reaches are unloaded."""
-        held, plan = self._routing.held(record.name), self._routing.plan(record.name)
         for version in record.versions:
             server = self.servers.get(version.server)
             for idx in version.replicas_in(*lifecycle.AWAITING_CONFIRMATION):
@@ -339,7 +400,7 @@ class Scheduler:
                 if version.replicas[idx].state is ReplicaState.UnloadEnvoyRequested:
                     if not self._routing.routes_to(target, endpoint):
                         self._send_unload(version, idx)
-                elif held and plan and held.routes_to(target, endpoint) and plan.routes_to(target, endpoint):
+                elif self._routing.held_routes_to(target, endpoint):
                     version.set_replica(idx, ReplicaState.Available)
 
     # -- scheduling --------------------------------------------------------------------------------
@@ -417,7 +478,8 @@ class Scheduler:
         self._settle_routes(record)  # what Envoy holds may already make a version Available
         lifecycle.update_states(record)
         lifecycle.retire_superseded(record)
-        self._routing.publish(model_route(record, self.servers))
+        override = None if record.deleted else self._override(record.name)
+        self._routing.publish(override or model_route(record, self.servers))
         self._settle_routes(record)  # replicas that no route reaches any more can go now
         lifecycle.update_states(record)
         self._index_loaded(record)

@@ -75,6 +75,14 @@ class Routing:
                 return True
         return False
 
+    def held_routes_to(self, target: str, endpoint: Endpoint) -> bool:
+        """Whether some route every Envoy has ACKed sends ``target`` to ``endpoint``."""
+        for name in self._naming.get(target, ()):
+            held = self._routes[name].held
+            if held is not None and held.routes_to(target, endpoint):
+                return True
+        return False
+
     def names_of(self, target: str) -> frozenset[str]:
         """Route names whose held or pending plans name ``target``."""
         return frozenset(self._naming.get(target, ()))

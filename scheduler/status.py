@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import time
+from typing import TYPE_CHECKING
 
 from google.protobuf import timestamp_pb2
 
 from apis.mlops.scheduler import scheduler_pb2
+from experiments.model import Experiment
+
+if TYPE_CHECKING:
+    from scheduler.experiments import Status as ExperimentState
 from scheduler.state import ModelRecord, ModelVersion, ReplicaState, Server
 
 _ReplicaEnum = scheduler_pb2.ModelReplicaStatus.ModelReplicaState
@@ -94,3 +99,19 @@ def server_status(server: Server, loaded_by_replica: dict[int, int]) -> schedule
         availableReplicas=len(connected),
         numLoadedModelReplicas=sum(loaded_by_replica.values()),
     )
+
+
+def experiment_status(
+    experiment: Experiment, current: ExperimentState
+) -> scheduler_pb2.ExperimentStatusResponse:
+    response = scheduler_pb2.ExperimentStatusResponse(
+        experimentName=experiment.name,
+        active=current.active,
+        candidatesReady=current.candidates_ready,
+        mirrorReady=current.mirror_ready,
+        statusDescription=current.description,
+    )
+    if experiment.namespace or experiment.generation:
+        response.kubernetesMeta.namespace = experiment.namespace
+        response.kubernetesMeta.generation = experiment.generation
+    return response

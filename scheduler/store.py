@@ -11,8 +11,10 @@ What is durable when:
   writes every dirty name of every kind ``FLUSH_DELAY`` later, so a burst of 10,000 loads is not
   10,000 commits. A crash inside that window loses those changes; they are agent-reported state,
   which agents report again when they reconnect.
-* ``flush`` writes everything dirty now and returns once it is committed. API calls do this before
-  they answer, so nothing a client was told is accepted can be lost.
+* ``flush`` writes everything dirty now and returns once it is committed. ``group_commit`` does
+  the same for every caller of one event-loop turn: the first schedules a flush for the end of the
+  turn, all of them await it (64 concurrent LoadModel calls share one commit, not 64). API calls
+  await it before they answer, so nothing a client was told is accepted can be lost.
 * A flush that fails (raises ``sqlite3.Error``) rolls back and keeps every dirty name for the next
   flush; a failed timed flush retries after ``RETRY_DELAY``.
 * ``close`` flushes, then closes.
@@ -113,6 +115,7 @@ def kind_table(kind: str) -> str:
 # Append-only. Version 1 is the schema meshserve shipped first (IF NOT EXISTS: such files exist).
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "models and servers", (kind_table("models"), kind_table("servers"))),
+    Migration(2, "experiments", (kind_table("experiments"),)),
 )
 SCHEMA_VERSION = MIGRATIONS[-1].version
 
@@ -136,6 +139,7 @@ class StateStore:
         self._db = None if path is None else _open(path, migrations)
         self._bindings: dict[str, _Binding] = {}
         self._timer: asyncio.TimerHandle | None = None
+        self._group: asyncio.Future[None] | None = None  # the commit at the end of this loop turn
         self.register(MODELS, dict)
         self.register(SERVERS, dict)
 
@@ -188,6 +192,29 @@ class StateStore:
         # Only now: a failure above leaves the names dirty for the next flush.
         for bound, names in batch:
             bound.dirty -= names
+
+    async def group_commit(self) -> None:
+        """Return once everything dirty now is committed, by one flush at the end of this
+        event-loop turn shared with every other caller in the turn. Raises what that flush raised
+        (names stay dirty, as with :meth:`flush`)."""
+        if self._db is None:
+            return
+        if self._group is None:
+            self._group = asyncio.get_running_loop().create_future()
+            asyncio.get_running_loop().call_soon(self._group_flush)
+        # Shielded: one caller being cancelled must not cancel the commit the others wait for.
+        await asyncio.shield(self._group)
+
+    def _group_flush(self) -> None:
+        group, self._group = self._group, None
+        assert group is not None
+        try:
+            self.flush()
+        except Exception as error:  # noqa: BLE001 - handed to every waiter
+            group.set_exception(error)
+            group.exception()  # retrieved: waiters that were cancelled meanwhile leave no warning
+        else:
+            group.set_result(None)
 
     def _schedule_flush(self, delay: float) -> None:
         if self._timer is None:

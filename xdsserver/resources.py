@@ -17,9 +17,11 @@ and metadata (the versioned name the gRPC body rewrite needs).
 from __future__ import annotations
 
 import ipaddress
+import re
 from collections.abc import Sequence
 
 from envoy.config.cluster.v3 import cluster_pb2
+from envoy.config.common.mutation_rules.v3 import mutation_rules_pb2
 from envoy.config.core.v3 import address_pb2, base_pb2, config_source_pb2, protocol_pb2
 from envoy.config.endpoint.v3 import endpoint_components_pb2, endpoint_pb2
 from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
@@ -33,12 +35,21 @@ from envoy.type.v3 import percent_pb2
 from google.protobuf import duration_pb2, struct_pb2, wrappers_pb2
 
 from apis.names import INTERNAL_MODEL_HEADER, MODEL_HEADER, ROUTE_HEADER
-from apis.routing import Endpoint, Route, Split
+from apis.routing import Endpoint, MirrorPolicy, Route, Split
 
 LISTENER_NAME = "seldon_http"
 LUA_FILTER = "envoy.filters.http.lua"
-GRPC_PREFIX = "/inference.GRPCInferenceService"
-REST_PREFIX = "/v2"
+# Mirrored copies re-enter the data-plane listener through these (``_http`` / ``_grpc``).
+LOOPBACK_CLUSTER = "meshserve_loopback"
+# Only the Open Inference Protocol's per-model endpoints reach a model server: REST infer, ready and
+# metadata (`/v2/models/<m>[/versions/<v>][/infer|/ready]`) and these gRPC methods. Anything else
+# (the repository API that loads and unloads models behind the scheduler's back, server-wide
+# endpoints) matches no route: HTTP 404, and for gRPC `UNIMPLEMENTED`. Envoy matches the whole path
+# without its query string; RE2 with a literal prefix keeps the cost of a match tiny.
+GRPC_SERVICE = "/inference.GRPCInferenceService"
+GRPC_METHODS = ("ModelInfer", "ModelMetadata", "ModelReady", "ServerLive", "ServerReady")
+GRPC_PATH = re.escape(GRPC_SERVICE + "/") + "(?:" + "|".join(GRPC_METHODS) + ")"
+REST_PATH = r"/v2/models/[^/]+(?:/versions/[^/]+)?(?:/infer|/ready)?"
 # Matches the model (and optional version) segment of an OIP path, to put the versioned name there.
 _MODEL_PATH = r"^/v2/models/[^/]+(/versions/[^/]+)?"
 _LUA_OFF = lua_pb2.LuaPerRoute(disabled=True)
@@ -134,7 +145,7 @@ def _rest_route(
     header: route_components_pb2.HeaderMatcher | None,
 ) -> route_components_pb2.Route:
     http_cluster, _ = cluster_names(split.target)
-    entry = _route_entry(route, split, REST_PREFIX, "_http", fraction, header)
+    entry = _route_entry(route, split, REST_PATH, "_http", fraction, header)
     entry.route.cluster = http_cluster
     # REST needs no Lua once a route matched (regex_rewrite does the renaming): skip its cost.
     # Path-only requests still run it, since before it derives seldon-model no route matches.
@@ -155,7 +166,7 @@ def _grpc_route(
     header: route_components_pb2.HeaderMatcher | None,
 ) -> route_components_pb2.Route:
     _, grpc_cluster = cluster_names(split.target)
-    entry = _route_entry(route, split, GRPC_PREFIX, "_grpc", fraction, header)
+    entry = _route_entry(route, split, GRPC_PATH, "_grpc", fraction, header)
     entry.route.cluster = grpc_cluster
     # Read by envoy/seldon.lua, which rewrites model_name in the protobuf body to this name.
     fields = entry.metadata.filter_metadata[LUA_FILTER].fields
@@ -166,12 +177,12 @@ def _grpc_route(
 def _route_entry(
     route: Route,
     split: Split,
-    prefix: str,
+    path: str,
     suffix: str,
     fraction: int | None,
     header: route_components_pb2.HeaderMatcher | None,
 ) -> route_components_pb2.Route:
-    match = route_components_pb2.RouteMatch(prefix=prefix)
+    match = route_components_pb2.RouteMatch(safe_regex=regex_pb2.RegexMatcher(regex=path))
     if header is not None:
         match.headers.append(header)
     if fraction is not None:
@@ -183,21 +194,58 @@ def _route_entry(
             )
         )
     name = route.name + suffix + ("_experiment" if header is not None else "")
+    action = route_components_pb2.RouteAction(
+        timeout=duration_pb2.Duration(seconds=0),
+        retry_policy=route_components_pb2.RetryPolicy(
+            # Only failures where the request never reached a model: safe to retry an inference.
+            retry_on="connect-failure,refused-stream,reset-before-request",
+            num_retries=wrappers_pb2.UInt32Value(value=3),
+        ),
+    )
+    if route.mirror is not None:
+        action.request_mirror_policies.append(_mirror_policy(route.mirror, suffix))
     return route_components_pb2.Route(
         name=name,
         match=match,
-        route=route_components_pb2.RouteAction(
-            timeout=duration_pb2.Duration(seconds=0),
-            retry_policy=route_components_pb2.RetryPolicy(
-                # Only failures where the request never reached a model: safe to retry an inference.
-                retry_on="connect-failure,refused-stream,reset-before-request",
-                num_retries=wrappers_pb2.UInt32Value(value=3),
-            ),
-        ),
+        route=action,
         request_headers_to_remove=[INTERNAL_MODEL_HEADER],
         request_headers_to_add=[_header(INTERNAL_MODEL_HEADER, split.target)],
         response_headers_to_add=[_header(ROUTE_HEADER, f":{split.target}:")],
     )
+
+
+def _mirror_policy(mirror: MirrorPolicy, suffix: str) -> route_components_pb2.RouteAction.RequestMirrorPolicy:
+    """A shadow copy back into this Envoy's own listener, routed as ``seldon-model: <m>.mirror``.
+
+    The copy leaves after this route's path and body rewrites, so it needs a routing pass of its
+    own to reach the mirror model under its versioned name (docs/decisions/0010).
+    """
+    return route_components_pb2.RouteAction.RequestMirrorPolicy(
+        cluster=LOOPBACK_CLUSTER + suffix,
+        runtime_fraction=base_pb2.RuntimeFractionalPercent(
+            default_value=percent_pb2.FractionalPercent(
+                numerator=mirror.fraction, denominator=percent_pb2.FractionalPercent.MILLION
+            )
+        ),
+        disable_shadow_host_suffix_append=True,
+        request_headers_mutations=[
+            mutation_rules_pb2.HeaderMutation(
+                append=base_pb2.HeaderValueOption(
+                    header=base_pb2.HeaderValue(key=MODEL_HEADER, value=mirror.route),
+                    append_action=base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD,
+                )
+            ),
+            mutation_rules_pb2.HeaderMutation(remove=ROUTE_HEADER),
+        ],
+    )
+
+
+def loopback_clusters(*, address: str, port: int) -> dict[str, cluster_pb2.Cluster]:
+    """Clusters pointing at the data-plane listener itself, for mirrored copies (http and h2c)."""
+    return {
+        LOOPBACK_CLUSTER + suffix: _cluster(LOOPBACK_CLUSTER + suffix, [(address, port)], http2=http2)
+        for suffix, http2 in (("_http", False), ("_grpc", True))
+    }
 
 
 def _header(key: str, value: str) -> base_pb2.HeaderValueOption:

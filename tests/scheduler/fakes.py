@@ -16,7 +16,9 @@ from apis.mlops.agent import agent_pb2
 from apis.mlops.scheduler import scheduler_pb2
 from apis.routing import WEIGHT_SCALE, Route
 from scheduler.core import AgentLink, Scheduler
+from scheduler.experiments import Experiments
 from scheduler.state import ModelState, ModelVersion
+from scheduler.store import StateStore
 from xdsserver.cache import Requirement, ResourceCache
 from xdsserver.routes import AckListener, RoutePublisher
 from xdsserver.types import CLUSTER, LISTENER, ROUTE, SCOPED_ROUTE
@@ -129,7 +131,9 @@ class Harness:
     def __post_init__(self) -> None:
         self.envoy = FakeEnvoy(self.cache)
         self.publisher = RoutePublisher(self.cache, self.envoy)
-        self.scheduler = Scheduler(self.publisher, agent_grace_seconds=self.grace_s)
+        store = StateStore(None)
+        self.scheduler = Scheduler(self.publisher, agent_grace_seconds=self.grace_s, store=store)
+        self.experiments = Experiments(self.scheduler, store)
         self.links: dict[tuple[str, int], AgentLink] = {}
 
     async def settle(self) -> None:

@@ -1,0 +1,219 @@
+"""Experiment use cases: start (or edit), stop, status; re-planned whenever a member model changes.
+
+Owns every experiment's routes (``<e>.experiment``, ``<m>.mirror``) and, through the core's route
+override, a default model's endpoint while the experiment splits it. Re-planning is coalesced per
+event-loop turn (a burst of model changes re-plans each experiment once) and never re-enters the
+core from inside one of its listeners.
+
+An experiment is *active* when its candidates (and mirror) are available **and** every Envoy has
+ACKed the routes of its current plan. Editing one (start again with the same name) swaps its plan
+atomically: the new routes replace the old ones in one publication per route name.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import structlog
+
+from apis.mlops.scheduler import scheduler_pb2
+from apis.routing import Route
+from apis.validation import InvalidResource, validate_name
+from experiments.model import Experiment
+from experiments.plan import Member, TrafficPlan, plan
+from scheduler.core import Scheduler
+from scheduler.errors import NotFound
+from scheduler.state import ModelState
+from scheduler.store import ResourceKind, StateStore
+
+log = structlog.get_logger("meshserve.scheduler.experiments")
+
+
+def _encode(experiment: Experiment) -> str:
+    return base64.b64encode(experiment.to_proto().SerializeToString()).decode("ascii")
+
+
+def _decode(name: str, record: str) -> Experiment:
+    return Experiment.from_proto(scheduler_pb2.Experiment.FromString(base64.b64decode(record)))
+
+
+# Persisted as Seldon's own Experiment message, so the record reads back through the same checks.
+EXPERIMENTS: ResourceKind[Experiment] = ResourceKind("experiments", _encode, _decode)
+
+
+class ExperimentNotFound(NotFound):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Status:
+    active: bool
+    candidates_ready: bool
+    mirror_ready: bool
+    description: str
+
+
+class Experiments:
+    """Every experiment, its current traffic plan and status; publishes through the core."""
+
+    def __init__(self, core: Scheduler, store: StateStore) -> None:
+        self._core = core
+        self._store = store
+        self.experiments: dict[str, Experiment] = {}
+        self._plans: dict[str, TrafficPlan] = {}
+        self._status: dict[str, Status] = {}
+        self._listeners: list[Callable[[str], None]] = []
+        self._dirty: set[str] = set()
+        self._replan_scheduled = False
+        store.register(EXPERIMENTS, lambda: self.experiments)
+        core.set_route_override(self._takeover)
+        core.on_model_change(self._member_changed)
+        core.on_route_confirmed(self._route_confirmed)
+
+    def restore(self) -> None:
+        """Reload persisted experiments and publish their routes (before the xDS port opens)."""
+        self.experiments = self._store.load_kind(EXPERIMENTS)
+        for name in sorted(self.experiments):
+            self._replan(name)
+        log.info("experiments restored", experiments=len(self.experiments))
+
+    # -- use cases ----------------------------------------------------------------------------------
+
+    def start(self, message: scheduler_pb2.Experiment) -> None:
+        """Create or replace an experiment; validated in full before anything changes."""
+        experiment = Experiment.from_proto(message)
+        if experiment.default is not None:
+            for other in self.experiments.values():
+                if other.name != experiment.name and other.default == experiment.default:
+                    raise InvalidResource(
+                        f"model {experiment.default} already in experiment {other.name} as a baseline: "
+                        "a model can only be the default of one experiment"
+                    )
+        previous = self.experiments.get(experiment.name)
+        self.experiments[experiment.name] = experiment
+        self._store.changed(EXPERIMENTS, experiment.name)
+        log.info("experiment started", experiment=experiment.name, edit=previous is not None)
+        self._replan(experiment.name, previous=previous)
+
+    def stop(self, name: str) -> None:
+        validate_name(name, kind="experiment")
+        experiment = self.experiments.pop(name, None)
+        if experiment is None:
+            raise ExperimentNotFound(f"experiment {name} not found")
+        self._store.changed(EXPERIMENTS, name)
+        log.info("experiment stopped", experiment=name)
+        old = self._plans.pop(name, None)
+        self._status.pop(name, None)
+        self._withdraw(old, keep=())
+        if experiment.default is not None:
+            self._core.reroute(experiment.default)  # the default model serves alone again
+        self._notify(name)
+
+    def get(self, name: str) -> Experiment:
+        validate_name(name, kind="experiment")
+        experiment = self.experiments.get(name)
+        if experiment is None:
+            raise ExperimentNotFound(f"experiment {name} not found")
+        return experiment
+
+    def status(self, name: str) -> Status:
+        self.get(name)
+        return self._status[name]
+
+    def on_change(self, listener: Callable[[str], None]) -> Callable[[], None]:
+        self._listeners.append(listener)
+        return lambda: self._listeners.remove(listener)
+
+    # -- planning -----------------------------------------------------------------------------------
+
+    def _replan(self, name: str, *, previous: Experiment | None = None) -> None:
+        experiment = self.experiments[name]
+        members = {member: self._member(member) for member in experiment.members}
+        new = plan(experiment, members)
+        old = self._plans.get(name)
+        self._plans[name] = new
+        for route in new.routes:
+            if route.name != experiment.default:
+                self._core.publish(route)
+        self._withdraw(old, keep={r.name for r in new.routes})
+        for default in {experiment.default, previous.default if previous else None} - {None}:
+            assert default is not None
+            self._core.reroute(default)  # takes over (or gives back) the default's endpoint
+        self._update_status(name)
+
+    def _withdraw(self, old: TrafficPlan | None, *, keep: set[str] | tuple[()]) -> None:
+        """Remove the routes of an old plan that the new one (or another experiment) no longer has."""
+        if old is None:
+            return
+        owned = {r.name for p in self._plans.values() for r in p.routes}
+        for route in old.routes:
+            if route.name in keep or route.name in owned or route.name in self._core.models:
+                continue
+            self._core.publish(Route(route.name))
+
+    def _member(self, name: str) -> Member:
+        record = self._core.models.get(name)
+        if record is None or record.deleted:
+            return Member(False, "no such model", None)
+        state = record.latest.state
+        ready = state is ModelState.ModelAvailable
+        return Member(ready, "" if ready else state.value, self._core.own_route(name))
+
+    def _takeover(self, model: str) -> Route | None:
+        """The route that replaces ``model``'s own while an experiment with it as default splits."""
+        for name, experiment in self.experiments.items():
+            if experiment.default == model:
+                current = self._plans.get(name)
+                return current.route(model) if current is not None else None
+        return None
+
+    # -- reacting to the core -----------------------------------------------------------------------
+
+    def _member_changed(self, model: str) -> None:
+        touched = {n for n, e in self.experiments.items() if model in e.members}
+        if not touched:
+            return
+        self._dirty |= touched
+        if not self._replan_scheduled:
+            self._replan_scheduled = True
+            asyncio.get_running_loop().call_soon(self._replan_dirty)
+
+    def _replan_dirty(self) -> None:
+        self._replan_scheduled = False
+        dirty, self._dirty = self._dirty, set()
+        for name in sorted(dirty):
+            if name in self.experiments and self._changed_plan(name):
+                self._replan(name)
+
+    def _changed_plan(self, name: str) -> bool:
+        experiment = self.experiments[name]
+        members = {member: self._member(member) for member in experiment.members}
+        return plan(experiment, members) != self._plans.get(name)
+
+    def _route_confirmed(self, route: str) -> None:
+        for name, current in self._plans.items():
+            if any(r.name == route for r in current.routes):
+                self._update_status(name)
+
+    def _update_status(self, name: str) -> None:
+        current = self._plans[name]
+        held = all(self._core.route_held(r.name) == r for r in current.routes)
+        ready = current.candidates_ready and current.mirror_ready
+        if ready and held:
+            description = "experiment active"
+        elif ready:
+            description = "waiting for every Envoy to apply the experiment's routes"
+        else:
+            description = "; ".join(current.problems)
+        status = Status(ready and held, current.candidates_ready, current.mirror_ready, description)
+        if self._status.get(name) != status:
+            self._status[name] = status
+            log.info("experiment status", experiment=name, active=status.active, description=description)
+            self._notify(name)
+
+    def _notify(self, name: str) -> None:
+        for listener in list(self._listeners):
+            listener(name)

@@ -1,0 +1,79 @@
+"""Traffic plans: candidate shares times version splits in millionths, takeover, mirror, fallback."""
+
+from __future__ import annotations
+
+from apis.routing import WEIGHT_SCALE, Endpoint, MirrorPolicy, Route, Split
+from experiments.model import Candidate, Experiment, Mirror
+from experiments.plan import Member, plan
+
+A = Endpoint("10.0.0.1", 9000, 9500)
+B = Endpoint("10.0.0.2", 9000, 9500)
+
+
+def own(name: str, *versions: tuple[int, int]) -> Member:
+    """A ready model whose own route splits ``(version, weight in millionths)``."""
+    splits = tuple(Split(f"{name}_{v}", w, (A,)) for v, w in versions)
+    return Member(True, "", Route(name, splits))
+
+
+def weights(route: Route | None) -> dict[str, int]:
+    assert route is not None
+    return {s.target: s.weight for s in route.splits}
+
+
+def test_candidate_shares_are_split_again_over_their_versions() -> None:
+    experiment = Experiment("ab", (Candidate("iris", 1), Candidate("iris2", 2)))
+    members = {"iris": own("iris", (2, 500_000), (1, 500_000)), "iris2": own("iris2", (1, WEIGHT_SCALE))}
+    result = plan(experiment, members)
+    assert result.candidates_ready and result.mirror_ready and not result.problems
+    assert weights(result.route("ab.experiment")) == {
+        "iris_2": 166_667,
+        "iris_1": 166_666,
+        "iris2_1": 666_667,
+    }
+    assert result.route("iris") is None  # no default: nothing taken over
+
+
+def test_a_default_is_taken_over_with_the_same_split() -> None:
+    experiment = Experiment("ab", (Candidate("iris", 30), Candidate("iris2", 70)), default="iris")
+    members = {"iris": own("iris", (1, WEIGHT_SCALE)), "iris2": own("iris2", (1, WEIGHT_SCALE))}
+    result = plan(experiment, members)
+    assert weights(result.route("iris")) == weights(result.route("ab.experiment"))
+    assert weights(result.route("iris")) == {"iris_1": 300_000, "iris2_1": 700_000}
+
+
+def test_a_zero_weight_arm_gets_no_split_at_all() -> None:
+    experiment = Experiment("ab", (Candidate("iris", 100), Candidate("iris2", 0)), default="iris")
+    members = {"iris": own("iris", (1, WEIGHT_SCALE)), "iris2": own("iris2", (1, WEIGHT_SCALE))}
+    assert weights(plan(experiment, members).route("iris")) == {"iris_1": WEIGHT_SCALE}
+
+
+def test_a_candidate_not_ready_leaves_no_split_and_names_the_reason() -> None:
+    experiment = Experiment("ab", (Candidate("iris", 1), Candidate("iris2", 1)), default="iris")
+    members = {"iris": own("iris", (1, WEIGHT_SCALE)), "iris2": Member(False, "ModelProgressing", None)}
+    result = plan(experiment, members)
+    assert result.routes == () and not result.candidates_ready
+    assert result.problems == ("candidate iris2 is not available (ModelProgressing)",)
+    assert plan(experiment, {"iris": own("iris", (1, WEIGHT_SCALE))}).problems == (
+        "candidate iris2 is not available (no such model)",
+    )
+
+
+def test_a_mirror_gets_its_own_route_and_every_experiment_route_copies_to_it() -> None:
+    experiment = Experiment("m", (Candidate("iris", 1),), default="iris", mirror=Mirror("iris2", 40))
+    members = {"iris": own("iris", (1, WEIGHT_SCALE)), "iris2": own("iris2", (3, WEIGHT_SCALE))}
+    result = plan(experiment, members)
+    policy = MirrorPolicy("iris2.mirror", 400_000)
+    assert result.route("iris") == Route("iris", (Split("iris_1", WEIGHT_SCALE, (A,)),), policy)
+    assert result.route("m.experiment") == Route(
+        "m.experiment", (Split("iris_1", WEIGHT_SCALE, (A,)),), policy
+    )
+    assert weights(result.route("iris2.mirror")) == {"iris2_3": WEIGHT_SCALE}
+
+
+def test_a_mirror_not_ready_is_left_out_and_reported() -> None:
+    experiment = Experiment("m", (Candidate("iris", 1),), mirror=Mirror("iris2", 100))
+    result = plan(experiment, {"iris": own("iris", (1, WEIGHT_SCALE))})
+    assert result.candidates_ready and not result.mirror_ready
+    assert result.route("m.experiment") == Route("m.experiment", (Split("iris_1", WEIGHT_SCALE, (A,)),))
+    assert result.problems == ("mirror iris2 is not available (no such model)",)
