@@ -2,34 +2,57 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import grpc
 from structlog.typing import FilteringBoundLogger
 
 from agent.client import AgentClient
 from agent.config import AgentConfig
+from agent.identity import AgentIdentity, new_agent_id
 from agent.log import get_logger
 from agent.mlserver import MLServerClient
 from agent.operations import ModelOperator
 from agent.repository import LocalRepository
 from agent.state import ReplicaState
+from agent.watch import MLServerWatcher
 from apis.limits import GRPC_RECEIVE_LIMIT
 
 
 async def run_agent(config: AgentConfig, *, logger: FilteringBoundLogger | None = None) -> None:
-    """Wait for MLServer, adopt what it still serves, then follow the scheduler until cancelled.
+    """Wait for MLServer, adopt what it still serves, then follow the scheduler until cancelled,
+    watching MLServer meanwhile (agent/watch.py).
 
     Cancelling leaves MLServer's models loaded, so a restarted agent can adopt them.
     """
     log = logger or get_logger()
     state = ReplicaState(memory_bytes=config.memory_bytes, overcommit_percentage=config.overcommit_percentage)
-    repository = LocalRepository(config.models_dir)
+    repository = LocalRepository(config.models_dir, policy=config.fetch_policy)
     async with MLServerClient(config.mlserver_url) as mlserver:
         log.info("waiting for MLServer", url=config.mlserver_url)
         await mlserver.wait_live(config.startup_timeout_seconds)
-        operator = ModelOperator(mlserver=mlserver, repository=repository, state=state, logger=log)
+        operator = ModelOperator(
+            mlserver=mlserver,
+            repository=repository,
+            state=state,
+            logger=log,
+            ready_timeout_s=config.startup_timeout_seconds,
+        )
         await operator.adopt_or_clean()
         async with grpc.aio.insecure_channel(
-            config.scheduler_address, options=[GRPC_RECEIVE_LIMIT]
+            config.scheduler_address,
+            options=[GRPC_RECEIVE_LIMIT],
+            interceptors=[AgentIdentity(new_agent_id())],
         ) as channel:
             client = AgentClient(config=config, channel=channel, operator=operator, state=state, logger=log)
-            await client.run()
+            watcher = MLServerWatcher(
+                mlserver=mlserver,
+                state=state,
+                operator=operator,
+                interval_s=config.watch_interval_seconds,
+                on_lost=lambda _lost, reason: client.resubscribe(reason),
+                logger=log,
+            )
+            async with asyncio.TaskGroup() as tasks:
+                tasks.create_task(watcher.run())
+                await client.run()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import Any
 
 import grpc
 from structlog.typing import FilteringBoundLogger
@@ -38,6 +39,8 @@ class AgentClient:
         self._stub = agent_pb2_grpc.AgentServiceStub(channel)
         self._state = state
         self._log = logger.bind(server=config.server_name, replica=config.replica_idx)
+        self._call: grpc.aio.UnaryStreamCall[Any, Any] | None = None
+        self._resubscribing = False
         self._dispatcher = OperationDispatcher(
             operator=operator,
             report=self.report,
@@ -54,7 +57,8 @@ class AgentClient:
                 # A stream that worked for a while is not a failing scheduler: start back-off afresh.
                 if received or time.monotonic() - started > 5.0:
                     backoff.reset()
-                delay = backoff.next_delay()
+                delay = 0.0 if self._resubscribing else backoff.next_delay()
+                self._resubscribing = False
                 self._log.info("re-subscribing", delay_s=round(delay, 3))
                 await asyncio.sleep(delay)
         finally:
@@ -64,6 +68,7 @@ class AgentClient:
         """Run one Subscribe stream to its end; returns how many operations it delivered."""
         request = self.subscribe_request()
         call = self._stub.Subscribe(request)
+        self._call = call
         received = 0
         try:
             self._log.info(
@@ -77,10 +82,23 @@ class AgentClient:
                 self._dispatcher.submit(message)
             self._log.warning("scheduler closed the stream")
         except grpc.aio.AioRpcError as exc:
-            self._log.warning("subscription failed", code=exc.code().name, details=exc.details())
+            if not (self._resubscribing and exc.code() == grpc.StatusCode.CANCELLED):
+                self._log.warning("subscription failed", code=exc.code().name, details=exc.details())
         finally:
             call.cancel()
+            self._call = None
         return received
+
+    def resubscribe(self, reason: str) -> None:
+        """End the current Subscribe stream and open a new one at once, with fresh loadedModels.
+
+        How the agent tells the scheduler it lost models (agent/watch.py): the scheduler reconciles
+        the replica against what the new request lists, as after any reconnect.
+        """
+        self._log.info("re-subscribing to report the replica's models", reason=reason)
+        self._resubscribing = True
+        if self._call is not None:
+            self._call.cancel()
 
     def subscribe_request(self) -> agent_pb2.AgentSubscribeRequest:
         config = self._config

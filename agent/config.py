@@ -13,6 +13,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from agent.artifacts import DEFAULT_MAX_BYTES, DEFAULT_TIMEOUT_S, FetchPolicy
 from apis import settings
 from apis.logs import LEVELS
 from apis.names import MLSERVER_CAPABILITIES
@@ -41,6 +42,25 @@ def _server_name(text: str) -> str:
 
 def _folder(text: str) -> Path:
     return Path(text).resolve()
+
+
+def parse_folders(text: str) -> tuple[Path, ...]:
+    """Comma-separated absolute folders (``--artifact-roots``); empty entries are skipped."""
+    folders = []
+    for entry in (part.strip() for part in text.split(",")):
+        if not entry:
+            continue
+        if not Path(entry).is_absolute():
+            raise ValueError(f"artifact root {entry!r} must be an absolute path")
+        folders.append(Path(entry).resolve())
+    return tuple(folders)
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise ValueError(f"{text!r} must be above 0")
+    return value
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +96,29 @@ class AgentConfig:
     startup_timeout_seconds: float = field(
         default=120.0, metadata=flag("how long to wait for MLServer to be live", parse=positive_float)
     )
+    artifact_roots: tuple[Path, ...] = field(
+        default=(),
+        metadata=flag(
+            "comma-separated folders a local storageUri (a path or file://) may name; none by default, "
+            "so only remote URIs load. /etc, /dev, /proc, /sys and --models-dir are refused anyway",
+            parse=parse_folders,
+        ),
+    )
+    artifact_max_bytes: int = field(
+        default=DEFAULT_MAX_BYTES,
+        metadata=flag("largest artifact a copy or rclone download may fetch, in bytes", parse=positive_int),
+    )
+    artifact_timeout_seconds: float = field(
+        default=DEFAULT_TIMEOUT_S,
+        metadata=flag("longest a copy or rclone download may take", parse=positive_float),
+    )
+    watch_interval_seconds: float = field(
+        default=2.0,
+        metadata=flag(
+            "how often MLServer's health and model index are checked (lost models are reported)",
+            parse=positive_float,
+        ),
+    )
     parallel_workers: int = field(default=1, metadata=NOT_A_FLAG)
     """MLServer's worker count, reported as runtime info on LOADED (env MLSERVER_PARALLEL_WORKERS)."""
     simulate: bool = field(
@@ -94,6 +137,15 @@ class AgentConfig:
     @property
     def mlserver_url(self) -> str:
         return f"http://{self.inference_host}:{self.inference_http_port}"
+
+    @property
+    def fetch_policy(self) -> FetchPolicy:
+        return FetchPolicy(
+            roots=self.artifact_roots,
+            models_dir=self.models_dir,
+            max_bytes=self.artifact_max_bytes,
+            timeout_s=self.artifact_timeout_seconds,
+        )
 
 
 def parse_config(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> AgentConfig:

@@ -83,8 +83,8 @@ class MLServerClient:
                 raise MLServerError(f"MLServer at {self._base_url} was not live after {timeout_s:g}s")
             await asyncio.sleep(poll_s)
 
-    async def index(self) -> list[RepositoryModel]:
-        body = await self._post("/v2/repository/index", {}, timeout_s=CONTROL_TIMEOUT_S)
+    async def index(self, *, timeout_s: float = CONTROL_TIMEOUT_S) -> list[RepositoryModel]:
+        body = await self._post("/v2/repository/index", {}, timeout_s=timeout_s)
         if not isinstance(body, list):
             raise MLServerError(f"unexpected repository index from MLServer: {body!r}")
         return [

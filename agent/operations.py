@@ -5,6 +5,7 @@ Transport-free: results are ``Outcome`` values; the gRPC client turns them into 
 
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import dataclass
 
@@ -38,11 +39,18 @@ class ModelOperator:
         repository: LocalRepository,
         state: ReplicaState,
         logger: FilteringBoundLogger,
+        ready_timeout_s: float = 120.0,
     ) -> None:
         self._mlserver = mlserver
         self._repository = repository
         self._state = state
         self._log = logger
+        self._ready_timeout_s = ready_timeout_s
+        # Set while MLServer answers (the watcher clears it): loads wait for it instead of failing.
+        self.mlserver_ready = asyncio.Event()
+        self.mlserver_ready.set()
+        # Versioned names with a load or unload in progress: the watcher leaves them alone.
+        self.busy: set[str] = set()
 
     async def load(self, model_version: agent_pb2.ModelVersion) -> Outcome:
         name, version = model_version.model.meta.name, model_version.version
@@ -56,6 +64,23 @@ class ModelOperator:
             # A repeated LOAD (e.g. after a scheduler restart) must not cause downtime.
             self._log.info("model already loaded", model=name, version=version)
             return Outcome(name, version, Event.LOADED)
+        self.busy.add(served)
+        try:
+            return await self._load(model_version, served, started)
+        finally:
+            self.busy.discard(served)
+
+    async def _load(self, model_version: agent_pb2.ModelVersion, served: str, started: float) -> Outcome:
+        name, version = model_version.model.meta.name, model_version.version
+        if not self.mlserver_ready.is_set():
+            # MLServer is restarting: the scheduler re-sent this load; run it once MLServer is back.
+            self._log.info("load waits for MLServer", model=name, version=version)
+            try:
+                async with asyncio.timeout(self._ready_timeout_s):
+                    await self.mlserver_ready.wait()
+            except TimeoutError:
+                message = f"MLServer was not ready within {self._ready_timeout_s:g}s"
+                return Outcome(name, version, Event.LOAD_FAILED, message)
         try:
             await self._repository.prepare(model_version)
             await self._mlserver.load(served)
@@ -78,6 +103,14 @@ class ModelOperator:
         except InvalidResource as exc:
             return Outcome(name, version, Event.UNLOAD_FAILED, str(exc))
         served = versioned_name(model_version)
+        self.busy.add(served)
+        try:
+            return await self._unload(model_version, served, started)
+        finally:
+            self.busy.discard(served)
+
+    async def _unload(self, model_version: agent_pb2.ModelVersion, served: str, started: float) -> Outcome:
+        name, version = model_version.model.meta.name, model_version.version
         try:
             await self._mlserver.unload(served)
         except AgentError as exc:
@@ -94,8 +127,10 @@ class ModelOperator:
         """Rebuild state after a restart: keep READY models this agent loaded, remove everything else.
 
         Adopted models stay loaded (no downtime); anything else is unloaded and its folder deleted so
-        the scheduler's view and the repository start out identical.
+        the scheduler's view and the repository start out identical. The models dir is claimed
+        first: nothing is deleted from a folder that is not the agent's own (``NotOwned``).
         """
+        await self._repository.claim()
         adopted: set[str] = set()
         for entry in await self._mlserver.index():
             if entry.state is ModelState.READY:

@@ -13,6 +13,7 @@ from structlog.typing import FilteringBoundLogger
 
 from agent.client import AgentClient
 from agent.config import AgentConfig
+from agent.identity import AgentIdentity, new_agent_id
 from agent.log import get_logger
 from agent.operations import Event, ModelOperator, Outcome
 from agent.state import ReplicaState, model_cost, versioned_name
@@ -74,6 +75,7 @@ async def run_simulated_agent(config: AgentConfig, *, logger: FilteringBoundLogg
         "simulated replica",
         upstream=f"{config.inference_host}:{config.inference_http_port}/{config.inference_grpc_port}",
     )
-    async with grpc.aio.insecure_channel(config.scheduler_address) as channel:
+    identity = AgentIdentity(new_agent_id())
+    async with grpc.aio.insecure_channel(config.scheduler_address, interceptors=[identity]) as channel:
         client = AgentClient(config=config, channel=channel, operator=operator, state=state, logger=log)
         await client.run()

@@ -13,6 +13,8 @@ ROUTE_HEADER = "x-seldon-route"
 # Request header carrying the versioned name a request was routed to (read by Envoy's Lua filter).
 INTERNAL_MODEL_HEADER = "seldon-internal-model"
 REQUEST_ID_HEADER = "x-request-id"
+# gRPC metadata on an agent's calls to the AgentService: the random token naming that agent process.
+AGENT_ID_HEADER = "x-meshserve-agent-id"
 
 EXPERIMENT_SUFFIX = ".experiment"
 PIPELINE_SUFFIX = ".pipeline"

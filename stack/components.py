@@ -133,6 +133,7 @@ def server_replica(
                 f"--capabilities={capabilities}",
                 f"--overcommit-percentage={config.overcommit_percentage}",
                 f"--models-dir={repository}",
+                f"--artifact-roots={config.agent_artifact_roots}",
             ],
             env={"MLSERVER_PARALLEL_WORKERS": "0"},
             ready=lambda: replica_registered(f"{host}:{config.scheduler_port}", server, idx),

@@ -22,6 +22,7 @@ from apis.settings import NOT_A_FLAG, flag, non_negative_int, positive_float
 
 ENV_PREFIX = "MESHSERVE_STACK_"
 HOME_ENV = "MESHSERVE_HOME"
+SAMPLES_DIR = Path(__file__).resolve().parent.parent / "samples"
 
 
 def port_defaults() -> dict[str, int]:
@@ -53,6 +54,13 @@ class StackConfig:
     overcommit_percentage: int = field(
         default=10, metadata=flag("memory overcommit per replica", parse=non_negative_int)
     )
+    artifact_roots: str = field(
+        default="",
+        metadata=flag(
+            "comma-separated folders local storageUris may name, beside the project's samples/ and "
+            "the stack's home (each agent's --artifact-roots)"
+        ),
+    )
     agent_grace_seconds: float = field(
         default=15.0, metadata=flag("how long a disconnected agent stays routed", parse=positive_float)
     )
@@ -65,6 +73,12 @@ class StackConfig:
     @property
     def state_file(self) -> Path:
         return self.home / "stack.json"
+
+    @property
+    def agent_artifact_roots(self) -> str:
+        """What each agent of the stack may read local artifacts from."""
+        extra = [part.strip() for part in self.artifact_roots.split(",") if part.strip()]
+        return ",".join([str(SAMPLES_DIR), str(self.home), *(str(Path(p).resolve()) for p in extra)])
 
     @property
     def python(self) -> str:

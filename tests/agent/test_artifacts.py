@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.artifacts import MODEL_SETTINGS, fetch_artifact, local_path, select_version_folder
+from agent.artifacts import MODEL_SETTINGS, FetchPolicy, fetch_artifact, local_path, select_version_folder
 from agent.errors import ArtifactError
 
 
@@ -82,7 +82,7 @@ async def test_fetch_directory_copies_selected_version(tmp_path: Path) -> None:
     make_version(source, "2")
     (source / "2" / "extra.txt").write_text("hello")
     dst = tmp_path / "dst"
-    await fetch_artifact(f"file://{source}", dst)
+    await fetch_artifact(f"file://{source}", dst, policy=FetchPolicy(roots=(tmp_path,)))
     assert sorted(path.name for path in dst.iterdir()) == ["extra.txt", MODEL_SETTINGS, "model.joblib"]
 
 
@@ -90,18 +90,18 @@ async def test_fetch_single_file(tmp_path: Path) -> None:
     source = tmp_path / "model.joblib"
     source.write_bytes(b"model")
     dst = tmp_path / "dst"
-    await fetch_artifact(str(source), dst)
+    await fetch_artifact(str(source), dst, policy=FetchPolicy(roots=(tmp_path,)))
     assert (dst / "model.joblib").read_bytes() == b"model"
 
 
 async def test_fetch_missing_path(tmp_path: Path) -> None:
     with pytest.raises(ArtifactError, match="does not exist"):
-        await fetch_artifact(str(tmp_path / "nope"), tmp_path / "dst")
+        await fetch_artifact(str(tmp_path / "nope"), tmp_path / "dst", policy=FetchPolicy(roots=(tmp_path,)))
     assert not (tmp_path / "dst").exists()
 
 
 async def test_fetch_remote_without_rclone(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PATH", str(tmp_path))
     with pytest.raises(ArtifactError) as info:
-        await fetch_artifact("gs://seldon-models/iris", tmp_path / "dst")
+        await fetch_artifact("gs://seldon-models/iris", tmp_path / "dst", policy=FetchPolicy())
     assert str(info.value) == "remote storageUri gs://seldon-models/iris needs rclone, which is not installed"

@@ -41,6 +41,9 @@ def agent_config(mlserver: MLServerProcess, scheduler_port: int) -> AgentConfig:
         unload_grace_seconds=0.1,
         startup_timeout_seconds=30,
         parallel_workers=0,
+        # The artifacts (tmp_path_factory folders) sit beside the MLServer's models dir.
+        artifact_roots=(mlserver.models_dir.parent.parent,),
+        watch_interval_seconds=0.2,
     )
 
 
@@ -107,11 +110,11 @@ async def test_load_infer_fail_unload(
         assert settings["name"] == "iris_1"
         assert settings["parameters"]["version"] == "1"
 
-        missing = model_version("missing", 1, "/nonexistent/model")
+        missing = model_version("missing", 1, str(iris_model_dir.parent / "nonexistent"))
         scheduler.push(load_op(missing))
         event = await scheduler.next_event()
         assert (event.modelName, Event.Name(event.event)) == ("missing", "LOAD_FAILED")
-        assert "/nonexistent/model does not exist" in event.message
+        assert "nonexistent does not exist" in event.message
         assert not (mlserver.models_dir / "missing_1").exists()
 
         scheduler.push(unload_op(iris))

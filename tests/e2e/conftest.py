@@ -24,6 +24,8 @@ ModelState = scheduler_pb2.ModelStatus.ModelState
 
 
 def stack_config(home: Path, **overrides: object) -> StackConfig:
+    # Tests write artifacts into their own tmp folders, siblings of the stack's home.
+    overrides.setdefault("artifact_roots", str(home.parent))
     return StackConfig.on_free_ports(home, **overrides)
 
 

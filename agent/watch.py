@@ -1,0 +1,99 @@
+"""Watching the replica's MLServer: the agent notices a dead MLServer or a model it lost.
+
+Every ``interval_s`` the watcher asks MLServer whether it is live (``/v2/health/live``) and which
+models it serves (``POST /v2/repository/index``). ``/v2/health/ready`` is not used: MLServer
+answers it "not ready" while any one model loads or has failed, which says nothing about the
+models that serve.
+
+A model the agent holds that MLServer no longer serves READY (MLServer restarted, crashed, or the
+model was unloaded behind the agent's back) is *lost*: the watcher drops it from the replica state
+and calls ``on_lost``, which re-subscribes to the scheduler. The new Subscribe request lists only
+what MLServer really serves (``loadedModels``), so the scheduler takes the replica out of those
+models' routes and schedules them again - on this replica (a new LOAD, which waits for MLServer to
+be back) or elsewhere. Models with a load or unload in progress are left to that operation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+from structlog.typing import FilteringBoundLogger
+
+from agent.errors import MLServerError
+from agent.mlserver import MLServerClient, ModelState
+from agent.operations import ModelOperator
+from agent.state import ReplicaState, versioned_name
+
+LostHandler = Callable[[list[str], str], None]
+
+
+class MLServerWatcher:
+    def __init__(
+        self,
+        *,
+        mlserver: MLServerClient,
+        state: ReplicaState,
+        operator: ModelOperator,
+        interval_s: float,
+        on_lost: LostHandler,
+        logger: FilteringBoundLogger,
+    ) -> None:
+        self._mlserver = mlserver
+        self._state = state
+        self._operator = operator
+        self._interval_s = interval_s
+        self._on_lost = on_lost
+        self._log = logger
+
+    async def run(self) -> None:
+        """Check every interval until cancelled."""
+        while True:
+            await asyncio.sleep(self._interval_s)
+            try:
+                await self.check()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # noqa: BLE001 - a bug in one check must not stop the watching
+                self._log.exception("MLServer check failed")
+
+    async def check(self) -> list[str]:
+        """One health and index check; returns the versioned names found lost (and reported)."""
+        held = {name for name in self._held() if name not in self._operator.busy}
+        serving, reason = await self._serving()
+        ready = self._operator.mlserver_ready
+        if serving is None:
+            if ready.is_set():
+                self._log.warning("MLServer is down", reason=reason)
+                ready.clear()
+        elif not ready.is_set():
+            self._log.info("MLServer is back")
+            ready.set()
+        # Re-read after the awaits: an operation may have started or finished meanwhile.
+        lost = sorted(
+            name
+            for name in held
+            if name in self._state and name not in self._operator.busy and name not in (serving or set())
+        )
+        if not lost:
+            return []
+        for name in lost:
+            self._state.remove(name)
+        self._log.warning("models lost on MLServer", served_names=lost, reason=reason)
+        self._on_lost(lost, reason)
+        return lost
+
+    def _held(self) -> list[str]:
+        return [versioned_name(model_version) for model_version in self._state.loaded_models()]
+
+    async def _serving(self) -> tuple[set[str] | None, str]:
+        """Names MLServer serves READY, or None when it is down; and the reason a model is lost."""
+        if not await self._mlserver.is_live():
+            return None, "MLServer is not live"
+        try:
+            index = await self._mlserver.index(timeout_s=max(self._interval_s * 2, 5.0))
+        except MLServerError as exc:
+            return None, f"MLServer's repository index failed: {exc}"
+        return {
+            entry.name for entry in index if entry.state is ModelState.READY
+        }, "MLServer no longer serves it"
