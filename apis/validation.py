@@ -9,6 +9,7 @@ process it later reaches.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 
 from apis.limits import (
@@ -24,6 +25,7 @@ from apis.limits import (
     MAX_RESOURCE_BYTES,
     MAX_URI_LENGTH,
 )
+from apis.mlops.agent import agent_pb2
 from apis.mlops.scheduler import scheduler_pb2
 
 __all__ = [
@@ -197,3 +199,82 @@ def _shown(value: str, limit: int = 80) -> str:
     """``repr`` of a user value, cut short: error messages must stay readable (and small)."""
     text = repr(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+# -- agent registration (AgentSubscribeRequest) ----------------------------------------------------
+
+# replicaIdx becomes part of Envoy endpoint and process names; a server has at most this many.
+MAX_REPLICA_INDEX = 999
+MAX_OVERCOMMIT_PERCENTAGE = 1_000
+MAX_REPLICA_CAPABILITIES = 64
+MAX_LOADED_MODELS = 100_000
+MAX_HOSTNAME_LENGTH = 253
+_HOST_LABEL = re.compile(r"[A-Za-z0-9]([-A-Za-z0-9]*[A-Za-z0-9])?")
+
+
+def validate_host(host: str, *, what: str = "host") -> str:
+    """A bare hostname (RFC 1123) or an IPv4/IPv6 address: no scheme, port, path or spaces."""
+    if not host:
+        raise InvalidResource(f"{what} is empty")
+    if len(host) > MAX_HOSTNAME_LENGTH:
+        raise InvalidResource(f"{what} is {len(host)} characters long; the limit is {MAX_HOSTNAME_LENGTH}")
+    try:
+        ipaddress.ip_address(host)
+        return host
+    except ValueError:
+        pass
+    labels = host[:-1].split(".") if host.endswith(".") else host.split(".")
+    valid = all(len(label) <= MAX_NAME_LENGTH and _HOST_LABEL.fullmatch(label) for label in labels)
+    # A numeric last label is no hostname but a malformed IP address such as 999.1.1.1.
+    if not valid or labels[-1].isdigit():
+        raise InvalidResource(
+            f"{what} {_shown(host)} is invalid: give a hostname or an IP address only "
+            "(no scheme, port, path or spaces)"
+        )
+    return host
+
+
+def validate_port(port: int, *, what: str = "port") -> int:
+    if not 1 <= port <= 65535:
+        raise InvalidResource(f"{what} {port} is out of range: use 1-65535")
+    return port
+
+
+def validate_registration(request: agent_pb2.AgentSubscribeRequest) -> None:
+    """Check an agent's Subscribe request before it becomes a replica (and an Envoy endpoint).
+
+    Raises InvalidResource naming the first bad field; the caller changes nothing then.
+    """
+    server = validate_name(request.serverName, kind="server")
+    where = f"server {server} replica {request.replicaIdx}"
+    if request.replicaIdx > MAX_REPLICA_INDEX:
+        raise InvalidResource(f"{where}: replicaIdx is out of range: use 0-{MAX_REPLICA_INDEX}")
+    config = request.replicaConfig
+    validate_host(config.inferenceSvc, what=f"{where}: replicaConfig.inferenceSvc")
+    validate_port(config.inferenceHttpPort, what=f"{where}: replicaConfig.inferenceHttpPort")
+    validate_port(config.inferenceGrpcPort, what=f"{where}: replicaConfig.inferenceGrpcPort")
+    if config.memoryBytes > MAX_MEMORY_BYTES:
+        raise InvalidResource(
+            f"{where}: replicaConfig.memoryBytes {config.memoryBytes} is above the limit {MAX_MEMORY_BYTES}"
+        )
+    if config.overCommitPercentage > MAX_OVERCOMMIT_PERCENTAGE:
+        raise InvalidResource(
+            f"{where}: replicaConfig.overCommitPercentage {config.overCommitPercentage} is above "
+            f"the limit {MAX_OVERCOMMIT_PERCENTAGE}"
+        )
+    capacity = config.memoryBytes + config.memoryBytes * config.overCommitPercentage // 100
+    if request.availableMemoryBytes > capacity:
+        raise InvalidResource(
+            f"{where}: availableMemoryBytes {request.availableMemoryBytes} is above the replica's "
+            f"capacity {capacity} (memoryBytes plus overcommit)"
+        )
+    if len(config.capabilities) > MAX_REPLICA_CAPABILITIES:
+        raise InvalidResource(
+            f"{where}: {len(config.capabilities)} capabilities; the limit is {MAX_REPLICA_CAPABILITIES}"
+        )
+    for capability in config.capabilities:
+        validate_capability(capability)
+    if len(request.loadedModels) > MAX_LOADED_MODELS:
+        raise InvalidResource(
+            f"{where}: {len(request.loadedModels)} loaded models reported; the limit is {MAX_LOADED_MODELS}"
+        )

@@ -13,11 +13,20 @@ import grpc
 import structlog
 
 from apis.mlops.agent import agent_pb2, agent_pb2_grpc
+from apis.names import AGENT_ID_HEADER
 from scheduler.core import Scheduler
 
 log = structlog.get_logger("meshserve.scheduler.agents")
 Context = grpc.aio.ServicerContext[Any, Any]
 DRAIN_TIMEOUT_SECONDS = 300
+
+
+def agent_id(context: Context) -> str:
+    """The identity token an agent sends with its calls (agent/identity.py); empty when absent."""
+    for key, value in context.invocation_metadata() or ():
+        if key == AGENT_ID_HEADER:
+            return value if isinstance(value, str) else value.decode(errors="replace")
+    return ""
 
 
 class AgentService(agent_pb2_grpc.AgentServiceServicer):
@@ -27,7 +36,7 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
     async def Subscribe(
         self, request: agent_pb2.AgentSubscribeRequest, context: Context
     ) -> AsyncIterator[agent_pb2.ModelOperationMessage]:
-        link = self._core.agent_connected(request)
+        link = self._core.agent_connected(request, agent_id(context))
         try:
             while (operation := await link.outbox.get()) is not None:
                 yield operation

@@ -280,8 +280,8 @@ class Scheduler:
 
     # -- agent membership --------------------------------------------------------------------------
 
-    def agent_connected(self, request: agent_pb2.AgentSubscribeRequest) -> AgentLink:
-        link, replica = self._members.connect(request)
+    def agent_connected(self, request: agent_pb2.AgentSubscribeRequest, identity: str = "") -> AgentLink:
+        link, replica = self._members.connect(request, identity)
         reported = {(m.model.meta.name, m.version) for m in request.loadedModels}
         unwanted, touched = lifecycle.adopt(self.models, replica.server, replica.idx, reported)
         for name, number in unwanted:

@@ -20,10 +20,15 @@ class NotFound(LookupError):
     """A named resource (model, server replica, experiment, …) does not exist."""
 
 
+class ReplicaTaken(Exception):
+    """A server replica is held by another agent's live stream (scheduler/membership.py)."""
+
+
 STATUS_CODES: dict[type[Exception], grpc.StatusCode] = {
     InvalidResource: grpc.StatusCode.INVALID_ARGUMENT,
     InvalidWeights: grpc.StatusCode.INVALID_ARGUMENT,
     NotFound: grpc.StatusCode.NOT_FOUND,
+    ReplicaTaken: grpc.StatusCode.ALREADY_EXISTS,
     TimeoutError: grpc.StatusCode.DEADLINE_EXCEEDED,
 }
 _MAPPED = tuple(STATUS_CODES)

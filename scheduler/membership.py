@@ -3,6 +3,15 @@
 :class:`Membership` owns the servers and their replicas, the agents' :class:`AgentLink` outboxes
 and the grace timers of disconnected agents. It decides nothing about models: when a replica's
 grace period runs out it fires ``on_expired(server, idx)`` and the use cases move its models.
+
+Who may hold a replica: a registration is validated first (``apis.validation.validate_registration``:
+host, ports, replica index, memory), so nothing malformed reaches Envoy. Each agent process sends
+a random identity token (gRPC metadata ``x-meshserve-agent-id``, made at agent start). While a
+replica's Subscribe stream is live, only the same identity may register it again (that agent
+re-subscribing replaces its own stream); another identity is refused with :class:`ReplicaTaken`
+(``ALREADY_EXISTS``) and the live stream is left alone. Once that stream has ended - during the
+grace period or after it - any identity may take the replica over: that is how a restarted agent
+(same replica, new token) comes back.
 """
 
 from __future__ import annotations
@@ -16,7 +25,8 @@ import structlog
 
 from apis.mlops.agent import agent_pb2
 from apis.mlops.scheduler import scheduler_pb2
-from apis.validation import validate_name
+from apis.validation import validate_registration
+from scheduler.errors import ReplicaTaken
 from scheduler.state import Server, ServerReplica
 
 log = structlog.get_logger("meshserve.scheduler.membership")
@@ -31,6 +41,7 @@ class AgentLink:
     server: str
     idx: int
     generation: int
+    identity: str = ""
     outbox: asyncio.Queue[Operation | None] = field(default_factory=asyncio.Queue)
 
     def send(self, operation: Operation) -> None:
@@ -65,9 +76,19 @@ class Membership:
                 replica.generation = self._next_generation()
                 self._expire_later(server.name, replica.idx, replica.generation)
 
-    def connect(self, request: agent_pb2.AgentSubscribeRequest) -> tuple[AgentLink, ServerReplica]:
-        """Register an agent's stream as its replica (replacing an older stream of that replica)."""
-        name, idx = validate_name(request.serverName, kind="server"), request.replicaIdx
+    def connect(
+        self, request: agent_pb2.AgentSubscribeRequest, identity: str = ""
+    ) -> tuple[AgentLink, ServerReplica]:
+        """Register an agent's stream as its replica (replacing an older stream of the same agent)."""
+        validate_registration(request)
+        name, idx = request.serverName, request.replicaIdx
+        current = self._links.get((name, idx))
+        if current is not None and current.identity != identity:
+            log.warning("registration refused: replica held by another agent", server=name, replica=idx)
+            raise ReplicaTaken(
+                f"server {name} replica {idx} is held by another agent whose stream is live; "
+                "a replica is taken over only once its agent's stream has ended"
+            )
         generation = self._next_generation()
         previous = self._links.pop((name, idx), None)
         if previous is not None:
@@ -84,7 +105,7 @@ class Membership:
             generation=generation,
             retiring=server.is_retiring(idx),
         )
-        link = self._links[(name, idx)] = AgentLink(name, idx, generation)
+        link = self._links[(name, idx)] = AgentLink(name, idx, generation, identity)
         log.info("agent connected", server=name, replica=idx, models=len(request.loadedModels))
         return link, replica
 
