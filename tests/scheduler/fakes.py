@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from apis.mlops.agent import agent_pb2
 from apis.mlops.scheduler import scheduler_pb2
@@ -127,11 +128,12 @@ async def wait_until(predicate: Callable[[], bool], timeout: float = WAIT_S) -> 
 class Harness:
     cache: ResourceCache = field(default_factory=ResourceCache)
     grace_s: float = 0.05
+    store_path: Path | None = None
 
     def __post_init__(self) -> None:
         self.envoy = FakeEnvoy(self.cache)
         self.publisher = RoutePublisher(self.cache, self.envoy)
-        store = StateStore(None)
+        store = StateStore(self.store_path)
         self.scheduler = Scheduler(self.publisher, agent_grace_seconds=self.grace_s, store=store)
         self.experiments = Experiments(self.scheduler, store)
         self.links: dict[tuple[str, int], AgentLink] = {}

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from apis.mlops.scheduler import scheduler_pb2
@@ -152,3 +154,23 @@ def test_experiment_status_conversion_carries_kubernetes_meta() -> None:
         mirrorReady=True,
         statusDescription="experiment active",
     )
+
+
+async def test_experiments_are_persisted_and_restored_with_their_routes(tmp_path: Path) -> None:
+    first = Harness(store_path=tmp_path / "state.db")
+    await first.connect()
+    for name in ("iris", "iris2"):
+        await first.load(model(name))
+        await first.make_available(name)
+    first.experiments.start(message(default="iris", mirror=None))
+    first.scheduler.commit()
+    await first.scheduler.close()
+
+    second = Harness(store_path=tmp_path / "state.db")
+    second.scheduler.restore()
+    second.experiments.restore()
+    await second.settle()
+    assert set(second.experiments.experiments) == {"ab"}
+    assert second.targets("ab.experiment") == {"iris_1": 50, "iris2_1": 50}
+    assert second.targets("iris") == {"iris_1": 50, "iris2_1": 50}
+    await second.scheduler.close()
