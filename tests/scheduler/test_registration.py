@@ -136,7 +136,7 @@ async def test_restarted_agent_takes_over_once_the_old_stream_ended(harness: Har
 
 
 @pytest.fixture
-async def agent_service(harness: Harness) -> AsyncIterator[agent_pb2_grpc.AgentServiceStub]:
+async def agent_service(harness: Harness) -> AsyncIterator[agent_pb2_grpc.AgentServiceAsyncStub]:
     server = grpc.aio.server(interceptors=[StatusMapping()])
     agent_pb2_grpc.add_AgentServiceServicer_to_server(AgentService(harness.scheduler), server)
     port = server.add_insecure_port("127.0.0.1:0")
@@ -148,8 +148,10 @@ async def agent_service(harness: Harness) -> AsyncIterator[agent_pb2_grpc.AgentS
         await server.stop(grace=None)
 
 
-async def _first_code(stub: agent_pb2_grpc.AgentServiceStub, request: Request, agent: str) -> grpc.StatusCode:
-    call = stub.Subscribe(request, metadata=[(AGENT_ID_HEADER, agent)], timeout=5)
+async def _first_code(
+    stub: agent_pb2_grpc.AgentServiceAsyncStub, request: Request, agent: str
+) -> grpc.StatusCode:
+    call = stub.Subscribe(request, metadata=((AGENT_ID_HEADER, agent),), timeout=5)
     try:
         async for _ in call:
             break
@@ -161,9 +163,9 @@ async def _first_code(stub: agent_pb2_grpc.AgentServiceStub, request: Request, a
 
 
 async def test_grpc_impersonation_is_already_exists_and_port_70000_invalid(
-    harness: Harness, agent_service: agent_pb2_grpc.AgentServiceStub
+    harness: Harness, agent_service: agent_pb2_grpc.AgentServiceAsyncStub
 ) -> None:
-    real = agent_service.Subscribe(subscribe(), metadata=[(AGENT_ID_HEADER, "real-agent")])
+    real = agent_service.Subscribe(subscribe(), metadata=((AGENT_ID_HEADER, "real-agent"),))
     try:
         await wait_until(lambda: "mlserver" in harness.scheduler.servers, timeout=5)
         assert await _first_code(agent_service, _set(_host("10.6.6.6")), "impostor") == (
