@@ -7,6 +7,7 @@ import sys
 from collections import Counter
 from collections.abc import Sequence
 
+from apis.names import EXPERIMENT_SUFFIX
 from cli.errors import CliError
 from cli.output import JSON, TABLE, print_json, print_table
 from cli.payload import infer_request, parse_json
@@ -22,14 +23,19 @@ def register(
     commands: argparse._SubParsersAction[argparse.ArgumentParser], common: list[argparse.ArgumentParser]
 ) -> None:
     infer = commands.add_parser("infer", parents=common, help="call a model through the inference host")
-    infer.add_argument("name")
+    infer.add_argument("name", help="a model, or <experiment>.experiment")
     infer.add_argument("payload", nargs="?", help="request JSON (or use --file-path)")
     infer.add_argument("-f", "--file-path", help="read the request JSON from this file")
     infer.add_argument("--inference-mode", choices=(REST, GRPC), default=REST)
     infer.add_argument("-i", "--iterations", type=_positive_int, default=1, metavar="N")
     infer.add_argument("--show-headers", action="store_true", help="print response headers to stderr")
     infer.add_argument(
-        "--header", action="append", type=_header, default=[], metavar="K=V", help="extra request header"
+        "--header",
+        action="append",
+        type=_header,
+        default=[],
+        metavar="K=V",
+        help="extra request header; seldon-model=<experiment>.experiment sends the call to an experiment",
     )
     infer.add_argument("-s", "--sticky-session", action="store_true", help="resend the last x-seldon-route")
     infer.add_argument("--authority", help="Host / :authority to send")
@@ -42,7 +48,7 @@ def register(
 
 
 async def infer_model(args: argparse.Namespace) -> int:
-    name = checked_name(args.name)
+    name = route_name(args.name)
     client = _client(args, name, _payload(args))
     try:
         return await run_calls(
@@ -157,6 +163,14 @@ def _payload(args: argparse.Namespace) -> str:
             return handle.read()
     except OSError as exc:
         raise CliError(f"{args.file_path}: {exc.strerror or exc}") from exc
+
+
+def route_name(name: str) -> str:
+    """A model name, or ``<experiment>.experiment`` (the endpoint every experiment has)."""
+    if name.endswith(EXPERIMENT_SUFFIX):
+        checked_name(name.removesuffix(EXPERIMENT_SUFFIX), kind="experiment")
+        return name
+    return checked_name(name)
 
 
 def _positive_int(text: str) -> int:

@@ -15,6 +15,7 @@ import aiohttp
 import grpc
 from google.protobuf import json_format
 
+from apis.names import MODEL_HEADER
 from apis.v2_dataplane import v2_dataplane_pb2, v2_dataplane_pb2_grpc
 from cli.output import dumps
 from cli.routes import ROUTE_HEADER
@@ -58,15 +59,18 @@ class RestClient:
     async def request(
         self, method: str, url: str, extra_headers: Iterable[tuple[str, str]], data: bytes | None = None
     ) -> Reply:
-        headers = {"Content-Type": "application/json", "seldon-model": self._model}
+        extra = list(extra_headers)
+        headers = {"Content-Type": "application/json"}
+        if not _has_model_header(extra):  # --header seldon-model=... replaces the default
+            headers[MODEL_HEADER] = self._model
         if self._authority:
             headers["Host"] = self._authority
-        headers.update(extra_headers)
+        headers.update(extra)
         try:
             async with self._session.request(method, url, data=data, headers=headers) as response:
                 text = (await response.text()).strip()
                 received = list(response.headers.items())
-                route = response.headers.get(ROUTE_HEADER)
+                route = _joined(response.headers.getall(ROUTE_HEADER, []))
                 if not 200 <= response.status < 300:
                     return Reply(ok=False, error=f"HTTP {response.status}: {text}", headers=received)
                 return Reply(ok=True, body=text, headers=received, route=route)
@@ -102,7 +106,8 @@ class GrpcClient:
 
     async def infer(self, extra_headers: Sequence[tuple[str, str]]) -> Reply:
         # gRPC metadata keys must be lower-case.
-        metadata = [("seldon-model", self._model), *((key.lower(), value) for key, value in extra_headers)]
+        extra = [(key.lower(), value) for key, value in extra_headers]
+        metadata = extra if _has_model_header(extra) else [(MODEL_HEADER, self._model), *extra]
         call = self._stub.ModelInfer(self._request, metadata=metadata, timeout=self._timeout)
         try:
             response = await call
@@ -115,12 +120,21 @@ class GrpcClient:
             )
         headers = _pairs(await call.initial_metadata())
         trailers = _pairs(await call.trailing_metadata())
-        route = next((value for key, value in [*headers, *trailers] if key == ROUTE_HEADER), None)
+        route = _joined([value for key, value in [*headers, *trailers] if key == ROUTE_HEADER])
         body = dumps(json_format.MessageToDict(response))
         return Reply(ok=True, body=body, headers=headers, trailers=trailers, route=route)
 
     async def close(self) -> None:
         await self._channel.close()
+
+
+def _has_model_header(headers: Iterable[tuple[str, str]]) -> bool:
+    return any(key.lower() == MODEL_HEADER for key, _ in headers)
+
+
+def _joined(values: Sequence[str]) -> str | None:
+    """One route string from every ``x-seldon-route`` value (a header may be repeated per hop)."""
+    return " ".join(values) if values else None
 
 
 def _pairs(metadata: Any) -> Headers:

@@ -105,10 +105,40 @@ class FakeScheduler(scheduler_pb2_grpc.SchedulerServicer):  # type: ignore[misc,
         return scheduler_pb2.SchedulerStatusResponse(applicationVersion="fake-1.2.3")
 
 
-class FakeRestInference:
-    """OIP REST through "Envoy": appends ``:<model>_1:`` to the incoming ``x-seldon-route``."""
+class FakeEnvoyRoutes:
+    """Routing as real Envoy does it with meshserve's routes (xdsserver/resources.py).
+
+    ``seldon-model`` selects a route; a route not in ``routes`` has one variant, ``<model>_1``. With
+    several variants, a request whose ``x-seldon-route`` contains ``:<variant>:`` goes to that
+    variant (sticky); otherwise the weights pick one, deterministically (a smooth weighted round
+    robin, so 50/50 alternates). The response's ``x-seldon-route`` is exactly ``:<variant>:``:
+    Envoy replaces, never appends to, what the caller sent.
+    """
 
     def __init__(self) -> None:
+        self.routes: dict[str, list[tuple[str, int]]] = {}
+        self._credit: dict[str, dict[str, int]] = {}
+
+    def choose(self, route: str, sticky: str | None) -> str:
+        variants = self.routes.get(route) or [(f"{route}_1", 1)]
+        if len(variants) > 1 and sticky:
+            for target, _ in variants:
+                if f":{target}:" in sticky:
+                    return target
+        credit = self._credit.setdefault(route, {})
+        total = sum(weight for _, weight in variants)
+        for target, weight in variants:
+            credit[target] = credit.get(target, 0) + weight
+        chosen = max(variants, key=lambda variant: credit[variant[0]])[0]
+        credit[chosen] -= total
+        return chosen
+
+
+class FakeRestInference(FakeEnvoyRoutes):
+    """OIP REST through "Envoy": routed by ``seldon-model`` (else the path), as FakeEnvoyRoutes."""
+
+    def __init__(self) -> None:
+        super().__init__()
         self.requests: list[tuple[str, dict[str, str], bytes]] = []
         self.failing: set[str] = set()
         self.address = ""
@@ -130,16 +160,16 @@ class FakeRestInference:
             await self._runner.cleanup()
 
     async def _infer(self, request: web.Request) -> web.Response:
-        name = request.match_info["name"]
+        name = request.headers.get("seldon-model") or request.match_info["name"]
         self.requests.append((request.path, dict(request.headers), await request.read()))
         if name in self.failing:
             return web.Response(status=503, text="upstream connect error")
-        route = " ".join(filter(None, [request.headers.get("x-seldon-route"), f":{name}_1:"]))
+        target = self.choose(name, request.headers.get("x-seldon-route"))
         body = {
-            "model_name": f"{name}_1",
+            "model_name": target,
             "outputs": [{"name": "predict", "shape": [1], "datatype": "INT64", "data": [2]}],
         }
-        return web.json_response(body, headers={"x-seldon-route": route})
+        return web.json_response(body, headers={"x-seldon-route": f":{target}:"})
 
     async def _metadata(self, request: web.Request) -> web.Response:
         name = request.match_info["name"]
@@ -157,8 +187,9 @@ class FakeRestInference:
         )
 
 
-class FakeGrpcInference(v2_dataplane_pb2_grpc.GRPCInferenceServiceServicer):  # type: ignore[misc, unused-ignore]
+class FakeGrpcInference(FakeEnvoyRoutes, v2_dataplane_pb2_grpc.GRPCInferenceServiceServicer):  # type: ignore[misc, unused-ignore]
     def __init__(self) -> None:
+        super().__init__()
         self.requests: list[tuple[v2_dataplane_pb2.ModelInferRequest, dict[str, str]]] = []
         self.address = ""
         self._server: grpc.aio.Server | None = None
@@ -180,11 +211,11 @@ class FakeGrpcInference(v2_dataplane_pb2_grpc.GRPCInferenceServiceServicer):  # 
         name = metadata.get("seldon-model", "")
         if name == "missing":
             await context.abort(grpc.StatusCode.NOT_FOUND, "model missing not found")
-        route = " ".join(filter(None, [metadata.get("x-seldon-route"), f":{name}_1:"]))
-        await context.send_initial_metadata([("x-seldon-route", route)])
+        target = self.choose(name, metadata.get("x-seldon-route"))
+        await context.send_initial_metadata([("x-seldon-route", f":{target}:")])
         context.set_trailing_metadata([("x-trailer", "done")])
         return v2_dataplane_pb2.ModelInferResponse(
-            model_name=f"{name}_1",
+            model_name=target,
             outputs=[
                 v2_dataplane_pb2.ModelInferResponse.InferOutputTensor(
                     name="predict",
