@@ -14,7 +14,7 @@ import sys
 from collections.abc import Awaitable, Callable
 
 from apis import settings
-from cli import models, servers, stack
+from cli import experiments, models, servers, stack
 from cli.config import ENV_PREFIX, CliConfig
 from cli.errors import CliError
 from cli.output import print_error
@@ -28,11 +28,14 @@ def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     settings.add_flags(common, CliConfig, prefix=ENV_PREFIX, env=os.environ, suppress=True)
     parser = argparse.ArgumentParser(
-        prog="meshserve", parents=[common], description="Load, inspect and call models on a meshserve stack."
+        prog="meshserve",
+        parents=[common],
+        description="Load, inspect and call models and experiments on a meshserve stack.",
     )
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     models.register(subparsers, [common])
     servers.register(subparsers, [common])
+    experiments.register(subparsers, [common])
     stack.register(subparsers)
     return parser
 

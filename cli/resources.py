@@ -14,12 +14,14 @@ from apis.manifests import ManifestError, ServerManifest, resolve_storage_uri, s
 from apis.mlops.scheduler import scheduler_pb2
 from apis.validation import InvalidResource, validate_name
 from cli.errors import CliError
+from experiments.model import Experiment
 
 __all__ = [
     "ManifestError",
     "ServerManifest",
     "checked_name",
     "parse_model_requests",
+    "read_experiment_requests",
     "read_model_requests",
     "read_server_manifests",
     "resolve_storage_uri",
@@ -49,6 +51,12 @@ def parse_model_requests(text: str, *, source: str, base_dir: str) -> list[sched
 def read_server_manifests(path: str) -> list[ServerManifest]:
     """Every Server document in ``path``; CliError naming the file and document."""
     return _cli_error(lambda: manifests.read_server_manifests(path))
+
+
+def read_experiment_requests(path: str) -> list[scheduler_pb2.StartExperimentRequest]:
+    """Every Experiment document in ``path``, each checked by the experiment model the scheduler
+    applies (default among the candidates, weights, mirror), so nothing is sent if one is wrong."""
+    return _cli_error(lambda: manifests.read_experiment_requests(path, check=Experiment.from_proto))
 
 
 def _cli_error(parse: Callable[[], T]) -> T:
