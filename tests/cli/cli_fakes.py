@@ -40,15 +40,31 @@ def model_status(
     )
 
 
+def experiment_status(
+    name: str, *, active: bool = True, candidates: bool = True, mirror: bool = True, description: str = ""
+) -> scheduler_pb2.ExperimentStatusResponse:
+    return scheduler_pb2.ExperimentStatusResponse(
+        experimentName=name,
+        active=active,
+        candidatesReady=candidates,
+        mirrorReady=mirror,
+        statusDescription=description or ("experiment active" if active else "candidate iris2 not ready"),
+    )
+
+
 class FakeScheduler(scheduler_pb2_grpc.SchedulerServicer):  # type: ignore[misc, unused-ignore]
     """Records every request; ModelStatus answers from ``models``, consuming one status per call
-    until the last, which then repeats (a model progressing towards a state)."""
+    until the last, which then repeats (a model progressing towards a state). Experiments work the
+    same way from ``experiments``; StartExperiment adds an active one unless it is already there
+    (a test may queue statuses first), StopExperiment removes it."""
 
     def __init__(self) -> None:
         self.requests: list[Message] = []
         self.models: dict[str, list[scheduler_pb2.ModelStatusResponse]] = {}
         self.servers: list[scheduler_pb2.ServerStatusResponse] = []
         self.load_error: tuple[grpc.StatusCode, str] | None = None
+        self.experiments: dict[str, list[scheduler_pb2.ExperimentStatusResponse]] = {}
+        self.start_error: tuple[grpc.StatusCode, str] | None = None
         self.address = ""
         self._server: grpc.aio.Server | None = None
 
@@ -99,6 +115,41 @@ class FakeScheduler(scheduler_pb2_grpc.SchedulerServicer):  # type: ignore[misc,
         for server in self.servers:
             if not request.HasField("name") or server.serverName == request.name:
                 yield server
+
+    async def StartExperiment(self, request: Any, context: Any) -> scheduler_pb2.StartExperimentResponse:
+        self.requests.append(request)
+        if self.start_error is not None:
+            await context.abort(*self.start_error)
+        name = request.experiment.name
+        self.experiments.setdefault(name, [experiment_status(name)])
+        return scheduler_pb2.StartExperimentResponse()
+
+    async def StopExperiment(self, request: Any, context: Any) -> scheduler_pb2.StopExperimentResponse:
+        self.requests.append(request)
+        if self.experiments.pop(request.name, None) is None:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"experiment {request.name} not found")
+        return scheduler_pb2.StopExperimentResponse()
+
+    async def ExperimentStatus(
+        self, request: Any, context: Any
+    ) -> AsyncIterator[scheduler_pb2.ExperimentStatusResponse]:
+        self.requests.append(request)
+        if not request.HasField("name") or not request.name:
+            for name in sorted(self.experiments):
+                yield self.experiments[name][-1]
+            return
+        statuses = self.experiments.get(request.name)
+        if not statuses:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"experiment {request.name} not found")
+            return
+        yield statuses.pop(0) if len(statuses) > 1 else statuses[0]
+
+    async def SubscribeExperimentStatus(
+        self, request: Any, context: Any
+    ) -> AsyncIterator[scheduler_pb2.ExperimentStatusResponse]:
+        self.requests.append(request)
+        for name in sorted(self.experiments):
+            yield self.experiments[name][-1]
 
     async def SchedulerStatus(self, request: Any, context: Any) -> scheduler_pb2.SchedulerStatusResponse:
         self.requests.append(request)
@@ -191,6 +242,7 @@ class FakeGrpcInference(FakeEnvoyRoutes, v2_dataplane_pb2_grpc.GRPCInferenceServ
     def __init__(self) -> None:
         super().__init__()
         self.requests: list[tuple[v2_dataplane_pb2.ModelInferRequest, dict[str, str]]] = []
+        self.raw_metadata: list[list[tuple[str, str]]] = []
         self.address = ""
         self._server: grpc.aio.Server | None = None
 
@@ -206,6 +258,7 @@ class FakeGrpcInference(FakeEnvoyRoutes, v2_dataplane_pb2_grpc.GRPCInferenceServ
             await self._server.stop(grace=None)
 
     async def ModelInfer(self, request: Any, context: Any) -> v2_dataplane_pb2.ModelInferResponse:
+        self.raw_metadata.append([(key, value) for key, value in context.invocation_metadata()])
         metadata = {key: value for key, value in context.invocation_metadata()}
         self.requests.append((request, metadata))
         name = metadata.get("seldon-model", "")
