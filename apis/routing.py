@@ -26,6 +26,10 @@ class InvalidWeights(ValueError):
     """Weights that cannot split traffic: none given, negative, or all zero."""
 
 
+class RouteRejected(Exception):
+    """An Envoy refused part of a published route; the message carries Envoy's reason."""
+
+
 @dataclass(frozen=True, slots=True)
 class Endpoint:
     """One model-server replica's inference ports."""
@@ -97,5 +101,6 @@ class RouteSink(Protocol):
 
     def publish(self, route: Route) -> asyncio.Future[None]:
         """Make ``route`` current (no splits: remove it); the future completes once every
-        connected Envoy holds it, and is cancelled if the name is published again first."""
+        connected Envoy holds it, fails with :class:`RouteRejected` if an Envoy refuses it, and
+        is cancelled if the name is published again first."""
         ...

@@ -54,7 +54,7 @@ class Scheduler:
         agent_grace_seconds: float = 15.0,
         store: StateStore | None = None,
     ) -> None:
-        self._routing = Routing(sink, self._route_confirmed)
+        self._routing = Routing(sink, self._route_confirmed, self._route_rejected)
         self._members = Membership(grace_seconds=agent_grace_seconds, on_expired=self._replica_expired)
         self._policy = policy or Policy()
         self.models: dict[str, ModelRecord] = {}
@@ -386,6 +386,19 @@ class Scheduler:
                 self._refresh(record)
         for listener in list(self._route_listeners):
             listener(name)
+
+    def _route_rejected(self, name: str, route: Route, reason: str) -> None:
+        """An Envoy refused ``route``: its new replicas cannot serve; the model says why."""
+        log.warning("route rejected by envoy", route=name, reason=reason)
+        for model in sorted({names.model_of(target) for target in route.targets}):
+            record = self.models.get(model)
+            if record is None:
+                continue
+            for version in record.versions:
+                if version.versioned_name in route.targets:
+                    for idx in version.replicas_in(ReplicaState.Loaded):
+                        version.set_replica(idx, ReplicaState.LoadedUnavailable, reason)
+            self._refresh(record)
 
     def _settle_routes(self, record: ModelRecord) -> None:
         """Replicas Envoy routes to become Available; replicas no route reaches are unloaded."""

@@ -23,6 +23,8 @@ from scheduler.state import ModelRecord, ModelVersion, Server
 
 # (route name, the route Envoy now holds, targets no route names any more)
 ConfirmHook = Callable[[str, Route, frozenset[str]], None]
+# (route name, the route an Envoy refused, Envoy's reason)
+RejectHook = Callable[[str, Route, str], None]
 
 
 @dataclass(slots=True)
@@ -35,9 +37,10 @@ class _RouteState:
 class Routing:
     """Latest plan, held plan and reverse index per route name. Event-loop only."""
 
-    def __init__(self, sink: RouteSink, on_confirmed: ConfirmHook) -> None:
+    def __init__(self, sink: RouteSink, on_confirmed: ConfirmHook, on_rejected: RejectHook) -> None:
         self._sink = sink
         self._on_confirmed = on_confirmed
+        self._on_rejected = on_rejected
         self._routes: dict[str, _RouteState] = {}
         self._naming: dict[str, set[str]] = {}  # target -> route names whose plans name it
 
@@ -91,6 +94,13 @@ class Routing:
         state = self._routes.get(name)
         if future.cancelled() or state is None or state.future is not future:
             return  # superseded by a later publication
+        error = future.exception()
+        if error is not None:
+            # Envoy kept what it had; the plan stays pending (it may hold part of it) until the
+            # next publication of this name.
+            state.future = None
+            self._on_rejected(name, route, str(error))
+            return
         before = {t for plan in [*state.pending, state.held] if plan is not None for t in plan.targets}
         state.pending.clear()
         state.future = None

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from google.protobuf.message import Message
 
-from apis.routing import Route, RouteSink
+from apis.routing import Route, RouteRejected, RouteSink
 from xdsserver import resources
 from xdsserver.cache import Requirement, ResourceCache
 from xdsserver.types import CLUSTER, SCOPED_ROUTE
@@ -39,6 +39,10 @@ class AckQuorum(Protocol):
 
     def on_ack(self, listener: AckListener) -> Callable[[], None]:
         """Call ``listener`` after every ACK and every connect/disconnect; returns an unsubscribe."""
+        ...
+
+    def on_reject(self, listener: Callable[[str, str, str], None]) -> Callable[[], None]:
+        """Call ``listener(type_url, name, message)`` when an Envoy rejects one resource."""
         ...
 
 
@@ -63,7 +67,7 @@ class RoutePublisher:
         self._users: dict[str, set[str]] = {}  # cluster name -> route names using it
         self._waiting: dict[str, _Publication] = {}  # route name -> its latest publication
         self._by_resource: dict[tuple[str, str], set[_Publication]] = {}
-        self._unsubscribe = quorum.on_ack(self._acked)
+        self._unsubscribe = [quorum.on_ack(self._acked), quorum.on_reject(self._rejected)]
 
     def publish(self, route: Route) -> asyncio.Future[None]:
         clusters = {
@@ -149,8 +153,17 @@ class RoutePublisher:
                 if not waiting:
                     del self._by_resource[key]
 
+    def _rejected(self, type_url: str, name: str, message: str) -> None:
+        kind = type_url.rsplit(".", 1)[-1]
+        for publication in list(self._by_resource.get((type_url, name), ())):
+            if self._waiting.get(publication.route) is publication:
+                del self._waiting[publication.route]
+                self._forget_index(publication)
+                publication.future.set_exception(RouteRejected(f"Envoy rejected {kind} {name}: {message}"))
+
     def close(self) -> None:
-        self._unsubscribe()
+        for unsubscribe in self._unsubscribe:
+            unsubscribe()
         for publication in list(self._waiting.values()):
             self._forget(publication)
         self._waiting.clear()

@@ -37,10 +37,20 @@ class FakeEnvoy:
         self._cache = cache
         self._held: dict[str, dict[str, int]] = {}
         self._listeners: list[AckListener] = []
+        self._rejects: list[Callable[[str, str, str], None]] = []
 
     def on_ack(self, listener: AckListener) -> Callable[[], None]:
         self._listeners.append(listener)
         return lambda: self._listeners.remove(listener)
+
+    def on_reject(self, listener: Callable[[str, str, str], None]) -> Callable[[], None]:
+        self._rejects.append(listener)
+        return lambda: self._rejects.remove(listener)
+
+    def reject(self, type_url: str, name: str, message: str) -> None:
+        """Envoy refuses one resource (a NACK of it alone)."""
+        for listener in list(self._rejects):
+            listener(type_url, name, message)
 
     def sync(self) -> None:
         """Take the cache as it is now and ACK all of it."""

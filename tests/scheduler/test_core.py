@@ -10,6 +10,7 @@ from apis.validation import InvalidResource
 from scheduler.core import ModelNotFound
 from scheduler.state import ModelState, ReplicaState
 from tests.scheduler.fakes import Event, Harness, model, pending_ops, wait_until
+from xdsserver.types import CLUSTER
 
 LOAD, UNLOAD = "LOAD_MODEL", "UNLOAD_MODEL"
 
@@ -363,3 +364,14 @@ async def test_drain_does_not_wait_for_models_that_cannot_move(harness: Harness)
 async def test_draining_an_unknown_replica_is_not_found(harness: Harness) -> None:
     with pytest.raises(ModelNotFound):
         await harness.scheduler.drain("nowhere", 3)
+
+
+async def test_a_route_envoy_rejects_fails_the_model_with_envoys_reason(harness: Harness) -> None:
+    await harness.connect()
+    await harness.load(model("iris"))
+    await harness.report(Event.LOADED, "iris", 1)
+    harness.envoy.reject(CLUSTER, "iris_1_http", "cluster iris_1_http: bad endpoint")
+    await harness.settle()
+    version = harness.version("iris")
+    assert version.state is ModelState.ModelFailed
+    assert "Envoy rejected Cluster iris_1_http: cluster iris_1_http: bad endpoint" in version.reason

@@ -39,7 +39,12 @@ def route(name: str, *targets: tuple[str, Endpoint]) -> Route:
 
 def routing() -> tuple[ManualSink, Routing, list[tuple[str, frozenset[str]]]]:
     sink, confirmed = ManualSink(), []
-    return sink, Routing(sink, lambda name, _, released: confirmed.append((name, released))), confirmed
+    routing = Routing(
+        sink,
+        lambda name, _, released: confirmed.append((name, released)),
+        lambda name, _, reason: confirmed.append((name, frozenset({"rejected: " + reason}))),
+    )
+    return sink, routing, confirmed
 
 
 async def test_a_target_stays_routed_until_every_route_naming_it_is_acked_without_it() -> None:

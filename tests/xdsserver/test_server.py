@@ -15,9 +15,11 @@ from google.protobuf.message import Message
 
 from tests.scheduler.fakes import WAIT_S, wait_until
 from xdsserver import server as xds
+from xdsserver import stream as xds_stream
 from xdsserver.cache import Requirement, ResourceCache
 from xdsserver.routes import AckedNames
-from xdsserver.server import DeltaStream, XdsServer
+from xdsserver.server import XdsServer
+from xdsserver.stream import DeltaStream
 from xdsserver.types import CLUSTER, LISTENER, ROUTE, SCOPED_ROUTE
 
 _MESSAGES: dict[str, type[Message]] = {
@@ -61,10 +63,12 @@ class AckCounter:
     def __init__(self) -> None:
         self.count = 0
         self.names: set[tuple[str, str]] = set()
+        self.calls: list[list[tuple[str, str]] | None] = []
 
     def __call__(self, names: AckedNames) -> None:
         self.count += 1
-        self.names.update(names or ())
+        self.calls.append(None if names is None else list(names))
+        self.names.update(self.calls[-1] or ())
 
 
 def new_stream(cache: ResourceCache) -> tuple[DeltaStream, AckCounter]:
@@ -259,7 +263,7 @@ def test_nacked_removal_is_not_held() -> None:
 
 
 def test_large_updates_are_split_into_bounded_responses(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(xds, "MAX_RESOURCES_PER_RESPONSE", 2)
+    monkeypatch.setattr(xds_stream, "MAX_RESOURCES_PER_RESPONSE", 2)
     cache = ResourceCache()
     cache.apply(upserts=[resource(CLUSTER, name) for name in "abcde"])
     stream, _ = new_stream(cache)
@@ -343,3 +347,54 @@ async def test_acked_needs_every_connected_envoy() -> None:
     await second.close()
     assert server.acked([requirement])
     await first.close()
+
+
+# -- NACKs and silent Envoys --------------------------------------------------------------------------
+
+
+def test_a_nacked_batch_is_resent_one_resource_at_a_time_and_the_bad_one_reported() -> None:
+    cache = ResourceCache()
+    cache.apply(upserts=[resource(CLUSTER, name) for name in ("a", "bad", "c")])
+    rejected: list[tuple[str, str, str]] = []
+    acks = AckCounter()
+    stream = DeltaStream(cache, "p", acks, lambda *args: rejected.append(args))
+    cache.watch(stream.mark_dirty)
+    stream.handle_request(request(CLUSTER))
+    [batch] = drain(stream)
+    stream.handle_request(request(CLUSTER, nonce=batch.nonce, error="cluster bad: invalid"))
+    singles = drain(stream)
+    assert summary(singles) == [("Cluster", ["a"], []), ("Cluster", ["bad"], []), ("Cluster", ["c"], [])]
+    for response in singles:
+        bad = response.resources[0].name == "bad"
+        stream.handle_request(
+            request(CLUSTER, nonce=response.nonce, error="cluster bad: invalid" if bad else "")
+        )
+    assert rejected == [(CLUSTER, "bad", "cluster bad: invalid")]
+    versions = {n: cache.get(CLUSTER, n).version for n in ("a", "bad", "c")}  # type: ignore[union-attr]
+    assert stream.holds(Requirement(CLUSTER, "a", versions["a"]))
+    assert stream.holds(Requirement(CLUSTER, "c", versions["c"]))
+    assert not stream.holds(Requirement(CLUSTER, "bad", versions["bad"]))
+    assert drain(stream) == []  # the refused version is not sent again...
+    cache.apply(upserts=[resource(CLUSTER, "bad", "-fixed")])
+    assert summary(drain(stream)) == [("Cluster", ["bad"], [])]  # ...a new one is
+
+
+async def test_an_envoy_that_never_acks_leaves_the_quorum_and_comes_back_when_it_answers() -> None:
+    cache = ResourceCache()
+    [requirement] = cache.apply(upserts=[resource(CLUSTER, "a")])
+    server, acks = XdsServer(cache, ack_deadline_s=0.2), AckCounter()
+    server.on_ack(acks)
+    healthy, silent = EnvoyClient(server), EnvoyClient(server)
+    healthy.send(request(CLUSTER))
+    silent.send(request(CLUSTER))
+    response = await healthy.expect_response()
+    late = await silent.expect_response()
+    healthy.send(request(CLUSTER, nonce=response.nonce))
+    await wait_until(lambda: acks.count >= 1)
+    assert not server.acked([requirement])  # the silent one still counts
+    await wait_until(lambda: server.acked([requirement]), timeout=2)  # ...until its deadline
+    assert server.stuck == ["envoy-1"] and None in acks.calls
+    silent.send(request(CLUSTER, nonce=late.nonce))  # it answers: back in the quorum
+    await wait_until(lambda: server.stuck == [], timeout=2)
+    await healthy.close()
+    await silent.close()
