@@ -14,7 +14,7 @@ from pathlib import Path
 from bench import report
 
 ROOT = Path(__file__).resolve().parent.parent
-FIGURES = ("dataplane", "route", "scale", "placement")
+FIGURES = ("dataplane", "route", "scale", "placement", "envoy-memory")
 
 
 async def _figure(name: str, work: Path, quick: bool) -> list[report.Section]:
@@ -30,6 +30,10 @@ async def _figure(name: str, work: Path, quick: bool) -> list[report.Section]:
         from bench import scale
 
         return [await scale.run(work, quick)]
+    if name == "envoy-memory":
+        from bench import envoy_memory
+
+        return [await envoy_memory.run(work, quick)]
     return []
 
 
