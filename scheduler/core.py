@@ -495,6 +495,7 @@ class Scheduler:
         self._routing.publish(override or model_route(record, self.servers))
         self._settle_routes(record)  # replicas that no route reaches any more can go now
         lifecycle.update_states(record)
+        lifecycle.prune_terminated(record)
         self._index_loaded(record)
         if record.deleted and all(not v.active_replicas() for v in record.versions):
             del self.models[record.name]

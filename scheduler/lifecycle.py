@@ -94,6 +94,20 @@ def update_state(version: ModelVersion, *, latest: bool) -> None:
         version.set_state(ModelState.ModelProgressing)
 
 
+# Terminated versions kept for status history (allVersions); older ones are forgotten, so a model
+# re-applied thousands of times does not grow without bound in memory, the store and status calls.
+KEPT_TERMINATED_VERSIONS = 5
+
+
+def prune_terminated(record: ModelRecord) -> None:
+    """Forget the oldest terminated versions beyond :data:`KEPT_TERMINATED_VERSIONS`."""
+    terminated = [
+        v for v in record.versions[:-1] if v.state is ModelState.ModelTerminated and not v.active_replicas()
+    ]
+    for version in terminated[: max(0, len(terminated) - KEPT_TERMINATED_VERSIONS)]:
+        record.versions.remove(version)
+
+
 def retire_superseded(record: ModelRecord) -> None:
     """Mark what may leave the route: drained replicas whose replacements are up, and (once the
     latest version is Available) every older version's replicas."""

@@ -4,8 +4,9 @@ Contract:
 - Only the scheduler's route publisher mutates the cache, through :meth:`ResourceCache.apply`.
 - Every resource carries its own version: a global counter value taken when it last changed, so a
   change costs work proportional to the resources it touches, never to the cache's size.
-- Removal leaves a tombstone with its own version, so an ACK of the removal can be tracked like any
-  other version.
+- A removal deletes the entry (no tombstone is kept, so the cache is bounded by what is live) and
+  takes a version of its own for the returned requirement; streams know what they sent, and send a
+  removal for any sent name the cache no longer has.
 - Watchers are called synchronously, on the event loop, with the names that changed per type; they
   must only record the names (stream servers send later, in their own tasks).
 """
@@ -27,13 +28,13 @@ Watcher = Callable[[Changes], None]
 @dataclass(frozen=True, slots=True)
 class Entry:
     version: int
-    resource: any_pb2.Any | None  # None: removed (tombstone)
+    resource: any_pb2.Any | None  # always set in the cache; None only in hand-built entries
     digest: bytes = b""
 
 
 @dataclass(frozen=True, slots=True)
 class Requirement:
-    """A resource version that an Envoy must have ACKed (for removals: the tombstone's version)."""
+    """A resource version that an Envoy must have ACKed (for removals: the removal's version)."""
 
     type_url: str
     name: str
@@ -82,13 +83,9 @@ class ResourceCache:
                 changed.setdefault(type_url, set()).add(name)
             result.append(Requirement(type_url, name, entry.version))
         for type_url, name in removals:
-            entry = self._entries.get(type_url, {}).get(name)
-            if entry is not None and entry.resource is not None:
-                entry = Entry(next(self._counter), None)
-                self._entries[type_url][name] = entry
+            if self._entries.get(type_url, {}).pop(name, None) is not None:
                 changed.setdefault(type_url, set()).add(name)
-            if entry is not None:
-                result.append(Requirement(type_url, name, entry.version, removed=True))
+                result.append(Requirement(type_url, name, next(self._counter), removed=True))
         if changed:
             for watcher in list(self._watchers):
                 watcher(changed)

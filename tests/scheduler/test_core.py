@@ -375,3 +375,15 @@ async def test_a_route_envoy_rejects_fails_the_model_with_envoys_reason(harness:
     version = harness.version("iris")
     assert version.state is ModelState.ModelFailed
     assert "Envoy rejected Cluster iris_1_http: cluster iris_1_http: bad endpoint" in version.reason
+
+
+async def test_old_terminated_versions_are_forgotten_beyond_a_few(harness: Harness) -> None:
+    await harness.connect()
+    for number in range(1, 10):
+        await harness.load(model("iris", uri=f"gs://models/iris-v{number}"))
+        await harness.make_available("iris", number)
+        await harness.envoy_applies()
+        if number > 1:
+            await harness.report(Event.UNLOADED, "iris", number - 1)
+    numbers = [v.number for v in harness.scheduler.models["iris"].versions]
+    assert numbers == [4, 5, 6, 7, 8, 9]  # five terminated versions of history, and the latest

@@ -51,22 +51,21 @@ def test_long_resources_are_compared_by_digest() -> None:
     assert result == [Requirement(CLUSTER, "a", 2)]
 
 
-def test_removal_leaves_a_tombstone_with_a_new_version() -> None:
+def test_removal_deletes_the_entry_and_takes_a_new_version() -> None:
     cache = ResourceCache()
     cache.apply(upserts=[(CLUSTER, "a", cluster("a"))])
     result = cache.apply(removals=[(CLUSTER, "a")])
     assert result == [Requirement(CLUSTER, "a", 2, removed=True)]
-    entry = cache.get(CLUSTER, "a")
-    assert entry is not None and entry.resource is None
+    assert cache.get(CLUSTER, "a") is None  # no tombstone: the cache holds only what is live
     assert cache.live(CLUSTER) == {}
 
 
-def test_removing_twice_keeps_the_tombstone_version() -> None:
+def test_removing_twice_changes_nothing_the_second_time() -> None:
     cache, recorder = ResourceCache(), Recorder()
     cache.apply(upserts=[(CLUSTER, "a", cluster("a"))])
     cache.apply(removals=[(CLUSTER, "a")])
     cache.watch(recorder)
-    assert cache.apply(removals=[(CLUSTER, "a")]) == [Requirement(CLUSTER, "a", 2, removed=True)]
+    assert cache.apply(removals=[(CLUSTER, "a")]) == []
     assert recorder.calls == []
 
 
