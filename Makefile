@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: up down status test lint typecheck unit protos bench clean
+.PHONY: up down status test lint typecheck unit protos bench clean fuzz
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -42,6 +42,11 @@ typecheck: $(STAMP)
 
 test: lint typecheck
 	$(BIN)/pytest
+
+# The property tests (tests/*/test_*_fuzz.py) with a long budget: hypothesis profile "fuzz"
+# (tests/conftest.py); `make test` runs the same tests with the short "ci" profile.
+fuzz: $(STAMP)
+	HYPOTHESIS_PROFILE=fuzz $(BIN)/pytest -p no:cacheprovider $(wildcard tests/*/test_*_fuzz.py)
 
 # Load generators from Debian (wrk; h2load from nghttp2-client), installed when missing (needs root
 # or sudo). BENCH_ARGS passes options, e.g. `make bench BENCH_ARGS="--only dataplane --quick"`.

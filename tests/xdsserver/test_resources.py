@@ -79,7 +79,7 @@ def test_scope_is_keyed_on_the_model_name_with_inline_routes() -> None:
 
 def test_single_split_has_one_rest_and_one_grpc_route_without_fractions() -> None:
     route = Route("iris", (split("iris_1"),))
-    assert [r.match.prefix for r in routes_of(route)] == ["/v2", "/inference.GRPCInferenceService"]
+    assert [r.match.safe_regex.regex for r in routes_of(route)] == [resources.REST_PATH, resources.GRPC_PATH]
     assert fractions(route) == [("iris_1_http", None), ("iris_1_grpc", None)]
 
 
