@@ -72,7 +72,12 @@ class RestClient:
                 received = list(response.headers.items())
                 route = _joined(response.headers.getall(ROUTE_HEADER, []))
                 if not 200 <= response.status < 300:
-                    return Reply(ok=False, error=f"HTTP {response.status}: {text}", headers=received)
+                    if not text and response.status == 404:
+                        text = _no_route(
+                            next((v for k, v in headers.items() if k.lower() == MODEL_HEADER), "")
+                        )
+                    error = f"HTTP {response.status}: {text}"
+                    return Reply(ok=False, error=error, headers=received)
                 return Reply(ok=True, body=text, headers=received, route=route)
         except aiohttp.ClientConnectionError as exc:
             return Reply(ok=False, error=f"cannot reach inference server at {self._host}: {exc}")
@@ -112,9 +117,12 @@ class GrpcClient:
         try:
             response = await call
         except grpc.aio.AioRpcError as exc:
+            details = exc.details()
+            if not details and exc.code() == grpc.StatusCode.UNIMPLEMENTED:
+                details = _no_route(dict(metadata).get(MODEL_HEADER, ""))
             return Reply(
                 ok=False,
-                error=f"{exc.code().name}: {exc.details()}",
+                error=f"{exc.code().name}: {details}",
                 headers=_pairs(exc.initial_metadata()),
                 trailers=_pairs(exc.trailing_metadata()),
             )
@@ -126,6 +134,14 @@ class GrpcClient:
 
     async def close(self) -> None:
         await self._channel.close()
+
+
+def _no_route(model: str) -> str:
+    # Envoy answers an empty 404 (gRPC: UNIMPLEMENTED) when no route has this seldon-model.
+    return (
+        f"no route for seldon-model {model!r}: check 'meshserve model status' "
+        "(or 'meshserve experiment status' for <name>.experiment)"
+    )
 
 
 def _has_model_header(headers: Iterable[tuple[str, str]]) -> bool:

@@ -192,6 +192,7 @@ class FakeRestInference(FakeEnvoyRoutes):
         super().__init__()
         self.requests: list[tuple[str, dict[str, str], bytes]] = []
         self.failing: set[str] = set()
+        self.unrouted: set[str] = set()  # Envoy has no route: an empty 404
         self.address = ""
         self._runner: web.AppRunner | None = None
 
@@ -215,6 +216,8 @@ class FakeRestInference(FakeEnvoyRoutes):
         self.requests.append((request.path, dict(request.headers), await request.read()))
         if name in self.failing:
             return web.Response(status=503, text="upstream connect error")
+        if name in self.unrouted:
+            return web.Response(status=404)
         target = self.choose(name, request.headers.get("x-seldon-route"))
         body = {
             "model_name": target,
@@ -264,6 +267,8 @@ class FakeGrpcInference(FakeEnvoyRoutes, v2_dataplane_pb2_grpc.GRPCInferenceServ
         name = metadata.get("seldon-model", "")
         if name == "missing":
             await context.abort(grpc.StatusCode.NOT_FOUND, "model missing not found")
+        if name.startswith("unrouted"):  # Envoy without a route: UNIMPLEMENTED, no message
+            await context.abort(grpc.StatusCode.UNIMPLEMENTED, "")
         target = self.choose(name, metadata.get("x-seldon-route"))
         await context.send_initial_metadata([("x-seldon-route", f":{target}:")])
         context.set_trailing_metadata([("x-trailer", "done")])

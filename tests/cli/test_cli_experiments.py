@@ -400,3 +400,26 @@ async def test_header_model_replaces_the_default_over_grpc_and_sticky_holds(
     assert count == "10" and route in {":iris_1", ":iris2_1"}
     sticky = [dict(metadata).get("x-seldon-route") for metadata in fake_grpc.raw_metadata]
     assert sticky[0] is None and len(set(sticky[1:])) == 1
+
+
+async def test_no_route_errors_say_what_to_check(
+    fake_rest: FakeRestInference, fake_grpc: FakeGrpcInference, capsys: pytest.CaptureFixture[str]
+) -> None:
+    fake_rest.unrouted.add("ab.experiment")
+    code = await invoke(
+        "--inference-host", fake_rest.address, "model", "infer", "iris",
+        "--header", "Seldon-Model=ab.experiment", REST_STYLE,
+    )  # fmt: skip
+    assert code == 1
+    assert capsys.readouterr().err == (
+        "Error: HTTP 404: no route for seldon-model 'ab.experiment': check 'meshserve model status' "
+        "(or 'meshserve experiment status' for <name>.experiment)\n"
+    )
+    code = await invoke(
+        "--inference-host", fake_grpc.address, "model", "infer", "unrouted.experiment",
+        "--inference-mode", "grpc", REST_STYLE,
+    )  # fmt: skip
+    assert code == 1
+    assert capsys.readouterr().err.startswith(
+        "Error: UNIMPLEMENTED: no route for seldon-model 'unrouted.experiment': check"
+    )
