@@ -84,6 +84,12 @@ class AgentClient:
         except grpc.aio.AioRpcError as exc:
             if not (self._resubscribing and exc.code() == grpc.StatusCode.CANCELLED):
                 self._log.warning("subscription failed", code=exc.code().name, details=exc.details())
+        except asyncio.CancelledError:
+            # grpc.aio raises CancelledError from a call cancelled locally: that is resubscribe(),
+            # unless this task itself is being cancelled (the agent stopping).
+            task = asyncio.current_task()
+            if not self._resubscribing or (task is not None and task.cancelling()):
+                raise
         finally:
             call.cancel()
             self._call = None
