@@ -1,4 +1,12 @@
-"""The control loop: subscribe to the scheduler's AgentService, run its operations, report events."""
+"""The control loop: subscribe to the scheduler's AgentService, run its operations, report events.
+
+Batched where the scheduler allows it, because gRPC's per-message cost dominates the control
+plane: operations arrive several per stream message (``SubscribeBatched``), and events go out on
+one long-lived ``AgentEventStream``, a message per event-loop turn's events, one write in flight
+at a time (so they reach the scheduler in the order they happened). A scheduler without these RPCs
+(Seldon, an older meshserve) answers ``SubscribeBatched`` with UNIMPLEMENTED; the client then uses
+``Subscribe`` and one ``AgentEvent`` call per event.
+"""
 
 from __future__ import annotations
 
@@ -47,6 +55,13 @@ class AgentClient:
             unload_grace_s=config.unload_grace_seconds,
             logger=self._log,
         )
+        self._batched = True  # until SubscribeBatched is answered UNIMPLEMENTED
+        self._events: (
+            grpc.aio.StreamUnaryCall[agent_pb2.ModelEventBatch, agent_pb2.ModelEventResponse] | None
+        ) = None
+        self._pending: list[agent_pb2.ModelEventMessage] = []
+        self._pending_done: asyncio.Future[None] | None = None
+        self._sender: asyncio.Task[None] | None = None
 
     async def run(self) -> None:
         backoff = Backoff()
@@ -63,11 +78,15 @@ class AgentClient:
                 await asyncio.sleep(delay)
         finally:
             await self._dispatcher.close()
+            if self._sender is not None:
+                self._sender.cancel()
+            self._close_events()
 
     async def _subscribe_once(self) -> int:
         """Run one Subscribe stream to its end; returns how many operations it delivered."""
         request = self.subscribe_request()
-        call = self._stub.Subscribe(request)
+        batched = self._batched
+        call = self._stub.SubscribeBatched(request) if batched else self._stub.Subscribe(request)
         self._call = call
         received = 0
         try:
@@ -78,10 +97,18 @@ class AgentClient:
                 available_memory_bytes=request.availableMemoryBytes,
             )
             async for message in call:
-                received += 1
-                self._dispatcher.submit(message)
+                operations = (
+                    message.operations if isinstance(message, agent_pb2.ModelOperationBatch) else [message]
+                )
+                for operation in operations:
+                    received += 1
+                    self._dispatcher.submit(operation)
             self._log.warning("scheduler closed the stream")
         except grpc.aio.AioRpcError as exc:
+            if batched and exc.code() == grpc.StatusCode.UNIMPLEMENTED:
+                self._batched = False
+                self._log.info("scheduler has no SubscribeBatched; using Subscribe")
+                return await self._subscribe_once()
             if not (self._resubscribing and exc.code() == grpc.StatusCode.CANCELLED):
                 self._log.warning("subscription failed", code=exc.code().name, details=exc.details())
         except asyncio.CancelledError:
@@ -93,6 +120,8 @@ class AgentClient:
         finally:
             call.cancel()
             self._call = None
+            # Events of this connection's operations that are still to come open a fresh stream.
+            self._close_events()
         return received
 
     def resubscribe(self, reason: str) -> None:
@@ -125,6 +154,8 @@ class AgentClient:
         )
 
     async def report(self, outcome: Outcome) -> None:
+        """Send ``outcome`` with the other events of this loop turn; returns once it is sent (on the
+        event stream: handed to gRPC; per call: answered) or failed (logged, not retried)."""
         message = agent_pb2.ModelEventMessage(
             serverName=self._config.server_name,
             replicaIdx=self._config.replica_idx,
@@ -136,15 +167,67 @@ class AgentClient:
         )
         if outcome.event == Event.LOADED:
             message.runtimeInfo.mlserver.parallelWorkers = self._config.parallel_workers
+        if self._pending_done is None:
+            self._pending_done = asyncio.get_running_loop().create_future()
+        done = self._pending_done
+        self._pending.append(message)
+        if self._sender is None:
+            # A task: it first runs after every report of this loop turn has queued its event.
+            self._sender = asyncio.create_task(self._send_pending())
+        # Shielded: a cancelled operation must not cancel the delivery its batch-mates wait for.
+        await asyncio.shield(done)
+
+    async def _send_pending(self) -> None:
+        """Send queued events, one batch in flight at a time, until none are left."""
         try:
-            await self._stub.AgentEvent(message, timeout=EVENT_TIMEOUT_S)
-        except grpc.aio.AioRpcError as exc:
-            # Not retried: a re-subscription reports loadedModels, which is what the scheduler trusts.
-            self._log.warning(
-                "event not delivered",
-                model=outcome.model_name,
-                version=outcome.version,
-                outcome=Event.Name(outcome.event),
-                code=exc.code().name,
-                details=exc.details(),
-            )
+            while self._pending:
+                batch, self._pending = self._pending, []
+                done, self._pending_done = self._pending_done, None
+                try:
+                    await self._deliver(batch)
+                finally:
+                    if done is not None and not done.done():
+                        done.set_result(None)
+        finally:
+            self._sender = None
+
+    async def _deliver(self, batch: list[agent_pb2.ModelEventMessage]) -> None:
+        if self._batched:
+            if self._events is None:
+                self._events = self._stub.AgentEventStream()
+            call = self._events
+            try:
+                await call.write(agent_pb2.ModelEventBatch(events=batch))
+                return
+            except (grpc.aio.AioRpcError, asyncio.InvalidStateError):
+                if self._events is call:
+                    self._events = None
+                code, details = await call.code(), await call.details()
+            if code != grpc.StatusCode.UNIMPLEMENTED:
+                for message in batch:
+                    self._not_delivered(message, code, details)
+                return
+            self._batched = False  # a scheduler without the stream: one call per event from now on
+        for message in batch:
+            try:
+                await self._stub.AgentEvent(message, timeout=EVENT_TIMEOUT_S)
+            except grpc.aio.AioRpcError as exc:
+                self._not_delivered(message, exc.code(), exc.details())
+
+    def _close_events(self) -> None:
+        if self._events is not None:
+            self._events.cancel()
+            self._events = None
+
+    def _not_delivered(
+        self, message: agent_pb2.ModelEventMessage, code: grpc.StatusCode, details: str | None
+    ) -> None:
+        # Not retried: a re-subscription reports loadedModels, which is what the scheduler trusts.
+        self._log.warning(
+            "event not delivered",
+            model=message.modelName,
+            version=message.modelVersion,
+            outcome=Event.Name(message.event),
+            code=code.name,
+            details=details,
+        )

@@ -43,10 +43,40 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
         finally:
             self._core.agent_disconnected(link)
 
+    async def SubscribeBatched(
+        self, request: agent_pb2.AgentSubscribeRequest, context: Context
+    ) -> AsyncIterator[agent_pb2.ModelOperationBatch]:
+        """Subscribe, with every operation queued so far in one stream message."""
+        link = self._core.agent_connected(request, agent_id(context))
+        try:
+            while (operation := await link.outbox.get()) is not None:
+                batch = agent_pb2.ModelOperationBatch()
+                batch.operations.append(operation)
+                closed = False
+                while not link.outbox.empty():
+                    queued = link.outbox.get_nowait()
+                    if queued is None:
+                        closed = True
+                        break
+                    batch.operations.append(queued)
+                yield batch
+                if closed:
+                    return
+        finally:
+            self._core.agent_disconnected(link)
+
     async def AgentEvent(
         self, request: agent_pb2.ModelEventMessage, context: Context
     ) -> agent_pb2.ModelEventResponse:
         self._core.agent_event(request)
+        return agent_pb2.ModelEventResponse()
+
+    async def AgentEventStream(
+        self, request_iterator: AsyncIterator[agent_pb2.ModelEventBatch], context: Context
+    ) -> agent_pb2.ModelEventResponse:
+        """An agent's events, a batch per message; ends when the agent closes its side."""
+        async for batch in request_iterator:
+            self._core.agent_events(batch.events)
         return agent_pb2.ModelEventResponse()
 
     async def ModelScalingTrigger(

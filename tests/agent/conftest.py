@@ -140,6 +140,20 @@ class FakeScheduler(agent_pb2_grpc.AgentServiceServicer):
     ) -> agent_pb2.AgentDrainResponse:
         return agent_pb2.AgentDrainResponse(success=True)
 
+    # meshserve's batched RPCs: absent, as on a Seldon scheduler (the agent falls back to the above).
+    async def SubscribeBatched(
+        self, request: agent_pb2.AgentSubscribeRequest, context: grpc.aio.ServicerContext[object, object]
+    ) -> AsyncIterator[agent_pb2.ModelOperationBatch]:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "not a meshserve scheduler")
+        yield agent_pb2.ModelOperationBatch()  # type: ignore[unreachable]  # makes it a generator
+
+    async def AgentEventStream(
+        self,
+        request_iterator: AsyncIterator[agent_pb2.ModelEventBatch],
+        context: grpc.aio.ServicerContext[object, object],
+    ) -> agent_pb2.ModelEventResponse:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "not a meshserve scheduler")
+
     def push(self, message: agent_pb2.ModelOperationMessage) -> None:
         """Send an operation down the most recent stream."""
         self._streams[-1].put_nowait(message)

@@ -54,6 +54,16 @@ class AgentServiceStub:
                 request_serializer=mlops_dot_agent_dot_agent__pb2.AgentDrainRequest.SerializeToString,
                 response_deserializer=mlops_dot_agent_dot_agent__pb2.AgentDrainResponse.FromString,
                 _registered_method=True)
+        self.SubscribeBatched = channel.unary_stream(
+                '/seldon.mlops.agent.AgentService/SubscribeBatched',
+                request_serializer=mlops_dot_agent_dot_agent__pb2.AgentSubscribeRequest.SerializeToString,
+                response_deserializer=mlops_dot_agent_dot_agent__pb2.ModelOperationBatch.FromString,
+                _registered_method=True)
+        self.AgentEventStream = channel.stream_unary(
+                '/seldon.mlops.agent.AgentService/AgentEventStream',
+                request_serializer=mlops_dot_agent_dot_agent__pb2.ModelEventBatch.SerializeToString,
+                response_deserializer=mlops_dot_agent_dot_agent__pb2.ModelEventResponse.FromString,
+                _registered_method=True)
 
 
 class AgentServiceServicer:
@@ -87,6 +97,25 @@ class AgentServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SubscribeBatched(self, request, context):
+        """meshserve extensions (not in Seldon Core 2), because gRPC's per-message cost dominates the
+        control plane. An agent subscribes with SubscribeBatched first; a scheduler that answers
+        UNIMPLEMENTED (Seldon, an older meshserve) gets Subscribe and one AgentEvent call per event.
+
+        Subscribe, but each stream message carries every operation queued for the replica so far.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AgentEventStream(self, request_iterator, context):
+        """The agent's events on one long-lived stream (opened once SubscribeBatched works), each
+        message holding the events of one agent loop turn, applied in order.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AgentServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -109,6 +138,16 @@ def add_AgentServiceServicer_to_server(servicer, server):
                     servicer.AgentDrain,
                     request_deserializer=mlops_dot_agent_dot_agent__pb2.AgentDrainRequest.FromString,
                     response_serializer=mlops_dot_agent_dot_agent__pb2.AgentDrainResponse.SerializeToString,
+            ),
+            'SubscribeBatched': grpc.unary_stream_rpc_method_handler(
+                    servicer.SubscribeBatched,
+                    request_deserializer=mlops_dot_agent_dot_agent__pb2.AgentSubscribeRequest.FromString,
+                    response_serializer=mlops_dot_agent_dot_agent__pb2.ModelOperationBatch.SerializeToString,
+            ),
+            'AgentEventStream': grpc.stream_unary_rpc_method_handler(
+                    servicer.AgentEventStream,
+                    request_deserializer=mlops_dot_agent_dot_agent__pb2.ModelEventBatch.FromString,
+                    response_serializer=mlops_dot_agent_dot_agent__pb2.ModelEventResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -219,6 +258,60 @@ class AgentService:
             '/seldon.mlops.agent.AgentService/AgentDrain',
             mlops_dot_agent_dot_agent__pb2.AgentDrainRequest.SerializeToString,
             mlops_dot_agent_dot_agent__pb2.AgentDrainResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SubscribeBatched(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/seldon.mlops.agent.AgentService/SubscribeBatched',
+            mlops_dot_agent_dot_agent__pb2.AgentSubscribeRequest.SerializeToString,
+            mlops_dot_agent_dot_agent__pb2.ModelOperationBatch.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AgentEventStream(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/seldon.mlops.agent.AgentService/AgentEventStream',
+            mlops_dot_agent_dot_agent__pb2.ModelEventBatch.SerializeToString,
+            mlops_dot_agent_dot_agent__pb2.ModelEventResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -42,6 +42,17 @@ class AgentServiceStub:
     ModelScalingTrigger: _grpc.StreamUnaryMultiCallable[_agent_pb2.ModelScalingTriggerMessage, _agent_pb2.ModelScalingTriggerResponse]
     AgentDrain: _grpc.UnaryUnaryMultiCallable[_agent_pb2.AgentDrainRequest, _agent_pb2.AgentDrainResponse]
     """Asks the scheduler to move this replica's models elsewhere; returns when done."""
+    SubscribeBatched: _grpc.UnaryStreamMultiCallable[_agent_pb2.AgentSubscribeRequest, _agent_pb2.ModelOperationBatch]
+    """meshserve extensions (not in Seldon Core 2), because gRPC's per-message cost dominates the
+    control plane. An agent subscribes with SubscribeBatched first; a scheduler that answers
+    UNIMPLEMENTED (Seldon, an older meshserve) gets Subscribe and one AgentEvent call per event.
+
+    Subscribe, but each stream message carries every operation queued for the replica so far.
+    """
+    AgentEventStream: _grpc.StreamUnaryMultiCallable[_agent_pb2.ModelEventBatch, _agent_pb2.ModelEventResponse]
+    """The agent's events on one long-lived stream (opened once SubscribeBatched works), each
+    message holding the events of one agent loop turn, applied in order.
+    """
 
 @_typing.type_check_only
 class AgentServiceAsyncStub(AgentServiceStub):
@@ -55,6 +66,17 @@ class AgentServiceAsyncStub(AgentServiceStub):
     ModelScalingTrigger: _aio.StreamUnaryMultiCallable[_agent_pb2.ModelScalingTriggerMessage, _agent_pb2.ModelScalingTriggerResponse]  # type: ignore[assignment]
     AgentDrain: _aio.UnaryUnaryMultiCallable[_agent_pb2.AgentDrainRequest, _agent_pb2.AgentDrainResponse]  # type: ignore[assignment]
     """Asks the scheduler to move this replica's models elsewhere; returns when done."""
+    SubscribeBatched: _aio.UnaryStreamMultiCallable[_agent_pb2.AgentSubscribeRequest, _agent_pb2.ModelOperationBatch]  # type: ignore[assignment]
+    """meshserve extensions (not in Seldon Core 2), because gRPC's per-message cost dominates the
+    control plane. An agent subscribes with SubscribeBatched first; a scheduler that answers
+    UNIMPLEMENTED (Seldon, an older meshserve) gets Subscribe and one AgentEvent call per event.
+
+    Subscribe, but each stream message carries every operation queued for the replica so far.
+    """
+    AgentEventStream: _aio.StreamUnaryMultiCallable[_agent_pb2.ModelEventBatch, _agent_pb2.ModelEventResponse]  # type: ignore[assignment]
+    """The agent's events on one long-lived stream (opened once SubscribeBatched works), each
+    message holding the events of one agent loop turn, applied in order.
+    """
 
 class AgentServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -89,5 +111,28 @@ class AgentServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_agent_pb2.AgentDrainResponse, _abc.Awaitable[_agent_pb2.AgentDrainResponse]]:
         """Asks the scheduler to move this replica's models elsewhere; returns when done."""
+
+    @_abc_1.abstractmethod
+    def SubscribeBatched(
+        self,
+        request: _agent_pb2.AgentSubscribeRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_agent_pb2.ModelOperationBatch], _abc.AsyncIterator[_agent_pb2.ModelOperationBatch]]:
+        """meshserve extensions (not in Seldon Core 2), because gRPC's per-message cost dominates the
+        control plane. An agent subscribes with SubscribeBatched first; a scheduler that answers
+        UNIMPLEMENTED (Seldon, an older meshserve) gets Subscribe and one AgentEvent call per event.
+
+        Subscribe, but each stream message carries every operation queued for the replica so far.
+        """
+
+    @_abc_1.abstractmethod
+    def AgentEventStream(
+        self,
+        request_iterator: _MaybeAsyncIterator[_agent_pb2.ModelEventBatch],
+        context: _ServicerContext,
+    ) -> _typing.Union[_agent_pb2.ModelEventResponse, _abc.Awaitable[_agent_pb2.ModelEventResponse]]:
+        """The agent's events on one long-lived stream (opened once SubscribeBatched works), each
+        message holding the events of one agent loop turn, applied in order.
+        """
 
 def add_AgentServiceServicer_to_server(servicer: AgentServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

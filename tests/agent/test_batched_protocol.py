@@ -1,0 +1,147 @@
+"""The agent protocol's batched RPCs against the real scheduler, and the fallback to Seldon's RPCs.
+
+A simulated agent (no MLServer) on the in-process ``SchedulerApp``: it subscribes with
+``SubscribeBatched`` and reports on ``AgentEventStream``; a scheduler without them (the test's
+``FakeScheduler``, like Seldon's) gets ``Subscribe`` and one ``AgentEvent`` per event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import grpc
+import pytest
+import structlog
+
+from agent.client import AgentClient
+from agent.config import AgentConfig
+from agent.simulate import SimulatedOperator, SimulatedState
+from apis.mlops.agent import agent_pb2
+from apis.mlops.scheduler import scheduler_pb2, scheduler_pb2_grpc
+from scheduler.app import SchedulerApp, SchedulerConfig
+from stack.ports import free_ports
+from tests.agent.agent_protos import load_op, model_version
+
+if TYPE_CHECKING:
+    from tests.agent.conftest import FakeScheduler
+
+ReplicaState = scheduler_pb2.ModelReplicaStatus.ModelReplicaState
+MODELS = 12
+
+
+def sim_config(tmp_path: Path, port: int) -> AgentConfig:
+    return AgentConfig(
+        models_dir=tmp_path,
+        server_name="sim",
+        scheduler_port=port,
+        memory_bytes=10**9,
+        unload_grace_seconds=0,
+    )
+
+
+@contextlib.asynccontextmanager
+async def sim_agent(config: AgentConfig) -> AsyncIterator[AgentClient]:
+    log = structlog.get_logger()
+    state = SimulatedState(memory_bytes=config.memory_bytes, overcommit_percentage=0)
+    async with grpc.aio.insecure_channel(config.scheduler_address) as channel:
+        client = AgentClient(
+            config=config,
+            channel=channel,
+            operator=SimulatedOperator(state=state, logger=log),
+            state=state,
+            logger=log,
+        )
+        task = asyncio.create_task(client.run())
+        try:
+            yield client
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+
+@pytest.fixture
+async def app(tmp_path: Path) -> AsyncIterator[SchedulerApp]:
+    scheduler_port, agent_port, xds_port, envoy_port = free_ports(4)
+    config = SchedulerConfig(
+        scheduler_port=scheduler_port,
+        agent_port=agent_port,
+        xds_port=xds_port,
+        envoy_http_port=envoy_port,
+        state_dir=tmp_path / "state",
+        log_level="warning",
+    )
+    scheduler = SchedulerApp(config)
+    await scheduler.start()
+    try:
+        yield scheduler
+    finally:
+        await scheduler.stop(grace=0)
+
+
+async def replica_states(stub: scheduler_pb2_grpc.SchedulerAsyncStub) -> dict[str, list[str]]:
+    states: dict[str, list[str]] = {}
+    async for status in stub.ModelStatus(scheduler_pb2.ModelStatusRequest(subscriberName="test")):
+        for version in status.versions:
+            states[status.modelName] = [
+                ReplicaState.Name(r.state) for r in version.modelReplicaState.values()
+            ]
+    return states
+
+
+async def test_operations_and_events_are_batched_with_the_real_scheduler(
+    app: SchedulerApp, tmp_path: Path
+) -> None:
+    config = sim_config(tmp_path, app.config.agent_port)
+    async with (
+        sim_agent(config) as client,
+        grpc.aio.insecure_channel(f"127.0.0.1:{app.config.scheduler_port}") as channel,
+    ):
+        stub = scheduler_pb2_grpc.SchedulerStub(channel)
+        for _ in range(200):
+            if app.core.servers.get("sim") and app.core.servers["sim"].replicas:
+                break
+            await asyncio.sleep(0.02)
+        # Concurrent loads: several LOADs per stream message, several events per stream message.
+        await asyncio.gather(
+            *(
+                stub.LoadModel(
+                    scheduler_pb2.LoadModelRequest(
+                        model=scheduler_pb2.Model(
+                            meta=scheduler_pb2.MetaData(name=f"m{i}"),
+                            modelSpec=scheduler_pb2.ModelSpec(uri="gs://m", memoryBytes=1000),
+                            deploymentSpec=scheduler_pb2.DeploymentSpec(replicas=1),
+                        )
+                    )
+                )
+                for i in range(MODELS)
+            )
+        )
+        # No Envoy is connected, so Loaded (the agent's event applied) is as far as they get.
+        for _ in range(200):
+            states = await replica_states(stub)
+            if len(states) == MODELS and all(s == ["Loaded"] for s in states.values()):
+                break
+            await asyncio.sleep(0.02)
+        assert states == {f"m{i}": ["Loaded"] for i in range(MODELS)}
+        assert client._batched  # the extensions were used, not the fallback
+
+
+async def test_a_scheduler_without_the_extensions_gets_seldons_rpcs(
+    fake_scheduler: tuple[FakeScheduler, int], tmp_path: Path
+) -> None:
+    scheduler, port = fake_scheduler
+    async with sim_agent(sim_config(tmp_path, port)) as client:
+        await scheduler.next_subscription()
+        scheduler.push(load_op(model_version("a", 1, "gs://m")))
+        scheduler.push(load_op(model_version("b", 1, "gs://m")))
+        events = [await scheduler.next_event(), await scheduler.next_event()]
+        assert [(e.modelName, e.event) for e in events] == [
+            ("a", agent_pb2.ModelEventMessage.LOADED),
+            ("b", agent_pb2.ModelEventMessage.LOADED),
+        ]
+        assert not client._batched

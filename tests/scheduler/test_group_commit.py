@@ -1,0 +1,74 @@
+"""Group commit: API calls of one event-loop turn share one SQLite commit, and each returns only
+once its change is durable (or raises what the commit raised, forgetting nothing)."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from scheduler.state import ReplicaState
+from scheduler.store import StateStore
+from tests.scheduler.test_store import Flaky, _bound, _stored, flaky  # noqa: F401 - fixture
+
+
+async def test_callers_of_one_turn_share_one_commit(tmp_path: Path, flaky: Flaky) -> None:  # noqa: F811
+    path = tmp_path / "scheduler.db"
+    store, models, _servers = _bound(path)
+    before = flaky.commits
+
+    committed: list[int] = []
+
+    async def api_call(name: str) -> None:
+        store.model_changed(name)
+        await store.group_commit()
+        committed.append(flaky.commits)
+
+    await asyncio.gather(*(api_call(name) for name in models))
+    assert committed == [before + 1] * len(models)  # each returned once the one commit was done
+    assert set(_stored(path)[0]) == set(models)
+    store.close()
+
+
+async def test_a_failed_commit_fails_every_caller_and_keeps_the_changes(
+    tmp_path: Path,
+    flaky: Flaky,  # noqa: F811
+) -> None:
+    path = tmp_path / "scheduler.db"
+    store, models, _servers = _bound(path)
+    flaky.fail_commit = True
+
+    async def api_call(name: str) -> None:
+        store.model_changed(name)
+        await store.group_commit()
+
+    results = await asyncio.gather(*(api_call(name) for name in models), return_exceptions=True)
+    assert all(isinstance(r, sqlite3.OperationalError) for r in results)
+
+    flaky.fail_commit = False
+    await store.group_commit()  # the next commit writes what the failed one could not
+    assert set(_stored(path)[0]) == set(models)
+    store.close()
+
+
+async def test_a_cancelled_caller_does_not_cancel_the_commit(tmp_path: Path) -> None:
+    path = tmp_path / "scheduler.db"
+    store, models, _servers = _bound(path)
+    models["iris"].latest.set_replica(1, ReplicaState.Available)
+    store.model_changed("iris")
+    store.model_changed("huge")
+    first = asyncio.create_task(store.group_commit())
+    second = asyncio.create_task(store.group_commit())
+    await asyncio.sleep(0)
+    first.cancel()
+    await second
+    with pytest.raises(asyncio.CancelledError):
+        await first
+    assert {"iris", "huge"} <= set(_stored(path)[0])
+    store.close()
+
+
+async def test_without_a_database_it_returns_at_once() -> None:
+    await StateStore(None).group_commit()
