@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 
-import grpc
 from structlog.typing import FilteringBoundLogger
 
 from agent.client import AgentClient
@@ -16,6 +15,7 @@ from agent.operations import ModelOperator
 from agent.repository import LocalRepository
 from agent.state import ReplicaState
 from agent.watch import MLServerWatcher
+from apis import tls
 from apis.limits import GRPC_RECEIVE_LIMIT
 
 
@@ -39,8 +39,9 @@ async def run_agent(config: AgentConfig, *, logger: FilteringBoundLogger | None 
             ready_timeout_s=config.startup_timeout_seconds,
         )
         await operator.adopt_or_clean()
-        async with grpc.aio.insecure_channel(
+        async with tls.channel(
             config.scheduler_address,
+            config.scheduler_tls,
             options=[GRPC_RECEIVE_LIMIT],
             interceptors=[AgentIdentity(new_agent_id())],
         ) as channel:

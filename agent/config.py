@@ -18,6 +18,7 @@ from apis import settings
 from apis.logs import LEVELS
 from apis.names import MLSERVER_CAPABILITIES
 from apis.settings import NOT_A_FLAG, flag, non_negative_int, positive_float
+from apis.tls import ClientTls, TlsSettingsError
 from apis.validation import validate_capability, validate_name
 
 ENV_PREFIX = "MESHSERVE_AGENT_"
@@ -129,6 +130,16 @@ class AgentConfig:
         ),
     )
     log_level: str = field(default="info", metadata=flag(f"one of {', '.join(LEVELS)}"))
+    # Mutual TLS to the scheduler (docs/security.md): give all three files, or none for plain text.
+    tls_ca: Path | None = field(
+        default=None, metadata=flag("CA (PEM) the scheduler's certificate must chain to")
+    )
+    tls_cert: Path | None = field(default=None, metadata=flag("this agent's client certificate (PEM)"))
+    tls_key: Path | None = field(default=None, metadata=flag("its private key (PEM)"))
+
+    @property
+    def scheduler_tls(self) -> ClientTls | None:
+        return ClientTls.from_settings(self.tls_ca, self.tls_cert, self.tls_key)
 
     @property
     def scheduler_address(self) -> str:
@@ -163,5 +174,9 @@ def parse_config(argv: Sequence[str] | None = None, env: Mapping[str, str] | Non
         args.models_dir = _folder(".")  # a simulated agent writes nothing
     if missing := settings.missing(AgentConfig, args):
         parser.error(f"the following arguments are required: {', '.join(missing)}")
+    try:
+        ClientTls.from_settings(args.tls_ca, args.tls_cert, args.tls_key)
+    except TlsSettingsError as exc:
+        parser.error(str(exc))
     workers = parse_parallel_workers(env.get("MLSERVER_PARALLEL_WORKERS"))
     return settings.build(AgentConfig, args, parallel_workers=workers)

@@ -11,14 +11,20 @@ from typing import TYPE_CHECKING
 # grpcio ships no type stubs; "unused-ignore" keeps this clean once stubs or an override appear.
 import grpc
 
+from apis import tls
 from apis.limits import GRPC_RECEIVE_LIMIT
 from apis.mlops.scheduler import scheduler_pb2_grpc
+from apis.tls import ClientTls, TlsSettingsError
 from cli.errors import CliError
 
 if TYPE_CHECKING:
     from apis.mlops.scheduler.scheduler_pb2_grpc import SchedulerAsyncStub
 
 SUBSCRIBER = "meshserve-cli"
+TLS_HINT = (
+    " (a stack started with `meshserve up --tls` needs --tls-ca, --tls-cert and --tls-key, e.g. "
+    "$MESHSERVE_HOME/tls/ca.pem, cli.pem and cli-key.pem)"
+)
 # The scheduler uses these codes for the user's own mistakes; its message says it all.
 _USER_ERRORS = frozenset(
     {
@@ -34,12 +40,17 @@ _USER_ERRORS = frozenset(
 class Endpoint:
     host: str
     timeout: float
+    tls: ClientTls | None = None  # mutual TLS (--tls-ca, --tls-cert, --tls-key); None: plain text
 
 
 @asynccontextmanager
 async def scheduler(endpoint: Endpoint) -> AsyncIterator[SchedulerAsyncStub]:
     """Yield a stub on a fresh channel; any RpcError raised inside becomes a CliError."""
-    async with grpc.aio.insecure_channel(endpoint.host, options=[GRPC_RECEIVE_LIMIT]) as channel:
+    try:
+        channel = tls.channel(endpoint.host, endpoint.tls, options=[GRPC_RECEIVE_LIMIT])
+    except TlsSettingsError as exc:
+        raise CliError(f"{exc}; check --tls-ca, --tls-cert and --tls-key") from exc
+    async with channel:
         try:
             yield scheduler_pb2_grpc.SchedulerStub(channel)
         except grpc.aio.AioRpcError as exc:
@@ -50,7 +61,8 @@ def scheduler_error(exc: grpc.aio.AioRpcError, endpoint: Endpoint) -> CliError:
     code = exc.code()
     details = exc.details() or code.name
     if code == grpc.StatusCode.UNAVAILABLE:
-        return CliError(f"cannot reach scheduler at {endpoint.host}: {details}")
+        hint = "" if endpoint.tls else TLS_HINT
+        return CliError(f"cannot reach scheduler at {endpoint.host}: {details}{hint}")
     if code == grpc.StatusCode.DEADLINE_EXCEEDED:
         return CliError(f"cannot reach scheduler at {endpoint.host}: no answer within {endpoint.timeout:g}s")
     if code in _USER_ERRORS:
@@ -63,4 +75,10 @@ def is_not_found(exc: BaseException) -> bool:
 
 
 def scheduler_endpoint(args: argparse.Namespace) -> Endpoint:
-    return Endpoint(host=args.scheduler_host, timeout=args.timeout)
+    try:
+        client_tls = ClientTls.from_settings(
+            getattr(args, "tls_ca", None), getattr(args, "tls_cert", None), getattr(args, "tls_key", None)
+        )
+    except TlsSettingsError as exc:
+        raise CliError(f"{exc} (or MESHSERVE_CLI_TLS_*)") from exc
+    return Endpoint(host=args.scheduler_host, timeout=args.timeout, tls=client_tls)

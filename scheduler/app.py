@@ -21,6 +21,7 @@ from apis.limits import GRPC_RECEIVE_LIMIT
 from apis.logs import configure_logging
 from apis.mlops.agent import agent_pb2, agent_pb2_grpc
 from apis.mlops.scheduler import scheduler_pb2, scheduler_pb2_grpc
+from apis.tls import server_credentials, server_files
 from scheduler.agent_api import AgentService
 from scheduler.api import SchedulerService
 from scheduler.config import SchedulerConfig, parse_args
@@ -105,6 +106,7 @@ class SchedulerApp:
             api=f"{config.host}:{config.scheduler_port}",
             agents=f"{config.host}:{config.agent_port}",
             xds=f"{config.host}:{config.xds_port}",
+            tls=config.tls_cert is not None,
         )
 
     def _server(self, port: int) -> grpc.aio.Server:
@@ -116,7 +118,12 @@ class SchedulerApp:
                 ("grpc.http2.min_ping_interval_without_data_ms", 5000),
             ],
         )
-        bound = server.add_insecure_port(f"{self.config.host}:{port}")
+        address = f"{self.config.host}:{port}"
+        files = server_files(self.config.tls_cert, self.config.tls_key, self.config.tls_client_ca)
+        if files is None:
+            bound = server.add_insecure_port(address)
+        else:  # mutual TLS: a client without a certificate signed by the CA is refused
+            bound = server.add_secure_port(address, server_credentials(*files))
         if bound == 0:
             raise OSError(f"cannot listen on {self.config.host}:{port}")
         self._servers.append(server)

@@ -16,6 +16,7 @@ from pathlib import Path
 from apis import settings
 from apis.logs import LEVELS
 from apis.settings import flag, non_negative_int, positive_float
+from apis.tls import TlsSettingsError, server_files
 from scheduler.policies import DEFAULT_POLICY
 
 ENV_PREFIX = "MESHSERVE_SCHEDULER_"
@@ -52,6 +53,13 @@ class SchedulerConfig:
         metadata=flag("placement policy (entry-point group meshserve.placement; docs/placement-plugins.md)"),
     )
     log_level: str = field(default="info", metadata=flag(f"one of {', '.join(LEVELS)}"))
+    # Mutual TLS on all three ports (docs/security.md): give all three files, or none for plain text.
+    tls_cert: Path | None = field(default=None, metadata=flag("server certificate (PEM); with TLS on"))
+    tls_key: Path | None = field(default=None, metadata=flag("its private key (PEM)"))
+    tls_client_ca: Path | None = field(
+        default=None,
+        metadata=flag("CA (PEM) that signed every client's certificate; clients without one are refused"),
+    )
 
 
 def parse_args(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> SchedulerConfig:
@@ -63,4 +71,8 @@ def parse_args(argv: Sequence[str] | None = None, env: Mapping[str, str] | None 
     args = parser.parse_args(argv)
     if args.log_level not in LEVELS:
         parser.error(f"--log-level must be one of {', '.join(LEVELS)}")
+    try:
+        server_files(args.tls_cert, args.tls_key, args.tls_client_ca)
+    except TlsSettingsError as exc:
+        parser.error(str(exc))
     return settings.build(SchedulerConfig, args)

@@ -117,7 +117,7 @@ def _ensure_demo_artifacts() -> None:
 
 async def _load_demo(config: StackConfig) -> bool:
     try:
-        await load_models(f"{config.host}:{config.scheduler_port}")
+        await load_models(f"{config.host}:{config.scheduler_port}", tls=config.client_tls("controller"))
     except DemoError as exc:
         console.print(f"[red]the demo model iris did not become available[/red]: {exc}")
         return False
@@ -138,6 +138,15 @@ Try:
 Stop with: make down""",
         soft_wrap=True,  # keep the curl line whole, whatever the terminal width
     )
+    if config.tls:
+        files = config.tls_files
+        console.print(
+            f"""[green]mutual TLS[/green] on the scheduler's ports; the CLI needs its certificate:
+  export MESHSERVE_CLI_TLS_CA={files.ca} MESHSERVE_CLI_TLS_CERT={files.cert("cli")} \\
+    MESHSERVE_CLI_TLS_KEY={files.key("cli")}
+  Envoy's admin: curl --unix-socket {config.envoy_admin_socket} http://admin/ready  (docs/security.md)""",
+            soft_wrap=True,
+        )
 
 
 def down(args: argparse.Namespace) -> int:
@@ -186,13 +195,15 @@ def status(args: argparse.Namespace) -> int:
 
 async def _health(config: StackConfig) -> dict[str, tuple[bool, str]]:
     host = config.host
+    tls = config.client_tls("controller")
+    admin_socket = config.envoy_admin_socket  # with --tls; the URL's host is then ignored
     checks = {
         "scheduler": (
-            probes.grpc_healthy(f"{host}:{config.scheduler_port}"),
+            probes.grpc_healthy(f"{host}:{config.scheduler_port}", tls=tls),
             f"{host}:{config.scheduler_port}",
         ),
         "envoy": (
-            probes.http_ok(f"http://{host}:{config.envoy_admin_port}/ready"),
+            probes.http_ok(f"http://{host}:{config.envoy_admin_port}/ready", admin_socket),
             f"{host}:{config.http_port}",
         ),
         "mlserver": (
@@ -200,7 +211,7 @@ async def _health(config: StackConfig) -> dict[str, tuple[bool, str]]:
             f"{host}:{config.mlserver_http_port}",
         ),
         "agent": (
-            probes.server_registered(f"{host}:{config.scheduler_port}", config.server_name),
+            probes.server_registered(f"{host}:{config.scheduler_port}", config.server_name, tls=tls),
             f"server {config.server_name}",
         ),
     }

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import os
 import string
 from collections.abc import Awaitable, Callable
@@ -11,13 +12,17 @@ from pathlib import Path
 
 import aiohttp
 import grpc
+import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from apis.mlops.scheduler import scheduler_pb2, scheduler_pb2_grpc
+from apis.tls import ClientTls, channel
+from stack import tls
 from stack.config import StackConfig
 
 ENVOY_DIR = Path(__file__).resolve().parent.parent / "envoy"
 ReadyCheck = Callable[[], Awaitable[bool]]
+XDS_CLUSTER = "meshserve_xds"  # envoy/bootstrap.yaml's static cluster for the scheduler's xDS
 
 
 @dataclass(frozen=True)
@@ -32,6 +37,9 @@ class Component:
 def components(config: StackConfig) -> list[Component]:
     """Start order: scheduler (control plane), Envoy (data plane), MLServer, then its agent."""
     host = config.host
+    if config.tls:
+        tls.ensure(config.tls_files.folder, hosts=(host, "localhost"))
+    probe_tls = config.client_tls("controller")
     return [
         Component(
             "scheduler",
@@ -47,8 +55,9 @@ def components(config: StackConfig) -> list[Component]:
                 f"--envoy-http-port={config.http_port}",
                 f"--agent-grace-seconds={config.agent_grace_seconds}",
                 f"--state-dir={config.home / 'state'}",
+                *scheduler_tls_flags(config),
             ],
-            ready=lambda: grpc_healthy(f"{host}:{config.scheduler_port}"),
+            ready=lambda: grpc_healthy(f"{host}:{config.scheduler_port}", tls=probe_tls),
         ),
         Component(
             "envoy",
@@ -134,9 +143,12 @@ def server_replica(
                 f"--overcommit-percentage={config.overcommit_percentage}",
                 f"--models-dir={repository}",
                 f"--artifact-roots={config.agent_artifact_roots}",
+                *client_tls_flags(config.client_tls("agent")),
             ],
             env={"MLSERVER_PARALLEL_WORKERS": "0"},
-            ready=lambda: replica_registered(f"{host}:{config.scheduler_port}", server, idx),
+            ready=lambda: replica_registered(
+                f"{host}:{config.scheduler_port}", server, idx, tls=config.client_tls("controller")
+            ),
         ),
     ]
 
@@ -144,16 +156,87 @@ def server_replica(
 def write_envoy_bootstrap(config: StackConfig) -> Path:
     template = string.Template((ENVOY_DIR / "bootstrap.yaml").read_text())
     path = config.home / "envoy.yaml"
-    path.write_text(
-        template.substitute(
-            node_id=f"meshserve-{config.http_port}",
-            admin_address=config.host,
-            admin_port=config.envoy_admin_port,
-            xds_host=config.host,
-            xds_port=config.xds_port,
-        )
+    text = template.substitute(
+        node_id=f"meshserve-{config.http_port}",
+        admin_address=config.host,
+        admin_port=config.envoy_admin_port,
+        xds_host=config.host,
+        xds_port=config.xds_port,
     )
+    if config.tls:
+        text = _with_tls(text, config)
+    path.write_text(text)
     return path
+
+
+def _with_tls(text: str, config: StackConfig) -> str:
+    """The rendered bootstrap with ``--tls``'s two changes (the template's placeholders stay the same):
+    the xDS cluster speaks mutual TLS with Envoy's client certificate, and admin is a unix socket
+    only this user can open (docs/security.md)."""
+    bootstrap = yaml.safe_load(text)
+    files = config.tls_files
+    host = config.host
+    san_type = "IP_ADDRESS" if _is_ip(host) else "DNS"
+    (xds,) = (c for c in bootstrap["static_resources"]["clusters"] if c["name"] == XDS_CLUSTER)
+    xds["transport_socket"] = {
+        "name": "envoy.transport_sockets.tls",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+            "common_tls_context": {
+                "alpn_protocols": ["h2"],
+                "tls_certificates": [
+                    {
+                        "certificate_chain": {"filename": str(files.cert("envoy"))},
+                        "private_key": {"filename": str(files.key("envoy"))},
+                    }
+                ],
+                "validation_context": {
+                    "trusted_ca": {"filename": str(files.ca)},
+                    "match_typed_subject_alt_names": [{"san_type": san_type, "matcher": {"exact": host}}],
+                },
+            },
+        },
+    }
+    admin_socket = config.envoy_admin_socket
+    assert admin_socket is not None  # set whenever tls is
+    private_folder(admin_socket.parent)
+    admin_socket.unlink(missing_ok=True)  # left by an Envoy that was killed
+    bootstrap["admin"]["address"] = {"pipe": {"path": str(admin_socket), "mode": 0o600}}
+    return str(yaml.safe_dump(bootstrap, sort_keys=False))
+
+
+def private_folder(folder: Path) -> None:
+    """``folder`` exists, is ours and only we can enter it (the admin socket's home)."""
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if folder.stat().st_uid != os.getuid():
+        raise PermissionError(f"{folder} belongs to another user; refusing to put Envoy's admin socket there")
+    os.chmod(folder, 0o700)
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def scheduler_tls_flags(config: StackConfig) -> list[str]:
+    if not config.tls:
+        return []
+    files = config.tls_files
+    return [
+        f"--tls-cert={files.cert('scheduler')}",
+        f"--tls-key={files.key('scheduler')}",
+        f"--tls-client-ca={files.ca}",
+    ]
+
+
+def client_tls_flags(client: ClientTls | None) -> list[str]:
+    """An agent's ``--tls-*`` flags (the CLI takes the same three)."""
+    if client is None:
+        return []
+    return [f"--tls-ca={client.ca}", f"--tls-cert={client.cert}", f"--tls-key={client.key}"]
 
 
 def child_env(component: Component) -> dict[str, str]:
@@ -173,10 +256,12 @@ async def port_open(host: str, port: int) -> bool:
     return True
 
 
-async def http_ok(url: str) -> bool:
+async def http_ok(url: str, unix_socket: Path | None = None) -> bool:
+    """``url`` answers 200 (through ``unix_socket`` when given: Envoy's admin with ``--tls``)."""
+    connector = aiohttp.UnixConnector(path=str(unix_socket)) if unix_socket else None
     try:
         async with (
-            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as session,
+            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2), connector=connector) as session,
             session.get(url) as response,
         ):
             return response.status == 200
@@ -184,10 +269,10 @@ async def http_ok(url: str) -> bool:
         return False
 
 
-async def grpc_healthy(target: str) -> bool:
-    async with grpc.aio.insecure_channel(target) as channel:
+async def grpc_healthy(target: str, *, tls: ClientTls | None = None) -> bool:
+    async with channel(target, tls) as grpc_channel:
         try:
-            reply = await health_pb2_grpc.HealthStub(channel).Check(
+            reply = await health_pb2_grpc.HealthStub(grpc_channel).Check(
                 health_pb2.HealthCheckRequest(), timeout=2
             )
         except grpc.aio.AioRpcError:
@@ -195,14 +280,16 @@ async def grpc_healthy(target: str) -> bool:
     return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
 
 
-async def server_registered(target: str, server: str) -> bool:
-    return await replica_registered(target, server, None)
+async def server_registered(target: str, server: str, *, tls: ClientTls | None = None) -> bool:
+    return await replica_registered(target, server, None, tls=tls)
 
 
-async def replica_registered(target: str, server: str, idx: int | None) -> bool:
+async def replica_registered(
+    target: str, server: str, idx: int | None, *, tls: ClientTls | None = None
+) -> bool:
     """The scheduler knows a connected replica of ``server`` (``idx``, or any)."""
-    async with grpc.aio.insecure_channel(target) as channel:
-        stub = scheduler_pb2_grpc.SchedulerStub(channel)
+    async with channel(target, tls) as grpc_channel:
+        stub = scheduler_pb2_grpc.SchedulerStub(grpc_channel)
         try:
             async for status in stub.ServerStatus(
                 scheduler_pb2.ServerStatusRequest(subscriberName="meshserve-stack", name=server), timeout=2

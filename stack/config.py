@@ -8,10 +8,12 @@ command that addresses the stack (``up``, ``down``, ``status``, ``server load``)
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import shutil
 import sys
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,10 +21,13 @@ from typing import Any
 from apis.logs import LEVELS
 from apis.names import DEFAULT_CAPABILITIES
 from apis.settings import NOT_A_FLAG, flag, non_negative_int, positive_float
+from apis.tls import ClientTls
+from stack.tls import StackTls
 
 ENV_PREFIX = "MESHSERVE_STACK_"
 HOME_ENV = "MESHSERVE_HOME"
 SAMPLES_DIR = Path(__file__).resolve().parent.parent / "samples"
+MAX_SOCKET_PATH = 100
 
 
 def port_defaults() -> dict[str, int]:
@@ -65,6 +70,35 @@ class StackConfig:
         default=15.0, metadata=flag("how long a disconnected agent stays routed", parse=positive_float)
     )
     log_level: str = field(default="info", metadata=flag(f"the supervisor's; one of {', '.join(LEVELS)}"))
+    tls: bool = field(
+        default=False,
+        metadata=flag(
+            "mutual TLS on the scheduler's ports (API, AgentService, xDS; Envoy's xDS client included) and "
+            "Envoy's admin on a unix socket (mode 0600); a local CA and certificates in $MESHSERVE_HOME/tls "
+            "(docs/security.md)"
+        ),
+    )
+
+    @property
+    def tls_files(self) -> StackTls:
+        """Where ``--tls`` keeps the CA, the scheduler's certificate and each client's (stack/tls.py)."""
+        return StackTls(self.home / "tls")
+
+    def client_tls(self, name: str) -> ClientTls | None:
+        """The credentials client ``name`` (agent, envoy, cli, controller) presents; None without TLS."""
+        return self.tls_files.client(name) if self.tls else None
+
+    @property
+    def envoy_admin_socket(self) -> Path | None:
+        """With ``--tls``, Envoy's admin listens here (mode 0600, in a 0700 folder) instead of on a port."""
+        if not self.tls:
+            return None
+        path = self.home / "admin" / "envoy.sock"
+        if len(str(path)) <= MAX_SOCKET_PATH:
+            return path
+        # sun_path holds ~107 bytes; a deep home gets a private folder of its own under /tmp.
+        digest = hashlib.sha256(str(self.home).encode()).hexdigest()[:16]
+        return Path(tempfile.gettempdir()) / f"meshserve-{os.getuid()}-{digest}" / "envoy.sock"
 
     @property
     def logs(self) -> Path:

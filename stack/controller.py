@@ -18,6 +18,7 @@ import grpc
 import structlog
 
 from apis.mlops.scheduler import scheduler_pb2, scheduler_pb2_grpc
+from apis.tls import channel
 from stack.components import Component, ReplicaPorts, replica_names, server_replica, server_spec_file
 from stack.config import StackConfig
 from stack.ports import free_ports
@@ -62,8 +63,8 @@ class ServerController:
         request = scheduler_pb2.ServerSubscriptionRequest(subscriberName="meshserve-stack")
         while True:
             try:
-                async with grpc.aio.insecure_channel(target) as channel:
-                    stub = scheduler_pb2_grpc.SchedulerStub(channel)
+                async with channel(target, self._config.client_tls("controller")) as grpc_channel:
+                    stub = scheduler_pb2_grpc.SchedulerStub(grpc_channel)
                     async for status in stub.SubscribeServerStatus(request):
                         self._changed(status)
             except grpc.aio.AioRpcError as error:

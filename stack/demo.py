@@ -16,6 +16,7 @@ import grpc
 from apis import manifests
 from apis.limits import GRPC_RECEIVE_LIMIT
 from apis.mlops.scheduler import scheduler_pb2, scheduler_pb2_grpc
+from apis.tls import ClientTls, channel
 
 if TYPE_CHECKING:
     from apis.mlops.scheduler.scheduler_pb2_grpc import SchedulerAsyncStub
@@ -31,7 +32,12 @@ class DemoError(RuntimeError):
 
 
 async def load_models(
-    target: str, path: Path = DEMO_MODEL, *, wait_timeout: float = 120.0, rpc_timeout: float = 10.0
+    target: str,
+    path: Path = DEMO_MODEL,
+    *,
+    wait_timeout: float = 120.0,
+    rpc_timeout: float = 10.0,
+    tls: ClientTls | None = None,
 ) -> list[str]:
     """Load every Model in ``path`` and wait until each is ModelAvailable; returns their names."""
     try:
@@ -39,8 +45,8 @@ async def load_models(
     except manifests.ManifestFileError as exc:
         raise DemoError(str(exc)) from exc
     names = [request.model.meta.name for request in requests]
-    async with grpc.aio.insecure_channel(target, options=[GRPC_RECEIVE_LIMIT]) as channel:
-        stub: SchedulerAsyncStub = scheduler_pb2_grpc.SchedulerStub(channel)
+    async with channel(target, tls, options=[GRPC_RECEIVE_LIMIT]) as grpc_channel:
+        stub: SchedulerAsyncStub = scheduler_pb2_grpc.SchedulerStub(grpc_channel)
         try:
             for request in requests:
                 await stub.LoadModel(request, timeout=rpc_timeout)

@@ -13,6 +13,7 @@ import aiohttp
 import grpc
 import pytest
 
+from apis import tls
 from apis.mlops.scheduler import scheduler_pb2, scheduler_pb2_grpc
 from apis.v2_dataplane import v2_dataplane_pb2_grpc
 from samples import train
@@ -109,7 +110,7 @@ async def running_stack(config: StackConfig, only: set[str] | None = None) -> As
         await supervisor.start(only)
         watcher = asyncio.create_task(supervisor.operate(stop))
         async with (
-            grpc.aio.insecure_channel(f"127.0.0.1:{config.scheduler_port}") as scheduler,
+            tls.channel(f"127.0.0.1:{config.scheduler_port}", config.client_tls("cli")) as scheduler,
             grpc.aio.insecure_channel(f"127.0.0.1:{config.http_port}") as envoy,
             aiohttp.ClientSession() as http,
         ):
