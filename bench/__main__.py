@@ -14,7 +14,7 @@ from pathlib import Path
 from bench import report
 
 ROOT = Path(__file__).resolve().parent.parent
-FIGURES = ("dataplane", "route", "scale", "placement", "envoy-memory")
+FIGURES = ("dataplane", "route", "scale", "placement", "envoy-memory", "experiments")
 
 
 async def _figure(name: str, work: Path, quick: bool) -> list[report.Section]:
@@ -34,6 +34,10 @@ async def _figure(name: str, work: Path, quick: bool) -> list[report.Section]:
         from bench import envoy_memory
 
         return [await envoy_memory.run(work, quick)]
+    if name == "experiments":
+        from bench import experiments
+
+        return [await experiments.run(work, quick)]
     return []
 
 
@@ -77,6 +81,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", choices=FIGURES, action="append", help="run only this figure (repeatable)")
     parser.add_argument("--quick", action="store_true", help="short runs (smoke test; not for the docs)")
     parser.add_argument("--output", type=Path, default=ROOT / "docs" / "benchmarks.md")
+    parser.add_argument(
+        "--merge",
+        action="store_true",
+        help="replace only the figures run (and their summary rows) in the existing --output page",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the work folder (logs) afterwards")
     args = parser.parse_args(argv)
     for tool in ("wrk", "h2load"):
@@ -101,6 +110,12 @@ def main(argv: list[str] | None = None) -> int:
             print(f"work folder kept: {work}", file=sys.stderr)
         else:
             shutil.rmtree(work, ignore_errors=True)
+    if args.merge and args.output.exists():
+        text = report.merge(args.output.read_text(), sections, extra)
+        args.output.write_text(text)
+        print("\n\n".join([s.markdown() for s in sections] + extra))
+        print(f"updated {', '.join(chosen)} in {args.output}", file=sys.stderr)
+        return 0
     text = report.document(sections, report.machine(), time.monotonic() - started)
     if extra:
         text += "\n" + "\n\n".join(extra) + "\n"

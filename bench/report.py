@@ -6,6 +6,7 @@ import datetime as dt
 import os
 import platform
 import subprocess
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,10 +31,13 @@ class Table:
 class Goal:
     text: str
     measured: str
-    met: bool | None  # None: not measured in this run
+    met: bool | None  # None: not measured in this run (or no bound: see verdict_text)
+    verdict_text: str = ""  # shown instead of met / not met when set (a figure the issue sets no bound for)
 
     @property
     def verdict(self) -> str:
+        if self.verdict_text:
+            return self.verdict_text
         return "not measured" if self.met is None else ("**met**" if self.met else "**not met**")
 
 
@@ -137,6 +141,52 @@ def document(sections: list[Section], info: dict[str, str], total_seconds: float
     if summary.rows:
         head += ["## Summary", "", summary.markdown(), ""]
     return "\n".join(head + [s.markdown() for s in sections])
+
+
+def merge(page: str, sections: list[Section], blocks: Sequence[str] = ()) -> str:
+    """``page`` with only the given sections replaced (or appended) and their summary rows updated.
+
+    Every other section and summary row is kept as it is, so one figure can be re-run without
+    re-running (or losing) the others. ``blocks`` are extra ready-made sections (``## title`` first).
+    """
+    for section in sections:
+        page = _replace_block(page, section.title, section.markdown())
+        rows = [f"| {section.title} | {g.text} | {g.measured} | {g.verdict} |" for g in section.goals]
+        page = _replace_summary_rows(page, section.title, rows)
+    for block in blocks:
+        title = block.splitlines()[0].removeprefix("## ").strip()
+        page = _replace_block(page, title, block)
+    return page
+
+
+def _replace_block(page: str, title: str, markdown: str) -> str:
+    lines = page.rstrip("\n").split("\n")
+    new = markdown.rstrip("\n").split("\n")
+    head = f"## {title}"
+    if head not in lines:
+        return "\n".join([*lines, "", *new]) + "\n"
+    start = lines.index(head)
+    end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
+    tail = ["", *lines[end:]] if end < len(lines) else []
+    return "\n".join([*lines[:start], *new, *tail]) + "\n"
+
+
+def _replace_summary_rows(page: str, title: str, rows: list[str]) -> str:
+    lines = page.split("\n")
+    if "## Summary" not in lines:
+        return page
+    start = lines.index("## Summary")
+    first = next((i for i in range(start, len(lines)) if lines[i].startswith("|")), None)
+    if first is None:
+        return page
+    end = next((i for i in range(first, len(lines)) if not lines[i].startswith("|")), len(lines))
+    table = lines[first:end]
+    mine = [i for i, row in enumerate(table) if row.startswith(f"| {title} |")]
+    at = mine[0] if mine else len(table)
+    kept = [row for i, row in enumerate(table) if i not in mine]
+    at -= sum(1 for i in mine if i < at)
+    table = kept[:at] + rows + kept[at:]
+    return "\n".join(lines[:first] + table + lines[end:])
 
 
 def ms(value: float, digits: int = 2) -> str:
