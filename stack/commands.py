@@ -19,7 +19,7 @@ from rich.table import Table
 
 from apis import settings
 from stack import components as probes
-from stack.config import StackConfig, default_home
+from stack.config import StackConfig, default_home, port_defaults
 from stack.demo import DemoError, load_models
 from stack.supervisor import run, terminate_group
 
@@ -61,6 +61,13 @@ def up(args: argparse.Namespace) -> int:
         console.print(
             f"meshserve is already running (supervisor pid {state['supervisor']}); `meshserve down` first"
         )
+        return 1
+    if state and (left := _stop_leftovers(state)):
+        console.print(
+            f"stopped {left} process(es) a killed supervisor (pid {state['supervisor']}) left running"
+        )
+    if taken := _ports_taken(config):
+        console.print(f"[red]meshserve cannot start[/red]: {taken}")
         return 1
     config.save()
     _ensure_demo_artifacts()
@@ -162,8 +169,7 @@ def down(args: argparse.Namespace) -> int:
         while alive(supervisor) and time.monotonic() < deadline:
             time.sleep(0.2)
     # Whatever is left (supervisor killed, or it timed out) goes too.
-    for pid in state.get("components", {}).values():
-        terminate_group(int(pid), signal.SIGKILL)
+    _stop_leftovers(state)
     if alive(supervisor):
         os.kill(supervisor, signal.SIGKILL)
     with contextlib.suppress(FileNotFoundError):
@@ -178,10 +184,13 @@ def status(args: argparse.Namespace) -> int:
     if state is None:
         console.print("meshserve is not running")
         return 1
-    health = asyncio.run(_health(config))
+    health = asyncio.run(_health(config, state))
     pids: dict[str, int] = state.get("components", {})
+    failed: dict[str, str] = state.get("failed", {})
     table = Table("component", "pid", "process", "healthy", "endpoint")
-    ok = True
+    supervisor = int(state["supervisor"])
+    ok = alive(supervisor)
+    table.add_row("supervisor", str(supervisor), "running" if ok else "stopped", "-", "-")
     for name, (healthy, endpoint) in health.items():
         pid = pids.get(name)
         running = pid is not None and alive(pid)
@@ -189,12 +198,52 @@ def status(args: argparse.Namespace) -> int:
         table.add_row(
             name, str(pid or "-"), "running" if running else "stopped", "yes" if healthy else "no", endpoint
         )
+    for name, pid in pids.items():  # the controller's server replicas
+        if name not in health:
+            running = alive(pid)
+            ok = ok and running
+            table.add_row(name, str(pid), "running" if running else "stopped", "-", "-")
+    for name in failed.keys() - health.keys() - pids.keys():
+        table.add_row(name, "-", "stopped", "no", "-")
     Console().print(table)
+    for name, reason in failed.items():
+        ok = False
+        console.print(f"[red]{name}[/red]: {reason}", soft_wrap=True)
+    if not alive(supervisor):
+        console.print(
+            "[red]the supervisor is not running[/red] (killed?): nothing restarts a process that dies; "
+            "`meshserve down` stops what is left, then `meshserve up`",
+            soft_wrap=True,
+        )
     return 0 if ok else 1
 
 
-async def _health(config: StackConfig) -> dict[str, tuple[bool, str]]:
+def _stop_leftovers(state: dict[str, Any]) -> int:
+    """Kill the process group of every component ``stack.json`` lists; returns how many were alive."""
+    pids = [int(pid) for pid in state.get("components", {}).values()]
+    left = sum(alive(pid) for pid in pids)
+    for pid in pids:
+        terminate_group(pid, signal.SIGKILL)
+    return left
+
+
+def _ports_taken(config: StackConfig) -> str:
+    """Which of the ports the user chose (scheduler, Envoy) another process holds; '' if none.
+
+    MLServer's are not checked: the supervisor moves a replica whose port is taken to free ones.
+    """
+    taken = [
+        f"port {port} (--{name.replace('_', '-')}) is in use"
+        for name, port in port_defaults().items()
+        if not name.startswith("mlserver_") and not probes.port_free(config.host, getattr(config, name))
+    ]
+    return "; ".join(taken) + ("; free it or choose another port" if taken else "")
+
+
+async def _health(config: StackConfig, state: dict[str, Any]) -> dict[str, tuple[bool, str]]:
     host = config.host
+    # The first MLServer's port, as the supervisor last started it (it moves off a taken port).
+    mlserver_http = int(state.get("ports", {}).get("mlserver_http", config.mlserver_http_port))
     tls = config.client_tls("controller")
     admin_socket = config.envoy_admin_socket  # with --tls; the URL's host is then ignored
     checks = {
@@ -207,8 +256,8 @@ async def _health(config: StackConfig) -> dict[str, tuple[bool, str]]:
             f"{host}:{config.http_port}",
         ),
         "mlserver": (
-            probes.http_ok(f"http://{host}:{config.mlserver_http_port}/v2/health/ready"),
-            f"{host}:{config.mlserver_http_port}",
+            probes.http_ok(f"http://{host}:{mlserver_http}/v2/health/ready"),
+            f"{host}:{mlserver_http}",
         ),
         "agent": (
             probes.server_registered(f"{host}:{config.scheduler_port}", config.server_name, tls=tls),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import os
+import socket
 import string
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -27,11 +28,29 @@ XDS_CLUSTER = "meshserve_xds"  # envoy/bootstrap.yaml's static cluster for the s
 
 @dataclass(frozen=True)
 class Component:
+    """One process of the stack.
+
+    ``group`` ties the processes of one server replica together (MLServer first, then its agent):
+    when a member dies the supervisor restarts it *and every later member* (a dead MLServer takes
+    its agent with it, so the agent starts afresh against the new MLServer; a dead agent alone is
+    restarted alone, since its MLServer keeps serving). ``binds`` are the loopback ports the process
+    listens on, checked free before each start; ``rebind`` builds the whole group again on fresh
+    ports when one was taken (None: the ports are the user's, and a taken one is an error).
+    """
+
     name: str
     argv: list[str]
     ready: ReadyCheck
     env: dict[str, str] = field(default_factory=dict)
     ready_timeout: float = 120.0
+    group: str = ""
+    binds: tuple[int, ...] = ()
+    rebind: Callable[[], list[Component]] | None = None
+
+    @property
+    def unit(self) -> str:
+        """The restart unit: its group, or itself."""
+        return self.group or self.name
 
 
 def components(config: StackConfig) -> list[Component]:
@@ -58,6 +77,7 @@ def components(config: StackConfig) -> list[Component]:
                 *scheduler_tls_flags(config),
             ],
             ready=lambda: grpc_healthy(f"{host}:{config.scheduler_port}", tls=probe_tls),
+            binds=(config.scheduler_port, config.agent_port, config.xds_port),
         ),
         Component(
             "envoy",
@@ -71,6 +91,7 @@ def components(config: StackConfig) -> list[Component]:
                 str(config.envoy_admin_port),  # lets several stacks share a machine
             ],
             ready=lambda: port_open(host, config.http_port),
+            binds=(config.http_port, config.envoy_admin_port),
         ),
         *server_replica(
             config,
@@ -108,6 +129,14 @@ def server_replica(
     mlserver_name, agent_name = replica_names(config, server, idx)
     repository = models_dir(config, server, idx)
     repository.mkdir(parents=True, exist_ok=True)
+    group = f"replica {server}/{idx}"
+
+    def rebind() -> list[Component]:
+        from stack.ports import free_ports
+
+        fresh = ReplicaPorts(*free_ports(3))
+        return server_replica(config, fresh, server=server, idx=idx, capabilities=capabilities)
+
     return [
         Component(
             mlserver_name,
@@ -124,6 +153,9 @@ def server_replica(
                 "MLSERVER_PARALLEL_WORKERS": "0",
             },
             ready=lambda: http_ok(f"http://{host}:{ports.http}/v2/health/live"),
+            group=group,
+            binds=(ports.http, ports.grpc, ports.metrics),
+            rebind=rebind,
         ),
         Component(
             agent_name,
@@ -149,6 +181,8 @@ def server_replica(
             ready=lambda: replica_registered(
                 f"{host}:{config.scheduler_port}", server, idx, tls=config.client_tls("controller")
             ),
+            group=group,
+            rebind=rebind,
         ),
     ]
 
@@ -244,6 +278,17 @@ def child_env(component: Component) -> dict[str, str]:
 
 
 # -- readiness probes ------------------------------------------------------------------------------
+
+
+def port_free(host: str, port: int) -> bool:
+    """Nothing listens on ``port`` (SO_REUSEADDR, as servers bind: a TIME_WAIT socket is no owner)."""
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError:
+            return False
+    return True
 
 
 async def port_open(host: str, port: int) -> bool:

@@ -70,6 +70,20 @@ class StackConfig:
         default=15.0, metadata=flag("how long a disconnected agent stays routed", parse=positive_float)
     )
     log_level: str = field(default="info", metadata=flag(f"the supervisor's; one of {', '.join(LEVELS)}"))
+    restart_limit: int = field(
+        default=5,
+        metadata=flag(
+            "restarts of a crashing process before the supervisor gives up on it (shown by `meshserve "
+            "status`); a run of --healthy-seconds starts the count afresh",
+            parse=non_negative_int,
+        ),
+    )
+    healthy_seconds: float = field(
+        default=30.0,
+        metadata=flag(
+            "how long a process must run to reset its restart count and backoff", parse=positive_float
+        ),
+    )
     tls: bool = field(
         default=False,
         metadata=flag(
@@ -133,7 +147,9 @@ class StackConfig:
 
         settings = port_defaults()
         values: dict[str, Any] = dict(zip(settings, free_ports(len(settings)), strict=True))
-        values["agent_grace_seconds"] = 5.0
+        # Twice the agent's reconnect backoff cap (agent/backoff.py, 5 s): an agent reconnecting after
+        # a scheduler restart is never late for its grace period.
+        values["agent_grace_seconds"] = 10.0
         return cls(home=home, **{**values, **overrides})
 
     @property

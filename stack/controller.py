@@ -33,8 +33,8 @@ class Processes(Protocol):
     @property
     def config(self) -> StackConfig: ...
 
-    async def add(self, component: Component) -> None:
-        """Start ``component`` and return once it is ready."""
+    async def add(self, *members: Component) -> None:
+        """Start one replica's components in order and return once each is ready."""
 
     async def remove(self, name: str) -> None:
         """Stop the component called ``name``, if it runs."""
@@ -109,14 +109,15 @@ class ServerController:
         http, grpc_port, metrics = free_ports(3)
         capabilities = self._capabilities(server)
         log.info("starting server replica", server=server, replica=idx, capabilities=capabilities)
-        for component in server_replica(
-            self._config,
-            ReplicaPorts(http, grpc_port, metrics),
-            server=server,
-            idx=idx,
-            capabilities=capabilities,
-        ):
-            await self._supervisor.add(component)
+        await self._supervisor.add(
+            *server_replica(
+                self._config,
+                ReplicaPorts(http, grpc_port, metrics),
+                server=server,
+                idx=idx,
+                capabilities=capabilities,
+            )
+        )
 
     async def _stop(self, server: str, idx: int) -> None:
         log.info("stopping server replica", server=server, replica=idx)

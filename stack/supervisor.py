@@ -1,30 +1,53 @@
 """Runs the local stack's processes: start in order, wait for each to be ready, restart on crash.
 
 Every child runs in its own session (process group), so stopping a component also stops what it
-spawned (MLServer's workers). The pids are written to ``stack.json`` so ``meshserve down`` can
-clean up even if this supervisor itself was killed.
+spawned (MLServer's workers). The pids are written to ``stack.json`` as soon as each process
+starts, so ``meshserve down`` can clean up even if this supervisor itself was SIGKILLed.
+
+Restarts (:meth:`Supervisor.supervise`):
+
+* A server replica is one unit (``Component.group``): a dead MLServer is restarted together with
+  its agent (stopped, then started again once the new MLServer is live); a dead agent is restarted
+  alone, since its MLServer keeps serving and the new agent adopts its models.
+* The delay before a unit's restart doubles from 0.5 s up to 10 s; a process that ran
+  ``healthy_seconds`` starts its unit's count and delay afresh.
+* After ``restart_limit`` restarts without a healthy run the supervisor gives up on the unit, and
+  at once when a process exits with :data:`apis.exits.FATAL_CONFIG` (restarting cannot mend its
+  configuration or state). The unit stays stopped; ``stack.json``'s ``failed`` says why and
+  ``meshserve status`` shows it ("crash loop: gave up after 5 restarts, see logs/scheduler.log").
+* Before each start a unit's ports are checked; a replica whose port was taken, or whose log says
+  its bind failed, is started again on fresh ports (``Component.rebind``). The scheduler's and
+  Envoy's ports are the user's: a taken one is an error naming the port.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import os
 import signal
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import IO
 
 import structlog
 
-from stack.components import Component, child_env, components
+from apis.exits import FATAL_CONFIG
+from stack.components import Component, child_env, components, port_free
 from stack.config import StackConfig
 from stack.controller import ServerController
 
 log = structlog.get_logger("meshserve.stack")
 
+RESTART_BACKOFF_INITIAL = 0.5
 RESTART_BACKOFF_MAX = 10.0
+DEPENDENT_STOP_GRACE = 5.0
+# How a process's log says it could not listen (uvicorn/MLServer, grpc in the scheduler, Envoy).
+BIND_FAILURES = ("address already in use", "errno 98", "cannot listen on", "cannot bind")
+LOG_TAIL_BYTES = 16_384
 
 
 class StackError(RuntimeError):
@@ -36,6 +59,15 @@ class Running:
     component: Component
     process: asyncio.subprocess.Process
     log_file: IO[bytes]
+    started: float = field(default_factory=time.monotonic)
+
+
+@dataclass
+class Restarts:
+    """One unit's restarts since it last ran for ``healthy_seconds``."""
+
+    count: int = 0
+    delay: float = RESTART_BACKOFF_INITIAL
 
 
 class Supervisor:
@@ -44,16 +76,19 @@ class Supervisor:
         self._running: dict[str, Running] = {}
         self._ready = False
         self._changed = asyncio.Event()  # wakes the supervise loop when components come or go
+        self._restarts: dict[str, Restarts] = {}  # per unit
+        self._recovering: dict[str, asyncio.Task[None]] = {}  # per unit: a restart in progress
+        self._starting: set[str] = set()  # units being started by start/add: not watched yet
+        self._failed: dict[str, str] = {}  # component -> why it is not running (given up)
 
     async def start(self, only: set[str] | None = None) -> None:
         """Start the components in order (all, or just those named in ``only``)."""
         self.config.logs.mkdir(parents=True, exist_ok=True)
         planned = components(self.config)
-        for component in planned:
-            if (only is None or component.name in only) and component.name not in self._running:
-                await self._spawn(component)
-                await self._wait_ready(component)
-                log.info("component ready", component=component.name)
+        for unit in _units(planned):
+            members = [c for c in unit if (only is None or c.name in only) and c.name not in self._running]
+            if members:
+                await self._start_unit(members, wait_last=True)
         self._ready = len(self._running) == len(planned)
         self._write_state()
 
@@ -63,28 +98,86 @@ class Supervisor:
     def running(self, name: str) -> bool:
         return name in self._running
 
-    async def add(self, component: Component) -> None:
-        """Start one more component (a server replica the controller wants) and wait until ready."""
-        await self._spawn(component)
-        self._changed.set()
+    def failed(self, name: str) -> str | None:
+        """Why the supervisor gave up on ``name``, if it did."""
+        return self._failed.get(name)
+
+    def component(self, name: str) -> Component:
+        """The definition ``name`` runs with now (a replica restarted on fresh ports has new ones)."""
+        return self._running[name].component
+
+    async def add(self, *members: Component) -> None:
+        """Start one more unit (a server replica the controller wants: its MLServer, then its
+        agent) and wait until each is ready."""
+        unit = members[0].unit
+        self._starting.add(unit)
         try:
-            await self._wait_ready(component)
+            await self._start_unit(list(members), wait_last=True)
         except StackError:
-            await self.remove(component.name)
+            for member in members:
+                await self.remove(member.name)
             raise
-        log.info("component ready", component=component.name)
+        finally:
+            self._starting.discard(unit)
+            self._changed.set()
 
     async def remove(self, name: str, grace: float = 15.0) -> None:
+        running = self._running.get(name)
+        unit = running.component.unit if running is not None else None
+        recovery = self._recovering.get(unit) if unit is not None else None
+        if recovery is not None:
+            recovery.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await recovery
+        self._failed.pop(name, None)
         running = self._running.pop(name, None)
         if running is None:
+            self._write_state()
             return
         self._changed.set()
         await _terminate(running, grace)
         log.info("component stopped", component=name)
         self._write_state()
 
+    # -- starting ----------------------------------------------------------------------------------
+
+    async def _start_unit(
+        self, members: list[Component], *, wait_last: bool, bind_failed: bool = False
+    ) -> None:
+        """Start ``members`` in order (on fresh ports if theirs are taken), each ready before the
+        next starts; the last is waited for only if ``wait_last``."""
+        members = self._on_free_ports(members, bind_failed=bind_failed)
+        for position, component in enumerate(members):
+            await self._spawn(component)
+            if wait_last or position < len(members) - 1:
+                await self._wait_ready(component)
+                log.info("component ready", component=component.name)
+
+    def _on_free_ports(self, members: list[Component], *, bind_failed: bool) -> list[Component]:
+        taken = [port for c in members for port in c.binds if not port_free(self.config.host, port)]
+        if not taken and not bind_failed:
+            return members
+        first = members[0]
+        if first.rebind is None or not first.binds:
+            if taken:
+                ports = ", ".join(str(p) for p in taken)
+                raise StackError(
+                    f"{first.name} cannot start: port {ports} on {self.config.host} is in use by another "
+                    "process; stop it or start the stack on other ports (see `meshserve up --help`)"
+                )
+            return members
+        fresh = {c.name: c for c in first.rebind()}
+        rebound = [fresh[c.name] for c in members]
+        log.warning(
+            "ports taken; starting on fresh ports",
+            unit=first.unit,
+            taken=taken or "bind failed",
+            ports=[p for c in rebound for p in c.binds],
+        )
+        return rebound
+
     async def _spawn(self, component: Component) -> None:
-        log_file = (self.config.logs / f"{component.name}.log").open("ab")
+        log_file = self._log_path(component.name).open("ab")
         process = await asyncio.create_subprocess_exec(
             *component.argv,
             stdin=asyncio.subprocess.DEVNULL,
@@ -94,45 +187,146 @@ class Supervisor:
             cwd=self.config.home,
             start_new_session=True,
         )
+        self._failed.pop(component.name, None)
         self._running[component.name] = Running(component, process, log_file)
-        self._write_state()
+        self._write_state()  # at once: `meshserve down` must find it even if we are killed now
 
     async def _wait_ready(self, component: Component) -> None:
         running = self._running[component.name]
         deadline = time.monotonic() + component.ready_timeout
         while time.monotonic() < deadline:
             if running.process.returncode is not None:
+                last = _last_error(self._log_path(component.name))
                 raise StackError(
-                    f"{component.name} exited with code {running.process.returncode}; "
-                    f"see {self.config.logs / (component.name + '.log')}"
+                    f"{component.name} exited with code {running.process.returncode}"
+                    + (f" ({last})" if last else "")
+                    + f"; see {self._log_path(component.name)}"
                 )
             if await component.ready():
                 return
             await asyncio.sleep(0.2)
         raise StackError(f"{component.name} was not ready after {component.ready_timeout:.0f} s")
 
+    def _log_path(self, name: str) -> Path:
+        return self.config.logs / f"{name}.log"
+
+    # -- restarting --------------------------------------------------------------------------------
+
     async def supervise(self, stop: asyncio.Event) -> None:
         """Restart any component that dies, until ``stop`` is set."""
-        backoff: dict[str, float] = {}
-        while not stop.is_set():
-            self._changed.clear()
-            waits = {asyncio.ensure_future(r.process.wait()): (n, r) for n, r in self._running.items()}
-            wakers = {asyncio.ensure_future(stop.wait()), asyncio.ensure_future(self._changed.wait())}
-            done, pending = await asyncio.wait({*waits, *wakers}, return_when=asyncio.FIRST_COMPLETED)
-            for future in pending:
-                future.cancel()
-            if stop.is_set():
+        try:
+            while not stop.is_set():
+                self._changed.clear()
+                busy = self._starting | self._recovering.keys()
+                waits = {
+                    asyncio.ensure_future(r.process.wait()): (n, r)
+                    for n, r in self._running.items()
+                    if r.component.unit not in busy
+                }
+                wakers = {asyncio.ensure_future(stop.wait()), asyncio.ensure_future(self._changed.wait())}
+                done, pending = await asyncio.wait({*waits, *wakers}, return_when=asyncio.FIRST_COMPLETED)
+                for future in pending:
+                    future.cancel()
+                if stop.is_set():
+                    return
+                for future in done & waits.keys():
+                    name, running = waits[future]
+                    unit = running.component.unit
+                    if self._running.get(name) is not running or unit in self._recovering:
+                        continue  # removed on purpose, or its unit is already being restarted
+                    task = asyncio.create_task(self._recover(name))
+                    self._recovering[unit] = task
+                    task.add_done_callback(functools.partial(self._recovered, unit))
+        finally:
+            tasks = list(self._recovering.values())
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    def _recovered(self, unit: str, task: asyncio.Task[None]) -> None:
+        if self._recovering.get(unit) is task:
+            del self._recovering[unit]
+        self._changed.set()
+        if not task.cancelled() and (error := task.exception()) is not None:
+            log.error("restart crashed", unit=unit, error=repr(error))
+
+    async def _recover(self, name: str) -> None:
+        """Restart the unit of ``name`` (which exited): it and the members after it, with backoff."""
+        dead = self._running[name]
+        unit = dead.component.unit
+        code = dead.process.returncode
+        members = self._from(dead.component)
+        dead.log_file.close()
+        for member in members[1:]:  # an agent must not outlive the MLServer it registered
+            if (running := self._running.get(member.name)) is not None:
+                await _terminate(running, DEPENDENT_STOP_GRACE)
+        restarts = self._restarts.setdefault(unit, Restarts())
+        if time.monotonic() - dead.started >= self.config.healthy_seconds:
+            restarts.count, restarts.delay = 0, RESTART_BACKOFF_INITIAL
+        bind_failed = _bind_failed(self._log_path(name))
+        while True:
+            reason = self._give_up_reason(name, code, restarts)
+            if reason is not None:
+                self._give_up(members, name, reason)
                 return
-            for future in done & waits.keys():
-                name, running = waits[future]
-                if self._running.get(name) is not running:
-                    continue  # removed on purpose
-                delay = backoff.get(name, 0.5)
-                backoff[name] = min(delay * 2, RESTART_BACKOFF_MAX)
-                log.warning("component exited; restarting", component=name, code=future.result(), after=delay)
-                running.log_file.close()
-                await asyncio.sleep(delay)
-                await self._spawn(running.component)
+            delay = restarts.delay
+            restarts.count += 1
+            restarts.delay = min(delay * 2, RESTART_BACKOFF_MAX)
+            log.warning(
+                "component exited; restarting",
+                component=name,
+                code=code,
+                after=delay,
+                restart=restarts.count,
+                limit=self.config.restart_limit,
+                restarting=[m.name for m in members],
+            )
+            await asyncio.sleep(delay)
+            try:
+                await self._start_unit(members, wait_last=False, bind_failed=bind_failed)
+                return
+            except StackError as error:
+                log.warning("restart failed", unit=unit, error=str(error))
+                name, code = self._first_exited(members)
+                for member in members:
+                    if (running := self._running.get(member.name)) is not None:
+                        await _terminate(running, DEPENDENT_STOP_GRACE)
+                bind_failed = _bind_failed(self._log_path(name)) or "is in use" in str(error)
+
+    def _from(self, component: Component) -> list[Component]:
+        """``component`` and the members of its unit started after it, in start order."""
+        if not component.group:
+            return [component]
+        unit = [r.component for r in self._running.values() if r.component.group == component.group]
+        return unit[unit.index(component) :]
+
+    def _first_exited(self, members: list[Component]) -> tuple[str, int | None]:
+        for member in members:
+            running = self._running.get(member.name)
+            if running is not None and running.process.returncode is not None:
+                return member.name, running.process.returncode
+        return members[0].name, None
+
+    def _give_up_reason(self, name: str, code: int | None, restarts: Restarts) -> str | None:
+        logs = f"logs/{name}.log"
+        if code == FATAL_CONFIG:
+            last = _last_error(self._log_path(name))
+            said = f": {last}" if last else ""
+            return f"fatal configuration or state error (exit {code}){said}; see {logs}"
+        if restarts.count >= self.config.restart_limit:
+            return f"crash loop: gave up after {restarts.count} restarts, see {logs}"
+        return None
+
+    def _give_up(self, members: list[Component], name: str, reason: str) -> None:
+        log.error("giving up on component", component=name, reason=reason)
+        for member in members:
+            running = self._running.pop(member.name, None)
+            if running is not None:
+                terminate_group(running.process.pid, signal.SIGKILL)
+                with contextlib.suppress(OSError):
+                    running.log_file.close()
+            self._failed[member.name] = reason if member.name == name else f"stopped with {name}: {reason}"
+        self._write_state()
 
     async def operate(self, stop: asyncio.Event) -> None:
         """Supervise the processes and run the Server controller until ``stop`` is set."""
@@ -141,6 +335,9 @@ class Supervisor:
             tasks.create_task(ServerController(self).run(stop))
 
     async def stop(self, grace: float = 15.0) -> None:
+        for task in list(self._recovering.values()):
+            task.cancel()
+        await asyncio.gather(*self._recovering.values(), return_exceptions=True)
         for name in reversed(list(self._running)):
             await _terminate(self._running[name], grace)
             log.info("component stopped", component=name)
@@ -149,23 +346,63 @@ class Supervisor:
             self.config.state_file.unlink()
 
     def _write_state(self) -> None:
+        config = self.config
+        mlserver = self._running.get("mlserver")
+        http, grpc_port, metrics = (
+            mlserver.component.binds
+            if mlserver is not None and len(mlserver.component.binds) == 3
+            else (config.mlserver_http_port, config.mlserver_grpc_port, config.mlserver_metrics_port)
+        )
         state = {
             "supervisor": os.getpid(),
             "ready": self._ready,
             "components": {name: r.process.pid for name, r in self._running.items()},
+            "failed": dict(self._failed),
             "ports": {
-                "http": self.config.http_port,
-                "scheduler": self.config.scheduler_port,
-                "agent": self.config.agent_port,
-                "xds": self.config.xds_port,
-                "envoy_admin": self.config.envoy_admin_port,
-                "mlserver_http": self.config.mlserver_http_port,
-                "mlserver_grpc": self.config.mlserver_grpc_port,
+                "http": config.http_port,
+                "scheduler": config.scheduler_port,
+                "agent": config.agent_port,
+                "xds": config.xds_port,
+                "envoy_admin": config.envoy_admin_port,
+                "mlserver_http": http,
+                "mlserver_grpc": grpc_port,
+                "mlserver_metrics": metrics,
             },
         }
-        temporary = self.config.state_file.with_suffix(".tmp")
+        temporary = config.state_file.with_suffix(".tmp")
         temporary.write_text(json.dumps(state, indent=2))
-        temporary.replace(self.config.state_file)
+        temporary.replace(config.state_file)
+
+
+def _units(planned: list[Component]) -> list[list[Component]]:
+    """``planned`` grouped into restart units, in start order."""
+    units: dict[str, list[Component]] = {}
+    for component in planned:
+        units.setdefault(component.unit, []).append(component)
+    return list(units.values())
+
+
+def _log_tail(path: Path) -> str:
+    try:
+        with path.open("rb") as file:
+            file.seek(max(0, file.seek(0, os.SEEK_END) - LOG_TAIL_BYTES))
+            return file.read().decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def _bind_failed(path: Path) -> bool:
+    tail = _log_tail(path).lower()
+    return any(marker in tail for marker in BIND_FAILURES)
+
+
+def _last_error(path: Path) -> str:
+    """The last line of a log that reads like an error (the one clear message a process died with)."""
+    for line in reversed(_log_tail(path).splitlines()):
+        lowered = line.lower()
+        if "error" in lowered or "fatal" in lowered or "critical" in lowered:
+            return line.strip()[:300]
+    return ""
 
 
 async def _terminate(running: Running, grace: float) -> None:
