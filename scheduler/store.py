@@ -14,7 +14,13 @@ What is durable when:
 * ``flush`` writes everything dirty now and returns once it is committed. ``group_commit`` does
   the same for every caller of one event-loop turn: the first schedules a flush for the end of the
   turn, all of them await it (64 concurrent LoadModel calls share one commit, not 64). API calls
-  await it before they answer, so nothing a client was told is accepted can be lost.
+  await it before they answer, so nothing a client was told is accepted can be lost. These
+  commits are durable across power loss (``synchronous=FULL``: the WAL is fsynced, and with it
+  every earlier timed batch); timed batches use ``NORMAL`` (no fsync; safe against a crash of the
+  scheduler, not of the machine). docs/benchmarks.md has the cost.
+* A damaged file (or one that is not a meshserve database) is refused on open with
+  :class:`StateCorruptError`, one message saying what to do; ``python -m scheduler`` then exits
+  with :data:`apis.exits.FATAL_CONFIG`, which the local stack's supervisor does not restart.
 * A flush that fails (raises ``sqlite3.Error``) rolls back and keeps every dirty name for the next
   flush; a failed timed flush retries after ``RETRY_DELAY``.
 * ``close`` flushes, then closes.
@@ -81,6 +87,17 @@ class SchemaTooNewError(StoreError):
     """The database was written by a newer meshserve, with a schema this code does not know."""
 
 
+class StateCorruptError(StoreError):
+    """The database file is damaged or not a meshserve state database: restarting cannot help."""
+
+
+def _corrupt(path: Path, what: str) -> StateCorruptError:
+    return StateCorruptError(
+        f"state database {path} is corrupt ({what}); move it aside to start with no models or servers "
+        f"(mv {path} {path}.corrupt), or restore a backup, then start the scheduler again"
+    )
+
+
 # -- kinds and migrations ------------------------------------------------------------------------------
 
 
@@ -136,10 +153,13 @@ class StateStore:
     def __init__(self, path: Path | None, *, migrations: Sequence[Migration] = MIGRATIONS) -> None:
         """Open (creating or migrating) the database at ``path``; ``None`` keeps nothing (tests,
         throwaway runs). ``migrations`` is for tests of future schemas."""
+        self._path = path
         self._db = None if path is None else _open(path, migrations)
         self._bindings: dict[str, _Binding] = {}
         self._timer: asyncio.TimerHandle | None = None
         self._group: asyncio.Future[None] | None = None  # the commit at the end of this loop turn
+        self._sync_level = "NORMAL"  # _open's
+        self._unsynced = False  # a commit since the last synchronous=FULL one
         self.register(MODELS, dict)
         self.register(SERVERS, dict)
 
@@ -179,16 +199,26 @@ class StateStore:
     def server_changed(self, name: str) -> None:
         self.changed(SERVERS, name)
 
-    def flush(self) -> None:
-        """Write every dirty name in one transaction. On failure it raises and forgets nothing."""
+    def flush(self, *, durable: bool = True) -> None:
+        """Write every dirty name in one transaction. On failure it raises and forgets nothing.
+
+        ``durable`` (API calls, close): the commit is on the disk when this returns, with every
+        earlier one (``synchronous=FULL``: it survives power loss). Otherwise (timed flushes of
+        agent-reported state, which agents report again) it survives a crash of the scheduler, not
+        of the machine, and costs no fsync (``NORMAL``).
+        """
         if self._db is None:
             return
         batch = [(bound, set(bound.dirty)) for bound in self._bindings.values() if bound.dirty]
-        if not batch:
+        if not batch and not (durable and self._unsynced):
             return
+        self._synchronous("FULL" if durable else "NORMAL")
         with _transaction(self._db) as db:
             for bound, names in batch:
                 _write(db, bound, names)
+            if not batch:  # only earlier commits to make durable: a commit is what syncs the WAL
+                db.execute("INSERT OR REPLACE INTO meta VALUES ('synced', '1')")
+        self._unsynced = not durable
         # Only now: a failure above leaves the names dirty for the next flush.
         for bound, names in batch:
             bound.dirty -= names
@@ -216,6 +246,11 @@ class StateStore:
         else:
             group.set_result(None)
 
+    def _synchronous(self, level: str) -> None:
+        if self._db is not None and level != self._sync_level:
+            self._db.execute(f"PRAGMA synchronous={level}")  # outside a transaction, as SQLite requires
+            self._sync_level = level
+
     def _schedule_flush(self, delay: float) -> None:
         if self._timer is None:
             self._timer = asyncio.get_running_loop().call_later(delay, self._timed_flush)
@@ -223,7 +258,7 @@ class StateStore:
     def _timed_flush(self) -> None:
         self._timer = None
         try:
-            self.flush()
+            self.flush(durable=False)
         except sqlite3.Error as error:
             log.warning("state flush failed, will retry", error=str(error), retry_in=RETRY_DELAY)
             self._schedule_flush(RETRY_DELAY)
@@ -235,8 +270,17 @@ class StateStore:
         self._binding(kind)
         if self._db is None:
             return {}
-        rows = self._db.execute(f"SELECT name, record FROM {kind.name}").fetchall()
-        return {name: kind.decode(name, record) for name, record in rows}
+        try:
+            rows = self._db.execute(f"SELECT name, record FROM {kind.name}").fetchall()
+        except sqlite3.DatabaseError as error:
+            raise _corrupt(self._path or Path(), str(error)) from error
+        loaded = {}
+        for name, record in rows:
+            try:
+                loaded[name] = kind.decode(name, record)
+            except Exception as error:  # any decoding failure means a damaged record
+                raise _corrupt(self._path or Path(), f"{kind.name} record {name!r}: {error!r}") from error
+        return loaded
 
     def load(self) -> tuple[dict[str, ModelRecord], dict[str, Server]]:
         return self.load_kind(MODELS), self.load_kind(SERVERS)
@@ -281,7 +325,17 @@ def _open(path: Path, migrations: Sequence[Migration]) -> sqlite3.Connection:
     try:
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=NORMAL")
+        # Damage anywhere in the file is found now, with one clear message, not mid-restore.
+        problems = [row[0] for row in db.execute("PRAGMA quick_check(3)")]
+        if problems != ["ok"]:
+            raise _corrupt(path, "; ".join(problems))
         _migrate(db, path, migrations)
+    except sqlite3.OperationalError as error:  # locked, unreadable, disk full: not damage, but fatal
+        db.close()
+        raise StoreError(f"cannot use state database {path}: {error}") from error
+    except sqlite3.DatabaseError as error:  # "file is not a database", "disk image is malformed"
+        db.close()
+        raise _corrupt(path, str(error)) from error
     except BaseException:
         db.close()
         raise
