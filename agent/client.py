@@ -54,6 +54,7 @@ class AgentClient:
             report=self.report,
             unload_grace_s=config.unload_grace_seconds,
             logger=self._log,
+            max_concurrent=config.max_concurrent_operations,
         )
         self._batched = True  # until SubscribeBatched is answered UNIMPLEMENTED
         self._events: (

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from agent.artifacts import DEFAULT_MAX_BYTES, DEFAULT_TIMEOUT_S, FetchPolicy
+from agent.dispatcher import DEFAULT_MAX_CONCURRENT
 from apis import settings
 from apis.logs import LEVELS
 from apis.names import MLSERVER_CAPABILITIES
@@ -93,6 +94,10 @@ class AgentConfig:
     )
     unload_grace_seconds: float = field(
         default=2.0, metadata=flag("pause before an unload so Envoy stops routing to the model first")
+    )
+    max_concurrent_operations: int = field(
+        default=DEFAULT_MAX_CONCURRENT,
+        metadata=flag("loads and unloads run on MLServer at once (others wait)", parse=positive_int),
     )
     startup_timeout_seconds: float = field(
         default=120.0, metadata=flag("how long to wait for MLServer to be live", parse=positive_float)

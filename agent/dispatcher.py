@@ -1,10 +1,12 @@
-"""Runs each scheduler operation in its own task, serialised per versioned model."""
+"""Runs each scheduler operation in its own task, serialised per versioned model, at most
+``max_concurrent`` of them loading or unloading at a time."""
 
 from __future__ import annotations
 
 import asyncio
 import itertools
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
 from structlog.typing import FilteringBoundLogger
@@ -15,6 +17,7 @@ from apis.mlops.agent import agent_pb2
 
 Reporter = Callable[[Outcome], Awaitable[None]]
 Operation = agent_pb2.ModelOperationMessage.Operation
+DEFAULT_MAX_CONCURRENT = 8
 
 
 class ModelOperations(Protocol):
@@ -34,6 +37,10 @@ class OperationDispatcher:
     time. An UNLOAD first waits ``unload_grace_s`` (so Envoy stops routing to the model) *outside* the
     lock; an operation that was received before the last one already run for its model is stale and
     skipped - e.g. an UNLOAD overtaken by a LOAD of the same model during its grace period.
+
+    Bounded: at most ``max_concurrent`` operations talk to MLServer at once (a burst of 1,000 LOADs
+    does not start 1,000 downloads), and a model's entry (its lock and last run) lives only while
+    an operation for it is pending, so the maps hold the models in flight, not every model ever seen.
     """
 
     def __init__(
@@ -43,21 +50,32 @@ class OperationDispatcher:
         report: Reporter,
         unload_grace_s: float,
         logger: FilteringBoundLogger,
+        max_concurrent: int = DEFAULT_MAX_CONCURRENT,
     ) -> None:
+        if max_concurrent < 1:
+            raise ValueError(f"max_concurrent must be at least 1, not {max_concurrent}")
         self._operator = operator
         self._report = report
         self._unload_grace_s = unload_grace_s
         self._log = logger
         self._sequence = itertools.count()
-        self._locks: dict[str, asyncio.Lock] = {}
-        self._last_run: dict[str, int] = {}
+        self._models: dict[str, _Pending] = {}
+        self._slots = asyncio.Semaphore(max_concurrent)
         self._tasks: set[asyncio.Task[None]] = set()
+
+    @property
+    def tracked_models(self) -> int:
+        """How many models have an entry now (those with an operation pending)."""
+        return len(self._models)
 
     def submit(self, message: agent_pb2.ModelOperationMessage) -> None:
         if message.operation not in (Operation.LOAD_MODEL, Operation.UNLOAD_MODEL):
             self._log.warning("ignoring unknown operation", operation=message.operation)
             return
-        task = asyncio.create_task(self._run(next(self._sequence), message))
+        name = versioned_name(message.modelVersion)
+        pending = self._models.setdefault(name, _Pending())
+        pending.operations += 1  # now, so an UNLOAD in its grace period keeps the entry alive
+        task = asyncio.create_task(self._run(next(self._sequence), name, pending, message))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -71,27 +89,48 @@ class OperationDispatcher:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
-    async def _run(self, sequence: int, message: agent_pb2.ModelOperationMessage) -> None:
+    async def _run(
+        self, sequence: int, name: str, pending: _Pending, message: agent_pb2.ModelOperationMessage
+    ) -> None:
+        try:
+            outcome = await self._run_in_turn(sequence, name, pending, message)
+        finally:
+            pending.operations -= 1
+            if pending.operations == 0 and self._models.get(name) is pending:
+                del self._models[name]
+        if outcome is not None:
+            await self._report(outcome)
+
+    async def _run_in_turn(
+        self, sequence: int, name: str, pending: _Pending, message: agent_pb2.ModelOperationMessage
+    ) -> Outcome | None:
         model_version = message.modelVersion
-        name = versioned_name(model_version)
         is_load = message.operation == Operation.LOAD_MODEL
         if not is_load:
             await asyncio.sleep(self._unload_grace_s)
-        async with self._locks.setdefault(name, asyncio.Lock()):
-            if sequence < self._last_run.get(name, -1):
+        async with pending.lock:
+            if sequence < pending.last_run:
                 self._log.info("skipping stale operation", served_name=name, load=is_load)
-                return
-            self._last_run[name] = sequence
-            try:
-                if is_load:
-                    outcome = await self._operator.load(model_version)
-                else:
-                    outcome = await self._operator.unload(model_version)
-            except Exception as exc:  # noqa: BLE001 - logged below and reported as a failure
-                # A bug must still answer the scheduler, or the replica stays Loading/Unloading.
-                self._log.exception("operation crashed", served_name=name)
-                event = Event.LOAD_FAILED if is_load else Event.UNLOAD_FAILED
-                outcome = Outcome(
-                    model_version.model.meta.name, model_version.version, event, f"agent error: {exc}"
-                )
-        await self._report(outcome)
+                return None
+            pending.last_run = sequence
+            async with self._slots:
+                try:
+                    if is_load:
+                        return await self._operator.load(model_version)
+                    return await self._operator.unload(model_version)
+                except Exception as exc:  # noqa: BLE001 - logged below and reported as a failure
+                    # A bug must still answer the scheduler, or the replica stays Loading/Unloading.
+                    self._log.exception("operation crashed", served_name=name)
+                    event = Event.LOAD_FAILED if is_load else Event.UNLOAD_FAILED
+                    return Outcome(
+                        model_version.model.meta.name, model_version.version, event, f"agent error: {exc}"
+                    )
+
+
+@dataclass
+class _Pending:
+    """A model with operations submitted and not finished: their lock and the last one run."""
+
+    operations: int = 0
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    last_run: int = -1

@@ -78,3 +78,55 @@ async def test_close_cancels_pending_operations() -> None:
     await dispatcher.close()
     assert operator.calls == []
     assert reported == []
+
+
+class CountingOperator(FakeOperator):
+    """Records how many operations run at once."""
+
+    def __init__(self, delay_s: float) -> None:
+        super().__init__(delay_s=delay_s)
+        self.running = 0
+        self.most = 0
+
+    async def load(self, mv: agent_pb2.ModelVersion) -> Outcome:
+        self.running += 1
+        self.most = max(self.most, self.running)
+        try:
+            return await super().load(mv)
+        finally:
+            self.running -= 1
+
+
+async def test_concurrency_is_bounded_and_every_operation_still_runs() -> None:
+    operator = CountingOperator(delay_s=0.02)
+    reported: list[Outcome] = []
+
+    async def report(outcome: Outcome) -> None:
+        reported.append(outcome)
+
+    dispatcher = OperationDispatcher(
+        operator=operator, report=report, unload_grace_s=0, logger=structlog.get_logger(), max_concurrent=3
+    )
+    for i in range(30):
+        dispatcher.submit(load_op(model_version(f"m{i}", 1, "file://x")))
+    await dispatcher.wait_idle()
+    assert operator.most == 3
+    assert len(reported) == 30
+
+
+async def test_model_entries_are_dropped_once_idle_and_staleness_still_holds() -> None:
+    operator = FakeOperator()
+    dispatcher, reported = make(operator, grace_s=0.05)
+    for i in range(100):
+        dispatcher.submit(load_op(model_version(f"m{i}", 1, "file://x")))
+    await dispatcher.wait_idle()
+    assert dispatcher.tracked_models == 0  # not one entry per model ever seen
+
+    # An UNLOAD in its grace period keeps its model's entry, so a LOAD that overtakes it still wins.
+    dispatcher.submit(unload_op(model_version("m0", 1, "file://x")))
+    dispatcher.submit(load_op(model_version("m0", 1, "file://x")))
+    assert dispatcher.tracked_models == 1
+    await dispatcher.wait_idle()
+    assert operator.calls[-1] == "load m0_1" and "unload m0_1" not in operator.calls
+    assert dispatcher.tracked_models == 0
+    assert len(reported) == 101
