@@ -17,20 +17,22 @@ and metadata (the versioned name the gRPC body rewrite needs).
 from __future__ import annotations
 
 import ipaddress
-import re
 from collections.abc import Sequence
 
+from envoy.config.accesslog.v3 import accesslog_pb2
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.common.mutation_rules.v3 import mutation_rules_pb2
 from envoy.config.core.v3 import address_pb2, base_pb2, config_source_pb2, protocol_pb2
 from envoy.config.endpoint.v3 import endpoint_components_pb2, endpoint_pb2
 from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
+from envoy.config.rbac.v3 import rbac_pb2
 from envoy.config.route.v3 import route_components_pb2, route_pb2, scoped_route_pb2
 from envoy.extensions.filters.http.lua.v3 import lua_pb2
+from envoy.extensions.filters.http.rbac.v3 import rbac_pb2 as rbac_filter_pb2
 from envoy.extensions.filters.http.router.v3 import router_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
-from envoy.type.matcher.v3 import regex_pb2, string_pb2
+from envoy.type.matcher.v3 import path_pb2, regex_pb2, string_pb2
 from envoy.type.v3 import percent_pb2
 from google.protobuf import duration_pb2, struct_pb2, wrappers_pb2
 
@@ -44,12 +46,16 @@ LOOPBACK_CLUSTER = "meshserve_loopback"
 # Only the Open Inference Protocol's per-model endpoints reach a model server: REST infer, ready and
 # metadata (`/v2/models/<m>[/versions/<v>][/infer|/ready]`) and these gRPC methods. Anything else
 # (the repository API that loads and unloads models behind the scheduler's back, server-wide
-# endpoints) matches no route: HTTP 404, and for gRPC `UNIMPLEMENTED`. Envoy matches the whole path
-# without its query string; RE2 with a literal prefix keeps the cost of a match tiny.
+# endpoints) is refused once, by an RBAC filter on the listener, answered as HTTP 404 (gRPC
+# `UNIMPLEMENTED`). Checking there, not in every model's routes, keeps one compiled regex in Envoy
+# instead of two per model version (~14 KB each; docs/decisions/0008). Envoy matches the whole
+# path without its query string.
 GRPC_SERVICE = "/inference.GRPCInferenceService"
 GRPC_METHODS = ("ModelInfer", "ModelMetadata", "ModelReady", "ServerLive", "ServerReady")
-GRPC_PATH = re.escape(GRPC_SERVICE + "/") + "(?:" + "|".join(GRPC_METHODS) + ")"
+GRPC_PATHS = tuple(f"{GRPC_SERVICE}/{method}" for method in GRPC_METHODS)
 REST_PATH = r"/v2/models/[^/]+(?:/versions/[^/]+)?(?:/infer|/ready)?"
+REST_PREFIX, GRPC_PREFIX = "/v2/models/", GRPC_SERVICE + "/"
+NOT_INFERENCE = "not an inference endpoint: only /v2/models/<model>[/versions/<v>][/infer|/ready] is served"
 # Matches the model (and optional version) segment of an OIP path, to put the versioned name there.
 _MODEL_PATH = r"^/v2/models/[^/]+(/versions/[^/]+)?"
 _LUA_OFF = lua_pb2.LuaPerRoute(disabled=True)
@@ -145,7 +151,7 @@ def _rest_route(
     header: route_components_pb2.HeaderMatcher | None,
 ) -> route_components_pb2.Route:
     http_cluster, _ = cluster_names(split.target)
-    entry = _route_entry(route, split, REST_PATH, "_http", fraction, header)
+    entry = _route_entry(route, split, REST_PREFIX, "_http", fraction, header)
     entry.route.cluster = http_cluster
     # REST needs no Lua once a route matched (regex_rewrite does the renaming): skip its cost.
     # Path-only requests still run it, since before it derives seldon-model no route matches.
@@ -166,7 +172,7 @@ def _grpc_route(
     header: route_components_pb2.HeaderMatcher | None,
 ) -> route_components_pb2.Route:
     _, grpc_cluster = cluster_names(split.target)
-    entry = _route_entry(route, split, GRPC_PATH, "_grpc", fraction, header)
+    entry = _route_entry(route, split, GRPC_PREFIX, "_grpc", fraction, header)
     entry.route.cluster = grpc_cluster
     # Read by envoy/seldon.lua, which rewrites model_name in the protobuf body to this name.
     fields = entry.metadata.filter_metadata[LUA_FILTER].fields
@@ -177,12 +183,12 @@ def _grpc_route(
 def _route_entry(
     route: Route,
     split: Split,
-    path: str,
+    prefix: str,
     suffix: str,
     fraction: int | None,
     header: route_components_pb2.HeaderMatcher | None,
 ) -> route_components_pb2.Route:
-    match = route_components_pb2.RouteMatch(safe_regex=regex_pb2.RegexMatcher(regex=path))
+    match = route_components_pb2.RouteMatch(prefix=prefix)
     if header is not None:
         match.headers.append(header)
     if fraction is not None:
@@ -265,6 +271,9 @@ def listener(*, address: str, port: int, lua_code: str) -> listener_pb2.Listener
         codec_type=hcm.HttpConnectionManager.AUTO,
         generate_request_id=wrappers_pb2.BoolValue(value=True),
         always_set_request_id_in_response=True,
+        normalize_path=wrappers_pb2.BoolValue(value=True),
+        merge_slashes=True,
+        local_reply_config=_not_found_for_refused_paths(),
         scoped_routes=hcm.ScopedRoutes(
             name="seldon_models",
             scope_key_builder=hcm.ScopedRoutes.ScopeKeyBuilder(
@@ -285,11 +294,53 @@ def listener(*, address: str, port: int, lua_code: str) -> listener_pb2.Listener
         default_source_code=base_pb2.DataSource(inline_string=lua_code),
         clear_route_cache=wrappers_pb2.BoolValue(value=False),
     )
+    manager.http_filters.add(name="envoy.filters.http.rbac").typed_config.Pack(inference_only())
     manager.http_filters.add(name=LUA_FILTER).typed_config.Pack(lua)
     manager.http_filters.add(name="envoy.filters.http.router").typed_config.Pack(router_pb2.Router())
     chain = listener_components_pb2.FilterChain()
     chain.filters.add(name="envoy.filters.network.http_connection_manager").typed_config.Pack(manager)
     return listener_pb2.Listener(name=LISTENER_NAME, address=_address(address, port), filter_chains=[chain])
+
+
+def inference_only() -> rbac_filter_pb2.RBAC:
+    """The listener's allow-list: OIP per-model REST paths and the inference gRPC methods."""
+    permissions = [
+        rbac_pb2.Permission(
+            url_path=path_pb2.PathMatcher(
+                path=string_pb2.StringMatcher(safe_regex=regex_pb2.RegexMatcher(regex=REST_PATH))
+            )
+        ),
+        *(
+            rbac_pb2.Permission(url_path=path_pb2.PathMatcher(path=string_pb2.StringMatcher(exact=path)))
+            for path in GRPC_PATHS
+        ),
+    ]
+    policy = rbac_pb2.Policy(permissions=permissions, principals=[rbac_pb2.Principal(any=True)])
+    return rbac_filter_pb2.RBAC(
+        rules=rbac_pb2.RBAC(action=rbac_pb2.RBAC.ALLOW, policies={"inference-only": policy})
+    )
+
+
+def _not_found_for_refused_paths() -> hcm.LocalReplyConfig:
+    """RBAC refuses with 403; a path that is not an inference endpoint is answered 404 instead
+    (gRPC: UNIMPLEMENTED), as if it did not exist. Nothing else in this listener answers 403."""
+    forbidden = accesslog_pb2.AccessLogFilter(
+        status_code_filter=accesslog_pb2.StatusCodeFilter(
+            comparison=accesslog_pb2.ComparisonFilter(
+                op=accesslog_pb2.ComparisonFilter.EQ,
+                value=base_pb2.RuntimeUInt32(default_value=403, runtime_key="meshserve.refused_status"),
+            )
+        )
+    )
+    return hcm.LocalReplyConfig(
+        mappers=[
+            hcm.ResponseMapper(
+                filter=forbidden,
+                status_code=wrappers_pb2.UInt32Value(value=404),
+                body=base_pb2.DataSource(inline_string=NOT_INFERENCE),
+            )
+        ]
+    )
 
 
 def _address(host: str, port: int) -> address_pb2.Address:

@@ -79,7 +79,7 @@ def test_scope_is_keyed_on_the_model_name_with_inline_routes() -> None:
 
 def test_single_split_has_one_rest_and_one_grpc_route_without_fractions() -> None:
     route = Route("iris", (split("iris_1"),))
-    assert [r.match.safe_regex.regex for r in routes_of(route)] == [resources.REST_PATH, resources.GRPC_PATH]
+    assert [r.match.prefix for r in routes_of(route)] == [resources.REST_PREFIX, resources.GRPC_PREFIX]
     assert fractions(route) == [("iris_1_http", None), ("iris_1_grpc", None)]
 
 
@@ -149,4 +149,8 @@ def test_listener_scopes_routes_by_the_model_header_and_runs_lua_before_the_rout
     assert listener.filter_chains[0].filters[0].typed_config.Unpack(manager)
     fragment = manager.scoped_routes.scope_key_builder.fragments[0]
     assert fragment.header_value_extractor.name == "seldon-model"
-    assert [f.name for f in manager.http_filters] == ["envoy.filters.http.lua", "envoy.filters.http.router"]
+    assert [f.name for f in manager.http_filters] == [
+        "envoy.filters.http.rbac",
+        "envoy.filters.http.lua",
+        "envoy.filters.http.router",
+    ]

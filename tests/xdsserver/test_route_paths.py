@@ -1,8 +1,9 @@
-"""Only the Open Inference Protocol's per-model endpoints match a model's routes (issue 8, item 1).
+"""Only the Open Inference Protocol's per-model endpoints pass the listener (issue 8, item 1).
 
-Envoy matches ``safe_regex`` (RE2) against the whole path without its query string; these patterns
-use only syntax on which RE2 and Python's ``re`` agree, so ``re.fullmatch`` stands in for Envoy here
-(tests/e2e/test_hostile_input.py checks the same through a real Envoy).
+The data-plane listener's RBAC filter allows the REST paths by one ``safe_regex`` (RE2, matched
+against the whole path without its query string) and the gRPC methods by exact path; the pattern
+uses only syntax on which RE2 and Python's ``re`` agree, so ``re.fullmatch`` stands in for Envoy
+here (tests/e2e/test_hostile_input.py checks the same through a real Envoy).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import re
 
 import pytest
+from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm
 
 from apis.routing import WEIGHT_SCALE, Endpoint, Route, Split
 from xdsserver import resources
@@ -17,16 +19,23 @@ from xdsserver import resources
 ROUTE = Route("iris", (Split("iris_1", WEIGHT_SCALE, (Endpoint("127.0.0.1", 8080, 9500),)),))
 
 
+def _permissions() -> list[str]:
+    """The allow-list as it reaches Envoy: REST regex first, then the exact gRPC paths."""
+    policy = resources.inference_only().rules.policies["inference-only"]
+    found: list[str] = []
+    for permission in policy.permissions:
+        matcher = permission.url_path.path
+        found.append(matcher.safe_regex.regex if matcher.HasField("safe_regex") else matcher.exact)
+    return found
+
+
 def _rest() -> str:
-    return str(
-        resources.scope_for(ROUTE).route_configuration.virtual_hosts[0].routes[0].match.safe_regex.regex
-    )
+    return _permissions()[0]
 
 
 def _grpc() -> str:
-    return str(
-        resources.scope_for(ROUTE).route_configuration.virtual_hosts[0].routes[1].match.safe_regex.regex
-    )
+    """The exact gRPC paths as one alternation, so the tests read like the REST ones."""
+    return "|".join(re.escape(path) for path in _permissions()[1:])
 
 
 @pytest.mark.parametrize(
@@ -94,7 +103,17 @@ def test_other_grpc_methods_miss_the_grpc_route(path: str) -> None:
     assert not re.fullmatch(_grpc(), path)
 
 
-def test_every_route_of_a_split_is_restricted() -> None:
+def test_the_listener_refuses_everything_else_before_any_route() -> None:
+    listener = resources.listener(address="127.0.0.1", port=9000, lua_code="")
+    manager = hcm.HttpConnectionManager()
+    assert listener.filter_chains[0].filters[0].typed_config.Unpack(manager)
+    assert manager.http_filters[0].name == "envoy.filters.http.rbac"
+    assert manager.normalize_path.value and manager.merge_slashes
+    [mapper] = manager.local_reply_config.mappers
+    assert mapper.status_code.value == 404  # RBAC's 403 reads as "no such endpoint"
+
+
+def test_every_route_of_a_split_stays_under_the_oip_prefixes() -> None:
     split = Route(
         "iris",
         (
@@ -105,5 +124,4 @@ def test_every_route_of_a_split_is_restricted() -> None:
     routes = resources.scope_for(split).route_configuration.virtual_hosts[0].routes
     assert len(routes) == 8
     for route in routes:
-        assert route.match.WhichOneof("path_specifier") == "safe_regex"
-        assert route.match.safe_regex.regex in (resources.REST_PATH, resources.GRPC_PATH)
+        assert route.match.prefix in (resources.REST_PREFIX, resources.GRPC_PREFIX)
