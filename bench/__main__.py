@@ -14,7 +14,7 @@ from pathlib import Path
 from bench import report
 
 ROOT = Path(__file__).resolve().parent.parent
-FIGURES = ("dataplane", "route", "scale", "placement", "envoy-memory", "experiments")
+FIGURES = ("dataplane", "route", "scale", "placement", "envoy-memory", "experiments", "tls")
 
 
 async def _figure(name: str, work: Path, quick: bool) -> list[report.Section]:
@@ -38,6 +38,10 @@ async def _figure(name: str, work: Path, quick: bool) -> list[report.Section]:
         from bench import experiments
 
         return [await experiments.run(work, quick)]
+    if name == "tls":
+        from bench import tls
+
+        return [await tls.run(work, quick)]
     return []
 
 
