@@ -31,9 +31,8 @@ class Component:
     """One process of the stack.
 
     ``group`` ties the processes of one server replica together (MLServer first, then its agent):
-    when a member dies the supervisor restarts it *and every later member* (a dead MLServer takes
-    its agent with it, so the agent starts afresh against the new MLServer; a dead agent alone is
-    restarted alone, since its MLServer keeps serving). ``binds`` are the loopback ports the process
+    one restart count and backoff, fresh ports for both, given up together (stack/supervisor.py
+    says when each is restarted). ``binds`` are the loopback ports the process
     listens on, checked free before each start; ``rebind`` builds the whole group again on fresh
     ports when one was taken (None: the ports are the user's, and a taken one is an error).
     """

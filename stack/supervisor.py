@@ -6,9 +6,13 @@ starts, so ``meshserve down`` can clean up even if this supervisor itself was SI
 
 Restarts (:meth:`Supervisor.supervise`):
 
-* A server replica is one unit (``Component.group``): a dead MLServer is restarted together with
-  its agent (stopped, then started again once the new MLServer is live); a dead agent is restarted
-  alone, since its MLServer keeps serving and the new agent adopts its models.
+* A server replica is one unit (``Component.group``): its MLServer and agent share a restart count
+  and backoff, move to fresh ports together (the agent is restarted with the MLServer's new ports)
+  and are given up together (the replica deregisters, so its models are placed elsewhere). A dead
+  agent is restarted alone: its MLServer keeps serving and the new agent adopts its models. A dead
+  MLServer restarted on its own ports keeps its agent, whose watcher (agent/watch.py) reports
+  the lost models within ~2 s and so takes the replica out of their routes at once; a restarted
+  agent would leave it routed until it subscribed again (after the new MLServer is live, ~5 s).
 * The delay before a unit's restart doubles from 0.5 s up to 10 s; a process that ran
   ``healthy_seconds`` starts its unit's count and delay afresh.
 * After ``restart_limit`` restarts without a healthy run the supervisor gives up on the unit, and
@@ -251,15 +255,13 @@ class Supervisor:
             log.error("restart crashed", unit=unit, error=repr(error))
 
     async def _recover(self, name: str) -> None:
-        """Restart the unit of ``name`` (which exited): it and the members after it, with backoff."""
+        """Restart ``name`` (which exited), with backoff; with the members of its unit after it when
+        it must move to fresh ports. Gives the whole rest of the unit up when it gives up."""
         dead = self._running[name]
         unit = dead.component.unit
         code = dead.process.returncode
-        members = self._from(dead.component)
+        pair = self._from(dead.component)
         dead.log_file.close()
-        for member in members[1:]:  # an agent must not outlive the MLServer it registered
-            if (running := self._running.get(member.name)) is not None:
-                await _terminate(running, DEPENDENT_STOP_GRACE)
         restarts = self._restarts.setdefault(unit, Restarts())
         if time.monotonic() - dead.started >= self.config.healthy_seconds:
             restarts.count, restarts.delay = 0, RESTART_BACKOFF_INITIAL
@@ -267,7 +269,9 @@ class Supervisor:
         while True:
             reason = self._give_up_reason(name, code, restarts)
             if reason is not None:
-                self._give_up(members, name, reason)
+                # A replica whose MLServer is given up loses its agent too: it deregisters, and the
+                # scheduler places its models elsewhere.
+                self._give_up(pair, name, reason)
                 return
             delay = restarts.delay
             restarts.count += 1
@@ -279,9 +283,13 @@ class Supervisor:
                 after=delay,
                 restart=restarts.count,
                 limit=self.config.restart_limit,
-                restarting=[m.name for m in members],
             )
             await asyncio.sleep(delay)
+            moving = bind_failed or not all(port_free(self.config.host, p) for p in pair[0].binds)
+            members = pair if moving and pair[0].rebind is not None else pair[:1]
+            for member in members[1:]:  # the agent restarts with its MLServer's new ports
+                if (running := self._running.get(member.name)) is not None:
+                    await _terminate(running, DEPENDENT_STOP_GRACE)
             try:
                 await self._start_unit(members, wait_last=False, bind_failed=bind_failed)
                 return

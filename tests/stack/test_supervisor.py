@@ -119,10 +119,10 @@ async def supervised(tmp_path: Path) -> AsyncIterator[Callable[..., Awaitable[Su
         await supervisor.stop(grace=2)
 
 
-async def test_a_dead_mlserver_restarts_with_its_agent_and_a_dead_agent_alone(
+async def test_a_replica_pair_restarts_member_by_member_and_is_given_up_together(
     supervised: Callable[..., Awaitable[Supervisor]],
 ) -> None:
-    supervisor = await supervised()
+    supervisor = await supervised(restart_limit=2)
     await supervisor.add(*pair(free_ports(1)[0]))
     ml, ag = supervisor.pid("ml"), supervisor.pid("ag")
 
@@ -131,13 +131,18 @@ async def test_a_dead_mlserver_restarts_with_its_agent_and_a_dead_agent_alone(
     assert supervisor.pid("ml") == ml  # its MLServer kept serving
 
     ag = supervisor.pid("ag")
-    os.kill(ml, signal.SIGKILL)
-    await eventually(
-        lambda: supervisor.pid("ml") != ml and supervisor.pid("ag") != ag, what="the pair to restart"
-    )
-    await eventually(lambda: dead(ag), what="the old agent to be stopped")
+    os.kill(ml, signal.SIGKILL)  # same ports free: the agent stays (its watcher reports the loss)
+    await eventually(lambda: supervisor.pid("ml") != ml, what="the MLServer to restart")
+    assert supervisor.pid("ag") == ag
     port = supervisor.component("ml").binds[0]
     await eventually(lambda: not _free(port), what="the new MLServer to listen")
+
+    # The pair's restart count is shared: one more death is past the limit of 2.
+    os.kill(supervisor.pid("ml"), signal.SIGKILL)
+    await eventually(lambda: supervisor.failed("ml") is not None, what="the supervisor to give up")
+    assert supervisor.failed("ag") == f"stopped with ml: {supervisor.failed('ml')}"
+    assert not supervisor.running("ag")
+    await eventually(lambda: dead(ag), what="the agent to be stopped with its MLServer")
 
 
 async def test_a_crash_loop_is_given_up_after_the_limit_and_shown_in_stack_json(
@@ -207,6 +212,11 @@ async def test_a_replica_whose_port_was_taken_starts_on_fresh_ports(
         await eventually(lambda: supervisor.pid("ml") != ml, what="the MLServer to restart")
         moved = supervisor.component("ml").binds[0]
         assert moved != first
+
+        def agent_follows() -> bool:  # restarted with its MLServer's new port
+            return supervisor.running("ag") and supervisor.component("ag").argv[-1] == str(moved)
+
+        await eventually(agent_follows, what="the agent to restart on the new port")
         await eventually(lambda: not _free(moved), what="the MLServer to listen on its new port")
     state = json.loads(supervisor.config.state_file.read_text())
     assert state["components"]["ml"] == supervisor.pid("ml")
