@@ -19,12 +19,12 @@ from apis.mlops.agent import agent_pb2
 from apis.mlops.scheduler import scheduler_pb2
 from apis.routing import Route, RouteSink
 from apis.validation import InvalidResource, validate_model, validate_name, validate_server
-from scheduler import lifecycle
+from scheduler import lifecycle, scheduling
 from scheduler.errors import NotFound
 from scheduler.membership import AgentLink, Membership, operation
-from scheduler.placement import Placement, PlacementPolicy, Policy, required_memory
+from scheduler.placement import PlacementPolicy, Policy, required_memory
 from scheduler.routing import Routing, model_route, replica_endpoint
-from scheduler.state import ModelRecord, ModelVersion, ReplicaState, Server, ServerReplica
+from scheduler.state import LoadedIndex, ModelRecord, ModelVersion, ReplicaState, Server, ServerReplica
 from scheduler.store import StateStore
 
 log = structlog.get_logger("meshserve.scheduler")
@@ -58,7 +58,7 @@ class Scheduler:
         self._members = Membership(grace_seconds=agent_grace_seconds, on_expired=self._replica_expired)
         self._policy = policy or Policy()
         self.models: dict[str, ModelRecord] = {}
-        self._loaded: dict[str, dict[tuple[str, int], int]] = {}  # model -> (server, idx) -> versions
+        self._loaded = LoadedIndex()
         self._model_listeners: list[Callable[[str], None]] = []
         self._server_listeners: list[Callable[[str], None]] = []
         self._route_listeners: list[Callable[[str], None]] = []
@@ -88,7 +88,7 @@ class Scheduler:
         self.models, self._members.servers = self._store.load()
         self._members.restored()
         for record in self.models.values():
-            self._index_loaded(record)
+            self._loaded.update(record)
             self._routing.publish(model_route(record, self.servers))
         log.info("state restored", models=len(self.models), servers=len(self.servers))
 
@@ -143,12 +143,7 @@ class Scheduler:
 
     def loaded_per_replica(self, server: str) -> dict[int, int]:
         """How many model versions each replica of ``server`` holds (Loaded or Available)."""
-        counts: dict[int, int] = {}
-        for slots in self._loaded.values():
-            for (name, idx), count in slots.items():
-                if name == server:
-                    counts[idx] = counts.get(idx, 0) + count
-        return counts
+        return self._loaded.per_replica(server)
 
     # -- listeners (status streams) ----------------------------------------------------------------
 
@@ -240,12 +235,8 @@ class Scheduler:
         self._retry_unsatisfied()
 
     def _move_off_retiring(self, server: Server) -> None:
-        retiring = {r.idx for r in server.replicas.values() if r.retiring}
-        for record in list(self.models.values()):
-            latest = record.latest
-            on_retiring = latest.server == server.name and retiring & set(latest.active_replicas())
-            if on_retiring and not record.deleted:
-                self._schedule(record)
+        for record in scheduling.on_retiring(list(self.models.values()), server):
+            self._schedule(record)
 
     async def drain(self, server_name: str, idx: int) -> None:
         """Move every model off one replica (AgentDrain), returning once each runs elsewhere.
@@ -262,21 +253,12 @@ class Scheduler:
         changed = asyncio.Event()
         stop_listening = self.on_model_change(lambda _: changed.set())
         try:
-            while self._still_on(server_name, idx):
+            while scheduling.still_on(self.models.values(), server_name, idx):
                 changed.clear()
                 await changed.wait()
         finally:
             stop_listening()
         log.info("replica drained", server=server_name, replica=idx)
-
-    def _still_on(self, server_name: str, idx: int) -> bool:
-        for record in self.models.values():
-            latest = record.latest
-            if latest.server != server_name or record.deleted or latest.schedule_error:
-                continue
-            if idx in latest.active_replicas():
-                return True
-        return False
 
     # -- agent membership --------------------------------------------------------------------------
 
@@ -335,45 +317,11 @@ class Scheduler:
         self, event: agent_pb2.ModelEventMessage, servers: dict[str, None]
     ) -> tuple[ModelRecord, ReplicaState] | None:
         """One event's replica transition (no refresh); None when it is unknown or stale."""
-        record = self.models.get(event.modelName)
-        version = record.version(event.modelVersion) if record else None
         replica = self._members.replica(event.serverName, event.replicaIdx)
         if replica is not None:
             replica.available_memory = event.availableMemoryBytes
             servers[event.serverName] = None
-        # Replica states are per index of the version's server; an event from another server is stale.
-        on_server = version is not None and version.server == event.serverName
-        status = version.replicas.get(event.replicaIdx) if version is not None and on_server else None
-        if record is None or version is None or status is None:
-            log.warning("event for unknown model replica", model=event.modelName, version=event.modelVersion)
-            return None
-        outcome = lifecycle.event_outcome(event.event, status.state)
-        if outcome is None:
-            log.warning(
-                "ignoring stale agent event",
-                model=version.versioned_name,
-                replica_state=status.state,
-                agent_event=Event.Event.Name(event.event),
-            )
-            return None
-        if replica is not None:
-            replica.reservations.pop(version.versioned_name, None)
-        version.set_replica(event.replicaIdx, outcome, event.message)
-        spec = version.spec.modelSpec
-        if (
-            event.event == Event.LOADED
-            and event.HasField("runtimeInfo")
-            and not spec.HasField("modelRuntimeInfo")
-        ):
-            spec.modelRuntimeInfo.CopyFrom(event.runtimeInfo)
-        log.debug(
-            "agent event",
-            model=version.versioned_name,
-            replica=event.replicaIdx,
-            agent_event=Event.Event.Name(event.event),
-            message=event.message,
-        )
-        return record, outcome
+        return lifecycle.apply_event(self.models, replica, event)
 
     # -- Envoy -------------------------------------------------------------------------------------
 
@@ -419,51 +367,15 @@ class Scheduler:
     # -- scheduling --------------------------------------------------------------------------------
 
     def _schedule(self, record: ModelRecord) -> None:
-        if record.deleted:
-            self._refresh(record)
-            return
-        latest = record.latest
-        placement = self._policy.place(latest, list(self.servers.values()))
-        if not isinstance(placement, Placement):
-            latest.schedule_error = placement.reason
-            log.info("schedule failed", model=latest.versioned_name, reason=placement.reason)
-            self._refresh(record)
-            return
-        latest.schedule_error = ""
-        server = self.servers[placement.server]
-        if latest.server not in ("", placement.server) and latest.active_replicas():
-            # Moving servers is a roll-out to a new version: the old one keeps serving until the
-            # new one is Available (as in Seldon), and replica indexes never mix servers.
-            moved = scheduler_pb2.Model()
-            moved.CopyFrom(latest.spec)
-            latest = ModelVersion(latest.number + 1, moved)
-            record.versions.append(latest)
-            log.info("model moves server", model=record.name, version=latest.number, server=placement.server)
-        for idx in latest.active_replicas():
-            if idx not in placement.replicas:
-                # A serving replica keeps serving (Draining) until its replacements are up.
-                serving = latest.replicas[idx].state.serves
-                latest.set_replica(
-                    idx, ReplicaState.Draining if serving else ReplicaState.UnloadEnvoyRequested
-                )
-        latest.server = placement.server
-        for idx in placement.replicas:
-            status = latest.replicas.get(idx)
-            if status is None or not status.state.active:
-                self._send_load(latest, server.replicas[idx])
+        if not record.deleted:
+            for version, replica in scheduling.place(record, self.servers, self._policy):
+                self._send_load(version, replica)
         self._refresh(record)
 
     def _retry_unsatisfied(self) -> None:
         """Retry models that failed to schedule or lack replicas (capacity may have appeared)."""
-        for record in list(self.models.values()):
-            latest = record.latest
-            if record.deleted:
-                continue
-            short = len(latest.active_replicas()) < max(latest.desired_replicas, 1)
-            # A replica whose load failed is not retried here: that needs a new spec or capacity change
-            # on its own server, not any membership event.
-            if latest.schedule_error or (short and not latest.replicas_in(ReplicaState.LoadFailed)):
-                self._schedule(record)
+        for record in scheduling.unsatisfied(list(self.models.values())):
+            self._schedule(record)
 
     def _send_load(self, version: ModelVersion, replica: ServerReplica) -> None:
         link = self._members.link(replica.server, replica.idx)
@@ -496,19 +408,12 @@ class Scheduler:
         self._settle_routes(record)  # replicas that no route reaches any more can go now
         lifecycle.update_states(record)
         lifecycle.prune_terminated(record)
-        self._index_loaded(record)
+        self._loaded.update(record)
         if record.deleted and all(not v.active_replicas() for v in record.versions):
             del self.models[record.name]
-            self._loaded.pop(record.name, None)
+            self._loaded.forget(record.name)
             log.info("model removed", model=record.name)
         self._model_changed(record.name)
-
-    def _index_loaded(self, record: ModelRecord) -> None:
-        slots: dict[tuple[str, int], int] = {}
-        for version in record.versions:
-            for idx in version.replicas_in(ReplicaState.Loaded, ReplicaState.Available):
-                slots[(version.server, idx)] = slots.get((version.server, idx), 0) + 1
-        self._loaded[record.name] = slots
 
     async def close(self) -> None:
         await self._members.close()

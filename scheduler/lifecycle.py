@@ -13,9 +13,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+import structlog
+
 from apis.mlops.agent import agent_pb2
 from apis.mlops.scheduler import scheduler_pb2
-from scheduler.state import ModelRecord, ModelState, ModelVersion, ReplicaState
+from scheduler.state import ModelRecord, ModelState, ModelVersion, ReplicaState, ServerReplica
+
+log = structlog.get_logger("meshserve.scheduler.lifecycle")
 
 Event = agent_pb2.ModelEventMessage
 
@@ -62,6 +66,49 @@ def event_outcome(event: Event.Event.ValueType, current: ReplicaState) -> Replic
     if transition is None or current not in transition[0]:
         return None
     return transition[1]
+
+
+def apply_event(
+    models: Mapping[str, ModelRecord], replica: ServerReplica | None, event: Event
+) -> tuple[ModelRecord, ReplicaState] | None:
+    """Move one replica as an agent event says; None (and a log line) when it is unknown or stale.
+
+    Replica states are per index of the version's server, so an event from another server is stale.
+    """
+    record = models.get(event.modelName)
+    version = record.version(event.modelVersion) if record else None
+    on_server = version is not None and version.server == event.serverName
+    status = version.replicas.get(event.replicaIdx) if version is not None and on_server else None
+    if record is None or version is None or status is None:
+        log.warning("event for unknown model replica", model=event.modelName, version=event.modelVersion)
+        return None
+    outcome = event_outcome(event.event, status.state)
+    if outcome is None:
+        log.warning(
+            "ignoring stale agent event",
+            model=version.versioned_name,
+            replica_state=status.state,
+            agent_event=Event.Event.Name(event.event),
+        )
+        return None
+    if replica is not None:
+        replica.reservations.pop(version.versioned_name, None)  # the load finished either way
+    version.set_replica(event.replicaIdx, outcome, event.message)
+    spec = version.spec.modelSpec
+    if (
+        event.event == Event.LOADED
+        and event.HasField("runtimeInfo")
+        and not spec.HasField("modelRuntimeInfo")
+    ):
+        spec.modelRuntimeInfo.CopyFrom(event.runtimeInfo)
+    log.debug(
+        "agent event",
+        model=version.versioned_name,
+        replica=event.replicaIdx,
+        agent_event=Event.Event.Name(event.event),
+        message=event.message,
+    )
+    return record, outcome
 
 
 def update_states(record: ModelRecord) -> None:

@@ -172,3 +172,37 @@ class Server:
 
     def is_retiring(self, idx: int) -> bool:
         return 0 <= self.expected_replicas <= idx
+
+
+class LoadedIndex:
+    """How many model versions each server replica holds (Loaded or Available).
+
+    Kept per model, so a model's refresh rewrites only its own entries, and a server's count reads
+    only the models placed on it (status streams ask on every server change).
+    """
+
+    def __init__(self) -> None:
+        self._by_server: dict[str, dict[str, dict[int, int]]] = {}  # server -> model -> idx -> n
+        self._servers_of: dict[str, set[str]] = {}  # model -> servers it has entries on
+
+    def update(self, record: ModelRecord) -> None:
+        self.forget(record.name)
+        for version in record.versions:
+            for idx in version.replicas_in(ReplicaState.Loaded, ReplicaState.Available):
+                slots = self._by_server.setdefault(version.server, {}).setdefault(record.name, {})
+                slots[idx] = slots.get(idx, 0) + 1
+                self._servers_of.setdefault(record.name, set()).add(version.server)
+
+    def forget(self, model: str) -> None:
+        for server in self._servers_of.pop(model, ()):
+            models = self._by_server[server]
+            models.pop(model, None)
+            if not models:
+                del self._by_server[server]
+
+    def per_replica(self, server: str) -> dict[int, int]:
+        counts: dict[int, int] = {}
+        for slots in self._by_server.get(server, {}).values():
+            for idx, count in slots.items():
+                counts[idx] = counts.get(idx, 0) + count
+        return counts
