@@ -27,6 +27,12 @@ VERSION = "meshserve-0.1.0"
 
 
 class SchedulerService(scheduler_pb2_grpc.SchedulerServicer):
+    """Seldon's controller-facing API: each RPC converts messages and calls one use case.
+
+    Mutating RPCs answer only once the change is durable (``commit``); errors are mapped to
+    status codes by :class:`scheduler.errors.StatusMapping`, never here.
+    """
+
     def __init__(self, core: Scheduler, experiments: Experiments) -> None:
         self._core = core
         self._experiments = experiments
