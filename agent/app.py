@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import asyncio
 
+from prometheus_client import CollectorRegistry
 from structlog.typing import FilteringBoundLogger
 
 from agent.client import AgentClient
 from agent.config import AgentConfig
 from agent.identity import AgentIdentity, new_agent_id
 from agent.log import get_logger
+from agent.metrics import MeteredOperator, served_metrics
 from agent.mlserver import MLServerClient
-from agent.operations import ModelOperator
 from agent.repository import LocalRepository
 from agent.state import ReplicaState
 from agent.watch import MLServerWatcher
@@ -28,10 +29,23 @@ async def run_agent(config: AgentConfig, *, logger: FilteringBoundLogger | None 
     log = logger or get_logger()
     state = ReplicaState(memory_bytes=config.memory_bytes, overcommit_percentage=config.overcommit_percentage)
     repository = LocalRepository(config.models_dir, policy=config.fetch_policy)
-    async with MLServerClient(config.mlserver_url) as mlserver:
+    async with (
+        served_metrics(
+            CollectorRegistry(),
+            state=state,
+            server=config.server_name,
+            replica=config.replica_idx,
+            mlserver_metrics_url=config.mlserver_metrics_url,
+            host=config.metrics_host,
+            port=config.metrics_port,
+            logger=log,
+        ) as metrics,
+        MLServerClient(config.mlserver_url) as mlserver,
+    ):
         log.info("waiting for MLServer", url=config.mlserver_url)
         await mlserver.wait_live(config.startup_timeout_seconds)
-        operator = ModelOperator(
+        operator = MeteredOperator(
+            metrics=metrics,
             mlserver=mlserver,
             repository=repository,
             state=state,

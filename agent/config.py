@@ -82,6 +82,16 @@ class AgentConfig:
     )
     inference_http_port: int = field(default=8080, metadata=flag("MLServer's HTTP port"))
     inference_grpc_port: int = field(default=9500, metadata=flag("MLServer's gRPC port"))
+    inference_metrics_port: int = field(
+        default=8082, metadata=flag("MLServer's metrics port (its inference counters; docs/metrics.md)")
+    )
+    metrics_host: str = field(default="127.0.0.1", metadata=flag("address the agent's /metrics binds to"))
+    metrics_port: int = field(
+        default=9006,
+        metadata=flag(
+            "the agent's Prometheus /metrics (docs/metrics.md); 0 serves none", parse=non_negative_int
+        ),
+    )
     memory_bytes: int = field(
         default=1_000_000_000, metadata=flag("memory its models may use", parse=non_negative_int)
     )
@@ -153,6 +163,10 @@ class AgentConfig:
     @property
     def mlserver_url(self) -> str:
         return f"http://{self.inference_host}:{self.inference_http_port}"
+
+    @property
+    def mlserver_metrics_url(self) -> str:
+        return f"http://{self.inference_host}:{self.inference_metrics_port}/metrics"
 
     @property
     def fetch_policy(self) -> FetchPolicy:

@@ -16,6 +16,7 @@ import structlog
 from envoy.service.discovery.v3 import ads_pb2_grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+from prometheus_client import CollectorRegistry
 
 from apis.limits import GRPC_RECEIVE_LIMIT
 from apis.logs import configure_logging
@@ -28,6 +29,7 @@ from scheduler.config import SchedulerConfig, parse_args
 from scheduler.core import Scheduler
 from scheduler.errors import StatusMapping
 from scheduler.experiments import Experiments
+from scheduler.metrics import SchedulerMetrics
 from scheduler.policies import load_policy
 from scheduler.store import StateStore
 from xdsserver import resources
@@ -57,6 +59,9 @@ class SchedulerApp:
             store=store,
         )
         self.experiments = Experiments(self.core, store)
+        self.metrics = SchedulerMetrics(
+            CollectorRegistry(), core=self.core, experiments=self.experiments, envoys=self.xds
+        )
         self._servers: list[grpc.aio.Server] = []
 
     async def start(self) -> None:
@@ -101,6 +106,7 @@ class SchedulerApp:
         ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(self.xds, xds)
         for server in self._servers:
             await server.start()
+        await self.metrics.serve(config.metrics_host, config.metrics_port)
         log.info(
             "scheduler started",
             api=f"{config.host}:{config.scheduler_port}",
@@ -111,7 +117,7 @@ class SchedulerApp:
 
     def _server(self, port: int) -> grpc.aio.Server:
         server = grpc.aio.server(
-            interceptors=[StatusMapping()],
+            interceptors=[StatusMapping(), self.metrics.interceptor],
             options=[
                 GRPC_RECEIVE_LIMIT,
                 ("grpc.keepalive_permit_without_calls", 1),
@@ -130,6 +136,7 @@ class SchedulerApp:
         return server
 
     async def stop(self, grace: float = 1.0) -> None:
+        await self.metrics.close()
         await self.core.close()
         self.routes.close()
         await asyncio.gather(*(s.stop(grace) for s in self._servers))

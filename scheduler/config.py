@@ -33,6 +33,11 @@ class SchedulerConfig:
     scheduler_port: int = field(default=9004, metadata=flag("Scheduler API (seldon.mlops.scheduler)"))
     agent_port: int = field(default=9005, metadata=flag("AgentService, which agents subscribe to"))
     xds_port: int = field(default=9002, metadata=flag("delta ADS, which Envoy connects to"))
+    metrics_host: str = field(default="127.0.0.1", metadata=flag("address /metrics binds to"))
+    metrics_port: int = field(
+        default=9007,
+        metadata=flag("Prometheus /metrics (docs/metrics.md); 0 serves none", parse=non_negative_int),
+    )
     envoy_listen_address: str = field(default="127.0.0.1", metadata=flag("Envoy's data-plane address"))
     envoy_http_port: int = field(default=9000, metadata=flag("Envoy's data-plane port"))
     lua_file: Path = field(default=DEFAULT_LUA, metadata=flag("Envoy's Lua filter (request glue)"))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import ipaddress
 import os
 import socket
@@ -69,6 +70,7 @@ def components(config: StackConfig) -> list[Component]:
                 f"--scheduler-port={config.scheduler_port}",
                 f"--agent-port={config.agent_port}",
                 f"--xds-port={config.xds_port}",
+                f"--metrics-port={config.scheduler_metrics_port}",
                 f"--envoy-listen-address={host}",
                 f"--envoy-http-port={config.http_port}",
                 f"--agent-grace-seconds={config.agent_grace_seconds}",
@@ -76,7 +78,7 @@ def components(config: StackConfig) -> list[Component]:
                 *scheduler_tls_flags(config),
             ],
             ready=lambda: grpc_healthy(f"{host}:{config.scheduler_port}", tls=probe_tls),
-            binds=(config.scheduler_port, config.agent_port, config.xds_port),
+            binds=(config.scheduler_port, config.agent_port, config.xds_port, config.scheduler_metrics_port),
         ),
         Component(
             "envoy",
@@ -94,7 +96,12 @@ def components(config: StackConfig) -> list[Component]:
         ),
         *server_replica(
             config,
-            ReplicaPorts(config.mlserver_http_port, config.mlserver_grpc_port, config.mlserver_metrics_port),
+            ReplicaPorts(
+                config.mlserver_http_port,
+                config.mlserver_grpc_port,
+                config.mlserver_metrics_port,
+                config.agent_metrics_port,
+            ),
             server=config.server_name,
             idx=0,
             capabilities=config.capabilities,
@@ -107,6 +114,10 @@ class ReplicaPorts:
     http: int
     grpc: int
     metrics: int
+    # The agent's /metrics; 0: a free port is taken when the replica is built. Not among the
+    # agent's binds: an agent restarted alone must keep its MLServer's ports, and one whose metrics
+    # port is taken runs on without it (docs/metrics.md).
+    agent_metrics: int = 0
 
 
 def replica_names(config: StackConfig, server: str, idx: int) -> tuple[str, str]:
@@ -124,16 +135,18 @@ def server_replica(
     config: StackConfig, ports: ReplicaPorts, *, server: str, idx: int, capabilities: str
 ) -> list[Component]:
     """One server replica: an MLServer and the agent that registers it as ``server``/``idx``."""
+    from stack.ports import free_ports
+
     host = config.host
+    if not ports.agent_metrics:
+        ports = dataclasses.replace(ports, agent_metrics=free_ports(1)[0])
     mlserver_name, agent_name = replica_names(config, server, idx)
     repository = models_dir(config, server, idx)
     repository.mkdir(parents=True, exist_ok=True)
     group = f"replica {server}/{idx}"
 
     def rebind() -> list[Component]:
-        from stack.ports import free_ports
-
-        fresh = ReplicaPorts(*free_ports(3))
+        fresh = ReplicaPorts(*free_ports(4))
         return server_replica(config, fresh, server=server, idx=idx, capabilities=capabilities)
 
     return [
@@ -169,6 +182,8 @@ def server_replica(
                 f"--inference-host={host}",
                 f"--inference-http-port={ports.http}",
                 f"--inference-grpc-port={ports.grpc}",
+                f"--inference-metrics-port={ports.metrics}",
+                f"--metrics-port={ports.agent_metrics}",
                 f"--memory-bytes={config.memory_bytes}",
                 f"--capabilities={capabilities}",
                 f"--overcommit-percentage={config.overcommit_percentage}",

@@ -51,6 +51,8 @@ class StackConfig:
     mlserver_http_port: int = field(default=8080, metadata=flag("the first MLServer's HTTP"))
     mlserver_grpc_port: int = field(default=9500, metadata=flag("the first MLServer's gRPC"))
     mlserver_metrics_port: int = field(default=8082, metadata=flag("the first MLServer's metrics"))
+    agent_metrics_port: int = field(default=9006, metadata=flag("the first agent's Prometheus /metrics"))
+    scheduler_metrics_port: int = field(default=9007, metadata=flag("the scheduler's Prometheus /metrics"))
     server_name: str = field(default="mlserver", metadata=flag("the server the stack starts"))
     capabilities: str = field(default=DEFAULT_CAPABILITIES, metadata=flag("its comma-separated runtimes"))
     memory_bytes: int = field(
