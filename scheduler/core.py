@@ -195,7 +195,7 @@ class Scheduler:
             return
         else:
             return  # identical: loading twice is a no-op
-        log.info("model accepted", model=name, version=record.latest.number)
+        log.debug("model accepted", model=name, version=record.latest.number)
         self._schedule(record)
 
     def unload_model(self, name: str) -> None:

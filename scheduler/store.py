@@ -11,10 +11,12 @@ What is durable when:
   writes every dirty name of every kind ``FLUSH_DELAY`` later, so a burst of 10,000 loads is not
   10,000 commits. A crash inside that window loses those changes; they are agent-reported state,
   which agents report again when they reconnect.
-* ``flush`` writes everything dirty now and returns once it is committed. ``group_commit`` does
-  the same for every caller of one event-loop turn: the first schedules a flush for the end of the
-  turn, all of them await it (64 concurrent LoadModel calls share one commit, not 64). API calls
-  await it before they answer, so nothing a client was told is accepted can be lost. These
+* ``flush`` writes everything dirty now and returns once it is committed. ``group_commit`` is
+  its asynchronous form, a group commit: the rows are encoded on the event loop, committed by one
+  writer thread, and every caller that arrives while a commit is in flight joins the next one
+  (64 concurrent LoadModel calls share a few commits, not 64, and the event loop never waits for
+  the disk). API calls await it before they answer, so nothing a client was told is accepted can
+  be lost. One commit is in flight at a time, so commits land in the order they were encoded. These
   commits are durable across power loss (``synchronous=FULL``: the WAL is fsynced, and with it
   every earlier timed batch); timed batches use ``NORMAL`` (no fsync; safe against a crash of the
   scheduler, not of the machine). docs/benchmarks.md has the cost.
@@ -50,9 +52,12 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import concurrent.futures
 import contextlib
+import functools
 import json
 import sqlite3
+import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -157,7 +162,12 @@ class StateStore:
         self._db = None if path is None else _open(path, migrations)
         self._bindings: dict[str, _Binding] = {}
         self._timer: asyncio.TimerHandle | None = None
-        self._group: asyncio.Future[None] | None = None  # the commit at the end of this loop turn
+        # Callers waiting for the next background commit, and the one in flight (at most one).
+        self._group: asyncio.Future[None] | None = None
+        self._writing: asyncio.Future[None] | None = None
+        # Held while a transaction runs on the connection, by the writer thread or a sync flush.
+        self._write_lock = threading.Lock()
+        self._writer: concurrent.futures.ThreadPoolExecutor | None = None
         self._sync_level = "NORMAL"  # _open's
         self._unsynced = False  # a commit since the last synchronous=FULL one
         self.register(MODELS, dict)
@@ -205,46 +215,118 @@ class StateStore:
         ``durable`` (API calls, close): the commit is on the disk when this returns, with every
         earlier one (``synchronous=FULL``: it survives power loss). Otherwise (timed flushes of
         agent-reported state, which agents report again) it survives a crash of the scheduler, not
-        of the machine, and costs no fsync (``NORMAL``).
+        of the machine, and costs no fsync (``NORMAL``). A background commit in flight is waited
+        for first, so this one lands after it.
         """
         if self._db is None:
             return
-        batch = [(bound, set(bound.dirty)) for bound in self._bindings.values() if bound.dirty]
-        if not batch and not (durable and self._unsynced):
-            return
-        self._synchronous("FULL" if durable else "NORMAL")
-        with _transaction(self._db) as db:
-            for bound, names in batch:
-                _write(db, bound, names)
-            if not batch:  # only earlier commits to make durable: a commit is what syncs the WAL
-                db.execute("INSERT OR REPLACE INTO meta VALUES ('synced', '1')")
-        self._unsynced = not durable
-        # Only now: a failure above leaves the names dirty for the next flush.
-        for bound, names in batch:
-            bound.dirty -= names
+        with self._write_lock:
+            batch = self._take(durable=durable)
+            if batch is None:
+                return
+            try:
+                self._commit(batch)
+            except BaseException:
+                self._restore(batch)
+                raise
 
     async def group_commit(self) -> None:
-        """Return once everything dirty now is committed, by one flush at the end of this
-        event-loop turn shared with every other caller in the turn. Raises what that flush raised
+        """Return once everything dirty now is durably committed (as :meth:`flush`), sharing the
+        commit with every caller that arrives before it starts. Raises what that commit raised
         (names stay dirty, as with :meth:`flush`)."""
         if self._db is None:
             return
         if self._group is None:
             self._group = asyncio.get_running_loop().create_future()
-            asyncio.get_running_loop().call_soon(self._group_flush)
+            if self._writing is None:
+                asyncio.get_running_loop().call_soon(self._start_group)
         # Shielded: one caller being cancelled must not cancel the commit the others wait for.
         await asyncio.shield(self._group)
 
-    def _group_flush(self) -> None:
+    def _start_group(self) -> None:
         group, self._group = self._group, None
-        assert group is not None
+        if group is not None:
+            self._start_write(group, durable=True)
+
+    def _start_write(self, group: asyncio.Future[None] | None, *, durable: bool) -> None:
+        """Encode what is dirty now and hand it to the writer thread (nothing is in flight)."""
         try:
-            self.flush()
-        except Exception as error:  # noqa: BLE001 - handed to every waiter
+            batch = None if self._db is None else self._take(durable=durable)
+        except Exception as error:  # noqa: BLE001 - an encoding failure goes to the waiters
+            self._settle(group, error)
+            return
+        if batch is None:
+            self._settle(group, None)
+            return
+        if self._writer is None:
+            self._writer = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="state-writer")
+        self._write_lock.acquire()  # free: no commit in flight, and a sync flush runs on this thread
+        try:
+            writing = asyncio.get_running_loop().run_in_executor(self._writer, self._commit_released, batch)
+        except BaseException:
+            self._write_lock.release()
+            raise
+        self._writing = writing
+        writing.add_done_callback(functools.partial(self._written, group, batch))
+
+    def _commit_released(self, batch: _Batch) -> None:
+        """Writer thread: commit, then let the next commit (or a sync flush) have the connection."""
+        try:
+            self._commit(batch)
+        finally:
+            self._write_lock.release()
+
+    def _written(self, group: asyncio.Future[None] | None, batch: _Batch, done: asyncio.Future[None]) -> None:
+        self._writing = None
+        error = done.exception() if not done.cancelled() else asyncio.CancelledError()
+        if error is not None:
+            self._restore(batch)
+            if group is None:  # waiters hear of it themselves
+                log.warning("state flush failed, will retry", error=str(error), retry_in=RETRY_DELAY)
+            if self._db is not None:
+                self._schedule_flush(RETRY_DELAY)
+        self._settle(group, error)
+        if self._group is not None:  # callers that arrived during this commit: theirs now
+            self._start_group()
+
+    @staticmethod
+    def _settle(group: asyncio.Future[None] | None, error: BaseException | None) -> None:
+        if group is None or group.done():
+            return
+        if error is None:
+            group.set_result(None)
+        else:
             group.set_exception(error)
             group.exception()  # retrieved: waiters that were cancelled meanwhile leave no warning
-        else:
-            group.set_result(None)
+
+    def _take(self, *, durable: bool) -> _Batch | None:
+        """Encode every dirty name now (event loop) and mark it clean; None: nothing to commit."""
+        writes = []
+        for bound in self._bindings.values():
+            if bound.dirty:
+                names = set(bound.dirty)
+                writes.append(_encode(bound, names))
+                bound.dirty -= names
+        if not writes and not (durable and self._unsynced):
+            return None
+        return _Batch(writes, durable)
+
+    def _restore(self, batch: _Batch) -> None:
+        """A commit failed: its names are dirty again, for the next one."""
+        for write in batch.writes:
+            write.bound.dirty |= write.names
+
+    def _commit(self, batch: _Batch) -> None:
+        """One transaction (any thread, holding the write lock)."""
+        assert self._db is not None
+        self._synchronous("FULL" if batch.durable else "NORMAL")
+        with _transaction(self._db) as db:
+            for write in batch.writes:
+                db.executemany(f"INSERT OR REPLACE INTO {write.table} VALUES (?, ?)", write.rows)
+                db.executemany(f"DELETE FROM {write.table} WHERE name = ?", write.gone)
+            if not batch.writes:  # only earlier commits to make durable: a commit is what syncs the WAL
+                db.execute("INSERT OR REPLACE INTO meta VALUES ('synced', '1')")
+        self._unsynced = not batch.durable
 
     def _synchronous(self, level: str) -> None:
         if self._db is not None and level != self._sync_level:
@@ -257,11 +339,10 @@ class StateStore:
 
     def _timed_flush(self) -> None:
         self._timer = None
-        try:
-            self.flush(durable=False)
-        except sqlite3.Error as error:
-            log.warning("state flush failed, will retry", error=str(error), retry_in=RETRY_DELAY)
-            self._schedule_flush(RETRY_DELAY)
+        if self._writing is not None or self._group is not None:
+            self._schedule_flush(FLUSH_DELAY)  # a commit is in flight or next: try after it
+            return
+        self._start_write(None, durable=False)
 
     # -- reads -------------------------------------------------------------------------------------
 
@@ -292,11 +373,21 @@ class StateStore:
             self._timer = None
         if self._db is None:
             return
+        group, self._group = self._group, None
         try:
-            self.flush()
+            self.flush()  # after any commit in flight; includes what waiting callers changed
+        except BaseException as error:
+            self._settle(group, error)
+            raise
+        else:
+            self._settle(group, None)
         finally:
-            self._db.close()
-            self._db = None
+            with self._write_lock:
+                self._db.close()
+                self._db = None
+            if self._writer is not None:
+                self._writer.shutdown(wait=False)
+                self._writer = None
 
     def _binding(self, kind: ResourceKind[Any]) -> _Binding:
         bound = self._bindings.get(kind.name)
@@ -305,13 +396,29 @@ class StateStore:
         return bound
 
 
-def _write(db: sqlite3.Connection, bound: _Binding, names: set[str]) -> None:
+@dataclass(frozen=True)
+class _Write:
+    """One kind's rows of a commit, encoded on the event loop."""
+
+    bound: _Binding
+    names: set[str]
+    table: str
+    rows: list[tuple[str, str]]
+    gone: list[tuple[str]]
+
+
+@dataclass(frozen=True)
+class _Batch:
+    writes: list[_Write]
+    durable: bool
+
+
+def _encode(bound: _Binding, names: set[str]) -> _Write:
     current = bound.current()
-    table, encode = bound.kind.name, bound.kind.encode
+    encode = bound.kind.encode
     rows = [(name, encode(obj)) for name in names if (obj := current.get(name)) is not None]
     gone = [(name,) for name in names if name not in current]
-    db.executemany(f"INSERT OR REPLACE INTO {table} VALUES (?, ?)", rows)
-    db.executemany(f"DELETE FROM {table} WHERE name = ?", gone)
+    return _Write(bound, names, bound.kind.name, rows, gone)
 
 
 # -- opening and migrating -----------------------------------------------------------------------------
@@ -321,7 +428,8 @@ def _open(path: Path, migrations: Sequence[Migration]) -> sqlite3.Connection:
     _check_numbering(migrations)
     path.parent.mkdir(parents=True, exist_ok=True)
     # Autocommit mode: transactions are explicit (_transaction), never implicit.
-    db = sqlite3.connect(path, isolation_level=None)
+    # Used by one thread at a time (StateStore's write lock), not always the one that opened it.
+    db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
     try:
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=NORMAL")

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -72,3 +74,30 @@ async def test_a_cancelled_caller_does_not_cancel_the_commit(tmp_path: Path) -> 
 
 async def test_without_a_database_it_returns_at_once() -> None:
     await StateStore(None).group_commit()
+
+
+async def test_callers_arriving_during_a_commit_share_the_next_one(
+    tmp_path: Path,
+    flaky: Flaky,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    path = tmp_path / "scheduler.db"
+    store, _models, _servers = _bound(path)
+    commit = StateStore._commit
+
+    def slow_commit(self: StateStore, batch: Any) -> None:
+        time.sleep(0.05)  # the writer thread; the event loop keeps serving meanwhile
+        commit(self, batch)
+
+    monkeypatch.setattr(StateStore, "_commit", slow_commit)
+    before = flaky.commits
+
+    async def api_call(delay: float) -> None:
+        await asyncio.sleep(delay)
+        store.model_changed("iris")
+        await store.group_commit()
+
+    await asyncio.gather(*(api_call(0.005 * i) for i in range(20)))  # spread over 0.1 s
+    assert flaky.commits - before <= 4  # not 20: one in flight, the rest gather behind it
+    assert set(_stored(path)[0]) == {"iris"}
+    store.close()
