@@ -83,6 +83,12 @@ def components(config: StackConfig) -> list[Component]:
         Component(
             "envoy",
             [
+                # Envoy asks for SIGTERM when its parent dies (PR_SET_PDEATHSIG): a shell that waits
+                # for it is that parent, so a killed supervisor does not take the data plane along.
+                # It exits with Envoy's status; stopping the component signals their process group.
+                "/bin/sh",
+                "-c",
+                '"$0" "$@"; exit $?',
                 config.binary("envoy"),
                 "-c",
                 str(write_envoy_bootstrap(config)),
