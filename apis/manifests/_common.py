@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
 
 import yaml
 
 from apis.limits import MAX_GENERATION, MAX_REQUIREMENTS
 from apis.mlops.scheduler import scheduler_pb2
+from apis.validation import InvalidResource
 
 API_VERSION = "mlops.seldon.io/v1alpha1"
 _TOP_LEVEL_FIELDS = frozenset({"apiVersion", "kind", "metadata", "spec", "status"})
@@ -155,3 +156,40 @@ def _bool(parent: Mapping[str, Any], key: str, prefix: str) -> bool:
 def _type_name(value: object) -> str:
     names = {dict: "a mapping", list: "a list", str: "a string", type(None): "nothing"}
     return names.get(type(value), type(value).__name__)
+
+
+R = TypeVar("R")
+
+
+def _parse_documents(
+    text: str,
+    *,
+    source: str,
+    kind: str,
+    build: Callable[[object], R],
+    name_of: Callable[[R], str],
+    check: Callable[[R], object] | None = None,
+) -> list[R]:
+    """Every ``kind`` document of a multi-document file, built and checked before any is used.
+
+    Errors name the file and the document; a name defined twice in one file is refused.
+    """
+    built: list[R] = []
+    seen: dict[str, int] = {}
+    for index, document in enumerate(_load_documents(text, source), start=1):
+        if document is None:
+            continue
+        try:
+            request = build(document)
+            if check is not None:
+                check(request)
+            name = name_of(request)
+            if name in seen:
+                raise ManifestError(f"{kind.lower()} {name!r} is already defined in document {seen[name]}")
+        except (ManifestError, InvalidResource) as exc:
+            raise ManifestFileError(f"{source}: document {index}: {exc}") from exc
+        seen[name] = index
+        built.append(request)
+    if not built:
+        raise ManifestFileError(f"{source}: no {kind} documents found")
+    return built

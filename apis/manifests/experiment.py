@@ -7,11 +7,10 @@ from typing import Any
 
 from apis.manifests._common import (
     ManifestError,
-    ManifestFileError,
     _bool,
     _fill_meta,
-    _load_documents,
     _mapping,
+    _parse_documents,
     _read,
     _reject_unknown,
     _resource,
@@ -20,7 +19,7 @@ from apis.manifests._common import (
     _uint32,
 )
 from apis.mlops.scheduler import scheduler_pb2
-from apis.validation import InvalidResource, validate_name
+from apis.validation import validate_name
 
 EXPERIMENT_KIND = "Experiment"
 _EXPERIMENT_SPEC_FIELDS = frozenset({"default", "candidates", "mirror", "resourceType", "config"})
@@ -46,25 +45,14 @@ def read_experiment_requests(
 def parse_experiment_requests(
     text: str, *, source: str, check: ExperimentCheck | None = None
 ) -> list[scheduler_pb2.StartExperimentRequest]:
-    requests: list[scheduler_pb2.StartExperimentRequest] = []
-    seen: dict[str, int] = {}
-    for index, document in enumerate(_load_documents(text, source), start=1):
-        if document is None:
-            continue
-        try:
-            request = experiment_request(document)
-            if check is not None:
-                check(request.experiment)
-            name = request.experiment.name
-            if name in seen:
-                raise ManifestError(f"experiment {name!r} is already defined in document {seen[name]}")
-        except (ManifestError, InvalidResource) as exc:
-            raise ManifestFileError(f"{source}: document {index}: {exc}") from exc
-        seen[name] = index
-        requests.append(request)
-    if not requests:
-        raise ManifestFileError(f"{source}: no Experiment documents found")
-    return requests
+    return _parse_documents(
+        text,
+        source=source,
+        kind="Experiment",
+        build=experiment_request,
+        name_of=lambda request: request.experiment.name,
+        check=(lambda request: check(request.experiment)) if check is not None else None,
+    )
 
 
 def experiment_request(document: object) -> scheduler_pb2.StartExperimentRequest:

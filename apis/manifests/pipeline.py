@@ -13,11 +13,10 @@ from typing import Any
 
 from apis.manifests._common import (
     ManifestError,
-    ManifestFileError,
     _bool,
     _fill_meta,
-    _load_documents,
     _mapping,
+    _parse_documents,
     _read,
     _reject_unknown,
     _resource,
@@ -27,7 +26,7 @@ from apis.manifests._common import (
     _uint32,
 )
 from apis.mlops.scheduler import scheduler_pb2
-from apis.validation import InvalidResource, validate_name
+from apis.validation import validate_name
 
 PIPELINE_KIND = "Pipeline"
 _SPEC_FIELDS = frozenset({"input", "steps", "output", "dataflow", "allowCycles", "maxStepRevisits"})
@@ -62,25 +61,14 @@ def read_pipeline_requests(
 def parse_pipeline_requests(
     text: str, *, source: str, check: PipelineCheck | None = None
 ) -> list[scheduler_pb2.LoadPipelineRequest]:
-    requests: list[scheduler_pb2.LoadPipelineRequest] = []
-    seen: dict[str, int] = {}
-    for index, document in enumerate(_load_documents(text, source), start=1):
-        if document is None:
-            continue
-        try:
-            request = pipeline_request(document)
-            if check is not None:
-                check(request.pipeline)
-            name = request.pipeline.name
-            if name in seen:
-                raise ManifestError(f"pipeline {name!r} is already defined in document {seen[name]}")
-        except (ManifestError, InvalidResource) as exc:
-            raise ManifestFileError(f"{source}: document {index}: {exc}") from exc
-        seen[name] = index
-        requests.append(request)
-    if not requests:
-        raise ManifestFileError(f"{source}: no Pipeline documents found")
-    return requests
+    return _parse_documents(
+        text,
+        source=source,
+        kind="Pipeline",
+        build=pipeline_request,
+        name_of=lambda request: request.pipeline.name,
+        check=(lambda request: check(request.pipeline)) if check is not None else None,
+    )
 
 
 def pipeline_request(document: object) -> scheduler_pb2.LoadPipelineRequest:
