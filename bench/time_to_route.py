@@ -39,6 +39,7 @@ class Sample:
     total_ms: float = 0.0  # LoadModel returned → first 200
     polls: int = 0
     last_request_ms: float = 0.0  # the successful request's own round trip (inference included)
+    first_ok_sent_ms: float = 0.0  # LoadModel returned → the first successful request was sent
     seen: dict[str, float] = field(default_factory=dict)  # replica state → first arrival (monotonic)
     agent_load_ms: float = 0.0
     returned_at: float = 0.0
@@ -84,7 +85,7 @@ async def run(work: Path, quick: bool = False) -> Section:
                 with contextlib.suppress(asyncio.CancelledError):
                     await watch_task
         agent_log = mesh.procs["agent"].log.read_text()
-    loads = {m.group(1): float(m.group(2)) * 1000 for m in _AGENT_LOADED.finditer(agent_log)}
+    loads = agent_load_ms(agent_log)
     for sample in samples:
         sample.agent_load_ms = loads.get(sample.name, float("nan"))
     _tabulate(section, samples)
@@ -92,7 +93,23 @@ async def run(work: Path, quick: bool = False) -> Section:
     return section
 
 
-_AGENT_LOADED = re.compile(r"event='model loaded' model='([^']+)' version=\d+ duration_s=([0-9.]+)")
+# The agent's logfmt line, e.g. ``... event="model loaded" model=iris version=1 duration_s=0.012``;
+# keys are read one by one (bound keys such as server= may come first), values may be quoted.
+_AGENT_LOADED = re.compile(r'\bevent="?model loaded"?(?=\s|$)')
+_MODEL = re.compile(r'\smodel=(?:"((?:[^"\\]|\\.)*)"|(\S+))')
+_DURATION = re.compile(r"\sduration_s=\"?([0-9.]+)")
+
+
+def agent_load_ms(log: str) -> dict[str, float]:
+    """Model name -> the agent's load time (ms) from its ``model loaded`` log lines."""
+    loads: dict[str, float] = {}
+    for line in log.splitlines():
+        if not _AGENT_LOADED.search(line):
+            continue
+        model, duration = _MODEL.search(line), _DURATION.search(line)
+        if model is not None and duration is not None:
+            loads[model.group(1) or model.group(2)] = float(duration.group(1)) * 1000
+    return loads
 
 
 class _Watcher:
@@ -134,6 +151,7 @@ async def _one(
             await response.read()
             if response.status == 200:
                 sample.last_request_ms = (time.monotonic() - sent) * 1000
+                sample.first_ok_sent_ms = (sent - sample.returned_at) * 1000
                 break
         if time.monotonic() > deadline:
             raise TimeoutError(f"{name} never answered 200 through Envoy")
@@ -166,6 +184,7 @@ def _tabulate(section: Section, samples: list[Sample]) -> None:
             "status: Loaded at",
             "status: Available at",
             "the 200 request itself",
+            "that request sent at",
             "polls",
         ],
         caption="Per model (times after LoadModel returned; status times as seen on SubscribeModelStatus)",
@@ -181,6 +200,7 @@ def _tabulate(section: Section, samples: list[Sample]) -> None:
                 f"{_rel(s, 'Loaded'):.1f} ms",
                 f"{_rel(s, 'Available'):.1f} ms",
                 f"{s.last_request_ms:.1f} ms",
+                f"{s.first_ok_sent_ms:.1f} ms",
                 str(s.polls),
             ]
         )
@@ -203,26 +223,43 @@ def _tabulate(section: Section, samples: list[Sample]) -> None:
                 f"{median(after_loaded):.1f} ms",
                 f"{max(after_loaded):.1f} ms",
             ],
+            [
+                "control plane counted from LoadModel *sent* (RPC + total - model server)",
+                f"{median([c + s.rpc_ms for c, s in zip(control, samples, strict=True)]):.1f} ms",
+                f"{max(c + s.rpc_ms for c, s in zip(control, samples, strict=True)):.1f} ms",
+            ],
+            [
+                "route in place by (the first 200 was sent) - model server",
+                f"{median([s.first_ok_sent_ms - s.agent_load_ms for s in samples]):.1f} ms",
+                f"{max(s.first_ok_sent_ms - s.agent_load_ms for s in samples):.1f} ms",
+            ],
             ["reference (Seldon Core 2): route batching window alone", "250 ms", ""],
         ],
         caption=f"Summary over {len(samples)} models",
     )
     section.tables += [summary, table]
     cp50 = median(control)
+    from_sent = median([c + s.rpc_ms for c, s in zip(control, samples, strict=True)])
     section.goals.append(
         Goal(
             "control-plane share ≤ 50 ms p50",
             f"{cp50:.1f} ms p50 (p90 {percentile(control, 90):.1f} ms); total {median(totals):.0f} ms, "
-            f"model server {median(agent):.0f} ms",
+            f"model server {median(agent):.0f} ms; {from_sent:.1f} ms counted from LoadModel sent",
             cp50 <= 50,
         )
     )
     section.notes += [
         "*Total* ends when the first 200 is received, so it includes that request's own round trip "
         "(an iris inference through Envoy and MLServer, column *the 200 request itself*) and up to one "
-        "poll interval: both are counted against the control plane, which overstates its share.",
+        "poll interval: both are counted against the control plane, which overstates its share. The "
+        "row *route in place by* ends instead when the first successful request was *sent* (the route "
+        "was in place by then; the poll before it failed), without that request's own round trip.",
         "The control-plane share also includes the agent's gRPC hops (LOAD_MODEL in, LOADED out) and "
         "Envoy's own time to apply the update: everything that is not the model server loading.",
+        "LoadModel answers once its change is fsynced (group commit on a writer thread), but the LOAD "
+        "goes to the agent as soon as the model is placed, so the agent may start before LoadModel "
+        "returns: counted from the return, the control plane leaves out what overlapped the commit. "
+        "The row *counted from LoadModel sent* includes the whole call.",
         "A warm-up model (not shown) is loaded first, so the first sample does not pay for "
         "importing sklearn.",
     ]
