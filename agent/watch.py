@@ -27,6 +27,11 @@ from agent.state import ReplicaState, versioned_name
 
 LostHandler = Callable[[list[str], str], None]
 
+# A busy MLServer can miss a check (its event loop is serving inferences); dropping every model on
+# one missed answer would turn load into an outage. It is declared down only after this many
+# failed checks in a row; a restarted MLServer is caught by its index, which lacks the models.
+DOWN_AFTER_FAILED_CHECKS = 3
+
 
 class MLServerWatcher:
     def __init__(
@@ -45,6 +50,7 @@ class MLServerWatcher:
         self._interval_s = interval_s
         self._on_lost = on_lost
         self._log = logger
+        self._failed_checks = 0
 
     async def run(self) -> None:
         """Check every interval until cancelled."""
@@ -62,6 +68,10 @@ class MLServerWatcher:
         held = {name for name in self._held() if name not in self._operator.busy}
         serving, reason = await self._serving()
         ready = self._operator.mlserver_ready
+        self._failed_checks = self._failed_checks + 1 if serving is None else 0
+        if serving is None and self._failed_checks < DOWN_AFTER_FAILED_CHECKS:
+            self._log.info("MLServer missed a check", reason=reason, failed_checks=self._failed_checks)
+            return []
         if serving is None:
             if ready.is_set():
                 self._log.warning("MLServer is down", reason=reason)

@@ -13,6 +13,7 @@ import aiohttp
 import grpc
 
 from apis.v2_dataplane import v2_dataplane_pb2_grpc
+from stack.config import port_defaults
 from stack.ports import free_ports
 from tests.e2e.conftest import IRIS_IN
 from tests.e2e.test_serving_path import GRPC_IRIS
@@ -49,13 +50,11 @@ def processes_under(home: Path) -> list[str]:
 
 async def test_up_serves_iris_and_down_leaves_nothing(tmp_path: Path) -> None:
     home = tmp_path / "home"
-    http, xds, sched, agent, admin, ml_http, ml_grpc, ml_metrics = free_ports(8)
-    up = meshserve(
-        "up", "--detach", "--home", str(home),
-        f"--http-port={http}", f"--xds-port={xds}", f"--scheduler-port={sched}",
-        f"--agent-port={agent}", f"--envoy-admin-port={admin}", f"--mlserver-http-port={ml_http}",
-        f"--mlserver-grpc-port={ml_grpc}", f"--mlserver-metrics-port={ml_metrics}",
-    )  # fmt: skip
+    # Every port `up` has a flag for, on a free port: tests run beside other stacks.
+    ports = dict(zip(port_defaults(), free_ports(len(port_defaults())), strict=True))
+    http, sched = ports["http_port"], ports["scheduler_port"]
+    flags = [f"--{name.replace('_', '-')}={port}" for name, port in ports.items()]
+    up = meshserve("up", "--detach", "--home", str(home), *flags)
     try:
         assert up.returncode == 0, up.stderr
         assert "curl" in up.stderr  # the ready banner
