@@ -90,8 +90,8 @@ async def routes(stack: Stack, model: str, calls: int, **headers: str) -> collec
                 headers={"seldon-model": model, **headers},
             ) as response,
         ):
+            assert response.status == 200, (response.status, await response.text())
             body = await response.json()
-            assert response.status == 200, body
             route = response.headers["x-seldon-route"]
             assert route == f":{body['model_name']}:"  # the header names the version that answered
             counts[route] += 1
