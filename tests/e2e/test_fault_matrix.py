@@ -74,6 +74,21 @@ async def matrix(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Stac
 Listing = tuple[list[dict[str, object]], list[dict[str, object]]]
 
 
+async def steady(stack: Stack, timeout: float = 60) -> Listing:
+    """The listing once every model is ModelAvailable and it held still for a second: the state a
+    fault must come back to (the previous fault's healing may still be finishing)."""
+    deadline = time.monotonic() + timeout
+    previous = None
+    while time.monotonic() < deadline:
+        current = await listing(stack)
+        available = all(m["versions"][-1]["state"]["state"] == "ModelAvailable" for m in current[0])  # type: ignore[index]
+        if available and current == previous:
+            return current
+        previous = current if available else None
+        await asyncio.sleep(1)
+    raise AssertionError(f"the stack did not settle: {await listing(stack)}")
+
+
 async def settled(stack: Stack, before: Listing, what: str) -> None:
     """`model list` and `server list` come back to what they were before the fault."""
 
@@ -100,7 +115,7 @@ def assert_no_failure(load: Traffic, what: str) -> None:
 
 async def test_scheduler_sigkill(matrix: Stack) -> None:
     stack = matrix
-    before = await listing(stack)
+    before = await steady(stack)
     async with traffic(stack, MODELS) as load:
         old = stack.supervisor.pid("scheduler")
         os.kill(old, signal.SIGKILL)
@@ -117,7 +132,7 @@ async def test_scheduler_sigkill(matrix: Stack) -> None:
 
 async def test_agent_sigkill_idle(matrix: Stack) -> None:
     stack = matrix
-    before = await listing(stack)
+    before = await steady(stack)
     async with traffic(stack, MODELS) as load:
         agent = f"agent-{PAIR}-0"
         old = stack.supervisor.pid(agent)
@@ -130,7 +145,7 @@ async def test_agent_sigkill_idle(matrix: Stack) -> None:
 
 async def test_agent_sigkill_while_it_loads_a_model(matrix: Stack) -> None:
     stack = matrix
-    before = await listing(stack)
+    before = await steady(stack)
     async with traffic(stack, MODELS) as calls:
         agent = f"agent-{PAIR}-1"
         old = stack.supervisor.pid(agent)
@@ -154,7 +169,7 @@ async def test_agent_sigkill_while_it_loads_a_model(matrix: Stack) -> None:
 )
 async def test_mlserver_sigkill_with_a_surviving_replica(matrix: Stack) -> None:
     stack = matrix
-    before = await listing(stack)
+    before = await steady(stack)
     async with traffic(stack, MODELS) as load:
         mlserver = f"mlserver-{PAIR}-0"
         old = stack.supervisor.pid(mlserver)
@@ -167,7 +182,7 @@ async def test_mlserver_sigkill_with_a_surviving_replica(matrix: Stack) -> None:
 
 async def test_mlserver_sigkill_with_no_surviving_replica(matrix: Stack) -> None:
     stack = matrix
-    before = await listing(stack)
+    before = await steady(stack)
     async with traffic(stack, ["fm-solo", *MODELS]) as load:
         old = stack.supervisor.pid("mlserver")
         killed = time.monotonic()
@@ -189,7 +204,7 @@ async def test_mlserver_sigkill_with_no_surviving_replica(matrix: Stack) -> None
 
 async def test_envoy_sigkill_is_restarted_by_the_supervisor(matrix: Stack) -> None:
     stack = matrix
-    before = await listing(stack)
+    before = await steady(stack)
     async with traffic(stack, MODELS) as load:
         old = stack.supervisor.pid("envoy")  # the shell that waits for Envoy (stack/components.py)
         killed = time.monotonic()
