@@ -31,6 +31,7 @@ from envoy.extensions.filters.http.lua.v3 import lua_pb2
 from envoy.extensions.filters.http.rbac.v3 import rbac_pb2 as rbac_filter_pb2
 from envoy.extensions.filters.http.router.v3 import router_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm
+from envoy.extensions.retry.host.previous_hosts.v3 import previous_hosts_pb2
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
 from envoy.type.matcher.v3 import path_pb2, regex_pb2, string_pb2
 from envoy.type.v3 import percent_pb2
@@ -202,11 +203,7 @@ def _route_entry(
     name = route.name + suffix + ("_experiment" if header is not None else "")
     action = route_components_pb2.RouteAction(
         timeout=duration_pb2.Duration(seconds=0),
-        retry_policy=route_components_pb2.RetryPolicy(
-            # Only failures where the request never reached a model: safe to retry an inference.
-            retry_on="connect-failure,refused-stream,reset-before-request",
-            num_retries=wrappers_pb2.UInt32Value(value=3),
-        ),
+        retry_policy=_RETRY,
     )
     if route.mirror is not None:
         action.request_mirror_policies.append(_mirror_policy(route.mirror, suffix))
@@ -218,6 +215,27 @@ def _route_entry(
         request_headers_to_add=[_header(INTERNAL_MODEL_HEADER, split.target)],
         response_headers_to_add=[_header(ROUTE_HEADER, f":{split.target}:")],
     )
+
+
+def _retry_policy() -> route_components_pb2.RetryPolicy:
+    """Retry on another replica when one went away: refused, or reset before it answered.
+
+    Inference is a pure function of its input, so a request a dying model server dropped mid-way is
+    sent again, to a host not tried before (``previous_hosts``): a replica's crash costs no request
+    while another replica serves the model.
+    """
+    policy = route_components_pb2.RetryPolicy(
+        retry_on="connect-failure,refused-stream,reset",
+        num_retries=wrappers_pb2.UInt32Value(value=3),
+        host_selection_retry_max_attempts=5,
+    )
+    policy.retry_host_predicate.add(name="envoy.retry_host_predicates.previous_hosts").typed_config.Pack(
+        previous_hosts_pb2.PreviousHostsPredicate()
+    )
+    return policy
+
+
+_RETRY = _retry_policy()
 
 
 def _mirror_policy(mirror: MirrorPolicy, suffix: str) -> route_components_pb2.RouteAction.RequestMirrorPolicy:

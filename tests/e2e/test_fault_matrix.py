@@ -160,13 +160,6 @@ async def test_agent_sigkill_while_it_loads_a_model(matrix: Stack) -> None:
     assert_no_failure(calls, "agent SIGKILL (mid-load)")
 
 
-@pytest.mark.xfail(
-    reason="product bug (xdsserver/resources.py, not this suite's to fix): the route's retry policy "
-    "has no retry_host_predicate previous_hosts, so a retry after connect-failure may pick the dead "
-    "endpoint again, and requests in flight on the killed MLServer are reset (503). Typically 1-5 "
-    "of ~70 requests fail in the ~2 s before the agent's watcher takes the replica out of the route",
-    strict=False,
-)
 async def test_mlserver_sigkill_with_a_surviving_replica(matrix: Stack) -> None:
     stack = matrix
     before = await steady(stack)
