@@ -12,7 +12,9 @@ at that size: scheduler CPU and bytes Envoy received on the xDS stream.
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import functools
+import os
 import random
 import sys
 import tempfile
@@ -501,6 +503,7 @@ def _tabulate(section: Section, results: list[ScaleResult], floor: Floor) -> Non
         "at most the time shown behind the last load). The same per-change costs listed in the "
         "profile below apply to every model of the batch."
     )
+    section.notes.append(_run_note())
     section.notes.append(PROFILE)
     section.notes += [
         "Scheduler CPU for a change includes the LoadModel RPC, placement, the LOAD message and LOADED "
@@ -514,3 +517,13 @@ def _tabulate(section: Section, results: list[ScaleResult], floor: Floor) -> Non
         "status updates; CPU over that window minus the idle rate. *In a row*: the next LoadModel as "
         "soon as the previous route answers; total CPU / changes.",
     ]
+
+
+def _run_note() -> str:
+    """When this section's figures were taken: ``--merge`` replaces sections run at other times."""
+    now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    load = " / ".join(f"{x:.2f}" for x in os.getloadavg())
+    return (
+        f"This section was run at {now}, load average (1/5/15 min) {load} on this shared machine; "
+        "figures within one section come from one run."
+    )

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
+import os
 import re
 import time
 from dataclasses import dataclass, field
@@ -248,6 +250,7 @@ def _tabulate(section: Section, samples: list[Sample]) -> None:
             cp50 <= 50,
         )
     )
+    section.notes.append(_run_note())
     section.notes += [
         "*Total* ends when the first 200 is received, so it includes that request's own round trip "
         "(an iris inference through Envoy and MLServer, column *the 200 request itself*) and up to one "
@@ -263,3 +266,13 @@ def _tabulate(section: Section, samples: list[Sample]) -> None:
         "A warm-up model (not shown) is loaded first, so the first sample does not pay for "
         "importing sklearn.",
     ]
+
+
+def _run_note() -> str:
+    """When this section's figures were taken: ``--merge`` replaces sections run at other times."""
+    now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    load = " / ".join(f"{x:.2f}" for x in os.getloadavg())
+    return (
+        f"This section was run at {now}, load average (1/5/15 min) {load} on this shared machine; "
+        "figures within one section come from one run."
+    )
