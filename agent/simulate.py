@@ -17,6 +17,7 @@ from agent.identity import AgentIdentity, new_agent_id
 from agent.log import get_logger
 from agent.operations import Event, ModelOperator, Outcome
 from agent.state import ReplicaState, model_cost, versioned_name
+from apis.limits import GRPC_RECEIVE_LIMIT
 from apis.mlops.agent import agent_pb2
 
 
@@ -76,6 +77,8 @@ async def run_simulated_agent(config: AgentConfig, *, logger: FilteringBoundLogg
         upstream=f"{config.inference_host}:{config.inference_http_port}/{config.inference_grpc_port}",
     )
     identity = AgentIdentity(new_agent_id())
-    async with grpc.aio.insecure_channel(config.scheduler_address, interceptors=[identity]) as channel:
+    async with grpc.aio.insecure_channel(
+        config.scheduler_address, options=[GRPC_RECEIVE_LIMIT], interceptors=[identity]
+    ) as channel:
         client = AgentClient(config=config, channel=channel, operator=operator, state=state, logger=log)
         await client.run()
