@@ -40,8 +40,13 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
+# Coverage of product code, the processes the e2e tests start included (pyproject's
+# [tool.coverage.*]); `coverage report` fails under its fail_under.
 test: lint typecheck
-	$(BIN)/pytest
+	$(BIN)/coverage erase
+	$(BIN)/coverage run -m pytest
+	$(BIN)/coverage combine --quiet
+	$(BIN)/coverage report
 
 # The property tests (tests/*/test_*_fuzz.py) with a long budget: hypothesis profile "fuzz"
 # (tests/conftest.py); `make test` runs the same tests with the short "ci" profile.
