@@ -162,7 +162,7 @@ async def declared(stack: Stack) -> Snapshot:
     models = [
         (
             m.modelName,
-            [(v.version, v.modelDefn.SerializeToString(deterministic=True)) for v in m.versions],
+            [(v.version, _declared_spec(v.modelDefn)) for v in m.versions],
         )
         async for m in stack.scheduler.ModelStatus(
             scheduler_pb2.ModelStatusRequest(allVersions=True), timeout=5
@@ -174,6 +174,14 @@ async def declared(stack: Stack) -> Snapshot:
         async for s in stack.scheduler.ServerStatus(scheduler_pb2.ServerStatusRequest(), timeout=5)
     ]
     return models, servers
+
+
+def _declared_spec(model: scheduler_pb2.Model) -> bytes:
+    """The spec as the user declared it: the runtime info an agent reports on LOADED is progress."""
+    copy = scheduler_pb2.Model()
+    copy.CopyFrom(model)
+    copy.modelSpec.ClearField("modelRuntimeInfo")
+    return copy.SerializeToString(deterministic=True)
 
 
 async def refused(stack: Stack, call: object, match: str = "") -> str:

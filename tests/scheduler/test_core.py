@@ -265,7 +265,7 @@ async def test_rescale_that_moves_a_model_loads_every_replica_of_the_new_server(
     await harness.load(model("iris", replicas=1))
     await harness.make_available("iris", server="small")
     await harness.load(model("iris", replicas=2))
-    # Moving servers is a roll-out to a new version (reference §4.4); the old one keeps serving.
+    # Moving servers is a roll-out to a new version (as in Seldon); the old one keeps serving.
     assert pending_ops(big1) == [(LOAD, "iris", 2)]
     assert pending_ops(big0) == [(LOAD, "iris", 2)]
     assert harness.scheduler.models["iris"].versions[0].server == "small"
