@@ -63,6 +63,7 @@ class SchedulerApp:
             CollectorRegistry(), core=self.core, experiments=self.experiments, envoys=self.xds
         )
         self._servers: list[grpc.aio.Server] = []
+        self._sweeper: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         config = self.config
@@ -106,6 +107,7 @@ class SchedulerApp:
         ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(self.xds, xds)
         for server in self._servers:
             await server.start()
+        self._sweeper = asyncio.create_task(self._sweep_stuck(), name="stuck-operations")
         await self.metrics.serve(config.metrics_host, config.metrics_port)
         log.info(
             "scheduler started",
@@ -135,7 +137,18 @@ class SchedulerApp:
         self._servers.append(server)
         return server
 
+    async def _sweep_stuck(self) -> None:
+        """Every quarter deadline: operations no agent answered are resent, then failed."""
+        deadline = self.config.operation_deadline_seconds
+        while True:
+            await asyncio.sleep(deadline / 4)
+            self.core.expire_stuck(deadline)
+
     async def stop(self, grace: float = 1.0) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
         await self.metrics.close()
         await self.core.close()
         self.routes.close()

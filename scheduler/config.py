@@ -48,6 +48,14 @@ class SchedulerConfig:
             parse=positive_float,
         ),
     )
+    operation_deadline_seconds: float = field(
+        default=300.0,
+        metadata=flag(
+            "how long a LOAD or UNLOAD may go unanswered by its agent before it is sent again, "
+            "then failed (model loading time included)",
+            parse=positive_float,
+        ),
+    )
     min_envoys: int = field(default=1, metadata=flag("Envoys that must ACK a route", parse=non_negative_int))
     state_dir: Path | None = field(
         default=None,

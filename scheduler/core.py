@@ -10,6 +10,7 @@ membership (``membership``), placement (``placement``) and the store (``store``)
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable, Iterable
 
 import structlog
@@ -259,6 +260,31 @@ class Scheduler:
         finally:
             stop_listening()
         log.info("replica drained", server=server_name, replica=idx)
+
+    def expire_stuck(self, deadline_s: float, now: float | None = None) -> None:
+        """Operations an agent did not answer within ``deadline_s`` are sent once more, then failed
+        (a load: ModelFailed with the reason; an unload: UnloadFailed), so no replica waits forever."""
+        since = (time.time() if now is None else now) - deadline_s
+        for record in list(self.models.values()):
+            stuck = lifecycle.stuck_replicas(record, since)
+            for version, idx, resent in stuck:
+                loading = version.replicas[idx].state is not ReplicaState.Unloading
+                if resent:
+                    failed = ReplicaState.LoadFailed if loading else ReplicaState.UnloadFailed
+                    version.set_replica(idx, failed, f"no answer from the agent within {deadline_s:g}s")
+                    continue
+                server = self.servers.get(version.server)
+                replica = server.replicas.get(idx) if server is not None else None
+                if loading and replica is not None:
+                    self._send_load(version, replica)
+                elif not loading:
+                    self._send_unload(version, idx)
+                if version.replicas[idx].state in lifecycle.AWAITING_AGENT:
+                    state = version.replicas[idx].state
+                    version.set_replica(idx, state, f"{lifecycle.RESENT} {deadline_s:g}s")
+            if stuck:
+                log.warning("operations without an answer", model=record.name, replicas=len(stuck))
+                self._refresh(record)
 
     # -- agent membership --------------------------------------------------------------------------
 

@@ -111,6 +111,24 @@ def apply_event(
     return record, outcome
 
 
+# Replica states that wait for an agent's answer.
+AWAITING_AGENT = (ReplicaState.LoadRequested, ReplicaState.Loading, ReplicaState.Unloading)
+RESENT = "sent again: the agent did not answer within"
+
+
+def stuck_replicas(record: ModelRecord, since: float) -> list[tuple[ModelVersion, int, bool]]:
+    """Replicas waiting for an agent's answer since before ``since``: (version, index, resent).
+
+    ``resent`` says the operation was already sent a second time (it then fails instead).
+    """
+    return [
+        (version, idx, status.reason.startswith(RESENT))
+        for version in record.versions
+        for idx, status in version.replicas.items()
+        if status.state in AWAITING_AGENT and status.timestamp < since
+    ]
+
+
 def update_states(record: ModelRecord) -> None:
     for version in record.versions:
         update_state(version, latest=version is record.latest and not record.deleted)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 
@@ -387,3 +388,33 @@ async def test_old_terminated_versions_are_forgotten_beyond_a_few(harness: Harne
             await harness.report(Event.UNLOADED, "iris", number - 1)
     numbers = [v.number for v in harness.scheduler.models["iris"].versions]
     assert numbers == [4, 5, 6, 7, 8, 9]  # five terminated versions of history, and the latest
+
+
+async def test_an_unanswered_load_is_sent_again_then_failed(harness: Harness) -> None:
+    link = await harness.connect()
+    await harness.load(model("iris"))
+    assert pending_ops(link) == [(LOAD, "iris", 1)]
+    later = time.time() + 100
+    harness.scheduler.expire_stuck(60, now=later)
+    assert pending_ops(link) == [(LOAD, "iris", 1)]  # sent once more
+    assert harness.version("iris").replicas[0].state is ReplicaState.Loading
+    harness.scheduler.expire_stuck(60, now=later + 100)
+    version = harness.version("iris")
+    assert version.replicas[0].state is ReplicaState.LoadFailed
+    assert version.state is ModelState.ModelFailed and "no answer from the agent within 60s" in version.reason
+
+
+async def test_an_unanswered_unload_is_sent_again_then_failed(harness: Harness) -> None:
+    link = await harness.connect()
+    await harness.load(model("iris"))
+    await harness.make_available("iris")
+    await harness.unload("iris")
+    await harness.envoy_applies()
+    pending_ops(link)
+    later = time.time() + 100
+    harness.scheduler.expire_stuck(60, now=later)
+    assert pending_ops(link) == [(UNLOAD, "iris", 1)]
+    harness.scheduler.expire_stuck(60, now=later + 100)
+    assert "iris" not in harness.scheduler.models  # given up: nothing waits on that replica any more
+    harness.scheduler.expire_stuck(60, now=later + 200)
+    assert pending_ops(link) == []  # a failed operation is not retried for ever
