@@ -113,13 +113,10 @@ class Scheduler:
 
     # -- routes other use cases own (experiments, pipelines) ---------------------------------------
 
-    def route_held(self, name: str) -> Route | None:
-        """The route every Envoy has ACKed for ``name``."""
-        return self._routing.held(name)
-
-    def publish(self, route: Route) -> None:
-        """Publish a route that is not a model's own (``<e>.experiment``, ``<m>.mirror``, ...)."""
-        self._routing.publish(route)
+    @property
+    def routing(self) -> Routing:
+        """Route plans: other use cases publish their own routes (``<e>.experiment``, ...) here."""
+        return self._routing
 
     def own_route(self, name: str) -> Route | None:
         """The route a model would have on its own (no experiment taking it over)."""

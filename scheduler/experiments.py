@@ -137,7 +137,7 @@ class Experiments:
         self._plans[name] = new
         for route in new.routes:
             if route.name != experiment.default:
-                self._core.publish(route)
+                self._core.routing.publish(route)
         self._withdraw(old, keep={r.name for r in new.routes})
         for default in {experiment.default, previous.default if previous else None} - {None}:
             assert default is not None
@@ -152,7 +152,7 @@ class Experiments:
         for route in old.routes:
             if route.name in keep or route.name in owned or route.name in self._core.models:
                 continue
-            self._core.publish(Route(route.name))
+            self._core.routing.publish(Route(route.name))
 
     def _member(self, name: str) -> Member:
         record = self._core.models.get(name)
@@ -200,7 +200,7 @@ class Experiments:
 
     def _update_status(self, name: str) -> None:
         current = self._plans[name]
-        held = all(self._core.route_held(r.name) == r for r in current.routes)
+        held = all(self._core.routing.held(r.name) == r for r in current.routes)
         ready = current.candidates_ready and current.mirror_ready
         if ready and held:
             description = "experiment active"
