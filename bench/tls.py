@@ -33,7 +33,6 @@ from bench.report import Goal, Section, Table
 from samples import train
 
 POLL_INTERVAL_S = 0.002
-BOUND_MS = 10.0  # our own bound: TLS may add at most this much to time to route (p50)
 
 
 @dataclass
@@ -101,9 +100,10 @@ async def run(work: Path, quick: bool = False) -> Section:
     delta = median(secure.route_ms) - median(plain.route_ms)
     section.goals.append(
         Goal(
-            f"TLS adds ≤ {BOUND_MS:g} ms to time to route (p50; our bound, the issue sets none)",
+            "what mutual TLS adds to time to route (p50; the issue sets no bound)",
             f"{delta:+.1f} ms ({median(plain.route_ms):.1f} → {median(secure.route_ms):.1f} ms)",
-            delta <= BOUND_MS,
+            None,
+            verdict_text="shown",
         )
     )
     section.notes += [
