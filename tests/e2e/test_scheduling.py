@@ -6,6 +6,7 @@ MLServer + agent replicas, as the Seldon operator would in Kubernetes.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import shutil
 from collections.abc import AsyncIterator
@@ -18,9 +19,12 @@ from sklearn.dummy import DummyClassifier
 
 from apis.mlops.scheduler import scheduler_pb2
 from samples import train
+from stack.components import replica_names
 from tests.e2e.conftest import IRIS_IN, Stack, eventually, iris_model, running_stack, stack_config
 from tests.e2e.test_cli import cli
+from tests.e2e.test_local_stack import alive
 from tests.e2e.test_serving_path import load, unload
+from tests.e2e.traffic import assert_served, traffic
 
 SERVERS = """\
 apiVersion: mlops.seldon.io/v1alpha1
@@ -150,46 +154,133 @@ async def test_memory_beyond_every_replica_is_schedule_failed(servers: Stack) ->
     await unload(servers, "huge")
 
 
+BALLAST_BYTES = 1_500_000_000  # with MOVER_BYTES, more than one replica holds (2 GB + 10 % overcommit)
+MOVER_BYTES = 1_000_000_000
+ReplicaState = scheduler_pb2.ModelReplicaStatus.ModelReplicaState
+
+
+async def serving(stack: Stack, name: str) -> tuple[str, set[int]]:
+    """Where ``name``'s latest version serves: its server and the replicas Available there."""
+    status = await stack.model_status(name)
+    assert status is not None, f"model {name} is not known"
+    version = status.versions[-1]
+    available = {i for i, r in version.modelReplicaState.items() if ReplicaState.Name(r.state) == "Available"}
+    return version.serverName, available
+
+
+async def loaded_models(stack: Stack, server: str) -> dict[int, int]:
+    """How many models each replica of ``server`` holds, as ServerStatus reports it."""
+    request = scheduler_pb2.ServerStatusRequest(name=server)
+    async for status in stack.scheduler.ServerStatus(request, timeout=5):
+        return {r.replicaIdx: r.numLoadedModels for r in status.resources}
+    return {}
+
+
+def replica_pids(stack: Stack, server: str, idx: int) -> list[int]:
+    """The pids of a server replica's MLServer and agent (each must be running)."""
+    return [stack.supervisor.pid(name) for name in replica_names(stack.config, server, idx)]
+
+
+def replica_stopped(stack: Stack, server: str, idx: int, pids: list[int]) -> bool:
+    """The supervisor no longer runs the replica's MLServer or agent, and their processes are gone."""
+    names = replica_names(stack.config, server, idx)
+    return not any(stack.supervisor.running(n) for n in names) and not any(alive(p) for p in pids)
+
+
 async def test_server_scales_out_and_in_with_the_local_controller(servers: Stack, tmp_path: Path) -> None:
+    """Scale out: the new replica takes a model. Scale in while that model is still on the retiring
+    replica and cannot move yet: the replica keeps running (and serving it) while it holds the model,
+    and stops once the model moved - under load, with no failed request."""
+    extra = ["sklearn", "extra"]
     manifest = tmp_path / "two.yaml"
+    # The ballast fills replica 0 (the only one yet), so the mover fits only on the new replica 1 ...
+    await load(servers, iris_model("ballast", requirements=extra, memoryBytes=BALLAST_BYTES))
+    await servers.wait_state("ballast", "ModelAvailable")
+    assert await serving(servers, "ballast") == ("mlserver-extra", {0})
     manifest.write_text(server_yaml("mlserver-extra", replicas=2, extraCapabilities=["extra"]))
     await declare(servers, manifest, "mlserver-extra")
-    both = iris_model("both", requirements=["sklearn", "extra"])
-    both.deploymentSpec.replicas = 2
-    await load(servers, both)
-    status = await servers.wait_state("both", "ModelAvailable")
-    assert status.versions[-1].state.availableReplicas == 2
-    await unload(servers, "both")
-    await servers.wait_gone("both")
+    await load(servers, iris_model("mover", requirements=extra, memoryBytes=MOVER_BYTES))
+    await servers.wait_state("mover", "ModelAvailable")
+    assert await serving(servers, "mover") == ("mlserver-extra", {1})
+    assert await loaded_models(servers, "mlserver-extra") == {0: 1, 1: 1}
+    pids = replica_pids(servers, "mlserver-extra", 1)
 
-    manifest.write_text(server_yaml("mlserver-extra", replicas=1, extraCapabilities=["extra"]))
-    await declare(servers, manifest)  # scale in: the replica stops once it holds no model
+    async with traffic(servers, ["mover"], rate_per_stream=12) as calls:
+        # ... and cannot move back to replica 0 on scale-in while the ballast is there.
+        manifest.write_text(server_yaml("mlserver-extra", replicas=1, extraCapabilities=["extra"]))
+        await declare(servers, manifest)
+        for _ in range(6):  # 3 s: the retiring replica holds the model, so it runs on
+            assert (await loaded_models(servers, "mlserver-extra")).get(1) == 1
+            assert all(alive(p) for p in pids) and servers.supervisor.pid("agent-mlserver-extra-1") == pids[1]
+            assert await serving(servers, "mover") == ("mlserver-extra", {1})
+            await asyncio.sleep(0.5)
+        await unload(servers, "ballast")  # room on replica 0: the mover moves there, then replica 1 stops
 
-    async def replica_stopped() -> bool:
-        return not servers.supervisor.running("agent-mlserver-extra-1")
+        async def moved() -> bool:
+            return await serving(servers, "mover") == ("mlserver-extra", {0})
 
-    await eventually(replica_stopped, timeout=60, what="replica 1 of mlserver-extra to stop")
+        await eventually(moved, timeout=60, what="the mover to serve from replica 0 only")
+        await eventually(
+            lambda: _async(replica_stopped(servers, "mlserver-extra", 1, pids)),
+            timeout=60,
+            what="replica 1 of mlserver-extra to stop",
+        )
+        await asyncio.sleep(1)  # and a while after
+    assert_served(calls, "scale in with a model on the retiring replica")
+    assert (await loaded_models(servers, "mlserver-extra")).get(1, 0) == 0  # listed until its grace ends
+    await unload(servers, "mover")
+    await servers.wait_gone("mover")
 
 
 async def test_unloading_a_server_moves_its_models_and_stops_it(servers: Stack, tmp_path: Path) -> None:
+    """A model on the server being unloaded moves to another server that can run it (make before
+    break: it answers throughout), then the unloaded server's processes stop.
+
+    The model is pinned to mlserver-temp by a capability only that server has when it loads; a
+    ``modelSpec.server`` pin could not move at all (scheduler/placement.py ``sharing``)."""
     manifest = tmp_path / "temp.yaml"
     manifest.write_text(server_yaml("mlserver-temp", replicas=1, extraCapabilities=["temp"]))
     await declare(servers, manifest, "mlserver-temp")
-    await load(
-        servers,
-        iris_model("mover"),
+    await load(servers, iris_model("mover-temp", requirements=["sklearn", "temp"]))
+    await servers.wait_state("mover-temp", "ModelAvailable")
+    assert await serving(servers, "mover-temp") == ("mlserver-temp", {0})
+    assert await loaded_models(servers, "mlserver-temp") == {0: 1}
+    pids = replica_pids(servers, "mlserver-temp", 0)
+    # A second server that can run it comes up; nothing moves until mlserver-temp is unloaded.
+    manifest.write_text(server_yaml("mlserver-dest", replicas=1, extraCapabilities=["temp"]))
+    await declare(servers, manifest, "mlserver-dest")
+    assert await serving(servers, "mover-temp") == ("mlserver-temp", {0})
+
+    async with traffic(servers, ["mover-temp"], rate_per_stream=12) as calls:
+        assert (await cli(servers, "server", "unload", "mlserver-temp")).returncode == 0
+
+        async def gone() -> bool:
+            listed = json.loads((await cli(servers, "server", "list", "-o", "json")).stdout)
+            return "mlserver-temp" not in {s["serverName"] for s in listed}
+
+        await eventually(gone, timeout=60, what="mlserver-temp to be removed")
+        await eventually(
+            lambda: _async(replica_stopped(servers, "mlserver-temp", 0, pids)),
+            timeout=30,
+            what="mlserver-temp's MLServer and agent to stop",
+        )
+        assert await serving(servers, "mover-temp") == ("mlserver-dest", {0})
+        await asyncio.sleep(1)  # and a while after
+    assert_served(calls, "server unload with a model on it")
+    assert await loaded_models(servers, "mlserver-dest") == {0: 1}
+    await unload(servers, "mover-temp")
+    await servers.wait_gone("mover-temp")
+    dest = replica_pids(servers, "mlserver-dest", 0)
+    assert (await cli(servers, "server", "unload", "mlserver-dest")).returncode == 0
+    await eventually(
+        lambda: _async(replica_stopped(servers, "mlserver-dest", 0, dest)),
+        timeout=30,
+        what="mlserver-dest to stop (before the stack does)",
     )
-    await servers.wait_state("mover", "ModelAvailable")
-    assert (await cli(servers, "server", "unload", "mlserver-temp")).returncode == 0
 
-    async def gone() -> bool:
-        listed = json.loads((await cli(servers, "server", "list", "-o", "json")).stdout)
-        return "mlserver-temp" not in {s["serverName"] for s in listed}
 
-    await eventually(gone, timeout=60, what="mlserver-temp to be removed")
-    assert not servers.supervisor.running("agent-mlserver-temp-0")
-    assert (await servers.infer("mover")).status == 200
-    await unload(servers, "mover")
+async def _async(value: bool) -> bool:
+    return value
 
 
 @pytest.mark.parametrize(

@@ -153,3 +153,20 @@ async def envoy_connected(stack: Stack) -> bool:
             return "control_plane.connected_state: 1" in await response.text()
     except (aiohttp.ClientError, TimeoutError):
         return False
+
+
+GAP_BOUND_S = 1.5  # with a replica serving throughout: ~0.1 s between successes is normal
+P99_BOUND_S = 1.0  # no request waits long, even while the control plane changes or restarts
+
+
+def assert_served(
+    load: Traffic, what: str, *, gap_bound_s: float = GAP_BOUND_S, p99_bound_s: float = P99_BOUND_S
+) -> str:
+    """No failed request, no stream without a success for ``gap_bound_s``, p99 under ``p99_bound_s``;
+    prints and returns the figure."""
+    figure = load.figure(what)
+    assert load.ok > 0, figure
+    assert load.failed == 0, f"{figure}: {load.failures[:5]}"
+    assert load.longest_gap() < gap_bound_s, figure
+    assert load.p99() < p99_bound_s, figure
+    return figure
