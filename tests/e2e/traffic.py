@@ -155,6 +155,23 @@ async def envoy_connected(stack: Stack) -> bool:
         return False
 
 
+async def xds_connections(stack: Stack) -> int:
+    """How many xDS connections Envoy has opened to the scheduler so far (its cluster's
+    ``upstream_cx_total``): a new stream after a restart makes it grow."""
+    url = f"http://127.0.0.1:{stack.config.envoy_admin_port}/stats?filter=meshserve_xds.upstream_cx_total"
+    async with stack.http.get(url, timeout=aiohttp.ClientTimeout(total=2)) as response:
+        text = await response.text()
+    return sum(int(line.rsplit(":", 1)[1]) for line in text.splitlines() if "upstream_cx_total" in line)
+
+
+async def envoy_resynced(stack: Stack, connections: int) -> bool:
+    """Envoy opened an xDS connection since it had ``connections``, and its stream is up."""
+    try:
+        return await xds_connections(stack) > connections and await envoy_connected(stack)
+    except (aiohttp.ClientError, TimeoutError):
+        return False
+
+
 GAP_BOUND_S = 1.5  # with a replica serving throughout: ~0.1 s between successes is normal
 P99_BOUND_S = 1.0  # no request waits long, even while the control plane changes or restarts
 
