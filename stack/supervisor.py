@@ -414,15 +414,19 @@ def _last_error(path: Path) -> str:
 
 
 async def _terminate(running: Running, grace: float) -> None:
-    terminate_group(running.process.pid, signal.SIGTERM)
+    """SIGTERM, then SIGKILL after ``grace``; the group is killed and the log closed even when the
+    caller is cancelled half-way (the stack stopping while a replica is being removed)."""
     try:
-        await asyncio.wait_for(running.process.wait(), grace)
-    except TimeoutError:
+        terminate_group(running.process.pid, signal.SIGTERM)
+        try:
+            await asyncio.wait_for(running.process.wait(), grace)
+        except TimeoutError:
+            terminate_group(running.process.pid, signal.SIGKILL)
+            await running.process.wait()
+    finally:
+        # Children the component left behind in its group (e.g. MLServer workers).
         terminate_group(running.process.pid, signal.SIGKILL)
-        await running.process.wait()
-    # Children the component left behind in its group (e.g. MLServer workers).
-    terminate_group(running.process.pid, signal.SIGKILL)
-    running.log_file.close()
+        running.log_file.close()
 
 
 def terminate_group(pid: int, signum: signal.Signals) -> None:

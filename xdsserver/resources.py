@@ -52,6 +52,7 @@ LOOPBACK_CLUSTER = "meshserve_loopback"
 # instead of two per model version (~14 KB each; docs/decisions/0008). Envoy matches the whole
 # path without its query string.
 GRPC_SERVICE = "/inference.GRPCInferenceService"
+GRPC_NOT_FOUND = 5  # grpc-status a model server answers for a model it does not hold
 GRPC_METHODS = ("ModelInfer", "ModelMetadata", "ModelReady", "ServerLive", "ServerReady")
 GRPC_PATHS = tuple(f"{GRPC_SERVICE}/{method}" for method in GRPC_METHODS)
 REST_PATH = r"/v2/models/[^/]+(?:/versions/[^/]+)?(?:/infer|/ready)?"
@@ -218,16 +219,23 @@ def _route_entry(
 
 
 def _retry_policy() -> route_components_pb2.RetryPolicy:
-    """Retry on another replica when one went away: refused, or reset before it answered.
+    """Retry on another replica when one went away or does not hold the model (yet).
 
     Inference is a pure function of its input, so a request a dying model server dropped mid-way is
-    sent again, to a host not tried before (``previous_hosts``): a replica's crash costs no request
-    while another replica serves the model.
+    sent again, to a host not tried before (``previous_hosts``); so is one a restarted model server
+    answers "model not found" (REST 404, gRPC NOT_FOUND in a trailers-only reply) before its agent
+    has reloaded the model. A replica's crash costs no request while another replica serves it.
     """
     policy = route_components_pb2.RetryPolicy(
-        retry_on="connect-failure,refused-stream,reset",
+        retry_on="connect-failure,refused-stream,reset,retriable-status-codes,retriable-headers",
         num_retries=wrappers_pb2.UInt32Value(value=3),
         host_selection_retry_max_attempts=5,
+        retriable_status_codes=[404],
+        retriable_headers=[
+            route_components_pb2.HeaderMatcher(
+                name="grpc-status", string_match=string_pb2.StringMatcher(exact=str(GRPC_NOT_FOUND))
+            )
+        ],
     )
     policy.retry_host_predicate.add(name="envoy.retry_host_predicates.previous_hosts").typed_config.Pack(
         previous_hosts_pb2.PreviousHostsPredicate()
