@@ -24,6 +24,8 @@ from agent.operations import Event, ModelOperator, Outcome
 from agent.state import ReplicaState
 from apis.mlops.agent import agent_pb2, agent_pb2_grpc
 
+# Undelivered events kept for retry; beyond this the oldest go (a re-subscription covers them).
+MAX_PENDING_EVENTS = 10_000
 EVENT_TIMEOUT_S = 30.0
 
 
@@ -179,41 +181,62 @@ class AgentClient:
         await asyncio.shield(done)
 
     async def _send_pending(self) -> None:
-        """Send queued events, one batch in flight at a time, until none are left."""
+        """Send queued events, one batch in flight at a time, until none are left.
+
+        Events the scheduler did not take are queued again (oldest first, at most
+        MAX_PENDING_EVENTS) and retried with backoff until delivered; their reporters are not
+        held back meanwhile.
+        """
+        backoff = Backoff()
         try:
             while self._pending:
                 batch, self._pending = self._pending, []
                 done, self._pending_done = self._pending_done, None
                 try:
-                    await self._deliver(batch)
+                    undelivered = await self._deliver(batch)
                 finally:
                     if done is not None and not done.done():
                         done.set_result(None)
+                if not undelivered:
+                    backoff.reset()
+                    continue
+                self._requeue(undelivered)
+                await asyncio.sleep(backoff.next_delay())
         finally:
             self._sender = None
 
-    async def _deliver(self, batch: list[agent_pb2.ModelEventMessage]) -> None:
+    def _requeue(self, undelivered: list[agent_pb2.ModelEventMessage]) -> None:
+        self._pending[:0] = undelivered
+        overflow = len(self._pending) - MAX_PENDING_EVENTS
+        if overflow > 0:
+            # A scheduler away this long gets the truth from the next subscription's loadedModels.
+            del self._pending[:overflow]
+            self._log.warning("events dropped: the scheduler has been unreachable", dropped=overflow)
+
+    async def _deliver(self, batch: list[agent_pb2.ModelEventMessage]) -> list[agent_pb2.ModelEventMessage]:
+        """Send ``batch``; returns the events that did not reach the scheduler."""
         if self._batched:
             if self._events is None:
                 self._events = self._stub.AgentEventStream()
             call = self._events
             try:
                 await call.write(agent_pb2.ModelEventBatch(events=batch))
-                return
+                return []
             except (grpc.aio.AioRpcError, asyncio.InvalidStateError):
                 if self._events is call:
                     self._events = None
                 code, details = await call.code(), await call.details()
             if code != grpc.StatusCode.UNIMPLEMENTED:
-                for message in batch:
-                    self._not_delivered(message, code, details)
-                return
+                self._not_delivered(batch, code, details)
+                return batch
             self._batched = False  # a scheduler without the stream: one call per event from now on
-        for message in batch:
+        for position, message in enumerate(batch):
             try:
                 await self._stub.AgentEvent(message, timeout=EVENT_TIMEOUT_S)
             except grpc.aio.AioRpcError as exc:
-                self._not_delivered(message, exc.code(), exc.details())
+                self._not_delivered(batch[position:], exc.code(), exc.details())
+                return batch[position:]
+        return []
 
     def _close_events(self) -> None:
         if self._events is not None:
@@ -221,14 +244,12 @@ class AgentClient:
             self._events = None
 
     def _not_delivered(
-        self, message: agent_pb2.ModelEventMessage, code: grpc.StatusCode, details: str | None
+        self, messages: list[agent_pb2.ModelEventMessage], code: grpc.StatusCode, details: str | None
     ) -> None:
-        # Not retried: a re-subscription reports loadedModels, which is what the scheduler trusts.
         self._log.warning(
-            "event not delivered",
-            model=message.modelName,
-            version=message.modelVersion,
-            outcome=Event.Name(message.event),
+            "events not delivered yet, will retry",
+            first_model=messages[0].modelName,
+            events=len(messages),
             code=code.name,
             details=details,
         )

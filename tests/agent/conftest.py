@@ -112,6 +112,7 @@ class FakeScheduler(agent_pb2_grpc.AgentServiceServicer):
     subscriptions: asyncio.Queue[agent_pb2.AgentSubscribeRequest] = field(default_factory=asyncio.Queue)
     events: asyncio.Queue[agent_pb2.ModelEventMessage] = field(default_factory=asyncio.Queue)
     _streams: list[asyncio.Queue[agent_pb2.ModelOperationMessage | None]] = field(default_factory=list)
+    refuse_events: int = 0
 
     async def Subscribe(
         self, request: agent_pb2.AgentSubscribeRequest, context: grpc.aio.ServicerContext[object, object]
@@ -125,6 +126,9 @@ class FakeScheduler(agent_pb2_grpc.AgentServiceServicer):
     async def AgentEvent(
         self, request: agent_pb2.ModelEventMessage, context: grpc.aio.ServicerContext[object, object]
     ) -> agent_pb2.ModelEventResponse:
+        if self.refuse_events > 0:  # a scheduler briefly unable to take events
+            self.refuse_events -= 1
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "not now")
         await self.events.put(request)
         return agent_pb2.ModelEventResponse()
 

@@ -145,3 +145,16 @@ async def test_a_scheduler_without_the_extensions_gets_seldons_rpcs(
             ("b", agent_pb2.ModelEventMessage.LOADED),
         ]
         assert not client._batched
+
+
+async def test_an_event_the_scheduler_did_not_take_is_sent_again_until_it_does(
+    fake_scheduler: tuple[FakeScheduler, int], tmp_path: Path
+) -> None:
+    scheduler, port = fake_scheduler
+    scheduler.refuse_events = 2
+    async with sim_agent(sim_config(tmp_path, port)):
+        await scheduler.next_subscription()
+        scheduler.push(load_op(model_version("a", 1, "gs://m")))
+        event = await asyncio.wait_for(scheduler.next_event(), 10)
+        assert (event.modelName, event.event) == ("a", agent_pb2.ModelEventMessage.LOADED)
+        assert scheduler.refuse_events == 0  # refused twice, delivered the third time
