@@ -1,11 +1,10 @@
 """The control loop: subscribe to the scheduler's AgentService, run its operations, report events.
 
-Batched where the scheduler allows it, because gRPC's per-message cost dominates the control
-plane: operations arrive several per stream message (``SubscribeBatched``), and events go out on
-one long-lived ``AgentEventStream``, a message per event-loop turn's events, one write in flight
-at a time (so they reach the scheduler in the order they happened). A scheduler without these RPCs
-(Seldon, an older meshserve) answers ``SubscribeBatched`` with UNIMPLEMENTED; the client then uses
-``Subscribe`` and one ``AgentEvent`` call per event.
+Operations arrive several per stream message where the scheduler allows it (``SubscribeBatched``:
+gRPC's per-message cost dominates the control plane); a scheduler without it (Seldon, an older
+meshserve) answers UNIMPLEMENTED and the client uses ``Subscribe``. Events go out one
+acknowledged ``AgentEvent`` call each, in the order they happened, and are retried until the
+scheduler has them: an acknowledgement is worth more than the cheaper event stream.
 """
 
 from __future__ import annotations
@@ -59,9 +58,6 @@ class AgentClient:
             max_concurrent=config.max_concurrent_operations,
         )
         self._batched = True  # until SubscribeBatched is answered UNIMPLEMENTED
-        self._events: (
-            grpc.aio.StreamUnaryCall[agent_pb2.ModelEventBatch, agent_pb2.ModelEventResponse] | None
-        ) = None
         self._pending: list[agent_pb2.ModelEventMessage] = []
         self._pending_done: asyncio.Future[None] | None = None
         self._sender: asyncio.Task[None] | None = None
@@ -83,7 +79,6 @@ class AgentClient:
             await self._dispatcher.close()
             if self._sender is not None:
                 self._sender.cancel()
-            self._close_events()
 
     async def _subscribe_once(self) -> int:
         """Run one Subscribe stream to its end; returns how many operations it delivered."""
@@ -123,8 +118,6 @@ class AgentClient:
         finally:
             call.cancel()
             self._call = None
-            # Events of this connection's operations that are still to come open a fresh stream.
-            self._close_events()
         return received
 
     def resubscribe(self, reason: str) -> None:
@@ -214,22 +207,12 @@ class AgentClient:
             self._log.warning("events dropped: the scheduler has been unreachable", dropped=overflow)
 
     async def _deliver(self, batch: list[agent_pb2.ModelEventMessage]) -> list[agent_pb2.ModelEventMessage]:
-        """Send ``batch``; returns the events that did not reach the scheduler."""
-        if self._batched:
-            if self._events is None:
-                self._events = self._stub.AgentEventStream()
-            call = self._events
-            try:
-                await call.write(agent_pb2.ModelEventBatch(events=batch))
-                return []
-            except (grpc.aio.AioRpcError, asyncio.InvalidStateError):
-                if self._events is call:
-                    self._events = None
-                code, details = await call.code(), await call.details()
-            if code != grpc.StatusCode.UNIMPLEMENTED:
-                self._not_delivered(batch, code, details)
-                return batch
-            self._batched = False  # a scheduler without the stream: one call per event from now on
+        """Send ``batch`` in order, one acknowledged call per event; returns what did not arrive.
+
+        Unary on purpose: its answer is the scheduler's acknowledgement. A write to the event stream
+        (AgentEventStream) can be taken by a connection that is already dying, and is then lost
+        without a trace; events must not be.
+        """
         for position, message in enumerate(batch):
             try:
                 await self._stub.AgentEvent(message, timeout=EVENT_TIMEOUT_S)
@@ -237,11 +220,6 @@ class AgentClient:
                 self._not_delivered(batch[position:], exc.code(), exc.details())
                 return batch[position:]
         return []
-
-    def _close_events(self) -> None:
-        if self._events is not None:
-            self._events.cancel()
-            self._events = None
 
     def _not_delivered(
         self, messages: list[agent_pb2.ModelEventMessage], code: grpc.StatusCode, details: str | None

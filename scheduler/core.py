@@ -412,6 +412,8 @@ class Scheduler:
 
     def _send_unload(self, version: ModelVersion, idx: int) -> None:
         link = self._members.link(version.server, idx)
+        if link is None and self._members.replica(version.server, idx) is not None:
+            return  # its agent is away (grace period): on re-subscribing it is told to unload it
         if link is None:
             # The replica is gone; nothing to unload.
             version.set_replica(idx, ReplicaState.Unloaded, "agent is not connected")

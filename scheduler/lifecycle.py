@@ -213,10 +213,11 @@ def adopt(
     unwanted: list[tuple[str, int]] = []
     for name, number in sorted(reported):
         record = models.get(name)
-        version = record.version(number) if record is not None and not record.deleted else None
+        version = record.version(number) if record is not None else None
         status = version.replicas.get(idx) if version is not None else None
         keep = (
             record is not None
+            and not record.deleted
             and version is not None
             and version.server in ("", server)
             and (version is record.latest or bool(version.serving_replicas()))
@@ -236,7 +237,11 @@ def adopt(
         for version in on_replica:
             state = version.replicas[idx].state
             held = (record.name, version.number) in reported
-            if state.active and not held and state is not ReplicaState.Unloading:
+            if held:
+                continue
+            if state is ReplicaState.Unloading:
+                version.set_replica(idx, ReplicaState.Unloaded)  # done; its UNLOADED was lost
+            elif state.active:
                 del version.replicas[idx]
         if on_replica:
             touched.append(record)

@@ -278,6 +278,14 @@ async def test_unloading_a_server_moves_its_models_and_stops_it(servers: Stack, 
         what="mlserver-dest to stop (before the stack does)",
     )
 
+    async def dest_forgotten() -> bool:
+        listed = json.loads((await cli(servers, "server", "list", "-o", "json")).stdout)
+        return all(s["serverName"] != "mlserver-dest" for s in listed)
+
+    # Its replica leaves the scheduler once the agent's grace period ends: wait, so the next test's
+    # snapshot of the server list does not see that happen.
+    await eventually(dest_forgotten, timeout=30, what="mlserver-dest to leave the server list")
+
 
 async def _async(value: bool) -> bool:
     return value

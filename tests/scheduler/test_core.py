@@ -418,3 +418,16 @@ async def test_an_unanswered_unload_is_sent_again_then_failed(harness: Harness) 
     assert "iris" not in harness.scheduler.models  # given up: nothing waits on that replica any more
     harness.scheduler.expire_stuck(60, now=later + 200)
     assert pending_ops(link) == []  # a failed operation is not retried for ever
+
+
+async def test_an_unload_for_an_away_agent_waits_for_it_to_come_back(harness: Harness) -> None:
+    link = await harness.connect()
+    await harness.load(model("iris"))
+    await harness.make_available("iris")
+    harness.scheduler.agent_disconnected(link)  # within its grace period
+    await harness.unload("iris")
+    await harness.envoy_applies()
+    assert harness.version("iris").replicas[0].state is ReplicaState.UnloadEnvoyRequested  # not "Unloaded"
+    back = await harness.connect(loaded=[("iris", 1)])
+    assert pending_ops(back) == [(UNLOAD, "iris", 1)]
+    assert harness.version("iris").replicas[0].state is ReplicaState.Unloading
