@@ -61,6 +61,7 @@ class Membership:
         self._on_expired = on_expired
         self._generation = 0
         self._tasks: set[asyncio.Task[None]] = set()
+        self._closed = False
 
     def link(self, server: str, idx: int) -> AgentLink | None:
         return self._links.get((server, idx))
@@ -146,11 +147,15 @@ class Membership:
         return self._generation
 
     def _spawn(self, coroutine: Coroutine[None, None, None]) -> None:
+        if self._closed:  # a stream ending during shutdown starts no timer
+            coroutine.close()
+            return
         task = asyncio.create_task(coroutine)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
     async def close(self) -> None:
+        self._closed = True
         for task in list(self._tasks):
             task.cancel()
         for task in list(self._tasks):

@@ -9,11 +9,10 @@ from typing import Any
 
 from apis.manifests._common import (
     ManifestError,
-    ManifestFileError,
     _bool,
     _fill_meta,
-    _load_documents,
     _mapping,
+    _parse_documents,
     _read,
     _reject_unknown,
     _resource,
@@ -25,7 +24,7 @@ from apis.manifests._common import (
 )
 from apis.mlops.scheduler import scheduler_pb2
 from apis.quantity import parse_quantity
-from apis.validation import InvalidResource, validate_capability, validate_model, validate_name
+from apis.validation import validate_capability, validate_model, validate_name
 
 KIND = "Model"
 _SPEC_FIELDS = frozenset(
@@ -58,23 +57,13 @@ def read_model_requests(path: str) -> list[scheduler_pb2.LoadModelRequest]:
 
 
 def parse_model_requests(text: str, *, source: str, base_dir: str) -> list[scheduler_pb2.LoadModelRequest]:
-    requests: list[scheduler_pb2.LoadModelRequest] = []
-    seen: dict[str, int] = {}
-    for index, document in enumerate(_load_documents(text, source), start=1):
-        if document is None:  # an empty document, e.g. after a trailing "---"
-            continue
-        try:
-            request = model_request(document, base_dir=base_dir)
-            name = request.model.meta.name
-            if name in seen:
-                raise ManifestError(f"model {name!r} is already defined in document {seen[name]}")
-        except (ManifestError, InvalidResource) as exc:
-            raise ManifestFileError(f"{source}: document {index}: {exc}") from exc
-        seen[name] = index
-        requests.append(request)
-    if not requests:
-        raise ManifestFileError(f"{source}: no Model documents found")
-    return requests
+    return _parse_documents(
+        text,
+        source=source,
+        kind=KIND,
+        build=lambda document: model_request(document, base_dir=base_dir),
+        name_of=lambda request: request.model.meta.name,
+    )
 
 
 def model_request(document: object, *, base_dir: str) -> scheduler_pb2.LoadModelRequest:
