@@ -51,11 +51,9 @@ and ``flush`` on the event loop; ``load``/``load_kind`` are called once, before 
 from __future__ import annotations
 
 import asyncio
-import base64
 import concurrent.futures
 import contextlib
 import functools
-import json
 import sqlite3
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -65,16 +63,10 @@ from typing import Any, Generic, TypeVar
 
 import structlog
 
-from apis.mlops.agent import agent_pb2
-from apis.mlops.scheduler import scheduler_pb2
+from scheduler import records
 from scheduler.state import (
     ModelRecord,
-    ModelState,
-    ModelVersion,
-    ReplicaState,
-    ReplicaStatus,
     Server,
-    ServerReplica,
 )
 
 FLUSH_DELAY = 0.05  # seconds between the first change and the batch that writes it
@@ -501,98 +493,5 @@ def _transaction(db: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
         raise
 
 
-# -- models and servers: JSON envelopes around protobuf bytes ------------------------------------------
-
-
-def _b64(message: Any) -> str:
-    return base64.b64encode(message.SerializeToString()).decode()
-
-
-def _encode_model(record: ModelRecord) -> str:
-    return json.dumps(
-        {
-            "deleted": record.deleted,
-            "versions": [
-                {
-                    "number": v.number,
-                    "spec": _b64(v.spec),
-                    "server": v.server,
-                    "state": v.state.value,
-                    "reason": v.reason,
-                    "timestamp": v.timestamp,
-                    "schedule_error": v.schedule_error,
-                    "replicas": {
-                        str(idx): [r.state.value, r.reason, r.timestamp] for idx, r in v.replicas.items()
-                    },
-                }
-                for v in record.versions
-            ],
-        }
-    )
-
-
-def _decode_model(name: str, record: str) -> ModelRecord:
-    data = json.loads(record)
-    versions = []
-    for v in data["versions"]:
-        spec = scheduler_pb2.Model()
-        spec.ParseFromString(base64.b64decode(v["spec"]))
-        versions.append(
-            ModelVersion(
-                v["number"],
-                spec,
-                server=v["server"],
-                replicas={
-                    int(idx): ReplicaStatus(ReplicaState(state), reason, stamp)
-                    for idx, (state, reason, stamp) in v["replicas"].items()
-                },
-                state=ModelState(v["state"]),
-                reason=v["reason"],
-                timestamp=v["timestamp"],
-                schedule_error=v["schedule_error"],
-            )
-        )
-    return ModelRecord(name, versions, deleted=data["deleted"])
-
-
-def _encode_server(server: Server) -> str:
-    return json.dumps(
-        {
-            "shared": server.shared,
-            "expected_replicas": server.expected_replicas,
-            "min_replicas": server.min_replicas,
-            "max_replicas": server.max_replicas,
-            "replicas": {
-                str(r.idx): {"config": _b64(r.config), "available_memory": r.available_memory}
-                for r in server.replicas.values()
-            },
-        }
-    )
-
-
-def _decode_server(name: str, record: str) -> Server:
-    data = json.loads(record)
-    server = Server(
-        name=name,
-        shared=data["shared"],
-        expected_replicas=data["expected_replicas"],
-        min_replicas=data.get("min_replicas", 0),
-        max_replicas=data.get("max_replicas", 0),
-    )
-    for idx, replica in data["replicas"].items():
-        config = agent_pb2.ReplicaConfig()
-        config.ParseFromString(base64.b64decode(replica["config"]))
-        # Restored replicas are not connected until their agent subscribes again.
-        server.replicas[int(idx)] = ServerReplica(
-            name,
-            int(idx),
-            config,
-            available_memory=replica["available_memory"],
-            connected=False,
-            retiring=server.is_retiring(int(idx)),
-        )
-    return server
-
-
-MODELS: ResourceKind[ModelRecord] = ResourceKind("models", _encode_model, _decode_model)
-SERVERS: ResourceKind[Server] = ResourceKind("servers", _encode_server, _decode_server)
+MODELS: ResourceKind[ModelRecord] = ResourceKind("models", records.encode_model, records.decode_model)
+SERVERS: ResourceKind[Server] = ResourceKind("servers", records.encode_server, records.decode_server)
