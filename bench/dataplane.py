@@ -273,24 +273,15 @@ async def _open(
 async def _generator_ceiling(
     ceiling: Target, bodies: dict[str, Path], settings: Settings
 ) -> dict[str, Result]:
-    """The same generators and settings against an Envoy that answers directly: what they can drive."""
-    seconds = min(settings.seconds, 3.0)
-    return {
-        "wrk (REST)": await loadgen.wrk(
-            ceiling.rest_url,
-            payloads.IRIS_REST,
-            _rest_headers(ceiling),
-            connections=settings.connections,
-            seconds=seconds,
-        ),
-        "h2load (gRPC)": await loadgen.h2load(
-            ceiling.grpc_url,
-            bodies["grpc-iris_1"],
-            _grpc_headers(ceiling),
-            clients=settings.connections,
-            seconds=seconds,
-        ),
-    }
+    return await loadgen.generator_ceiling(
+        rest_url=ceiling.rest_url,
+        rest_headers=_rest_headers(ceiling),
+        grpc_url=ceiling.grpc_url,
+        grpc_body=bodies["grpc-iris_1"],
+        grpc_headers=_grpc_headers(ceiling),
+        connections=settings.connections,
+        seconds=min(settings.seconds, 3.0),
+    )
 
 
 def _tabulate(

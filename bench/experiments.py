@@ -574,23 +574,15 @@ async def _open_rounds(
 async def _generator_ceiling(
     ceiling: Target, bodies: dict[str, Path], settings: Settings
 ) -> dict[str, Result]:
-    seconds = min(settings.closed_seconds, 2.0)
-    return {
-        "wrk (REST)": await loadgen.wrk(
-            ceiling.rest_url,
-            payloads.IRIS_REST,
-            _rest_headers(ceiling),
-            connections=settings.connections,
-            seconds=seconds,
-        ),
-        "h2load (gRPC)": await loadgen.h2load(
-            ceiling.grpc_url,
-            bodies["iris_1"],
-            _grpc_headers(ceiling),
-            clients=settings.connections,
-            seconds=seconds,
-        ),
-    }
+    return await loadgen.generator_ceiling(
+        rest_url=ceiling.rest_url,
+        rest_headers=_rest_headers(ceiling),
+        grpc_url=ceiling.grpc_url,
+        grpc_body=bodies["iris_1"],
+        grpc_headers=_grpc_headers(ceiling),
+        connections=settings.connections,
+        seconds=min(settings.closed_seconds, 2.0),
+    )
 
 
 def _session_cpu(sid: int) -> float:

@@ -15,6 +15,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from bench import payloads
+
 WRK_SCRIPT = """
 wrk.method = "POST"
 wrk.body = {body}
@@ -169,3 +171,25 @@ def median(values: list[float]) -> float:
 def _children_cpu() -> float:
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     return usage.ru_utime + usage.ru_stime
+
+
+async def generator_ceiling(
+    *,
+    rest_url: str,
+    rest_headers: Mapping[str, str],
+    grpc_url: str,
+    grpc_body: Path,
+    grpc_headers: Mapping[str, str],
+    connections: int,
+    seconds: float,
+) -> dict[str, Result]:
+    """The generators, as the figures run them, against an Envoy that answers by itself: the most
+    they can drive, so a figure far below it was not limited by its generator."""
+    return {
+        "wrk (REST)": await wrk(
+            rest_url, payloads.IRIS_REST, rest_headers, connections=connections, seconds=seconds
+        ),
+        "h2load (gRPC)": await h2load(
+            grpc_url, grpc_body, grpc_headers, clients=connections, seconds=seconds
+        ),
+    }
