@@ -14,7 +14,7 @@ use cases otherwise, and never asks the sink for a route.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from apis.routing import Endpoint, Route, RouteSink, Split, millionths
@@ -152,7 +152,3 @@ def _endpoints(version: ModelVersion, servers: dict[str, Server]) -> tuple[Endpo
 def replica_endpoint(server: Server, idx: int) -> Endpoint:
     config = server.replicas[idx].config
     return Endpoint(config.inferenceSvc, config.inferenceHttpPort, config.inferenceGrpcPort)
-
-
-def targets_of(routes: Iterable[Route]) -> frozenset[str]:
-    return frozenset(t for route in routes for t in route.targets)
