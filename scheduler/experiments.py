@@ -129,10 +129,11 @@ class Experiments:
 
     # -- planning -----------------------------------------------------------------------------------
 
-    def _replan(self, name: str, *, previous: Experiment | None = None) -> None:
+    def _replan(
+        self, name: str, *, previous: Experiment | None = None, new: TrafficPlan | None = None
+    ) -> None:
         experiment = self.experiments[name]
-        members = {member: self._member(member) for member in experiment.members}
-        new = plan(experiment, members)
+        new = new or self._plan(name)
         old = self._plans.get(name)
         self._plans[name] = new
         for route in new.routes:
@@ -185,13 +186,15 @@ class Experiments:
         self._replan_scheduled = False
         dirty, self._dirty = self._dirty, set()
         for name in sorted(dirty):
-            if name in self.experiments and self._changed_plan(name):
-                self._replan(name)
+            if name not in self.experiments:
+                continue
+            new = self._plan(name)
+            if new != self._plans.get(name):
+                self._replan(name, new=new)
 
-    def _changed_plan(self, name: str) -> bool:
+    def _plan(self, name: str) -> TrafficPlan:
         experiment = self.experiments[name]
-        members = {member: self._member(member) for member in experiment.members}
-        return plan(experiment, members) != self._plans.get(name)
+        return plan(experiment, {member: self._member(member) for member in experiment.members})
 
     def _route_confirmed(self, route: str) -> None:
         for name, current in self._plans.items():
