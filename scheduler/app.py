@@ -30,6 +30,7 @@ from scheduler.core import Scheduler
 from scheduler.errors import StatusMapping
 from scheduler.experiments import Experiments
 from scheduler.metrics import SchedulerMetrics
+from scheduler.model_autoscaling import ModelAutoscaling
 from scheduler.policies import load_policy
 from scheduler.store import StateStore
 from xdsserver import resources
@@ -62,8 +63,15 @@ class SchedulerApp:
         self.metrics = SchedulerMetrics(
             CollectorRegistry(), core=self.core, experiments=self.experiments, envoys=self.xds
         )
+        # Off by default (as in Seldon): then nothing listens to Envoy's load reports.
+        self.autoscaling = (
+            ModelAutoscaling(self.core, config.autoscaling_thresholds)
+            if config.enable_model_autoscaling
+            else None
+        )
         self._servers: list[grpc.aio.Server] = []
         self._sweeper: asyncio.Task[None] | None = None
+        self._autoscaler_timer: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         config = self.config
@@ -108,6 +116,8 @@ class SchedulerApp:
         for server in self._servers:
             await server.start()
         self._sweeper = asyncio.create_task(self._sweep_stuck(), name="stuck-operations")
+        if self.autoscaling is not None:
+            self._autoscaler_timer = asyncio.create_task(self.autoscaling.run(), name="model-autoscaling")
         await self.metrics.serve(config.metrics_host, config.metrics_port)
         log.info(
             "scheduler started",
@@ -145,10 +155,11 @@ class SchedulerApp:
             self.core.expire_stuck(deadline)
 
     async def stop(self, grace: float = 1.0) -> None:
-        if self._sweeper is not None:
-            self._sweeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._sweeper
+        for task in (self._sweeper, self._autoscaler_timer):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         await self.metrics.close()
         await self.core.close()
         self.routes.close()

@@ -16,11 +16,12 @@ from collections.abc import Callable, Iterable
 import structlog
 
 from apis import names
+from apis.limits import MAX_REPLICAS
 from apis.mlops.agent import agent_pb2
 from apis.mlops.scheduler import scheduler_pb2
 from apis.routing import Route, RouteSink
 from apis.validation import InvalidResource, validate_model, validate_name, validate_server
-from scheduler import lifecycle, scheduling
+from scheduler import autoscaling, lifecycle, scheduling
 from scheduler.errors import NotFound
 from scheduler.membership import AgentLink, Membership, operation
 from scheduler.placement import PlacementPolicy, Policy, required_memory
@@ -183,9 +184,11 @@ class Scheduler:
             first = model.meta.kubernetesMeta.generation if model.meta.HasField("kubernetesMeta") else 0
             record.versions.append(ModelVersion(max(1, first), model))
         elif record.deleted or not lifecycle.same_model_spec(record.latest.spec, model):
+            scaled = None if record.deleted else self._carried_scale(record.latest, model)
             record.deleted = False
-            record.versions.append(ModelVersion(record.latest.number + 1, model))
+            record.versions.append(ModelVersion(record.latest.number + 1, model, scaled_replicas=scaled))
         elif record.latest.spec.deploymentSpec != model.deploymentSpec:
+            record.latest.scaled_replicas = self._carried_scale(record.latest, model)
             record.latest.spec.deploymentSpec.CopyFrom(model.deploymentSpec)
         elif record.latest.spec.meta != model.meta:
             record.latest.spec.meta.CopyFrom(model.meta)
@@ -194,6 +197,25 @@ class Scheduler:
         else:
             return  # identical: loading twice is a no-op
         log.debug("model accepted", model=name, version=record.latest.number)
+        self._schedule(record)
+
+    @staticmethod
+    def _carried_scale(current: ModelVersion, model: scheduler_pb2.Model) -> int | None:
+        old, new = current.spec.deploymentSpec, model.deploymentSpec
+        return autoscaling.carried_scale(current.scaled_replicas, old, new)
+
+    def scale_model(self, name: str, replicas: int) -> None:
+        """The autoscaler's replica count for a model: kept beside its spec (which stays as the
+        user wrote it), persisted, and placed like a change of ``replicas``."""
+        record = self.model(name)
+        if record.deleted:
+            raise ModelNotFound(f"model {name} is being unloaded")
+        if not 1 <= replicas <= MAX_REPLICAS:
+            raise InvalidResource(f"a model scales to 1..{MAX_REPLICAS} replicas, not {replicas}")
+        record.latest.scaled_replicas = replicas
+        log.info(
+            "model scaled", model=name, replicas=replicas, spec=record.latest.spec.deploymentSpec.replicas
+        )
         self._schedule(record)
 
     def unload_model(self, name: str) -> None:

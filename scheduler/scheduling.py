@@ -34,7 +34,7 @@ def place(
     if latest.server not in ("", placement.server) and latest.active_replicas():
         moved = scheduler_pb2.Model()
         moved.CopyFrom(latest.spec)
-        latest = ModelVersion(latest.number + 1, moved)
+        latest = ModelVersion(latest.number + 1, moved, scaled_replicas=latest.scaled_replicas)
         record.versions.append(latest)
         log.info("model moves server", model=record.name, version=latest.number, server=placement.server)
     for idx in latest.active_replicas():

@@ -83,6 +83,8 @@ class ModelVersion:
     timestamp: float = field(default_factory=time.time)
     # Why placement failed last time ("" once placed); shown as the ScheduleFailed reason.
     schedule_error: str = ""
+    # The autoscaler's replica count (None: the spec's). Kept beside the spec, never in it.
+    scaled_replicas: int | None = None
 
     @property
     def name(self) -> str:
@@ -94,6 +96,8 @@ class ModelVersion:
 
     @property
     def desired_replicas(self) -> int:
+        if self.scaled_replicas is not None:
+            return self.scaled_replicas
         return self.spec.deploymentSpec.replicas
 
     @property

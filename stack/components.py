@@ -75,6 +75,7 @@ def components(config: StackConfig) -> list[Component]:
                 f"--envoy-http-port={config.http_port}",
                 f"--agent-grace-seconds={config.agent_grace_seconds}",
                 f"--state-dir={config.home / 'state'}",
+                *config.autoscaling_flags,
                 *scheduler_tls_flags(config),
             ],
             ready=lambda: grpc_healthy(f"{host}:{config.scheduler_port}", tls=probe_tls),
