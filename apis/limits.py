@@ -35,6 +35,9 @@ MAX_URI_LENGTH = 4 * KIB
 MAX_REQUIREMENTS = 64
 MAX_PARAMETERS = 256
 MAX_PARAMETER_NAME_LENGTH = 256
+# How often each Envoy reports load (requests in flight) to the scheduler, in seconds.
+MIN_LOAD_REPORT_INTERVAL_S = 0.1
+MAX_LOAD_REPORT_INTERVAL_S = 60.0
 # The serialized size of one resource (a Model or a ServerNotify).
 MAX_RESOURCE_BYTES = 1 * MIB
 # Every control-plane gRPC endpoint (scheduler API, agent service, CLI, agent, stack clients).

@@ -2,7 +2,8 @@
 
 - scheduler API (``seldon.mlops.scheduler.Scheduler``), default 9004, with health and reflection;
 - agent API (``seldon.mlops.agent.AgentService``), default 9005, with health;
-- xDS (delta ADS), default 9002, which also serves Envoy's data-plane listener (default 9000).
+- xDS (delta ADS), default 9002, which also serves Envoy's data-plane listener (default 9000), and
+  Envoy's load reports (LRS) on the same port.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import signal
 import grpc
 import structlog
 from envoy.service.discovery.v3 import ads_pb2_grpc
+from envoy.service.load_stats.v3 import lrs_pb2_grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry
@@ -29,12 +31,14 @@ from scheduler.config import SchedulerConfig, parse_args
 from scheduler.core import Scheduler
 from scheduler.errors import StatusMapping
 from scheduler.experiments import Experiments
+from scheduler.load import LoadView
 from scheduler.metrics import SchedulerMetrics
 from scheduler.model_autoscaling import ModelAutoscaling
 from scheduler.policies import load_policy
 from scheduler.store import StateStore
 from xdsserver import resources
 from xdsserver.cache import ResourceCache
+from xdsserver.load_stats import LoadStatsServer
 from xdsserver.routes import RoutePublisher
 from xdsserver.server import XdsServer
 from xdsserver.types import CLUSTER, LISTENER
@@ -60,8 +64,14 @@ class SchedulerApp:
             store=store,
         )
         self.experiments = Experiments(self.core, store)
+        # Requests in flight per model version, from Envoy's load reports (LRS, on the xDS port);
+        # the autoscaler subscribes to ``self.load``.
+        self.load = LoadView()
+        self.load_stats = LoadStatsServer(
+            self.routes, self.load, interval_s=config.load_report_interval_seconds
+        )
         self.metrics = SchedulerMetrics(
-            CollectorRegistry(), core=self.core, experiments=self.experiments, envoys=self.xds
+            CollectorRegistry(), core=self.core, experiments=self.experiments, envoys=self.xds, load=self.load
         )
         # Off by default (as in Seldon): then nothing listens to Envoy's load reports.
         self.autoscaling = (
@@ -69,6 +79,8 @@ class SchedulerApp:
             if config.enable_model_autoscaling
             else None
         )
+        if self.autoscaling is not None:
+            self.load.subscribe(self.autoscaling)
         self._servers: list[grpc.aio.Server] = []
         self._sweeper: asyncio.Task[None] | None = None
         self._autoscaler_timer: asyncio.Task[None] | None = None
@@ -113,6 +125,7 @@ class SchedulerApp:
         _add_health(agents, agent_pb2.DESCRIPTOR.services_by_name["AgentService"].full_name)
         xds = self._server(config.xds_port)
         ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(self.xds, xds)
+        lrs_pb2_grpc.add_LoadReportingServiceServicer_to_server(self.load_stats, xds)
         for server in self._servers:
             await server.start()
         self._sweeper = asyncio.create_task(self._sweep_stuck(), name="stuck-operations")

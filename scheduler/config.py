@@ -14,7 +14,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from apis import settings
-from apis.limits import MAX_LAG_THRESHOLD, MAX_SCALING_WINDOW_S
+from apis.limits import (
+    MAX_LAG_THRESHOLD,
+    MAX_LOAD_REPORT_INTERVAL_S,
+    MAX_SCALING_WINDOW_S,
+    MIN_LOAD_REPORT_INTERVAL_S,
+)
 from apis.logs import LEVELS
 from apis.settings import flag, int_within, non_negative_int, positive_float, seconds_up_to
 from apis.tls import TlsSettingsError, server_files
@@ -23,6 +28,15 @@ from scheduler.policies import DEFAULT_POLICY
 
 ENV_PREFIX = "MESHSERVE_SCHEDULER_"
 DEFAULT_LUA = Path(__file__).resolve().parent.parent / "envoy" / "seldon.lua"
+
+
+def _load_report_interval(text: str) -> float:
+    value = float(text)
+    if not MIN_LOAD_REPORT_INTERVAL_S <= value <= MAX_LOAD_REPORT_INTERVAL_S:
+        raise ValueError(
+            f"{text!r} must be between {MIN_LOAD_REPORT_INTERVAL_S} and {MAX_LOAD_REPORT_INTERVAL_S} seconds"
+        )
+    return value
 
 
 def _state_dir(text: str) -> Path | None:
@@ -61,6 +75,13 @@ class SchedulerConfig:
             "how long a LOAD or UNLOAD may go unanswered by its agent before it is sent again, "
             "then failed (model loading time included)",
             parse=positive_float,
+        ),
+    )
+    load_report_interval_seconds: float = field(
+        default=1.0,
+        metadata=flag(
+            "how often each Envoy reports requests in flight per model (load reporting, LRS)",
+            parse=_load_report_interval,
         ),
     )
     min_envoys: int = field(default=1, metadata=flag("Envoys that must ACK a route", parse=non_negative_int))
