@@ -31,6 +31,7 @@ from scheduler.errors import StatusMapping
 from scheduler.experiments import Experiments
 from scheduler.metrics import SchedulerMetrics
 from scheduler.policies import load_policy
+from scheduler.server_scaling import ScalingSettings
 from scheduler.store import StateStore
 from xdsserver import resources
 from xdsserver.cache import ResourceCache
@@ -39,6 +40,8 @@ from xdsserver.server import XdsServer
 from xdsserver.types import CLUSTER, LISTENER
 
 log = structlog.get_logger("meshserve.scheduler")
+
+SCALING_INTERVAL_SECONDS = 1.0
 
 __all__ = ["SchedulerApp", "SchedulerConfig", "main", "parse_args", "serve"]
 
@@ -57,6 +60,11 @@ class SchedulerApp:
             policy=load_policy(config.placement_policy),
             agent_grace_seconds=config.agent_grace_seconds,
             store=store,
+            server_scaling=ScalingSettings(
+                enabled=config.enable_server_autoscaling,
+                grace_s=config.server_scale_down_grace_seconds,
+                packing=config.server_packing_enabled,
+            ),
         )
         self.experiments = Experiments(self.core, store)
         self.metrics = SchedulerMetrics(
@@ -64,6 +72,7 @@ class SchedulerApp:
         )
         self._servers: list[grpc.aio.Server] = []
         self._sweeper: asyncio.Task[None] | None = None
+        self._scaler: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         config = self.config
@@ -108,6 +117,7 @@ class SchedulerApp:
         for server in self._servers:
             await server.start()
         self._sweeper = asyncio.create_task(self._sweep_stuck(), name="stuck-operations")
+        self._scaler = asyncio.create_task(self._scale_servers(), name="server-scaling")
         await self.metrics.serve(config.metrics_host, config.metrics_port)
         log.info(
             "scheduler started",
@@ -144,11 +154,18 @@ class SchedulerApp:
             await asyncio.sleep(deadline / 4)
             self.core.expire_stuck(deadline)
 
+    async def _scale_servers(self) -> None:
+        """Every second: server ScalingRequests where models need them (scheduler/server_scaling.py)."""
+        while True:
+            await asyncio.sleep(SCALING_INTERVAL_SECONDS)
+            self.core.scale_servers()
+
     async def stop(self, grace: float = 1.0) -> None:
-        if self._sweeper is not None:
-            self._sweeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._sweeper
+        for task in (self._sweeper, self._scaler):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         await self.metrics.close()
         await self.core.close()
         self.routes.close()
