@@ -4,8 +4,8 @@ gets, and a model placed once the controller declared the new count and the repl
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncGenerator, AsyncIterator
+from typing import Any, cast
 
 from apis.mlops.scheduler import scheduler_pb2
 from scheduler.api import SchedulerService
@@ -38,9 +38,8 @@ async def test_a_model_short_of_replicas_sends_a_scaling_request_and_lands_on_th
     link0 = await harness.connect("auto", 0, capabilities=("sklearn", "auto"))
     service = SchedulerService(harness.scheduler, harness.experiments)  # type: ignore[abstract]
     context: Any = None
-    stream = service.SubscribeServerStatus(
-        scheduler_pb2.ServerSubscriptionRequest(subscriberName="t"), context
-    )
+    request = scheduler_pb2.ServerSubscriptionRequest(subscriberName="t")
+    stream = cast(AsyncGenerator[StatusType], service.SubscribeServerStatus(request, context))
     first = await next_of(stream)
     assert (first.type, first.serverName, first.expectedReplicas) == (StatusType.StatusUpdate, "auto", 1)
 
