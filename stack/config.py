@@ -71,6 +71,13 @@ class StackConfig:
     agent_grace_seconds: float = field(
         default=15.0, metadata=flag("how long a disconnected agent stays routed", parse=positive_float)
     )
+    server_scale_down_grace_seconds: float = field(
+        default=30.0,
+        metadata=flag(
+            "how long a replica of an autoscaled Server holds no model before it is released",
+            parse=positive_float,
+        ),
+    )
     log_level: str = field(default="info", metadata=flag(f"the supervisor's; one of {', '.join(LEVELS)}"))
     restart_limit: int = field(
         default=5,
