@@ -20,9 +20,15 @@ from apis import tls
 from apis.limits import GRPC_RECEIVE_LIMIT
 
 
-async def run_agent(config: AgentConfig, *, logger: FilteringBoundLogger | None = None) -> None:
+async def run_agent(
+    config: AgentConfig,
+    *,
+    logger: FilteringBoundLogger | None = None,
+    drain_requested: asyncio.Event | None = None,
+) -> None:
     """Wait for MLServer, adopt what it still serves, then follow the scheduler until cancelled,
-    watching MLServer meanwhile (agent/watch.py).
+    watching MLServer meanwhile (agent/watch.py), or until ``drain_requested`` is set and the
+    replica is drained (AgentDrain, bounded by ``--drain-timeout-seconds``).
 
     Cancelling leaves MLServer's models loaded, so a restarted agent can adopt them.
     """
@@ -69,5 +75,13 @@ async def run_agent(config: AgentConfig, *, logger: FilteringBoundLogger | None 
                 logger=log,
             )
             async with asyncio.TaskGroup() as tasks:
-                tasks.create_task(watcher.run())
-                await client.run()
+                watching = tasks.create_task(watcher.run())
+                following = tasks.create_task(client.run())
+                if drain_requested is None:
+                    await following
+                    return
+                await drain_requested.wait()
+                # Still subscribed and watching while draining: the scheduler's unloads arrive there.
+                await client.drain(config.drain_timeout_seconds)
+                watching.cancel()
+                following.cancel()

@@ -19,6 +19,7 @@ from apis.mlops.scheduler import scheduler_pb2, scheduler_pb2_grpc
 from scheduler import status
 from scheduler.core import Scheduler
 from scheduler.experiments import Experiments
+from scheduler.server_scaling import ScalingRequest
 
 log = structlog.get_logger("meshserve.scheduler.api")
 Context = grpc.aio.ServicerContext[Any, Any]
@@ -98,9 +99,13 @@ class SchedulerService(scheduler_pb2_grpc.SchedulerServicer):
     async def SubscribeServerStatus(
         self, request: scheduler_pb2.ServerSubscriptionRequest, context: Context
     ) -> AsyncIterator[scheduler_pb2.ServerStatusResponse]:
+        """Every server's status, then each change, and the scheduler's ScalingRequests (which the
+        controller carries out)."""
         log.info("server status subscriber", subscriber=request.subscriberName)
-        async for name in _changes(self._core.on_server_change, initial=list(self._core.servers)):
-            if name in self._core.servers:
+        async for name in _server_events(self._core):
+            if isinstance(name, ScalingRequest):
+                yield status.scaling_request(name, self._core.servers.get(name.server))
+            elif name in self._core.servers:
                 yield self._server_status(name)
             else:
                 yield scheduler_pb2.ServerStatusResponse(
@@ -163,6 +168,39 @@ class SchedulerService(scheduler_pb2_grpc.SchedulerServicer):
 
     def _server_status(self, name: str) -> scheduler_pb2.ServerStatusResponse:
         return status.server_status(self._core.servers[name], self._core.loaded_per_replica(name))
+
+
+async def _server_events(core: Scheduler) -> AsyncIterator[str | ScalingRequest]:
+    """Servers that changed (every one first) and scaling requests, in order; bursts coalesce per
+    server (the latest status or request is sent), so the queue holds at most two entries a server."""
+    queue: asyncio.Queue[tuple[bool, str]] = asyncio.Queue()  # (is a scaling request, server)
+    changed: set[str] = set()
+    scaling: dict[str, ScalingRequest] = {}
+
+    def push(name: str) -> None:
+        if name not in changed:
+            changed.add(name)
+            queue.put_nowait((False, name))
+
+    def requested(request: ScalingRequest) -> None:
+        if request.server not in scaling:
+            queue.put_nowait((True, request.server))
+        scaling[request.server] = request
+
+    for name in list(core.servers):
+        push(name)
+    unsubscribe = (core.on_server_change(push), core.on_scaling_request(requested))
+    try:
+        while True:
+            is_request, name = await queue.get()
+            if is_request:
+                yield scaling.pop(name)
+            else:
+                changed.discard(name)
+                yield name
+    finally:
+        for stop in unsubscribe:
+            stop()
 
 
 async def _changes(

@@ -35,6 +35,7 @@ from scheduler.load import LoadView
 from scheduler.metrics import SchedulerMetrics
 from scheduler.model_autoscaling import ModelAutoscaling
 from scheduler.policies import load_policy
+from scheduler.server_scaling import ScalingSettings
 from scheduler.store import StateStore
 from xdsserver import resources
 from xdsserver.cache import ResourceCache
@@ -44,6 +45,8 @@ from xdsserver.server import XdsServer
 from xdsserver.types import CLUSTER, LISTENER
 
 log = structlog.get_logger("meshserve.scheduler")
+
+SCALING_INTERVAL_SECONDS = 1.0
 
 __all__ = ["SchedulerApp", "SchedulerConfig", "main", "parse_args", "serve"]
 
@@ -62,6 +65,11 @@ class SchedulerApp:
             policy=load_policy(config.placement_policy),
             agent_grace_seconds=config.agent_grace_seconds,
             store=store,
+            server_scaling=ScalingSettings(
+                enabled=config.enable_server_autoscaling,
+                grace_s=config.server_scale_down_grace_seconds,
+                packing=config.server_packing_enabled,
+            ),
         )
         self.experiments = Experiments(self.core, store)
         # Requests in flight per model version, from Envoy's load reports (LRS, on the xDS port);
@@ -84,6 +92,7 @@ class SchedulerApp:
         self._servers: list[grpc.aio.Server] = []
         self._sweeper: asyncio.Task[None] | None = None
         self._autoscaler_timer: asyncio.Task[None] | None = None
+        self._scaler: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         config = self.config
@@ -131,6 +140,7 @@ class SchedulerApp:
         self._sweeper = asyncio.create_task(self._sweep_stuck(), name="stuck-operations")
         if self.autoscaling is not None:
             self._autoscaler_timer = asyncio.create_task(self.autoscaling.run(), name="model-autoscaling")
+        self._scaler = asyncio.create_task(self._scale_servers(), name="server-scaling")
         await self.metrics.serve(config.metrics_host, config.metrics_port)
         log.info(
             "scheduler started",
@@ -167,8 +177,14 @@ class SchedulerApp:
             await asyncio.sleep(deadline / 4)
             self.core.expire_stuck(deadline)
 
+    async def _scale_servers(self) -> None:
+        """Every second: server ScalingRequests where models need them (scheduler/server_scaling.py)."""
+        while True:
+            await asyncio.sleep(SCALING_INTERVAL_SECONDS)
+            self.core.scale_servers()
+
     async def stop(self, grace: float = 1.0) -> None:
-        for task in (self._sweeper, self._autoscaler_timer):
+        for task in (self._sweeper, self._autoscaler_timer, self._scaler):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):

@@ -84,6 +84,21 @@ class SchedulerConfig:
             parse=_load_report_interval,
         ),
     )
+    enable_server_autoscaling: bool = field(
+        default=True,
+        metadata=flag(
+            "ask the controller for server replicas (ScalingRequest) within a Server's "
+            "minReplicas/maxReplicas when models need more, or replicas stay empty"
+        ),
+    )
+    server_scale_down_grace_seconds: float = field(
+        default=30.0,
+        metadata=flag("how long a server replica holds no model before it is released", parse=positive_float),
+    )
+    server_packing_enabled: bool = field(
+        default=False,
+        metadata=flag("experimental: also release a replica when the models fit on fewer (they move)"),
+    )
     min_envoys: int = field(default=1, metadata=flag("Envoys that must ACK a route", parse=non_negative_int))
     state_dir: Path | None = field(
         default=None,

@@ -26,6 +26,7 @@ from scheduler.errors import NotFound
 from scheduler.membership import AgentLink, Membership, operation
 from scheduler.placement import PlacementPolicy, Policy, required_memory
 from scheduler.routing import Routing, model_route, replica_endpoint
+from scheduler.server_scaling import ScalingRequest, ScalingSettings, ServerScaler
 from scheduler.state import LoadedIndex, ModelRecord, ModelVersion, ReplicaState, Server, ServerReplica
 from scheduler.store import StateStore
 
@@ -55,6 +56,7 @@ class Scheduler:
         policy: PlacementPolicy | None = None,
         agent_grace_seconds: float = 15.0,
         store: StateStore | None = None,
+        server_scaling: ScalingSettings | None = None,
     ) -> None:
         self._routing = Routing(sink, self._route_confirmed, self._route_rejected)
         self._members = Membership(grace_seconds=agent_grace_seconds, on_expired=self._replica_expired)
@@ -64,6 +66,8 @@ class Scheduler:
         self._model_listeners: list[Callable[[str], None]] = []
         self._server_listeners: list[Callable[[str], None]] = []
         self._route_listeners: list[Callable[[str], None]] = []
+        self._scaling_listeners: list[Callable[[ScalingRequest], None]] = []
+        self._scaler = ServerScaler(server_scaling or ScalingSettings())
         self._override: Callable[[str], Route | None] = lambda _: None
         self._store = store or StateStore(None)
         self._store.bind(lambda: self.models, lambda: self.servers)
@@ -141,7 +145,7 @@ class Scheduler:
         return lambda: self._route_listeners.remove(listener)
 
     def loaded_per_replica(self, server: str) -> dict[int, int]:
-        """How many model versions each replica of ``server`` holds (Loaded or Available)."""
+        """How many model versions each replica of ``server`` holds (loading to unloading)."""
         return self._loaded.per_replica(server)
 
     # -- listeners (status streams) ----------------------------------------------------------------
@@ -153,6 +157,11 @@ class Scheduler:
     def on_server_change(self, listener: Callable[[str], None]) -> Callable[[], None]:
         self._server_listeners.append(listener)
         return lambda: self._server_listeners.remove(listener)
+
+    def on_scaling_request(self, listener: Callable[[ScalingRequest], None]) -> Callable[[], None]:
+        """``listener(request)`` whenever the scheduler asks for a server's replica count to change."""
+        self._scaling_listeners.append(listener)
+        return lambda: self._scaling_listeners.remove(listener)
 
     def _model_changed(self, name: str) -> None:
         self._store.model_changed(name)
@@ -259,21 +268,26 @@ class Scheduler:
             self._schedule(record)
 
     async def drain(self, server_name: str, idx: int) -> None:
-        """Move every model off one replica (AgentDrain), returning once each runs elsewhere.
+        """Move every model off one replica (AgentDrain), returning once the replica holds none.
 
-        Models that cannot be placed elsewhere are not waited for (as in Seldon). Callers bound
-        the wait with ``asyncio.timeout``.
+        The replica takes no new model; each model on it is placed elsewhere and keeps being served
+        here (``Draining``) until its replacement is Available, then unloaded here (make before
+        break). A model with nowhere else to go keeps serving here and is waited for: capacity may
+        still appear (a replica registering, memory freed, the server scaled up). Callers bound the
+        wait (``asyncio.timeout``; the agent's call deadline).
         """
         server = self.servers.get(server_name)
         replica = server.replicas.get(idx) if server else None
         if server is None or replica is None:
             raise ModelNotFound(f"replica {server_name}/{idx} is not registered")
         replica.retiring = True
+        log.info("replica draining", server=server_name, replica=idx)
         self._move_off_retiring(server)
+        self._server_changed(server_name, persist=False)
         changed = asyncio.Event()
         stop_listening = self.on_model_change(lambda _: changed.set())
         try:
-            while scheduling.still_on(self.models.values(), server_name, idx):
+            while scheduling.occupied(self.models.values(), server_name, idx):
                 changed.clear()
                 await changed.wait()
         finally:
@@ -304,6 +318,16 @@ class Scheduler:
             if stuck:
                 log.warning("operations without an answer", model=record.name, replicas=len(stuck))
                 self._refresh(record)
+
+    def scale_servers(self) -> list[ScalingRequest]:
+        """Ask the controller for more or fewer server replicas where models need it (called
+        periodically: the scale-down grace period is measured between calls)."""
+        requests = self._scaler.decide(self.servers.values(), self.models.values())
+        for request in requests:
+            log.info("server scaling request", **vars(request))
+            for listener in list(self._scaling_listeners):
+                listener(request)
+        return requests
 
     # -- agent membership --------------------------------------------------------------------------
 

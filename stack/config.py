@@ -91,6 +91,13 @@ class StackConfig:
         default=60.0,
         metadata=flag("no scaling within this long of a model's last change", parse=SCALING_WINDOW),
     )
+    server_scale_down_grace_seconds: float = field(
+        default=30.0,
+        metadata=flag(
+            "how long a replica of an autoscaled Server holds no model before it is released",
+            parse=positive_float,
+        ),
+    )
     log_level: str = field(default="info", metadata=flag(f"the supervisor's; one of {', '.join(LEVELS)}"))
     restart_limit: int = field(
         default=5,
