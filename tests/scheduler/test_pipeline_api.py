@@ -32,6 +32,7 @@ Update = chainer_pb2.PipelineUpdateMessage
 def config(tmp_path: Path) -> SchedulerConfig:
     scheduler_port, agent_port, xds_port, envoy_port = free_ports(4)
     return SchedulerConfig(
+        metrics_port=0,  # none: parallel tests would share the default port
         scheduler_port=scheduler_port,
         agent_port=agent_port,
         xds_port=xds_port,
