@@ -380,3 +380,42 @@ def encode_pipeline_named(name: str) -> str:
 
     message = scheduler_pb2.PipelineStatusResponse(pipelineName=name)
     return base64.b64encode(message.SerializeToString()).decode("ascii")
+
+
+async def test_at_the_limit_the_oldest_unloaded_pipeline_makes_room_else_loads_are_refused(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from scheduler import pipelines as module
+
+    monkeypatch.setattr(module, "MAX_PIPELINES", 2)
+    pipelines = harness.pipelines
+    heard: list[str] = []
+    pipelines.on_change(heard.append)
+    pipelines.load(chain("one"))
+    pipelines.load(chain("two"))
+    with pytest.raises(InvalidResource, match="2 pipelines are loaded already"):
+        pipelines.load(chain("three"))
+    assert set(pipelines.records) == {"one", "two"}
+    pipelines.unload("one")
+    assert pipelines.load(chain("two", allowCycles=True)).number == 2  # a new version: no room needed
+    pipelines.load(chain("three"))
+    assert set(pipelines.records) == {"two", "three"}
+    assert heard.count("one") == 3  # loaded, unloaded, forgotten
+
+
+def test_a_record_with_versions_out_of_order_is_refused() -> None:
+    import base64
+
+    item = pipeline_status(record_of(), all_versions=True)
+    item.versions.extend([item.versions[0]])  # version 1 twice
+    text = base64.b64encode(item.SerializeToString()).decode("ascii")
+    with pytest.raises(ValueError, match="not increasing"):
+        decode_pipeline("p", text)
+
+
+def record_of() -> Any:
+    from pipelines.model import Pipeline
+    from scheduler.pipeline_records import PipelineRecord, PipelineVersion
+
+    spec = Pipeline.from_proto(scheduler_pb2.Pipeline(name="p", version=1, steps=[Step(name="a")]))
+    return PipelineRecord("p", [PipelineVersion(spec)])
