@@ -156,6 +156,10 @@ class Pipelines:
         return self.engines.subscribe(name, initial)
 
     def engine_answered(self, status: chainer_pb2.PipelineUpdateStatusMessage) -> None:
+        if status.update.pipeline and status.update.pipeline not in self.records:
+            # Kept per pipeline name, so answers about unknown names would grow without bound.
+            log.warning("answer about an unknown pipeline ignored", pipeline=status.update.pipeline[:64])
+            return
         self.engines.report(status)
 
     # -- states -------------------------------------------------------------------------------------
@@ -186,10 +190,11 @@ class Pipelines:
                     status=status,
                     reason=reason,
                 )
-        if latest.status is S.PipelineReady:
+        if latest.status is S.PipelineReady or latest.status is S.PipelineTerminated:
+            why = "pipeline removed" if record.deleted else f"replaced by version {latest.number}"
             for older in record.versions[:-1]:
                 if older.status is not S.PipelineTerminated:
-                    changed |= older.set(S.PipelineTerminated, f"replaced by version {latest.number}")
+                    changed |= older.set(S.PipelineTerminated, why)
         models_ready = not record.deleted and all(self._model_ready(m) for m in latest.pipeline.models)
         for version in record.versions:
             ready = models_ready and version is latest

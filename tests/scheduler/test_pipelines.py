@@ -250,6 +250,25 @@ async def test_status_listeners_hear_each_change(harness: Harness) -> None:
     assert heard == ["tfsimples", "tfsimples"]
 
 
+async def test_unloading_while_a_new_version_starts_terminates_every_version(harness: Harness) -> None:
+    pipelines = harness.pipelines
+    pipelines.engine_subscribed("engine-0")
+    pipelines.load(chain())
+    answer(pipelines, "engine-0", "tfsimples", 1)
+    pipelines.load(chain(allowCycles=True))  # version 2, not confirmed yet
+    pipelines.unload("tfsimples")
+    answer(pipelines, "engine-0", "tfsimples", 2, op=DELETE)
+    assert state(pipelines, "tfsimples", 1)[:2] == (S.PipelineTerminated, "pipeline removed")
+    assert state(pipelines, "tfsimples", 2)[:2] == (S.PipelineTerminated, "pipeline removed")
+
+
+async def test_answers_about_unknown_pipelines_are_ignored(harness: Harness) -> None:
+    engine = harness.pipelines.engine_subscribed("engine-0")
+    update = chainer_pb2.PipelineUpdateMessage(op=CREATE, pipeline="ghost", version=1, stream="engine-0")
+    harness.pipelines.engine_answered(chainer_pb2.PipelineUpdateStatusMessage(update=update, success=True))
+    assert engine.results == {} and harness.pipelines.records == {}
+
+
 async def test_an_engine_answer_without_its_update_is_refused(harness: Harness) -> None:
     harness.pipelines.engine_subscribed("engine-0")
     bad = chainer_pb2.PipelineUpdateStatusMessage(
