@@ -140,19 +140,28 @@ class ModelGateway:
             topics += [self._topics.model_inputs(model), self._topics.model_outputs(model)]
         try:
             created = await kafka_clients.ensure_topics(admin, self._kafka, topics)
-            for model in sorted(self._to_clean):
-                await kafka_clients.delete_topics(
-                    admin, [self._topics.model_inputs(model), self._topics.model_outputs(model)]
-                )
-                self._to_clean.discard(model)
         except (KafkaError, OSError) as error:
             self.topics_ready = False
             log.warning("topic check failed; retrying", error=repr(error))
             return
-        if created and not self.topics_ready:
-            log.info("topics recreated", count=len(created))
+        if created and self.topics_ready:
+            log.info("missing topics recreated", topics=created)
         self.topics_ready = True
+        # Consumers leave a dropped model's topic before it is deleted: a consumer's metadata
+        # request for a topic it still follows would create the topic again.
         await self._follow(wanted)
+        await self._clean(admin)
+
+    async def _clean(self, admin: AIOKafkaAdminClient) -> None:
+        for model in sorted(self._to_clean):
+            try:
+                await kafka_clients.delete_topics(
+                    admin, [self._topics.model_inputs(model), self._topics.model_outputs(model)]
+                )
+            except (KafkaError, OSError) as error:
+                log.warning("deleting topics failed; retrying", model=model, error=repr(error))
+                return
+            self._to_clean.discard(model)
 
     async def _follow(self, models: Sequence[str]) -> None:
         per_bucket: dict[int, set[str]] = {}
