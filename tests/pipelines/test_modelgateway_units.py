@@ -112,7 +112,9 @@ def test_only_valid_x_headers_reach_the_model(name: str, value: bytes, sent: boo
     assert _forwarded(name, value) is sent
 
 
-def status(*states: int, deleted: bool = False, clean: bool = False) -> scheduler_pb2.ModelStatusResponse:
+def status(
+    *states: State.ModelState.ValueType, deleted: bool = False, clean: bool = False
+) -> scheduler_pb2.ModelStatusResponse:
     response = scheduler_pb2.ModelStatusResponse(modelName="iris", deleted=deleted)
     for number, state in enumerate(states, start=1):
         version = response.versions.add(version=number, state=State(state=state))
