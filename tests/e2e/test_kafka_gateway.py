@@ -11,6 +11,7 @@ import asyncio
 import json
 import os
 import signal
+import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator
@@ -18,9 +19,10 @@ from pathlib import Path
 
 import pytest
 
+from apis.kafka import load_file
 from apis.mlops.scheduler import scheduler_pb2
 from apis.v2_dataplane import v2_dataplane_pb2 as pb
-from stack.components import http_ok
+from stack.components import http_ok, kafka_components
 from stack.ports import free_ports
 from tests.e2e.conftest import IRIS_IN, Stack, eventually, iris_model, running_stack, stack_config
 from tests.e2e.kafka_io import KafkaIO
@@ -209,3 +211,32 @@ async def test_a_gateway_pointed_at_another_broker_with_kafka_bootstrap_works_th
         gateway.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(gateway.wait(), 30) == 0
         log.close()
+
+
+def test_the_stack_runs_no_broker_when_a_cluster_is_named(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    embedded = stack_config(home, kafka=True)
+    assert [c.name for c in kafka_components(embedded)] == ["kafka", "modelgateway"]
+    assert load_file(embedded.kafka_file)["bootstrap.servers"] == f"127.0.0.1:{embedded.kafka_port}"
+    named = stack_config(home, kafka=True, kafka_bootstrap="broker-1:9093", kafka_partitions=4)
+    assert [c.name for c in kafka_components(named)] == ["modelgateway"]
+    written = load_file(named.kafka_file)
+    assert written["bootstrap.servers"] == "broker-1:9093" and written["topics"]["numPartitions"] == 4
+    (tmp_path / "cluster.json").write_text(json.dumps({"bootstrap.servers": "broker-2:9093"}))
+    from_file = stack_config(home, kafka=True, kafka_config=str(tmp_path / "cluster.json"))
+    assert not from_file.kafka_embedded
+    assert kafka_components(stack_config(home)) == []  # Kafka off
+
+
+def test_up_refuses_a_bad_kafka_setting_and_starts_nothing(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    result = subprocess.run(
+        [sys.executable, "-m", "cli.main", "up", "--home", str(home), "--kafka-security-protocol=SASL_SSL"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 1
+    assert "needs sasl.mechanism" in result.stderr
+    assert not (home / "stack.json").exists()
