@@ -23,7 +23,6 @@ consumer group ``[<groupPrefix>-]<namespace>-seldon-modelgateway-<bucket>``.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import re
 from collections.abc import Mapping
@@ -439,10 +438,6 @@ class KafkaFlags:
         if topics:
             raw["topics"] = topics
         return KafkaConfig.from_mapping(raw)
-
-
-def kafka_flag_names() -> tuple[str, ...]:
-    return tuple(f.name for f in dataclasses.fields(KafkaFlags))
 
 
 # -- names -----------------------------------------------------------------------------------------
