@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from agent.artifacts import DEFAULT_MAX_BYTES, DEFAULT_TIMEOUT_S, FetchPolicy
-from agent.dispatcher import DEFAULT_MAX_CONCURRENT
+from agent.locks import DEFAULT_MAX_CONCURRENT
 from apis import settings
 from apis.logs import LEVELS
 from apis.names import MLSERVER_CAPABILITIES
