@@ -65,7 +65,7 @@ class Residency:
         self._busy = busy
         self._log = logger
         self._in_flight = list(in_flight)
-        self._refresh_usage = refresh_usage
+        self.refresh_usage = refresh_usage
 
     def add_in_flight_source(self, source: InFlightSource) -> None:
         self._in_flight.append(source)
@@ -112,7 +112,7 @@ class Residency:
     async def _make_room(self, name: str, cost: int) -> None:
         if self._state.has_room(cost):
             return
-        await self._refresh_usage()
+        await self.refresh_usage()
         active = await self._active()
         for victim in self._state.eviction_order():
             if self._state.has_room(cost):

@@ -42,6 +42,7 @@ class ReplicaState:
         self._clock = clock
         self._assigned: dict[str, agent_pb2.ModelVersion] = {}
         self._resident: set[str] = set()
+        self._resident_bytes = 0  # kept as it changes: has_room() runs on every load
         self._last_used: dict[str, float] = {}  # wall-clock seconds, for ReplicaStatus and LRU
         self.reserved = 0
         self.evictions = 0  # seldon_cache_evict_count
@@ -57,7 +58,7 @@ class ReplicaState:
         return max(0, self.capacity_bytes - used)
 
     def resident_bytes(self) -> int:
-        return sum(model_cost(self._assigned[name]) for name in self._resident)
+        return self._resident_bytes
 
     def evicted_bytes(self) -> int:
         return sum(model_cost(mv) for name, mv in self._assigned.items() if name not in self._resident)
@@ -69,15 +70,14 @@ class ReplicaState:
         copy = agent_pb2.ModelVersion()
         copy.CopyFrom(model_version)
         name = versioned_name(model_version)
+        self.set_evicted(name)  # a replaced entry's bytes leave with it
         self._assigned[name] = copy
         self._last_used.setdefault(name, self._clock())
         if resident:
-            self._resident.add(name)
-        else:
-            self._resident.discard(name)
+            self.set_resident(name)
 
     def remove(self, name: str) -> agent_pb2.ModelVersion | None:
-        self._resident.discard(name)
+        self.set_evicted(name)
         self._last_used.pop(name, None)
         return self._assigned.pop(name, None)
 
@@ -91,11 +91,14 @@ class ReplicaState:
         return name in self._resident
 
     def set_evicted(self, name: str) -> None:
-        self._resident.discard(name)
+        if name in self._resident:
+            self._resident.discard(name)
+            self._resident_bytes -= model_cost(self._assigned[name])
 
     def set_resident(self, name: str) -> None:
-        if name in self._assigned:
+        if name in self._assigned and name not in self._resident:
             self._resident.add(name)
+            self._resident_bytes += model_cost(self._assigned[name])
 
     def touch(self, name: str) -> None:
         if name in self._assigned:
