@@ -101,14 +101,15 @@ class ModelOperator:
             await self._repository.prepare(model_version)
             async with self.residency.room_for(served, model_cost(model_version)):
                 await self._mlserver.load(served)
-            await self._repository.save_marker(model_version)
+                await self._repository.save_marker(model_version)
+                # Resident before the reservation goes, so no other load counts these bytes free.
+                self._state.add(model_version)
         except AgentError as exc:
             await self._repository.remove(served)
             self._log.warning(
                 "model load failed", model=name, version=version, error=str(exc), duration_s=_since(started)
             )
             return Outcome(name, version, Event.LOAD_FAILED, str(exc))
-        self._state.add(model_version)
         self._log.info("model loaded", model=name, version=version, duration_s=_since(started))
         return Outcome(name, version, Event.LOADED)
 
