@@ -4,6 +4,7 @@ evicted models as evicted (decision 0014)."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 from collections.abc import AsyncIterator
@@ -114,3 +115,83 @@ async def test_a_restarted_agent_adopts_evicted_models_as_evicted(lru_stack: Sta
     await stack.wait_state(model, "ModelAvailable", timeout=60)
     assert (await stack.infer(model, path_model=model)).status == 200
     assert gone in in_memory(await replica_status(stack))
+
+
+SLOW_MODEL = """
+import asyncio
+
+from mlserver import MLModel
+from mlserver.codecs import NumpyCodec
+from mlserver.types import InferenceRequest, InferenceResponse
+
+
+class Slow(MLModel):
+    async def load(self) -> bool:
+        return True
+
+    async def predict(self, payload: InferenceRequest) -> InferenceResponse:
+        await asyncio.sleep(float(NumpyCodec.decode_input(payload.inputs[0]).flat[0]))
+        return InferenceResponse(model_name=self.name, outputs=[])
+"""
+
+
+@pytest.fixture(scope="module")
+async def small_stack(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Stack]:
+    # Room for two iris-sized models, assignments for four.
+    config = stack_config(
+        tmp_path_factory.mktemp("overcommit-small"), memory_bytes=2 * IRIS_BYTES, overcommit_percentage=100
+    )
+    async with running_stack(config) as stack:
+        yield stack
+
+
+async def test_a_model_with_a_request_in_flight_is_not_evicted(
+    small_stack: Stack, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    stack = small_stack
+    artifact = tmp_path_factory.mktemp("slow-model")
+    (artifact / "slow.py").write_text(SLOW_MODEL)
+    slow = iris_model("slow", uri=f"file://{artifact}", memoryBytes=IRIS_BYTES)
+    del slow.modelSpec.requirements[:]
+    slow.modelSpec.requirements.append("python")
+    await load(stack, slow)
+    await stack.wait_state("slow", "ModelAvailable")
+    await load_all(stack, ["fast"])  # now full: slow is the least recently used
+    body = {"inputs": [{"name": "seconds", "shape": [1], "datatype": "FP32", "data": [4.0]}]}
+
+    async def slow_call() -> int:
+        async with stack.http.post(f"{stack.url}/v2/models/slow/infer", json=body) as response:
+            return response.status
+
+    call = asyncio.create_task(slow_call())
+    await eventually(lambda: envoy_active(stack, "slow_1_http"), what="the slow request to be in flight")
+    await load_all(stack, ["third"])  # needs room: the least recently used model is busy
+    status = await replica_status(stack)
+    assert "slow_1" in in_memory(status) and evicted(status) == {"fast_1"}, status
+    assert await call == 200
+
+
+async def envoy_active(stack: Stack, cluster: str) -> bool:
+    url = f"http://127.0.0.1:{stack.config.envoy_admin_port}/stats?filter=^cluster\\.{cluster}\\.upstream_rq_active$"
+    async with stack.http.get(url) as response:
+        text = await response.text()
+    return text.strip().endswith(": 1")
+
+
+async def test_a_hundred_models_on_room_for_ten(tmp_path_factory: pytest.TempPathFactory) -> None:
+    config = stack_config(
+        tmp_path_factory.mktemp("overcommit-100"), memory_bytes=10 * IRIS_BYTES, overcommit_percentage=900
+    )
+    names = [f"m{n}" for n in range(100)]
+    async with running_stack(config) as stack:
+        await load_all(stack, names)
+        status = await replica_status(stack)
+        assert len(in_memory(status)) == 10 and len(evicted(status)) == 90
+        evictions, misses = await cache_counts(stack)
+        for _ in range(2):
+            for name in names:
+                assert (await stack.infer(name, path_model=name)).status == 200, name
+        after_evictions, after_misses = await cache_counts(stack)
+        # Calling 100 models in turn with room for 10 finds each evicted: a miss and an eviction each.
+        assert after_misses - misses >= 190 and after_evictions - evictions >= 190
+        assert len(in_memory(await replica_status(stack))) == 10
