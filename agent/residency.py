@@ -15,6 +15,7 @@ request). Decision 0014 has the alternatives and the remaining check-then-unload
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Protocol
@@ -66,6 +67,7 @@ class Residency:
         self._log = logger
         self._in_flight = list(in_flight)
         self.refresh_usage = refresh_usage
+        self._released = asyncio.Event()  # set (and replaced) whenever a reservation ends
 
     def add_in_flight_source(self, source: InFlightSource) -> None:
         self._in_flight.append(source)
@@ -79,6 +81,8 @@ class Residency:
             yield
         finally:
             self._state.reserved -= cost
+            self._released.set()  # a load waiting for these bytes to become evictable looks again
+            self._released = asyncio.Event()
 
     async def ensure_resident(self, name: str) -> bool:
         """Load ``name`` if it was evicted; returns whether it had to. Raises :class:`NotAssigned`
@@ -110,6 +114,19 @@ class Residency:
             self._busy.discard(name)
 
     async def _make_room(self, name: str, cost: int) -> None:
+        """Evict until ``cost`` fits. Loads still in progress hold bytes that cannot be evicted
+        yet: while any are, wait for one to finish and try again, rather than fail."""
+        while True:
+            released = self._released
+            try:
+                await self._evict_for(name, cost)
+                return
+            except NoRoom:
+                if not self._state.reserved:
+                    raise
+            await released.wait()
+
+    async def _evict_for(self, name: str, cost: int) -> None:
         if self._state.has_room(cost):
             return
         await self.refresh_usage()

@@ -44,6 +44,7 @@ async def run(work: Path, quick: bool = False) -> Section:
         + f" {rounds} rounds of {seconds:g} s, 4 connections; {reloads} reloads.",
         command="python -m bench --only overcommit",
     )
+    work.mkdir(parents=True, exist_ok=True)
     grpc_body = payloads.write(work / "iris.grpc", payloads.grpc_frame("iris"))
     with processes(work / "logs") as group:
         meshes = {}

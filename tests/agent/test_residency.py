@@ -159,3 +159,31 @@ def test_state_accounting_and_lru_order() -> None:
     state.remove("a_1")
     assert state.resident_bytes() == 4 and state.last_used("a_1") is None
     assert state.evicted_names() == ["c_1"] and state.resident_names() == ["b_1"]
+
+
+async def test_a_load_waits_for_loads_in_progress_to_become_evictable() -> None:
+    state = ReplicaState(memory_bytes=1, overcommit_percentage=100, clock=Clock())
+    mlserver = FakeMLServer()
+    residency = Residency(
+        mlserver=cast(MLServerClient, mlserver),
+        state=state,
+        locks=ModelLocks(),
+        busy=set(),
+        logger=structlog.get_logger(),
+    )
+    release = asyncio.Event()
+
+    async def first() -> None:
+        async with residency.room_for("a_1", 1):
+            await release.wait()
+            state.add(model_version("a", 1, "x", memory_bytes=1))
+
+    loading = asyncio.create_task(first())
+    await asyncio.sleep(0)
+    second = asyncio.create_task(residency.room_for("b_1", 1).__aenter__())
+    await asyncio.sleep(0.01)
+    assert not second.done()  # a_1 is reserved, not yet evictable: b waits instead of failing
+    release.set()
+    await loading
+    await second
+    assert mlserver.calls == [("unload", "a_1")] and state.reserved == 1
