@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Protocol
 
@@ -26,6 +27,10 @@ from agent.errors import AgentError
 from agent.locks import ModelLocks
 from agent.mlserver import MLServerClient
 from agent.state import ReplicaState, model_cost
+
+# How long a load or reload waits for room before it fails, and how often it looks meanwhile.
+ROOM_WAIT_S = 30.0
+ROOM_POLL_S = 0.2
 
 
 class NoRoom(AgentError):
@@ -59,6 +64,7 @@ class Residency:
         logger: FilteringBoundLogger,
         in_flight: Sequence[InFlightSource] = (),
         refresh_usage: Callable[[], Awaitable[None]] = _no_refresh,
+        room_wait_s: float = ROOM_WAIT_S,
     ) -> None:
         self._mlserver = mlserver
         self._state = state
@@ -67,7 +73,8 @@ class Residency:
         self._log = logger
         self._in_flight = list(in_flight)
         self.refresh_usage = refresh_usage
-        self._released = asyncio.Event()  # set (and replaced) whenever a reservation ends
+        self._room_wait_s = room_wait_s
+        self._changed = asyncio.Event()  # set (and replaced) whenever a reservation or eviction ends
 
     def add_in_flight_source(self, source: InFlightSource) -> None:
         self._in_flight.append(source)
@@ -81,8 +88,7 @@ class Residency:
             yield
         finally:
             self._state.reserved -= cost
-            self._released.set()  # a load waiting for these bytes to become evictable looks again
-            self._released = asyncio.Event()
+            self._notify()  # a load waiting for these bytes to become evictable looks again
 
     async def ensure_resident(self, name: str) -> bool:
         """Load ``name`` if it was evicted; returns whether it had to. Raises :class:`NotAssigned`
@@ -114,17 +120,26 @@ class Residency:
             self._busy.discard(name)
 
     async def _make_room(self, name: str, cost: int) -> None:
-        """Evict until ``cost`` fits. Loads still in progress hold bytes that cannot be evicted
-        yet: while any are, wait for one to finish and try again, rather than fail."""
+        """Evict until ``cost`` fits. What blocks an eviction passes (loads in progress whose bytes
+        are not evictable yet, evictions under way, requests in flight): on "no room", look again
+        whenever a reservation or an eviction ends (at least every ROOM_POLL_S), for at most
+        ``room_wait_s``, and fail only then."""
+        deadline = time.monotonic() + self._room_wait_s
         while True:
-            released = self._released
+            changed = self._changed
             try:
                 await self._evict_for(name, cost)
                 return
             except NoRoom:
-                if not self._state.reserved:
+                if time.monotonic() >= deadline:
                     raise
-            await released.wait()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(ROOM_POLL_S):
+                    await changed.wait()
+
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = asyncio.Event()
 
     async def _evict_for(self, name: str, cost: int) -> None:
         if self._state.has_room(cost):
@@ -158,6 +173,7 @@ class Residency:
                 return
             finally:
                 self._busy.discard(victim)
+                self._notify()
             self._state.set_evicted(victim)
             self._state.evictions += 1
             self._log.info("model evicted", served_name=victim)

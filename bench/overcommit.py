@@ -86,7 +86,7 @@ async def _load(mesh: Mesh, names: list[str]) -> None:
         async with aiohttp.ClientSession() as session:
             for name in names:
                 check = functools.partial(_answers, session, mesh, name)
-                await wait_for(check, within=120, what=f"{name} served")
+                await wait_for(check, within=30, what=f"{name} served")
 
 
 async def _answers(session: aiohttp.ClientSession, mesh: Mesh, name: str) -> bool:

@@ -62,6 +62,7 @@ def setup(
         busy=set(),
         logger=structlog.get_logger(),
         in_flight=[Counts(in_flight if in_flight is not None else {})],
+        room_wait_s=0.3,
     )
     for name in ("a", "b", "c"):
         state.add(model_version(name, 1, "x", memory_bytes=1))
@@ -99,6 +100,18 @@ async def test_every_model_in_use_means_no_room() -> None:
     with pytest.raises(NoRoom, match="in use"):
         async with residency.room_for("d_1", 1):
             pass
+
+
+async def test_a_load_waits_for_a_request_in_flight_to_end() -> None:
+    counts = {"a_1": 1, "b_1": 1, "c_1": 1}
+    residency, state, _ = setup(in_flight=counts)
+    residency._room_wait_s = 10.0
+    loading = asyncio.create_task(residency.room_for("d_1", 1).__aenter__())
+    await asyncio.sleep(0.05)
+    assert not loading.done()
+    del counts["b_1"]  # b's request answered: evictable at the next look
+    await asyncio.wait_for(loading, 5)
+    assert not state.is_resident("b_1") and state.is_resident("a_1")
 
 
 async def test_a_failed_eviction_keeps_the_model_and_tries_the_next() -> None:
