@@ -41,11 +41,11 @@ async def run(work: Path, quick: bool = False) -> Section:
         key="overcommit",
         title="8. Overcommit: reload of an evicted model, resident path on vs off",
         intro=__doc__.split("\n\n", 1)[1].replace("\n", " ").strip()
-        + f" {rounds} rounds of {seconds:g} s, 4 connections; {reloads} reloads.",
+        + f" {rounds} rounds; each {seconds:g} s at 1 connection (latency) and 4 (throughput);"
+        f" {reloads} reloads.",
         command="python -m bench --only overcommit",
     )
-    work.mkdir(parents=True, exist_ok=True)
-    grpc_body = payloads.write(work / "iris.grpc", payloads.grpc_frame("iris"))
+    grpc_body = _grpc_body(work)
     with processes(work / "logs") as group:
         meshes = {}
         for key, overcommit in (("on", 300), ("off", 0)):
@@ -56,25 +56,32 @@ async def run(work: Path, quick: bool = False) -> Section:
         for round_no in range(rounds):
             order = ["on", "off"] if round_no % 2 == 0 else ["off", "on"]
             for key in order:
-                mesh = meshes[key]
-                closed.setdefault(("REST", key), []).append(
-                    await loadgen.wrk(
-                        f"{mesh.url}/v2/models/iris/infer",
-                        payloads.IRIS_REST,
-                        REST_HEADERS,
-                        connections=4,
-                        seconds=seconds,
-                    )
-                )
-                closed.setdefault(("gRPC", key), []).append(
-                    await loadgen.h2load(
-                        f"{mesh.url}{payloads.GRPC_PATH}", grpc_body, GRPC_HEADERS, clients=4, seconds=seconds
-                    )
-                )
+                for connections in (1, 4):  # 1: latency without queueing; 4: throughput
+                    for proto, result in await _closed(meshes[key], grpc_body, connections, seconds):
+                        closed.setdefault((proto, key, connections), []).append(result)
         reload_ms, resident_ms, counts = await _reloads(meshes["on"], reloads)
     _tabulate(section, closed, reload_ms, resident_ms, counts)
     section.seconds = time.monotonic() - started
     return section
+
+
+def _grpc_body(work: Path) -> Path:
+    work.mkdir(parents=True, exist_ok=True)
+    return payloads.write(work / "iris.grpc", payloads.grpc_frame("iris"))
+
+
+async def _closed(mesh: Mesh, grpc_body: Path, connections: int, seconds: float) -> list[tuple[str, Result]]:
+    rest = await loadgen.wrk(
+        f"{mesh.url}/v2/models/iris/infer",
+        payloads.IRIS_REST,
+        REST_HEADERS,
+        connections=connections,
+        seconds=seconds,
+    )
+    grpc_result = await loadgen.h2load(
+        f"{mesh.url}{payloads.GRPC_PATH}", grpc_body, GRPC_HEADERS, clients=connections, seconds=seconds
+    )
+    return [("REST", rest), ("gRPC", grpc_result)]
 
 
 async def _load(mesh: Mesh, names: list[str]) -> None:
@@ -124,27 +131,29 @@ async def _cache_counts(session: aiohttp.ClientSession, mesh: Mesh) -> tuple[flo
 
 def _tabulate(
     section: Section,
-    closed: dict[tuple[str, str], list[Result]],
+    closed: dict[tuple[str, str, int], list[Result]],
     reload_ms: list[float],
     resident_ms: list[float],
     counts: tuple[float, float],
 ) -> None:
     reload_p50, reload_p99 = percentile(reload_ms, 50), percentile(reload_ms, 99)
-    table = Table(["path", "overcommit", "req/s", "p50", "p99"])
+    table = Table(["path", "overcommit", "p50 (1 conn)", "p99 (1 conn)", "req/s (4 conns)"])
     p50 = {}
     rps = {}
-    for (proto, key), results in sorted(closed.items()):
-        p50[(proto, key)] = median([r.p50_ms for r in results])
-        rps[(proto, key)] = median([r.rps for r in results])
-        table.rows.append(
-            [
-                f"{proto} resident",
-                key,
-                f"{rps[(proto, key)]:.0f}",
-                ms(p50[(proto, key)]),
-                ms(median([r.p99_ms for r in results])),
-            ]
-        )
+    for proto in ("REST", "gRPC"):
+        for key in ("off", "on"):
+            latency, load = closed[(proto, key, 1)], closed[(proto, key, 4)]
+            p50[(proto, key)] = median([r.p50_ms for r in latency])
+            rps[(proto, key)] = median([r.rps for r in load])
+            table.rows.append(
+                [
+                    f"{proto} resident",
+                    key,
+                    ms(p50[(proto, key)]),
+                    ms(median([r.p99_ms for r in latency])),
+                    f"{rps[(proto, key)]:.0f}",
+                ]
+            )
     section.tables.append(table)
     reload_table = Table(["calls (one at a time, Python client)", "n", "p50", "p99"])
     reload_table.rows.append(
