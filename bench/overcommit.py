@@ -52,7 +52,7 @@ async def run(work: Path, quick: bool = False) -> Section:
             config = bench_config(work / key, memory_bytes=3 * IRIS_BYTES, overcommit_percentage=overcommit)
             meshes[key] = await start_mesh(group, config, ("scheduler", "envoy", "mlserver", "agent"))
             await _load(meshes[key], ["iris", *(EVICTABLE if overcommit else [])])
-        closed: dict[tuple[str, str], list[Result]] = {}
+        closed: dict[tuple[str, str, int], list[Result]] = {}
         for round_no in range(rounds):
             order = ["on", "off"] if round_no % 2 == 0 else ["off", "on"]
             for key in order:
