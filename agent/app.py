@@ -25,9 +25,15 @@ from apis import tls
 from apis.limits import GRPC_RECEIVE_LIMIT
 
 
-async def run_agent(config: AgentConfig, *, logger: FilteringBoundLogger | None = None) -> None:
+async def run_agent(
+    config: AgentConfig,
+    *,
+    logger: FilteringBoundLogger | None = None,
+    drain_requested: asyncio.Event | None = None,
+) -> None:
     """Wait for MLServer, adopt what it still serves, then follow the scheduler until cancelled,
-    watching MLServer meanwhile (agent/watch.py).
+    watching MLServer meanwhile (agent/watch.py), or until ``drain_requested`` is set and the
+    replica is drained (AgentDrain, bounded by ``--drain-timeout-seconds``).
 
     Cancelling leaves MLServer's models loaded, so a restarted agent can adopt them.
     """
@@ -88,9 +94,18 @@ async def run_agent(config: AgentConfig, *, logger: FilteringBoundLogger | None 
                 logger=log,
             )
             async with _reload_listener(config, gate), asyncio.TaskGroup() as tasks:
-                tasks.create_task(watcher.run())
-                tasks.create_task(usage.run(config.watch_interval_seconds))
-                await client.run()
+                watching = tasks.create_task(watcher.run())
+                tracking = tasks.create_task(usage.run(config.watch_interval_seconds))
+                following = tasks.create_task(client.run())
+                if drain_requested is None:
+                    await following
+                    return
+                await drain_requested.wait()
+                # Still subscribed and watching while draining: the scheduler's unloads arrive there.
+                await client.drain(config.drain_timeout_seconds)
+                watching.cancel()
+                tracking.cancel()
+                following.cancel()
 
 
 def _reload_listener(config: AgentConfig, gate: ReloadGate) -> contextlib.AbstractAsyncContextManager[None]:

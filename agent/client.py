@@ -22,8 +22,10 @@ from agent.dispatcher import OperationDispatcher
 from agent.locks import ModelLocks
 from agent.operations import Event, ModelOperator, Outcome
 from agent.state import ReplicaState
+from agent.state import versioned_name as versioned_name_of
 from apis.mlops.agent import agent_pb2, agent_pb2_grpc
 
+DRAINING = "server replica is draining"
 # Undelivered events kept for retry; beyond this the oldest go (a re-subscription covers them).
 MAX_PENDING_EVENTS = 10_000
 EVENT_TIMEOUT_S = 30.0
@@ -122,6 +124,29 @@ class AgentClient:
             call.cancel()
             self._call = None
         return received
+
+    async def drain(self, deadline_s: float) -> bool:
+        """Refuse new loads and ask the scheduler to move this replica's models elsewhere
+        (AgentDrain); returns whether it did within ``deadline_s``.
+
+        The scheduler unloads each model here (over the still-open Subscribe stream) once it runs
+        elsewhere and Envoy routes there (make before break), so a drained MLServer is empty. A
+        model that could not move by the deadline is left loaded (and the scheduler keeps routing to
+        it for its grace period): stopping it would fail its requests for nothing.
+        """
+        self._dispatcher.refuse_loads(DRAINING)
+        request = agent_pb2.AgentDrainRequest(
+            serverName=self._config.server_name, replicaIdx=self._config.replica_idx
+        )
+        self._log.info("draining: asking the scheduler to move this replica's models", deadline_s=deadline_s)
+        try:
+            await self._stub.AgentDrain(request, timeout=deadline_s, wait_for_ready=True)
+        except grpc.aio.AioRpcError as exc:
+            left = [versioned_name_of(m) for m in self._state.loaded_models()]
+            self._log.warning("drain not completed", code=exc.code().name, details=exc.details(), left=left)
+            return False
+        self._log.info("drained: every model runs elsewhere")
+        return True
 
     def resubscribe(self, reason: str) -> None:
         """End the current Subscribe stream and open a new one at once, with fresh loadedModels.

@@ -114,6 +114,14 @@ class AgentConfig:
     unload_grace_seconds: float = field(
         default=2.0, metadata=flag("pause before an unload so Envoy stops routing to the model first")
     )
+    drain_timeout_seconds: float = field(
+        default=90.0,
+        metadata=flag(
+            "on SIGTERM, how long to wait for the scheduler to move this replica's models elsewhere "
+            "(AgentDrain) before exiting anyway; SIGINT exits at once",
+            parse=positive_float,
+        ),
+    )
     max_concurrent_operations: int = field(
         default=DEFAULT_MAX_CONCURRENT,
         metadata=flag("loads and unloads run on MLServer at once (others wait)", parse=positive_int),

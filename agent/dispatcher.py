@@ -63,11 +63,17 @@ class OperationDispatcher:
         self._sequence = itertools.count()
         self._models: dict[str, _Pending] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        self._refusing_loads = ""  # why loads are refused ("" while they are not)
 
     @property
     def tracked_models(self) -> int:
         """How many models have an entry now (those with an operation pending)."""
         return len(self._models)
+
+    def refuse_loads(self, reason: str) -> None:
+        """From now on every LOAD (queued or new) is answered LOAD_FAILED with ``reason``, unrun;
+        unloads still run (a draining replica)."""
+        self._refusing_loads = reason
 
     def submit(self, message: agent_pb2.ModelOperationMessage) -> None:
         if message.operation not in (Operation.LOAD_MODEL, Operation.UNLOAD_MODEL):
@@ -114,6 +120,14 @@ class OperationDispatcher:
                 self._log.info("skipping stale operation", served_name=name, load=is_load)
                 return None
             pending.last_run = sequence
+            if is_load and self._refusing_loads:
+                self._log.info("load refused", served_name=name, reason=self._refusing_loads)
+                return Outcome(
+                    model_version.model.meta.name,
+                    model_version.version,
+                    Event.LOAD_FAILED,
+                    self._refusing_loads,
+                )
             async with self._locks.slot():
                 try:
                     if is_load:

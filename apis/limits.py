@@ -25,6 +25,9 @@ MAX_REPLICAS = 1_000
 MAX_MEMORY_BYTES = 2**50
 # Kubernetes metadata.generation becomes the first version number (a uint32 in ModelStatus).
 MAX_GENERATION = 2**31 - 1
+# Model autoscaling: the requests-in-flight threshold, and every window and cooldown.
+MAX_LAG_THRESHOLD = 100_000
+MAX_SCALING_WINDOW_S = 7 * 24 * 3600.0
 # MLServer parallel workers per model (runtime info multiplies the memory placement reserves).
 MAX_PARALLEL_WORKERS = 1_024
 # storageUri, and any other URI-like string (secret names, explainer types).
@@ -32,6 +35,9 @@ MAX_URI_LENGTH = 4 * KIB
 MAX_REQUIREMENTS = 64
 MAX_PARAMETERS = 256
 MAX_PARAMETER_NAME_LENGTH = 256
+# How often each Envoy reports load (requests in flight) to the scheduler, in seconds.
+MIN_LOAD_REPORT_INTERVAL_S = 0.1
+MAX_LOAD_REPORT_INTERVAL_S = 60.0
 # The serialized size of one resource (a Model or a ServerNotify).
 MAX_RESOURCE_BYTES = 1 * MIB
 # Every control-plane gRPC endpoint (scheduler API, agent service, CLI, agent, stack clients).

@@ -82,7 +82,9 @@ def _write_specs(home: Path, manifests: list[ServerManifest]) -> Callable[[], No
         path = server_spec_file(home.resolve(), manifest.notify.name)
         previous[path] = path.read_text() if path.exists() else None
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps({"capabilities": list(manifest.capabilities)}))
+        # The controller carries out the scheduler's ScalingRequests within these bounds.
+        bounds = {"minReplicas": manifest.notify.minReplicas, "maxReplicas": manifest.notify.maxReplicas}
+        path.write_text(json.dumps({"capabilities": list(manifest.capabilities), **bounds}))
 
     def undo() -> None:
         for path, text in previous.items():

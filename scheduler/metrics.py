@@ -25,6 +25,8 @@ from prometheus_client.registry import Collector
 from apis.metrics_server import MetricsServer
 from scheduler.core import Scheduler
 from scheduler.experiments import Experiments
+from scheduler.load import LoadView
+from scheduler.routing import replica_endpoint
 from scheduler.state import ModelState, ReplicaState
 
 log = structlog.get_logger("meshserve.scheduler.metrics")
@@ -55,11 +57,13 @@ class SchedulerMetrics(Collector):
         core: Scheduler,
         experiments: Experiments | None = None,
         envoys: EnvoyView | None = None,
+        load: LoadView | None = None,
     ) -> None:
         self._registry = registry
         self._core = core
         self._experiments = experiments
         self._envoys = envoys
+        self._load = load
         self._rejected = 0
         self._unsubscribe = envoys.on_reject(self._on_reject) if envoys is not None else None
         self._endpoint: MetricsServer | None = None
@@ -108,6 +112,8 @@ class SchedulerMetrics(Collector):
             yield self._experiment_counts(self._experiments)
         if self._envoys is not None:
             yield from self._envoy_counts(self._envoys)
+        if self._load is not None:
+            yield from self._requests(self._load)
 
     def _models(self) -> Iterable[Metric]:
         models = {state: 0 for state in ModelState}
@@ -201,6 +207,37 @@ class SchedulerMetrics(Collector):
         )
         rejected.add_metric([], self._rejected)
         return [connected, stuck, rejected]
+
+    def _requests(self, load: LoadView) -> Iterable[Metric]:
+        """Envoy's load reports: in flight per model version (and replica), completed totals."""
+        model = GaugeMetricFamily(
+            "meshserve_scheduler_model_requests_in_flight",
+            "Requests Envoy has outstanding to a model version (latest load report of every Envoy)",
+            labels=["model_internal"],
+        )
+        for target, count in sorted(load.in_flight().items()):
+            model.add_metric([target], count)
+        replicas = {
+            replica_endpoint(server, idx): (name, str(idx))
+            for name, server in self._core.servers.items()
+            for idx in server.replicas
+        }
+        replica = GaugeMetricFamily(
+            "meshserve_scheduler_replica_requests_in_flight",
+            "Requests Envoy has outstanding to a model version on one server replica",
+            labels=["model_internal", "server", "server_replica"],
+        )
+        for (target, endpoint), count in sorted(load.in_flight_by_replica().items(), key=str):
+            if endpoint in replicas:
+                replica.add_metric([target, *replicas[endpoint]], count)
+        completed = CounterMetricFamily(
+            "meshserve_scheduler_model_requests_completed",
+            "Requests Envoy finished for a model version (answered or failed), as its load reports count",
+            labels=["model_internal"],
+        )
+        for target, count in sorted(load.completed().items()):
+            completed.add_metric([target], count)
+        return [model, replica, completed]
 
 
 class ApiTimer(grpc.aio.ServerInterceptor):

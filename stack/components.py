@@ -6,6 +6,7 @@ import asyncio
 import dataclasses
 import ipaddress
 import os
+import signal
 import socket
 import string
 from collections.abc import Awaitable, Callable
@@ -46,6 +47,9 @@ class Component:
     group: str = ""
     binds: tuple[int, ...] = ()
     rebind: Callable[[], list[Component]] | None = None
+    # Stops it without the work SIGTERM starts (an agent drains its replica first): used when the
+    # whole stack stops, or a replica's MLServer died; SIGTERM when a replica is removed.
+    stop_at_once: signal.Signals = signal.SIGTERM
 
     @property
     def unit(self) -> str:
@@ -74,7 +78,9 @@ def components(config: StackConfig) -> list[Component]:
                 f"--envoy-listen-address={host}",
                 f"--envoy-http-port={config.http_port}",
                 f"--agent-grace-seconds={config.agent_grace_seconds}",
+                f"--server-scale-down-grace-seconds={config.server_scale_down_grace_seconds}",
                 f"--state-dir={config.home / 'state'}",
+                *config.autoscaling_flags,
                 *scheduler_tls_flags(config),
             ],
             ready=lambda: grpc_healthy(f"{host}:{config.scheduler_port}", tls=probe_tls),
@@ -211,6 +217,7 @@ def server_replica(
                 *client_tls_flags(config.client_tls("agent")),
             ],
             env={"MLSERVER_PARALLEL_WORKERS": "0"},
+            stop_at_once=signal.SIGINT,
             ready=lambda: replica_registered(
                 f"{host}:{config.scheduler_port}", server, idx, tls=config.client_tls("controller")
             ),

@@ -18,9 +18,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from apis.limits import MAX_LAG_THRESHOLD, MAX_SCALING_WINDOW_S
 from apis.logs import LEVELS
 from apis.names import DEFAULT_CAPABILITIES
-from apis.settings import NOT_A_FLAG, flag, non_negative_int, positive_float
+from apis.settings import NOT_A_FLAG, flag, int_within, non_negative_int, positive_float, seconds_up_to
 from apis.tls import ClientTls
 from stack.tls import StackTls
 
@@ -28,6 +29,8 @@ ENV_PREFIX = "MESHSERVE_STACK_"
 HOME_ENV = "MESHSERVE_HOME"
 SAMPLES_DIR = Path(__file__).resolve().parent.parent / "samples"
 MAX_SOCKET_PATH = 100
+LAG_THRESHOLD = int_within(1, MAX_LAG_THRESHOLD)
+SCALING_WINDOW = seconds_up_to(MAX_SCALING_WINDOW_S)
 
 
 def port_defaults() -> dict[str, int]:
@@ -70,6 +73,30 @@ class StackConfig:
     )
     agent_grace_seconds: float = field(
         default=15.0, metadata=flag("how long a disconnected agent stays routed", parse=positive_float)
+    )
+    # The scheduler's model autoscaling (its flags of the same names; docs/decisions/0016).
+    enable_model_autoscaling: bool = field(
+        default=False, metadata=flag("scale models that set minReplicas or maxReplicas on their load")
+    )
+    model_lag_threshold: int = field(
+        default=30, metadata=flag("requests in flight per replica that add one", parse=LAG_THRESHOLD)
+    )
+    model_scale_up_seconds: float = field(
+        default=20.0, metadata=flag("how long that lag must hold", parse=SCALING_WINDOW)
+    )
+    model_idle_seconds: float = field(
+        default=600.0, metadata=flag("how long an idle model keeps a replica", parse=SCALING_WINDOW)
+    )
+    model_scaling_cooldown_seconds: float = field(
+        default=60.0,
+        metadata=flag("no scaling within this long of a model's last change", parse=SCALING_WINDOW),
+    )
+    server_scale_down_grace_seconds: float = field(
+        default=30.0,
+        metadata=flag(
+            "how long a replica of an autoscaled Server holds no model before it is released",
+            parse=positive_float,
+        ),
     )
     log_level: str = field(default="info", metadata=flag(f"the supervisor's; one of {', '.join(LEVELS)}"))
     restart_limit: int = field(
@@ -115,6 +142,19 @@ class StackConfig:
         # sun_path holds ~107 bytes; a deep home gets a private folder of its own under /tmp.
         digest = hashlib.sha256(str(self.home).encode()).hexdigest()[:16]
         return Path(tempfile.gettempdir()) / f"meshserve-{os.getuid()}-{digest}" / "envoy.sock"
+
+    @property
+    def autoscaling_flags(self) -> list[str]:
+        """The scheduler's autoscaling flags (none when it is off: the scheduler's defaults apply)."""
+        if not self.enable_model_autoscaling:
+            return []
+        return [
+            "--enable-model-autoscaling",
+            f"--model-lag-threshold={self.model_lag_threshold}",
+            f"--model-scale-up-seconds={self.model_scale_up_seconds}",
+            f"--model-idle-seconds={self.model_idle_seconds}",
+            f"--model-scaling-cooldown-seconds={self.model_scaling_cooldown_seconds}",
+        ]
 
     @property
     def logs(self) -> Path:

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from google.protobuf.message import Message
 
-from apis.routing import Route, RouteRejected, RouteSink
+from apis.routing import Endpoint, Route, RouteRejected, RouteSink
 from xdsserver import resources
 from xdsserver.cache import Requirement, ResourceCache
 from xdsserver.types import CLUSTER, SCOPED_ROUTE
@@ -46,6 +46,14 @@ class AckQuorum(Protocol):
         ...
 
 
+@dataclass(frozen=True, slots=True)
+class ClusterTarget:
+    """What one cluster serves: a model version and its replicas, by the address Envoy dials."""
+
+    target: str
+    by_address: dict[tuple[str, int], Endpoint]
+
+
 @dataclass(eq=False, slots=True)
 class _Publication:
     route: str
@@ -65,6 +73,7 @@ class RoutePublisher:
         self._quorum = quorum
         self._clusters_of: dict[str, frozenset[str]] = {}  # route name -> cluster names it uses
         self._users: dict[str, set[str]] = {}  # cluster name -> route names using it
+        self._targets: dict[str, ClusterTarget] = {}  # cluster name -> what it serves (load reports)
         self._waiting: dict[str, _Publication] = {}  # route name -> its latest publication
         self._by_resource: dict[tuple[str, str], set[_Publication]] = {}
         self._unsubscribe = [quorum.on_ack(self._acked), quorum.on_reject(self._rejected)]
@@ -76,6 +85,8 @@ class RoutePublisher:
             for name, cluster in resources.clusters_for(split.target, split.endpoints).items()
         }
         now = frozenset(clusters)
+        for split in route.splits:
+            self._locate(split.target, split.endpoints)
         before = self._clusters_of.pop(route.name, frozenset())
         if now:
             self._clusters_of[route.name] = now
@@ -103,7 +114,17 @@ class RoutePublisher:
         if users:
             return False
         del self._users[cluster]
+        self._targets.pop(cluster, None)
         return True
+
+    def _locate(self, target: str, endpoints: tuple[Endpoint, ...]) -> None:
+        http_name, grpc_name = resources.cluster_names(target)
+        self._targets[http_name] = ClusterTarget(target, {(e.host, e.http_port): e for e in endpoints})
+        self._targets[grpc_name] = ClusterTarget(target, {(e.host, e.grpc_port): e for e in endpoints})
+
+    def locate(self, cluster: str) -> ClusterTarget | None:
+        """The model version and replicas a live cluster serves (None: not one of the routes')."""
+        return self._targets.get(cluster)
 
     def users(self, cluster: str) -> frozenset[str]:
         """Routes that name a cluster (for tests and introspection)."""

@@ -1,0 +1,156 @@
+"""Envoy's Load Reporting Service (``envoy.service.load_stats.v3``), served on the xDS port.
+
+Every Envoy opens one ``StreamLoadStats`` stream (``cluster_manager.load_stats_config`` in
+``envoy/bootstrap.yaml``). The first message names the Envoy; the answer asks it for every cluster
+(``send_all_clusters``) with per-endpoint stats, every ``interval_s``. Each later message is one
+report: per cluster and endpoint, requests in progress now and requests finished in the interval.
+
+A report becomes one :class:`apis.load.LoadReport` for the scheduler's :class:`LoadListener`:
+clusters are mapped back to the model version they serve and endpoints to the replica behind the
+address (a :class:`ClusterDirectory`, the route publisher), REST and gRPC clusters of one version
+are added together, and anything this scheduler did not publish is skipped. Envoy lists only
+endpoints that had traffic in the interval, so a replica absent from a report was idle.
+
+Bounded: streams (one per Envoy) up to :data:`MAX_STREAMS`, a report's clusters up to
+:data:`MAX_REPORTED_CLUSTERS`, its size by the gRPC receive limit; a listener that raises is logged
+and the stream goes on.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterable
+from typing import Any, Protocol
+
+import grpc
+import structlog
+from envoy.config.endpoint.v3 import load_report_pb2
+from envoy.service.load_stats.v3 import lrs_pb2, lrs_pb2_grpc
+from google.protobuf import duration_pb2
+
+from apis.limits import MAX_LOAD_REPORT_INTERVAL_S, MIN_LOAD_REPORT_INTERVAL_S
+from apis.load import LoadListener, LoadReport, ReplicaLoad
+from apis.routing import Endpoint
+from xdsserver.routes import ClusterTarget
+
+log = structlog.get_logger("meshserve.xds.load")
+Context = grpc.aio.ServicerContext[Any, Any]
+
+DEFAULT_INTERVAL_S = 1.0
+# One stream per Envoy: far above any real fleet, low enough that a runaway client cannot pile up.
+MAX_STREAMS = 1_000
+# Two clusters per model version; 100,000 model versions is 10 times the benchmarked scale.
+MAX_REPORTED_CLUSTERS = 200_000
+MAX_SOURCE_LENGTH = 256
+
+
+class ClusterDirectory(Protocol):
+    """Which model version and replicas a cluster serves (``xdsserver.routes.RoutePublisher``)."""
+
+    def locate(self, cluster: str) -> ClusterTarget | None: ...
+
+
+def check_interval(interval_s: float) -> float:
+    if not MIN_LOAD_REPORT_INTERVAL_S <= interval_s <= MAX_LOAD_REPORT_INTERVAL_S:
+        raise ValueError(
+            f"load report interval must be between {MIN_LOAD_REPORT_INTERVAL_S} and "
+            f"{MAX_LOAD_REPORT_INTERVAL_S} s, got {interval_s}"
+        )
+    return interval_s
+
+
+def to_report(
+    source: str, request: lrs_pb2.LoadStatsRequest, directory: ClusterDirectory, default_interval_s: float
+) -> LoadReport:
+    """One Envoy report as the scheduler sees it: per model version and replica, REST + gRPC."""
+    totals: dict[tuple[str, Endpoint], list[int]] = {}
+    interval_s = 0.0
+    for stats in _bounded(request.cluster_stats):
+        located = directory.locate(stats.cluster_name)
+        if located is None:
+            continue  # not ours (the xDS or loop-back cluster), or removed since Envoy counted
+        interval_s = max(interval_s, _seconds(stats.load_report_interval))
+        for endpoint, in_flight, completed in _endpoint_loads(stats, located):
+            counts = totals.setdefault((located.target, endpoint), [0, 0])
+            counts[0] += in_flight
+            counts[1] += completed
+    loads = tuple(
+        ReplicaLoad(target=target, endpoint=endpoint, in_flight=in_flight, completed=completed)
+        for (target, endpoint), (in_flight, completed) in totals.items()
+    )
+    return LoadReport(source=source, interval_s=interval_s or default_interval_s, loads=loads)
+
+
+def _bounded(clusters: Iterable[load_report_pb2.ClusterStats]) -> Iterable[load_report_pb2.ClusterStats]:
+    for index, stats in enumerate(clusters):
+        if index >= MAX_REPORTED_CLUSTERS:
+            log.warning("load report truncated", clusters_kept=MAX_REPORTED_CLUSTERS)
+            return
+        yield stats
+
+
+def _endpoint_loads(
+    stats: load_report_pb2.ClusterStats, located: ClusterTarget
+) -> Iterable[tuple[Endpoint, int, int]]:
+    for locality in stats.upstream_locality_stats:
+        for endpoint_stats in locality.upstream_endpoint_stats:
+            address = endpoint_stats.address.socket_address
+            endpoint = located.by_address.get((address.address, address.port_value))
+            if endpoint is None:
+                continue  # a replica that left the cluster since Envoy counted
+            completed = endpoint_stats.total_successful_requests + endpoint_stats.total_error_requests
+            yield endpoint, endpoint_stats.total_requests_in_progress, completed
+
+
+def _seconds(duration: duration_pb2.Duration) -> float:
+    return max(0.0, duration.seconds + duration.nanos / 1e9)
+
+
+class LoadStatsServer(lrs_pb2_grpc.LoadReportingServiceServicer):  # type: ignore[misc]
+    """The LRS gRPC service: one stream per Envoy, each report converted and handed on."""
+
+    def __init__(
+        self, directory: ClusterDirectory, listener: LoadListener, *, interval_s: float = DEFAULT_INTERVAL_S
+    ) -> None:
+        self._directory = directory
+        self._listener = listener
+        self._interval_s = check_interval(interval_s)
+        self._streams = 0
+        self.reports = 0  # handed on since start (for tests and the benchmark)
+        self.report_bytes = 0  # their serialized size as received
+
+    @property
+    def streams(self) -> int:
+        return self._streams
+
+    async def StreamLoadStats(
+        self, request_iterator: AsyncIterator[lrs_pb2.LoadStatsRequest], context: Context
+    ) -> AsyncIterator[lrs_pb2.LoadStatsResponse]:
+        if self._streams >= MAX_STREAMS:
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, f"at most {MAX_STREAMS} load streams")
+        self._streams += 1
+        try:
+            source = ""
+            async for request in request_iterator:
+                if not source:
+                    source = request.node.id[:MAX_SOURCE_LENGTH] or context.peer()[:MAX_SOURCE_LENGTH]
+                    log.info("envoy reports load", node=source, interval_s=self._interval_s)
+                    yield self._ask()
+                if request.cluster_stats:
+                    self._hand_on(source, request)
+        finally:
+            self._streams -= 1
+
+    def _ask(self) -> lrs_pb2.LoadStatsResponse:
+        interval = duration_pb2.Duration()
+        interval.FromNanoseconds(round(self._interval_s * 1e9))
+        return lrs_pb2.LoadStatsResponse(
+            send_all_clusters=True, load_reporting_interval=interval, report_endpoint_granularity=True
+        )
+
+    def _hand_on(self, source: str, request: lrs_pb2.LoadStatsRequest) -> None:
+        self.reports += 1
+        self.report_bytes += request.ByteSize()
+        try:
+            self._listener.on_load(to_report(source, request, self._directory, self._interval_s))
+        except Exception:  # a listener's bug must not cut Envoy's reports off
+            log.exception("load listener failed", node=source)
