@@ -186,6 +186,10 @@ class ReplicaPorts:
     # agent's binds: an agent restarted alone must keep its MLServer's ports, and one whose metrics
     # port is taken runs on without it (docs/metrics.md).
     agent_metrics: int = 0
+    # The agent's reload listener (HTTP, gRPC; in its binds) and debug service; 0: free ports.
+    reload_http: int = 0
+    reload_grpc: int = 0
+    agent_debug: int = 0
 
 
 def replica_names(config: StackConfig, server: str, idx: int) -> tuple[str, str]:
@@ -208,6 +212,11 @@ def server_replica(
     host = config.host
     if not ports.agent_metrics:
         ports = dataclasses.replace(ports, agent_metrics=free_ports(1)[0])
+    if not (ports.reload_http and ports.reload_grpc and ports.agent_debug):
+        reload_http, reload_grpc, agent_debug = free_ports(3)
+        ports = dataclasses.replace(
+            ports, reload_http=reload_http, reload_grpc=reload_grpc, agent_debug=agent_debug
+        )
     mlserver_name, agent_name = replica_names(config, server, idx)
     repository = models_dir(config, server, idx)
     repository.mkdir(parents=True, exist_ok=True)
@@ -252,6 +261,10 @@ def server_replica(
                 f"--inference-grpc-port={ports.grpc}",
                 f"--inference-metrics-port={ports.metrics}",
                 f"--metrics-port={ports.agent_metrics}",
+                f"--reload-http-port={ports.reload_http}",
+                f"--reload-grpc-port={ports.reload_grpc}",
+                f"--debug-port={ports.agent_debug}",
+                f"--envoy-admin-urls={envoy_admin_url(config)}",
                 f"--memory-bytes={config.memory_bytes}",
                 f"--capabilities={capabilities}",
                 f"--overcommit-percentage={config.overcommit_percentage}",
@@ -265,9 +278,18 @@ def server_replica(
                 f"{host}:{config.scheduler_port}", server, idx, tls=config.client_tls("controller")
             ),
             group=group,
+            binds=(ports.reload_http, ports.reload_grpc) if config.overcommit_percentage else (),
             rebind=rebind,
         ),
     ]
+
+
+def envoy_admin_url(config: StackConfig) -> str:
+    """Where agents read Envoy's in-flight requests per model (agent/inflight.py)."""
+    socket_path = config.envoy_admin_socket
+    if socket_path is not None:
+        return f"unix:{socket_path}"
+    return f"http://{config.host}:{config.envoy_admin_port}"
 
 
 def write_envoy_bootstrap(config: StackConfig) -> Path:
