@@ -38,7 +38,7 @@ from envoy.type.matcher.v3 import path_pb2, regex_pb2, string_pb2
 from envoy.type.v3 import percent_pb2
 from google.protobuf import duration_pb2, struct_pb2, wrappers_pb2
 
-from apis.names import INTERNAL_MODEL_HEADER, MODEL_HEADER, ROUTE_HEADER
+from apis.names import INTERNAL_MODEL_HEADER, MODEL_HEADER, RETRY_ELSEWHERE_HEADER, ROUTE_HEADER
 from apis.routing import Endpoint, MirrorPolicy, Route, Split
 
 LISTENER_NAME = "seldon_http"
@@ -245,7 +245,9 @@ def _retry_policy() -> route_components_pb2.RetryPolicy:
     has reloaded the model. A replica's crash costs no request while another replica serves it.
     A retry leaves the priority already tried (``previous_priorities``): after a model server's
     "not found", an agent's reload listener (priority 1, decision 0014) answers; a cluster without
-    one has a single priority, which the plugin then keeps.
+    one has a single priority, which the plugin then keeps. An agent that cannot answer either (its
+    own MLServer died) says so with ``RETRY_ELSEWHERE_HEADER``; the try after it goes to a model
+    server not tried before, so a replica's crash still costs no request while another serves.
     """
     policy = route_components_pb2.RetryPolicy(
         retry_on="connect-failure,refused-stream,reset,retriable-status-codes,retriable-headers",
@@ -255,7 +257,10 @@ def _retry_policy() -> route_components_pb2.RetryPolicy:
         retriable_headers=[
             route_components_pb2.HeaderMatcher(
                 name="grpc-status", string_match=string_pb2.StringMatcher(exact=str(GRPC_NOT_FOUND))
-            )
+            ),
+            # An agent whose own MLServer is down answers 503 / UNAVAILABLE with this header: with
+            # ``previous_priorities`` the next try goes back to the model servers not tried yet.
+            route_components_pb2.HeaderMatcher(name=RETRY_ELSEWHERE_HEADER, present_match=True),
         ],
     )
     policy.retry_host_predicate.add(name="envoy.retry_host_predicates.previous_hosts").typed_config.Pack(
