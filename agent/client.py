@@ -19,6 +19,7 @@ from structlog.typing import FilteringBoundLogger
 from agent.backoff import Backoff
 from agent.config import AgentConfig
 from agent.dispatcher import OperationDispatcher
+from agent.locks import ModelLocks
 from agent.operations import Event, ModelOperator, Outcome
 from agent.state import ReplicaState
 from agent.state import versioned_name as versioned_name_of
@@ -45,6 +46,7 @@ class AgentClient:
         operator: ModelOperator,
         state: ReplicaState,
         logger: FilteringBoundLogger,
+        locks: ModelLocks | None = None,
     ) -> None:
         self._config = config
         self._stub = agent_pb2_grpc.AgentServiceStub(channel)
@@ -58,6 +60,7 @@ class AgentClient:
             unload_grace_s=config.unload_grace_seconds,
             logger=self._log,
             max_concurrent=config.max_concurrent_operations,
+            locks=locks,
         )
         self._batched = True  # until SubscribeBatched is answered UNIMPLEMENTED
         self._pending: list[agent_pb2.ModelEventMessage] = []
@@ -169,6 +172,8 @@ class AgentClient:
                 memoryBytes=config.memory_bytes,
                 capabilities=list(config.capabilities),
                 overCommitPercentage=config.overcommit_percentage,
+                reloadHttpPort=config.reload_http_port if config.reload_enabled else 0,
+                reloadGrpcPort=config.reload_grpc_port if config.reload_enabled else 0,
             ),
             loadedModels=self._state.loaded_models(),
             availableMemoryBytes=self._state.available_bytes(),

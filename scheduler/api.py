@@ -19,6 +19,8 @@ from apis.mlops.scheduler import scheduler_pb2, scheduler_pb2_grpc
 from scheduler import status
 from scheduler.core import Scheduler
 from scheduler.experiments import Experiments
+from scheduler.pipeline_records import deleted_pipeline_status, pipeline_status
+from scheduler.pipelines import Pipelines
 from scheduler.server_scaling import ScalingRequest
 
 log = structlog.get_logger("meshserve.scheduler.api")
@@ -34,9 +36,10 @@ class SchedulerService(scheduler_pb2_grpc.SchedulerServicer):
     status codes by :class:`scheduler.errors.StatusMapping`, never here.
     """
 
-    def __init__(self, core: Scheduler, experiments: Experiments) -> None:
+    def __init__(self, core: Scheduler, experiments: Experiments, pipelines: Pipelines) -> None:
         self._core = core
         self._experiments = experiments
+        self._pipelines = pipelines
 
     async def LoadModel(
         self, request: scheduler_pb2.LoadModelRequest, context: Context
@@ -153,6 +156,45 @@ class SchedulerService(scheduler_pb2_grpc.SchedulerServicer):
                 experimentName=name, statusDescription="experiment stopped"
             )
         return status.experiment_status(experiment, self._experiments.status(name))
+
+    # -- pipelines --------------------------------------------------------------------------------
+
+    async def LoadPipeline(
+        self, request: scheduler_pb2.LoadPipelineRequest, context: Context
+    ) -> scheduler_pb2.LoadPipelineResponse:
+        self._pipelines.load(request.pipeline)
+        await self._core.committed()
+        return scheduler_pb2.LoadPipelineResponse()
+
+    async def UnloadPipeline(
+        self, request: scheduler_pb2.UnloadPipelineRequest, context: Context
+    ) -> scheduler_pb2.UnloadPipelineResponse:
+        self._pipelines.unload(request.name)
+        await self._core.committed()
+        return scheduler_pb2.UnloadPipelineResponse()
+
+    async def PipelineStatus(
+        self, request: scheduler_pb2.PipelineStatusRequest, context: Context
+    ) -> AsyncIterator[scheduler_pb2.PipelineStatusResponse]:
+        if request.HasField("name") and request.name:
+            record = self._pipelines.get(request.name)
+            yield pipeline_status(record, all_versions=request.allVersions)
+            return
+        for name in sorted(self._pipelines.records):
+            yield pipeline_status(self._pipelines.records[name], all_versions=request.allVersions)
+
+    async def SubscribePipelineStatus(
+        self, request: scheduler_pb2.PipelineSubscriptionRequest, context: Context
+    ) -> AsyncIterator[scheduler_pb2.PipelineStatusResponse]:
+        log.info("pipeline status subscriber", subscriber=request.subscriberName)
+        initial = sorted(self._pipelines.records)
+        async for name in _changes(self._pipelines.on_change, initial=initial):
+            record = self._pipelines.records.get(name)
+            yield (
+                pipeline_status(record, all_versions=True)
+                if record is not None
+                else deleted_pipeline_status(name)
+            )
 
     async def SubscribeControlPlane(
         self, request: scheduler_pb2.ControlPlaneSubscriptionRequest, context: Context

@@ -23,10 +23,12 @@ from prometheus_client import CollectorRegistry
 from apis.limits import GRPC_RECEIVE_LIMIT
 from apis.logs import configure_logging
 from apis.mlops.agent import agent_pb2, agent_pb2_grpc
+from apis.mlops.chainer import chainer_pb2, chainer_pb2_grpc
 from apis.mlops.scheduler import scheduler_pb2, scheduler_pb2_grpc
 from apis.tls import server_credentials, server_files
 from scheduler.agent_api import AgentService
 from scheduler.api import SchedulerService
+from scheduler.chainer_api import ChainerService
 from scheduler.config import SchedulerConfig, parse_args
 from scheduler.core import Scheduler
 from scheduler.errors import StatusMapping
@@ -34,6 +36,7 @@ from scheduler.experiments import Experiments
 from scheduler.load import LoadView
 from scheduler.metrics import SchedulerMetrics
 from scheduler.model_autoscaling import ModelAutoscaling
+from scheduler.pipelines import Pipelines
 from scheduler.policies import load_policy
 from scheduler.server_scaling import ScalingSettings
 from scheduler.store import StateStore
@@ -72,6 +75,7 @@ class SchedulerApp:
             ),
         )
         self.experiments = Experiments(self.core, store)
+        self.pipelines = Pipelines(self.core, store)
         # Requests in flight per model version, from Envoy's load reports (LRS, on the xDS port);
         # the autoscaler subscribes to ``self.load``.
         self.load = LoadView()
@@ -99,6 +103,7 @@ class SchedulerApp:
         # Before any server starts: a reconnecting Envoy must see the same routes as before.
         self.core.restore()
         self.experiments.restore()
+        self.pipelines.restore()
         listen = config.envoy_listen_address
         loopback = "127.0.0.1" if listen in ("0.0.0.0", "::", "") else listen
         listener = resources.listener(
@@ -116,14 +121,17 @@ class SchedulerApp:
             ]
         )
         api = self._server(config.scheduler_port)
-        # Pipeline and experiment RPCs land with their issues; until then grpc's generated base
-        # class answers them UNIMPLEMENTED, which mypy-protobuf's stubs model as abstract.
-        service = SchedulerService(self.core, self.experiments)  # type: ignore[abstract]
+        # RPCs that land with later issues (gateway events) are answered UNIMPLEMENTED by grpc's
+        # generated base class, which mypy-protobuf's stubs model as abstract.
+        service = SchedulerService(self.core, self.experiments, self.pipelines)  # type: ignore[abstract]
         scheduler_pb2_grpc.add_SchedulerServicer_to_server(service, api)
+        # Dataflow engines subscribe on the same port (decision 0019).
+        chainer_pb2_grpc.add_ChainerServicer_to_server(ChainerService(self.pipelines), api)
         _add_health(api, "seldon.mlops.scheduler.Scheduler")
         reflection.enable_server_reflection(
             [
                 scheduler_pb2.DESCRIPTOR.services_by_name["Scheduler"].full_name,
+                chainer_pb2.DESCRIPTOR.services_by_name["Chainer"].full_name,
                 health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
                 reflection.SERVICE_NAME,
             ],
@@ -190,6 +198,7 @@ class SchedulerApp:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
         await self.metrics.close()
+        self.pipelines.engines.close()  # engine streams end now, not when the server is torn down
         await self.core.close()
         self.routes.close()
         await asyncio.gather(*(s.stop(grace) for s in self._servers))

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from apis.kafka import KafkaConfig, KafkaFlags, load_file
 from apis.limits import MAX_LAG_THRESHOLD, MAX_SCALING_WINDOW_S
 from apis.logs import LEVELS
 from apis.names import DEFAULT_CAPABILITIES
@@ -43,7 +44,7 @@ def default_home() -> Path:
 
 
 @dataclass(frozen=True)
-class StackConfig:
+class StackConfig(KafkaFlags):
     home: Path = field(default_factory=default_home, metadata=NOT_A_FLAG)
     host: str = field(default="127.0.0.1", metadata=NOT_A_FLAG)  # the local stack binds to loopback only
     http_port: int = field(default=9000, metadata=flag("Envoy's data plane"))
@@ -113,6 +114,15 @@ class StackConfig:
             "how long a process must run to reset its restart count and backoff", parse=positive_float
         ),
     )
+    kafka: bool = field(
+        default=True,
+        metadata=flag(
+            "Kafka for pipelines: the model gateway, and the embedded broker (Tansu) unless "
+            "--kafka-bootstrap or --kafka-config names a cluster"
+        ),
+    )
+    kafka_port: int = field(default=9092, metadata=flag("the embedded Kafka broker (Tansu)"))
+    modelgateway_port: int = field(default=9012, metadata=flag("the model gateway's /ready and /metrics"))
     tls: bool = field(
         default=False,
         metadata=flag(
@@ -121,6 +131,22 @@ class StackConfig:
             "(docs/security.md)"
         ),
     )
+
+    @property
+    def kafka_embedded(self) -> bool:
+        """Kafka is on and no existing cluster is named: the stack runs its own broker."""
+        if not self.kafka or self.kafka_bootstrap:
+            return False
+        return not (self.kafka_config and "bootstrap.servers" in load_file(Path(self.kafka_config)))
+
+    def kafka_settings_for_stack(self) -> KafkaConfig:
+        """The one Kafka config every component of the stack gets (raises KafkaConfigError)."""
+        return self.kafka_settings(bootstrap=f"{self.host}:{self.kafka_port}")
+
+    @property
+    def kafka_file(self) -> Path:
+        """Where the stack writes that config for its components (the reference's kafka.json)."""
+        return self.home / "kafka.json"
 
     @property
     def tls_files(self) -> StackTls:
@@ -192,6 +218,8 @@ class StackConfig:
         # Twice the agent's reconnect backoff cap (agent/backoff.py, 5 s): an agent reconnecting after
         # a scheduler restart is never late for its grace period.
         values["agent_grace_seconds"] = 10.0
+        # Kafka only where a test or benchmark asks for it: the others need no broker and gateway.
+        values["kafka"] = False
         return cls(home=home, **{**values, **overrides})
 
     @property

@@ -19,6 +19,7 @@ from agent.app import run_agent
 from agent.config import AgentConfig
 from agent.repository import MARKER
 from apis.mlops.agent import agent_pb2
+from stack.ports import free_ports
 from tests.agent.agent_protos import load_op, model_version, unload_op
 
 if TYPE_CHECKING:
@@ -30,6 +31,7 @@ INFER_BODY = {"inputs": [{"name": "predict", "shape": [1, 4], "datatype": "FP32"
 
 
 def agent_config(mlserver: MLServerProcess, scheduler_port: int) -> AgentConfig:
+    reload_ports = free_ports(2)
     return AgentConfig(
         server_name="mlserver",
         replica_idx=0,
@@ -45,6 +47,9 @@ def agent_config(mlserver: MLServerProcess, scheduler_port: int) -> AgentConfig:
         # The artifacts (tmp_path_factory folders) sit beside the MLServer's models dir.
         artifact_roots=(mlserver.models_dir.parent.parent,),
         watch_interval_seconds=0.2,
+        debug_port=0,
+        reload_http_port=reload_ports[0],
+        reload_grpc_port=reload_ports[1],
     )
 
 

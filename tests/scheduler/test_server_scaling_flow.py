@@ -36,7 +36,7 @@ async def test_a_model_short_of_replicas_sends_a_scaling_request_and_lands_on_th
 ) -> None:
     declare(harness, 1)
     link0 = await harness.connect("auto", 0, capabilities=("sklearn", "auto"))
-    service = SchedulerService(harness.scheduler, harness.experiments)  # type: ignore[abstract]
+    service = SchedulerService(harness.scheduler, harness.experiments, harness.pipelines)  # type: ignore[abstract]
     context: Any = None
     request = scheduler_pb2.ServerSubscriptionRequest(subscriberName="t")
     stream = cast(AsyncGenerator[StatusType], service.SubscribeServerStatus(request, context))
