@@ -117,8 +117,8 @@ def kafka_config(args: argparse.Namespace) -> KafkaConfig:
         stack_file = default_home() / "kafka.json"
         if not stack_file.is_file():
             raise CliError(
-                "no Kafka to read: give --kafka-bootstrap or --kafka-config (a stack started with "
-                f"'meshserve up --kafka' writes $MESHSERVE_HOME/kafka.json; there is no {stack_file})"
+                "no Kafka to read: give --kafka-bootstrap or --kafka-config ('meshserve up' with Kafka, "
+                f"the default, writes $MESHSERVE_HOME/kafka.json; there is no {stack_file})"
             )
         flags = dataclasses.replace(flags, kafka_config=str(stack_file))
     try:
