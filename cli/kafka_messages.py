@@ -33,6 +33,8 @@ def decode(message: KafkaMessage) -> Any:
     if not value:
         return {}
     infer_type = _header(message, INFER_TYPE_HEADER)
+    if infer_type not in tuple(InferType):
+        infer_type = None  # absent or unknown: guess, as the model gateway does
     outputs = message.topic.endswith(".outputs")
     if infer_type in (InferType.JSON_REQUEST, InferType.JSON_RESPONSE) or infer_type is None:
         data = _json_object(value)
@@ -42,7 +44,7 @@ def decode(message: KafkaMessage) -> Any:
         decoded = _proto(value, pb.ModelInferRequest())
     else:
         decoded = _proto(value, pb.ModelInferResponse())
-    if decoded is not None:
+    if decoded:  # bytes that parse as protobuf yet hold no known field are no inference message
         return decoded
     try:
         return value.decode()
