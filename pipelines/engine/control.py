@@ -79,8 +79,8 @@ class ChainerFollower:
     async def _follow(self, grpc_channel: grpc.aio.Channel) -> None:
         chainer = chainer_pb2_grpc.ChainerStub(grpc_channel)
         scheduler = scheduler_pb2_grpc.SchedulerStub(grpc_channel)
+        await grpc_channel.channel_ready()
         stream = chainer.SubscribePipelineUpdates(chainer_pb2.PipelineSubscriptionRequest(name=self._name))
-        await stream.wait_for_connection()
         self.connected = True
         log.info("subscribed to the scheduler's pipelines", engine=self._name)
         await self._forget_deleted(scheduler)
