@@ -23,7 +23,7 @@ from tests.e2e.conftest import Stack, running_stack, stack_config
 from tests.e2e.kafka_io import KafkaIO
 
 MODELS = Path(__file__).parent / "pipeline_models"
-I = list(range(1, 17))
+I = list(range(1, 17))  # noqa: E741 - the reference names it I (§13)
 D = [2 * v for v in I]
 Z = [0] * 16
 PState = scheduler_pb2.PipelineVersionState.PipelineStatus
