@@ -76,21 +76,21 @@ async def _setup(scheduler: scheduler_pb2_grpc.SchedulerAsyncStub) -> None:
         ],
         output=scheduler_pb2.PipelineOutput(steps=["tfsimple2"]),
     )
-    for spec in (one, two):
-        await scheduler.LoadPipeline(scheduler_pb2.LoadPipelineRequest(pipeline=spec))
+    for pipeline in (one, two):
+        await scheduler.LoadPipeline(scheduler_pb2.LoadPipelineRequest(pipeline=pipeline))
 
 
 async def _wait_ready(http: aiohttp.ClientSession, url: str) -> None:
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline:
         ok = True
-        for path, headers in (
-            ("/v2/models/tfsimple1/infer", {}),
-            ("/v2/models/tfsimple2/infer", {}),
-            ("/v2/pipelines/p1/infer", {}),
-            ("/v2/pipelines/p2/infer", {}),
+        for path in (
+            "/v2/models/tfsimple1/infer",
+            "/v2/models/tfsimple2/infer",
+            "/v2/pipelines/p1/infer",
+            "/v2/pipelines/p2/infer",
         ):
-            async with http.post(url + path, data=BODY, headers=headers) as response:
+            async with http.post(url + path, data=BODY) as response:
                 await response.read()
                 ok &= response.status == 200
         if ok:
@@ -174,7 +174,7 @@ async def run(work: Path, quick: bool = False) -> Section:
     latency: dict[str, list[float]] = {k: [] for k in ("direct", "p1", "chain", "p2")}
     rate: dict[str, list[float]] = {k: [] for k in latency}
     kafka: list[float] = []
-    with processes() as group:
+    with processes(work / "logs") as group:
         mesh = await start_mesh(group, config, names)
         import grpc
 
