@@ -170,6 +170,7 @@ async def run(work: Path, quick: bool = False) -> Section:
     rounds, count, seconds, kafka_count = (2, 100, 1.5, 30) if quick else (3, 400, 4.0, 150)
     started = time.monotonic()
     config = bench_config(work / "pipelines", kafka=True, artifact_roots=str(MODELS))
+    config.home.mkdir(parents=True, exist_ok=True)
     names = [c.name for c in components(config)]
     latency: dict[str, list[float]] = {k: [] for k in ("direct", "p1", "chain", "p2")}
     rate: dict[str, list[float]] = {k: [] for k in latency}
