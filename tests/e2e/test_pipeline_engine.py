@@ -49,8 +49,8 @@ def model(name: str, artifact: str) -> scheduler_pb2.Model:
 
 
 def step(
-    name: str, inputs: list[str] = (), tensor_map: dict[str, str] | None = None
-) -> scheduler_pb2.PipelineStep:  # type: ignore[assignment]
+    name: str, inputs: tuple[str, ...] = (), tensor_map: dict[str, str] | None = None
+) -> scheduler_pb2.PipelineStep:
     return scheduler_pb2.PipelineStep(name=name, inputs=list(inputs), tensorMap=tensor_map or {})
 
 
@@ -94,9 +94,9 @@ async def pstack(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Stac
         for spec in (
             pipeline("tfsimple", [step("tfsimple1")], ["tfsimple1"]),
             pipeline(
-                "tfsimples", [step("tfsimple1"), step("tfsimple2", ["tfsimple1"], CHAIN_MAP)], ["tfsimple2"]
+                "tfsimples", [step("tfsimple1"), step("tfsimple2", ("tfsimple1",), CHAIN_MAP)], ["tfsimple2"]
             ),
-            pipeline("broken", [step("tfsimple1"), step("boom", ["tfsimple1"], CHAIN_MAP)], ["boom"]),
+            pipeline("broken", [step("tfsimple1"), step("boom", ("tfsimple1",), CHAIN_MAP)], ["boom"]),
         ):
             await stack.scheduler.LoadPipeline(scheduler_pb2.LoadPipelineRequest(pipeline=spec))
         for name in ("tfsimple", "tfsimples", "broken"):
