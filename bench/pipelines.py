@@ -44,6 +44,7 @@ BODY = json.dumps(
         ]
     }
 )
+JSON = {"content-type": "application/json"}
 CHAIN_MAP = {"tfsimple1.outputs.OUTPUT0": "INPUT0", "tfsimple1.outputs.OUTPUT1": "INPUT1"}
 
 
@@ -82,6 +83,7 @@ async def _setup(scheduler: scheduler_pb2_grpc.SchedulerAsyncStub) -> None:
 
 async def _wait_ready(http: aiohttp.ClientSession, url: str) -> None:
     deadline = time.monotonic() + 180
+    last = ""
     while time.monotonic() < deadline:
         ok = True
         for path in (
@@ -90,13 +92,13 @@ async def _wait_ready(http: aiohttp.ClientSession, url: str) -> None:
             "/v2/pipelines/p1/infer",
             "/v2/pipelines/p2/infer",
         ):
-            async with http.post(url + path, data=BODY) as response:
-                await response.read()
+            async with http.post(url + path, data=BODY, headers=JSON) as response:
+                last = f"{path}: HTTP {response.status} {(await response.read())[:200]!r}"
                 ok &= response.status == 200
         if ok:
             return
         await asyncio.sleep(0.5)
-    raise RuntimeError("models and pipelines did not become ready")
+    raise RuntimeError(f"models and pipelines did not become ready; last answer {last}")
 
 
 def _caller(http: aiohttp.ClientSession, url: str, paths: list[str]) -> Callable[[], Awaitable[None]]:
