@@ -324,7 +324,7 @@ class Scheduler:
     def scale_servers(self) -> list[ScalingRequest]:
         """Ask the controller for more or fewer server replicas where models need it (called
         periodically: the scale-down grace period is measured between calls)."""
-        requests = self._scaler.decide(self.servers.values(), self.models.values())
+        requests = self._scaler.decide(self.servers.values(), self.models.values(), self._loaded.per_replica)
         for request in requests:
             log.info("server scaling request", **vars(request))
             for listener in list(self._scaling_listeners):

@@ -23,10 +23,12 @@ from apis.mlops.scheduler import scheduler_pb2, scheduler_pb2_grpc
 from apis.tls import ClientTls, channel
 from stack import tls
 from stack.config import StackConfig
+from stack.tls import StackTls
 
 ENVOY_DIR = Path(__file__).resolve().parent.parent / "envoy"
 ReadyCheck = Callable[[], Awaitable[bool]]
 XDS_CLUSTER = "meshserve_xds"  # envoy/bootstrap.yaml's static cluster for the scheduler's xDS
+LRS_CLUSTER = "meshserve_lrs"  # the same address, a connection of its own for load reports
 
 
 @dataclass(frozen=True)
@@ -335,14 +337,29 @@ def write_envoy_bootstrap(config: StackConfig) -> Path:
 
 def _with_tls(text: str, config: StackConfig) -> str:
     """The rendered bootstrap with ``--tls``'s two changes (the template's placeholders stay the same):
-    the xDS cluster speaks mutual TLS with Envoy's client certificate, and admin is a unix socket
-    only this user can open (docs/security.md)."""
+    the scheduler's clusters (xDS, load reports) speak mutual TLS with Envoy's client certificate,
+    and admin is a unix socket only this user can open (docs/security.md)."""
     bootstrap = yaml.safe_load(text)
     files = config.tls_files
     host = config.host
     san_type = "IP_ADDRESS" if _is_ip(host) else "DNS"
-    (xds,) = (c for c in bootstrap["static_resources"]["clusters"] if c["name"] == XDS_CLUSTER)
-    xds["transport_socket"] = {
+    clusters = bootstrap["static_resources"]["clusters"]
+    scheduler = [c for c in clusters if c["name"] in (XDS_CLUSTER, LRS_CLUSTER)]
+    if len(scheduler) != 2:
+        raise ValueError(f"Envoy's bootstrap must define the clusters {XDS_CLUSTER} and {LRS_CLUSTER}")
+    for cluster in scheduler:
+        cluster["transport_socket"] = _client_tls(files, san_type, host)
+    admin_socket = config.envoy_admin_socket
+    assert admin_socket is not None  # set whenever tls is
+    private_folder(admin_socket.parent)
+    admin_socket.unlink(missing_ok=True)  # left by an Envoy that was killed
+    bootstrap["admin"]["address"] = {"pipe": {"path": str(admin_socket), "mode": 0o600}}
+    return str(yaml.safe_dump(bootstrap, sort_keys=False))
+
+
+def _client_tls(files: StackTls, san_type: str, host: str) -> dict[str, object]:
+    """Envoy's side of mutual TLS to the scheduler: its client certificate, the stack's CA."""
+    return {
         "name": "envoy.transport_sockets.tls",
         "typed_config": {
             "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
@@ -361,12 +378,6 @@ def _with_tls(text: str, config: StackConfig) -> str:
             },
         },
     }
-    admin_socket = config.envoy_admin_socket
-    assert admin_socket is not None  # set whenever tls is
-    private_folder(admin_socket.parent)
-    admin_socket.unlink(missing_ok=True)  # left by an Envoy that was killed
-    bootstrap["admin"]["address"] = {"pipe": {"path": str(admin_socket), "mode": 0o600}}
-    return str(yaml.safe_dump(bootstrap, sort_keys=False))
 
 
 def private_folder(folder: Path) -> None:
