@@ -85,7 +85,9 @@ class SchedulerApp:
             if config.pipeline_gateway_http_port
             else None
         )
-        self.pipelines = Pipelines(self.core, store, gateway=gateway)
+        self.pipelines = Pipelines(
+            self.core, store, gateway=gateway, replicas=config.pipeline_engine_replicas
+        )
         # Requests in flight per model version, from Envoy's load reports (LRS, on the xDS port);
         # the autoscaler subscribes to ``self.load``.
         self.load = LoadView()

@@ -1,7 +1,8 @@
 """The ``seldon.mlops.chainer.Chainer`` gRPC service: dataflow engines subscribe and answer here.
 
 Served on the scheduler API port (decision 0019). ``SubscribePipelineUpdates`` sends an engine
-every live pipeline, then each change; ``PipelineUpdateEvent`` takes its answer for one update.
+every live pipeline it owns, then each change; its metadata may name the engine's gateway
+(:mod:`apis.engine_gateway`, decision 0022); ``PipelineUpdateEvent`` takes its answer for one update.
 """
 
 from __future__ import annotations
@@ -11,7 +12,10 @@ from typing import Any
 
 import grpc
 
+from apis.engine_gateway import parse_gateway_metadata
 from apis.mlops.chainer import chainer_pb2, chainer_pb2_grpc
+from apis.routing import Endpoint
+from apis.validation import InvalidResource
 from scheduler.pipelines import Pipelines
 
 Context = grpc.aio.ServicerContext[Any, Any]
@@ -24,7 +28,12 @@ class ChainerService(chainer_pb2_grpc.ChainerServicer):
     async def SubscribePipelineUpdates(
         self, request: chainer_pb2.PipelineSubscriptionRequest, context: Context
     ) -> AsyncIterator[chainer_pb2.PipelineUpdateMessage]:
-        session = self._pipelines.engine_subscribed(request.name)
+        try:
+            address = parse_gateway_metadata(context.invocation_metadata() or ())
+            gateway = Endpoint(*address) if address is not None else None
+            session = self._pipelines.engine_subscribed(request.name, gateway)
+        except InvalidResource as error:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
         try:
             while (update := await session.next()) is not None:
                 yield update

@@ -24,6 +24,7 @@ from apis.logs import LEVELS
 from apis.settings import flag, int_within, non_negative_int, positive_float, seconds_up_to
 from apis.tls import TlsSettingsError, server_files
 from scheduler.autoscaling import Thresholds
+from scheduler.pipeline_placement import MAX_REPLICAS as MAX_PIPELINE_REPLICAS
 from scheduler.policies import DEFAULT_POLICY
 
 ENV_PREFIX = "MESHSERVE_SCHEDULER_"
@@ -62,13 +63,21 @@ class SchedulerConfig:
     envoy_listen_address: str = field(default="127.0.0.1", metadata=flag("Envoy's data-plane address"))
     envoy_http_port: int = field(default=9000, metadata=flag("Envoy's data-plane port"))
     pipeline_gateway_host: str = field(
-        default="127.0.0.1", metadata=flag("the pipeline gateway Envoy sends <p>.pipeline to")
+        default="127.0.0.1",
+        metadata=flag("the pipeline gateway of engines that register none (they normally do; decision 0022)"),
     )
     pipeline_gateway_http_port: int = field(
         default=9010, metadata=flag("its HTTP port; 0: no pipeline routes", parse=non_negative_int)
     )
     pipeline_gateway_grpc_port: int = field(
         default=9011, metadata=flag("its gRPC port", parse=non_negative_int)
+    )
+    pipeline_engine_replicas: int = field(
+        default=1,
+        metadata=flag(
+            "dataflow engines each pipeline runs on (consistent hashing; decision 0022)",
+            parse=int_within(1, MAX_PIPELINE_REPLICAS),
+        ),
     )
     lua_file: Path = field(default=DEFAULT_LUA, metadata=flag("Envoy's Lua filter (request glue)"))
     agent_grace_seconds: float = field(

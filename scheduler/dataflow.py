@@ -5,6 +5,10 @@ Chainer service (``chainer.proto``), receives one ``PipelineUpdateMessage`` per 
 start (``Create``) or stop (``Delete``), and answers each with ``PipelineUpdateEvent``. This module
 only keeps those facts; :mod:`scheduler.pipelines` turns them into pipeline states.
 
+Each session also remembers what its engine was last told per pipeline (:attr:`EngineSession.told`)
+and the engine's gateway address (decision 0022), which :mod:`scheduler.pipeline_placement` needs to
+decide who runs what and where ``<p>.pipeline`` routes.
+
 Bounded by construction: an engine's outbox holds at most one message per pipeline (a newer one
 replaces an older one not yet sent, since only the latest desired state matters), and at most
 :data:`MAX_ENGINES` engines are subscribed at once.
@@ -19,6 +23,7 @@ from dataclasses import dataclass
 import structlog
 
 from apis.mlops.chainer import chainer_pb2
+from apis.routing import Endpoint
 from apis.validation import InvalidResource, validate_name
 
 log = structlog.get_logger("meshserve.scheduler.dataflow")
@@ -41,11 +46,14 @@ class Result:
 
 
 class EngineSession:
-    """One subscribed engine: its outbox (latest update per pipeline) and its reported results."""
+    """One subscribed engine: its outbox (latest update per pipeline), what it was told per
+    pipeline, its reported results, and its gateway (None: the scheduler's default address)."""
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, gateway: Endpoint | None = None) -> None:
         self.name = name
+        self.gateway = gateway
         self.results: dict[str, Result] = {}
+        self.told: dict[str, Update] = {}  # pipeline -> the last update sent about it
         self._outbox: dict[str, Update] = {}
         self._wake = asyncio.Event()
         self.closed = False
@@ -57,7 +65,31 @@ class EngineSession:
         self._outbox.pop(update.pipeline, None)  # re-inserted last: updates go out in order
         self.results.pop(update.pipeline, None)  # whatever it said before is superseded
         self._outbox[update.pipeline] = message
+        self.told[update.pipeline] = message
         self._wake.set()
+
+    def runs(self, pipeline: str) -> bool:
+        """Told to run ``pipeline`` (a Create is its last word about it)."""
+        told = self.told.get(pipeline)
+        return told is not None and told.op == CREATE
+
+    def serves(self, pipeline: str) -> bool:
+        """Confirmed running the version it was last told to run."""
+        told = self.told.get(pipeline)
+        result = self.results.get(pipeline)
+        return (
+            told is not None
+            and told.op == CREATE
+            and result is not None
+            and result.success
+            and result.op == CREATE
+            and result.version == told.version
+        )
+
+    def forget(self, pipeline: str) -> None:
+        self._outbox.pop(pipeline, None)
+        self.told.pop(pipeline, None)
+        self.results.pop(pipeline, None)
 
     async def next(self) -> Update | None:
         """The next update to send; None once the session is closed."""
@@ -82,7 +114,9 @@ class DataflowEngines:
         self.sessions: dict[str, EngineSession] = {}
         self._on_change = on_change
 
-    def subscribe(self, name: str, initial: Iterable[Update]) -> EngineSession:
+    def subscribe(
+        self, name: str, initial: Iterable[Update] = (), gateway: Endpoint | None = None
+    ) -> EngineSession:
         """A new engine stream; one already open under the same name is closed (the engine
         restarted before its old stream was noticed dead)."""
         validate_name(name, kind="dataflow engine")
@@ -91,11 +125,11 @@ class DataflowEngines:
             old.close()
         elif len(self.sessions) >= MAX_ENGINES:
             raise InvalidResource(f"{MAX_ENGINES} dataflow engines are subscribed already; the limit")
-        session = EngineSession(name)
+        session = EngineSession(name, gateway)
         for update in initial:
             session.send(update)
         self.sessions[name] = session
-        log.info("dataflow engine subscribed", engine=name, replaced=old is not None)
+        log.info("dataflow engine subscribed", engine=name, gateway=gateway, replaced=old is not None)
         self._on_change(None)
         return session
 
@@ -125,6 +159,11 @@ class DataflowEngines:
             update.version, update.uid, update.op, status.success, status.reason[:1024]
         )
         self._on_change(update.pipeline)
+
+    def forget(self, pipeline: str) -> None:
+        """Drop everything about a pipeline whose record is gone (keeps the maps bounded)."""
+        for session in self.sessions.values():
+            session.forget(pipeline)
 
     def results(self, pipeline: str) -> dict[str, Result | None]:
         """Each subscribed engine's last answer about ``pipeline`` (None: none yet)."""

@@ -1,19 +1,23 @@
 """Pipeline use cases: load (a new version when the spec changed), unload, status; states per §8.
 
-A pipeline's latest version is *Ready* once every subscribed dataflow engine confirmed it runs
-(:mod:`scheduler.dataflow`); ``modelsReady`` follows the core's models (true only while every
-step's model is available); :meth:`Pipelines.ready` (what a pipeline's ready endpoint answers) needs
-both. A pipeline may be loaded before its models exist. Decision 0019 explains versions and states.
+A pipeline runs on its *owners*, engines chosen by consistent hashing, and moves make-before-break
+when engines join or leave (:mod:`scheduler.pipeline_placement`, decision 0022). Its latest version
+is *Ready* once every owner confirmed it runs (:mod:`scheduler.dataflow`) and every Envoy holds
+the ``<p>.pipeline`` route to the owners' gateways; ``modelsReady`` follows the core's models (true
+only while every step's model is available); :meth:`Pipelines.ready` (what a pipeline's ready
+endpoint answers) needs both. A pipeline may be loaded before its models exist. Decision 0019
+explains versions and states.
 
 Version states, computed from the engines' answers (never from time):
 
-- live latest version: no engine subscribed → ``PipelineCreate``; sent, none confirmed →
-  ``PipelineCreating``; some confirmed → ``PipelineRebalancing``; all confirmed →
-  ``PipelineReady`` ("created pipeline"); any failed → ``PipelineFailed`` naming engine and reason.
+- live latest version: no engine subscribed → ``PipelineCreate``; sent, no engine serving it →
+  ``PipelineCreating``; some owners confirmed or an old owner still serves → ``PipelineRebalancing``;
+  all owners confirmed and the route held → ``PipelineReady`` ("created pipeline"); an owner failed →
+  ``PipelineFailed`` naming engine and reason.
   Once it is Ready, earlier versions are ``PipelineTerminated`` ("replaced by version N"); until
   then they keep their state (their dataflow still runs).
 - unloaded: ``PipelineTerminate`` → ``PipelineTerminating`` (engines told) → ``PipelineTerminated``
-  once every subscribed engine confirmed (at once when none is subscribed). Final.
+  once every engine told to stop confirmed (at once when none ran it). Final.
 """
 
 from __future__ import annotations
@@ -29,12 +33,13 @@ import structlog
 from apis.mlops.chainer import chainer_pb2
 from apis.mlops.scheduler import scheduler_pb2
 from apis.names import PIPELINE_SUFFIX
-from apis.routing import WEIGHT_SCALE, Endpoint, Route, Split
+from apis.routing import Endpoint, Route
 from apis.validation import InvalidResource, validate_name
 from pipelines.model import Pipeline
 from scheduler.core import Scheduler
-from scheduler.dataflow import CREATE, DELETE, DataflowEngines, EngineSession, Result, Update
+from scheduler.dataflow import CREATE, DELETE, DataflowEngines, EngineSession, Result
 from scheduler.errors import NotFound
+from scheduler.pipeline_placement import PipelinePlacement
 from scheduler.pipeline_records import (
     PipelineRecord,
     PipelineStatus,
@@ -68,14 +73,16 @@ def new_uid() -> str:
 class Pipelines:
     """Every pipeline and its versions; tells the dataflow engines what to run and follows them."""
 
-    def __init__(self, core: Scheduler, store: StateStore, *, gateway: Endpoint | None = None) -> None:
+    def __init__(
+        self, core: Scheduler, store: StateStore, *, gateway: Endpoint | None = None, replicas: int = 1
+    ) -> None:
         self._core = core
-        # Where Envoy sends ``<p>.pipeline`` (the pipeline gateway, decision 0020); None: no routes,
-        # and Ready needs the engines only.
-        self._gateway = gateway
         self._store = store
         self.records: dict[str, PipelineRecord] = {}
         self.engines = DataflowEngines(self._engines_changed)
+        # ``gateway``: where Envoy reaches an engine that registered no gateway of its own
+        # (decision 0020); None: no routes, and Ready needs the engines only.
+        self.placement = PipelinePlacement(self.engines, replicas=replicas, gateway=gateway)
         self._listeners: list[Callable[[str], None]] = []
         store.register(PIPELINES, lambda: self.records)
         core.on_model_change(self._model_changed)
@@ -89,7 +96,6 @@ class Pipelines:
             for version in record.versions[:-1]:
                 if version.status is not S.PipelineTerminated:  # engines will get the latest only
                     version.set(S.PipelineTerminated, f"replaced by version {latest.number}")
-            self._publish_route(record)
             self._refresh(record, notify=False)
         log.info("pipelines restored", pipelines=len(self.records))
 
@@ -107,7 +113,7 @@ class Pipelines:
             latest = record.latest
             log.info("pipeline unchanged", pipeline=spec.name, version=latest.number, status=latest.status)
             if latest.status is S.PipelineFailed:  # applying it again is how a user retries
-                self.engines.broadcast(self._update(latest.pipeline, CREATE))
+                self.placement.place(latest.pipeline, again=True)
                 self._refresh(record)
             return latest
         if record is None:
@@ -120,9 +126,7 @@ class Pipelines:
         del record.versions[:-MAX_VERSIONS]
         record.deleted = False
         log.info("pipeline loaded", pipeline=spec.name, version=number, steps=len(spec.steps))
-        self.engines.broadcast(self._update(version.pipeline, CREATE))
-        self._publish_route(record)
-        self._refresh(record)
+        self._refresh(record)  # places it on its owners
         return version
 
     def unload(self, name: str) -> None:
@@ -132,8 +136,8 @@ class Pipelines:
         record.deleted = True
         record.latest.set(S.PipelineTerminate, "unload requested")
         log.info("pipeline unloaded", pipeline=name, version=record.latest.number)
-        self.engines.broadcast(self._update(record.latest.pipeline, DELETE))
-        self._publish_route(record)
+        self.placement.stop_everywhere(record.latest.pipeline)
+        self._core.routing.publish(Route(record.latest.pipeline.route_name))
         self._refresh(record)
 
     def get(self, name: str) -> PipelineRecord:
@@ -157,12 +161,10 @@ class Pipelines:
 
     # -- the dataflow engines' side (scheduler/chainer_api.py) ---------------------------------------
 
-    def engine_subscribed(self, name: str) -> EngineSession:
-        """An engine's stream opened: it is sent every live pipeline's latest version."""
-        initial = [
-            self._update(r.latest.pipeline, CREATE) for _, r in sorted(self.records.items()) if not r.deleted
-        ]
-        return self.engines.subscribe(name, initial)
+    def engine_subscribed(self, name: str, gateway: Endpoint | None = None) -> EngineSession:
+        """An engine's stream opened: it is sent every live pipeline it now owns (some may move to
+        it from other engines)."""
+        return self.engines.subscribe(name, gateway=gateway)
 
     def engine_answered(self, status: chainer_pb2.PipelineUpdateStatusMessage) -> None:
         if status.update.pipeline and status.update.pipeline not in self.records:
@@ -174,19 +176,29 @@ class Pipelines:
     # -- the <p>.pipeline route ---------------------------------------------------------------------
 
     def route(self, record: PipelineRecord) -> Route:
-        """What Envoy should hold for the pipeline: to the gateway while it is loaded, else nothing."""
-        name = record.latest.pipeline.route_name
-        if self._gateway is None or record.deleted:
-            return Route(name)
-        # The target names the pipeline: its clusters, the gRPC model name and the path Envoy sends.
-        return Route(name, (Split(name, WEIGHT_SCALE, (self._gateway,)),))
+        """What Envoy should hold for the pipeline once settled: its owners' gateways while it is
+        loaded, else nothing."""
+        if record.deleted:
+            return Route(record.latest.pipeline.route_name)
+        return self.placement.final_route(record.latest.pipeline)
 
-    def _publish_route(self, record: PipelineRecord) -> None:
-        if self._gateway is not None:
-            self._core.routing.publish(self.route(record))
+    def _move(self, record: PipelineRecord) -> None:
+        """Place the latest version on its owners and take the next step of any move."""
+        pipeline = record.latest.pipeline
+        self.placement.place(pipeline)
+        if self.placement.routes:
+            route = self.placement.next_route(pipeline, self._core.routing.held(pipeline.route_name))
+            if route is not None:
+                self._core.routing.publish(route)
+        held = self._core.routing.held(pipeline.route_name) if self.placement.routes else None
+        released = self.placement.release(pipeline, held)
+        if released:
+            log.info(
+                "pipeline moved", pipeline=record.name, to=self.placement.owners(record.name), off=released
+            )
 
     def _route_held(self, record: PipelineRecord) -> bool:
-        if self._gateway is None:
+        if not self.placement.routes:
             return True
         route = self.route(record)
         return self._core.routing.held(route.name) == (route if route.splits else None)
@@ -213,6 +225,8 @@ class Pipelines:
 
     def _refresh(self, record: PipelineRecord, *, notify: bool = True) -> None:
         latest = record.latest
+        if not record.deleted:
+            self._move(record)
         changed = False
         if latest.status is not S.PipelineTerminated:
             status, reason = self._engine_state(latest, deleted=record.deleted)
@@ -241,32 +255,33 @@ class Pipelines:
                 self._notify(record.name)
 
     def _engine_state(self, version: PipelineVersion, *, deleted: bool) -> tuple[PipelineStatus, str]:
-        op = DELETE if deleted else CREATE
-        answers = self.engines.results(version.pipeline.name)
-        if not answers:
-            if deleted:
-                return S.PipelineTerminated, "pipeline removed"
-            return S.PipelineCreate, "waiting for a dataflow engine to subscribe"
-        mine = {engine: _matching(result, version, op) for engine, result in answers.items()}
-        failed = [f"{engine}: {r.reason or 'no reason given'}" for engine, r in _items(mine) if not r.success]
-        done = [engine for engine, r in _items(mine) if r.success]
-        waiting = sorted(engine for engine, r in mine.items() if r is None)
+        name = version.pipeline.name
+        sessions = self.engines.sessions
         if deleted:
-            if not waiting and not failed:
-                return S.PipelineTerminated, "pipeline removed"
+            asked = self.placement.stopping(version.pipeline)
+            answers = {e: _matching(sessions[e].results.get(name), version, DELETE) for e in asked}
+            failed = [f"{e}: {r.reason or 'no reason given'}" for e, r in _items(answers) if not r.success]
+            waiting = sorted(e for e, r in answers.items() if r is None)
             if failed:
                 return S.PipelineTerminating, "dataflow engine could not stop it: " + "; ".join(failed)
-            return S.PipelineTerminating, "waiting for dataflow engines " + ", ".join(waiting)
+            if waiting:
+                return S.PipelineTerminating, "waiting for dataflow engines " + ", ".join(waiting)
+            return S.PipelineTerminated, "pipeline removed"
+        owners = self.placement.owners(name)
+        if not owners:
+            return S.PipelineCreate, "waiting for a dataflow engine to subscribe"
+        mine = {e: _matching(sessions[e].results.get(name), version, CREATE) for e in owners}
+        failed = [f"{e}: {r.reason or 'no reason given'}" for e, r in _items(mine) if not r.success]
+        waiting = sorted(e for e, r in mine.items() if r is None)
         if failed:
             return S.PipelineFailed, "dataflow engine failed to start it: " + "; ".join(failed)
-        if not waiting and not self._route_held(self.records[version.pipeline.name]):
-            return (
-                S.PipelineCreating,
-                "waiting for every Envoy to apply the route " + version.pipeline.route_name,
-            )
+        old_serve = any(sessions[e].serves(name) for e in self.placement.draining(name))
+        if not waiting and not self._route_held(self.records[name]):
+            status = S.PipelineRebalancing if old_serve else S.PipelineCreating
+            return status, "waiting for every Envoy to apply the route " + version.pipeline.route_name
         if not waiting:
             return S.PipelineReady, CREATED
-        status = S.PipelineRebalancing if done else S.PipelineCreating
+        status = S.PipelineRebalancing if old_serve or len(owners) > len(waiting) else S.PipelineCreating
         return status, "waiting for dataflow engines " + ", ".join(waiting)
 
     def _model_ready(self, name: str) -> bool:
@@ -283,19 +298,9 @@ class Pipelines:
             )
         oldest = min(gone, key=lambda r: r.latest.timestamp)
         del self.records[oldest.name]
+        self.engines.forget(oldest.name)
         self._store.changed(PIPELINES, oldest.name)
         self._notify(oldest.name)
-
-    def _update(self, pipeline: Pipeline, op: int) -> Update:
-        return Update(
-            op=op,  # type: ignore[arg-type]
-            pipeline=pipeline.name,
-            version=pipeline.version,
-            uid=pipeline.uid,
-            allowCycles=pipeline.allow_cycles,
-            maxStepRevisits=pipeline.max_step_revisits,
-            timestamp=time.time_ns(),
-        )
 
     def _notify(self, name: str) -> None:
         for listener in list(self._listeners):

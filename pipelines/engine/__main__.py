@@ -61,21 +61,24 @@ async def run(config: EngineConfig, kafka: KafkaConfig) -> None:
     grpc_server = grpc.aio.server(options=[GRPC_RECEIVE_LIMIT])
     inference = PipelineInference(gateway, metrics)  # type: ignore[abstract]
     v2_dataplane_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(inference, grpc_server)
-    grpc_server.add_insecure_port(f"{config.host}:{config.grpc_port}")
+    grpc_port = grpc_server.add_insecure_port(f"{config.host}:{config.grpc_port}")
     health = MetricsServer(
         registry, host=config.host, port=config.health_port, ready=lambda: chainer.connected
     )
     try:
         await _connect(admin, producer, kafka)
         await http.setup()
-        await web.TCPSite(http, config.host, config.http_port).start()
+        site = web.TCPSite(http, config.host, config.http_port)
+        await site.start()
         await grpc_server.start()
+        http_port = _bound_port(site, config.http_port)
+        chainer.register_gateway(config.advertise_host or config.host, http_port, grpc_port)
         async with health, asyncio.TaskGroup() as tasks:
             log.info(
                 "dataflow engine started",
                 engine=config.name,
-                http_port=config.http_port,
-                grpc_port=config.grpc_port,
+                http_port=http_port,
+                grpc_port=grpc_port,
                 health_port=health.port,
             )
             tasks.create_task(writer.run(producer))
@@ -89,6 +92,15 @@ async def run(config: EngineConfig, kafka: KafkaConfig) -> None:
         await writer.drain(2.0)
         await kafka_clients.close_quietly(producer, admin)
         await models.close()
+
+
+def _bound_port(site: web.TCPSite, asked: int) -> int:
+    """The port a site listens on (``asked`` may be 0: any free one)."""
+    server = site._server  # aiohttp keeps the asyncio server private
+    sockets = getattr(server, "sockets", None) or ()
+    for sock in sockets:
+        return int(sock.getsockname()[1])
+    return asked
 
 
 async def _connect(admin: object, producer: object, kafka: KafkaConfig) -> None:

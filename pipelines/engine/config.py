@@ -17,7 +17,7 @@ from apis.kafka import KafkaConfig, KafkaConfigError, KafkaFlags
 from apis.logs import LEVELS
 from apis.settings import flag, int_within, non_negative_int, seconds_up_to
 from apis.tls import ClientTls, TlsSettingsError
-from apis.validation import InvalidResource, validate_name
+from apis.validation import InvalidResource, validate_host, validate_name
 
 ENV_PREFIX = "MESHSERVE_ENGINE_"
 MAX_RUNS = 100_000
@@ -39,6 +39,10 @@ class EngineConfig(KafkaFlags):
     )
     envoy_port: int = field(default=9000, metadata=flag("Envoy's data-plane port"))
     host: str = field(default="127.0.0.1", metadata=flag("address the pipeline gateway binds to"))
+    advertise_host: str = field(
+        default="",
+        metadata=flag("address Envoy reaches the gateway at, sent to the scheduler; empty: --host"),
+    )
     http_port: int = field(default=9010, metadata=flag("pipeline gateway, HTTP", parse=non_negative_int))
     grpc_port: int = field(default=9011, metadata=flag("pipeline gateway, gRPC", parse=non_negative_int))
     health_port: int = field(
@@ -96,6 +100,7 @@ def parse_config(
     config = settings.build(EngineConfig, args)
     try:
         validate_name(config.name, kind="dataflow engine")
+        validate_host(config.advertise_host or config.host, what="--advertise-host")
         config.scheduler_tls  # noqa: B018 - checks the three files are given together
         kafka = config.kafka_settings()
     except (TlsSettingsError, KafkaConfigError, InvalidResource) as exc:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from apis.mlops.agent import agent_pb2
 from apis.mlops.scheduler import scheduler_pb2
-from apis.routing import WEIGHT_SCALE, Route
+from apis.routing import WEIGHT_SCALE, Endpoint, Route
 from scheduler.core import AgentLink, Scheduler
 from scheduler.experiments import Experiments
 from scheduler.pipelines import Pipelines
@@ -140,6 +140,8 @@ class Harness:
     cache: ResourceCache = field(default_factory=ResourceCache)
     grace_s: float = 0.05
     store_path: Path | None = None
+    pipeline_gateway: Endpoint | None = None  # None: no <p>.pipeline routes
+    pipeline_replicas: int = 1
 
     def __post_init__(self) -> None:
         self.envoy = FakeEnvoy(self.cache)
@@ -147,7 +149,9 @@ class Harness:
         store = StateStore(self.store_path)
         self.scheduler = Scheduler(self.publisher, agent_grace_seconds=self.grace_s, store=store)
         self.experiments = Experiments(self.scheduler, store)
-        self.pipelines = Pipelines(self.scheduler, store)
+        self.pipelines = Pipelines(
+            self.scheduler, store, gateway=self.pipeline_gateway, replicas=self.pipeline_replicas
+        )
         self.links: dict[tuple[str, int], AgentLink] = {}
 
     async def settle(self) -> None:
