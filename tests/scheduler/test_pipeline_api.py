@@ -8,14 +8,16 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import grpc
 import pytest
 
 from apis import limits
+from apis.engine_gateway import GATEWAY_GRPC_PORT_HEADER, gateway_metadata
 from apis.mlops.chainer import chainer_pb2, chainer_pb2_grpc
 from apis.mlops.scheduler import scheduler_pb2, scheduler_pb2_grpc
+from apis.routing import Endpoint
 from scheduler.app import SchedulerApp, SchedulerConfig
 from stack.ports import free_ports
 from tests.scheduler.test_pipelines import chain
@@ -224,3 +226,33 @@ async def _is(stub: SchedulerAsyncStub, wanted: str) -> bool:
 
 async def _seen(seen: list[str], wanted: str) -> bool:
     return wanted in seen
+
+
+async def test_an_engine_registers_its_gateway_in_metadata_and_a_bad_address_is_refused(
+    tmp_path: Path,
+) -> None:
+    async with serving(tmp_path) as (app, _stub, chainer):
+        good = gateway_metadata("127.0.0.1", 19_010, 19_011)
+        engine = chainer.SubscribePipelineUpdates(
+            chainer_pb2.PipelineSubscriptionRequest(name="engine-0"), metadata=good
+        )
+        await eventually(lambda: _subscribed(app, "engine-0"), "subscribed")
+        assert app.pipelines.engines.sessions["engine-0"].gateway == Endpoint("127.0.0.1", 19_010, 19_011)
+        engine.cancel()
+        for bad in (
+            good[:2],  # no gRPC port
+            (*good[:2], (GATEWAY_GRPC_PORT_HEADER, "70000")),
+            (("meshserve-gateway-host", "http://x"), *good[1:]),
+        ):
+            refused_stream = chainer.SubscribePipelineUpdates(
+                chainer_pb2.PipelineSubscriptionRequest(name="engine-1"), metadata=bad
+            )
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await refused_stream.read()
+            assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert "meshserve-gateway" in (refused.value.details() or "")
+        assert "engine-1" not in app.pipelines.engines.sessions
+
+
+async def _subscribed(app: Any, name: str) -> bool:
+    return name in app.pipelines.engines.sessions
