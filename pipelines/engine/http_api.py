@@ -3,9 +3,10 @@
 ``POST /v2/pipelines/<p>/infer`` and ``/v2/models/<p>[.pipeline]/infer`` (Envoy sends both here for
 ``seldon-model: <p>.pipeline``); ``GET …/ready`` answers 200 only when the pipeline is servable
 (Creating, Ready or Rebalancing; decision 0022) with its models ready, else 503 (404 when it is
-not loaded here). A response is ``{"model_name": "", "outputs": [...]}`` (§6.4; ``id`` echoed when the request had one) with headers
-``x-request-id``, ``x-pipeline-version`` and ``x-seldon-route`` (the models that answered). An
-async request is answered 202 ``{"id": "<request id>"}``.
+not loaded here). A response is ``{"model_name": "", "outputs": [...]}`` (§6.4; ``id`` echoed
+when the request had one) with headers ``x-request-id``, ``x-pipeline-version`` and
+``x-seldon-route`` (the models that answered). An async request is answered 202
+``{"id": "<request id>"}``.
 """
 
 from __future__ import annotations
