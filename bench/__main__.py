@@ -14,7 +14,7 @@ from pathlib import Path
 from bench import report
 
 ROOT = Path(__file__).resolve().parent.parent
-FIGURES = ("dataplane", "route", "scale", "placement", "envoy-memory", "experiments", "tls")
+FIGURES = ("dataplane", "route", "scale", "placement", "envoy-memory", "experiments", "tls", "lag-reporting")
 
 
 async def _figure(name: str, work: Path, quick: bool) -> list[report.Section]:
@@ -42,6 +42,10 @@ async def _figure(name: str, work: Path, quick: bool) -> list[report.Section]:
         from bench import tls
 
         return [await tls.run(work, quick)]
+    if name == "lag-reporting":
+        from bench import lag_reporting
+
+        return [await lag_reporting.run(work, quick)]
     return []
 
 

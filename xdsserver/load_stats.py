@@ -35,7 +35,7 @@ from xdsserver.routes import ClusterTarget
 log = structlog.get_logger("meshserve.xds.load")
 Context = grpc.aio.ServicerContext[Any, Any]
 
-DEFAULT_INTERVAL_S = 1.0
+DEFAULT_INTERVAL_S = 2.0
 # One stream per Envoy: far above any real fleet, low enough that a runaway client cannot pile up.
 MAX_STREAMS = 1_000
 # Two clusters per model version; 100,000 model versions is 10 times the benchmarked scale.
@@ -65,6 +65,8 @@ def to_report(
     totals: dict[tuple[str, Endpoint], list[int]] = {}
     interval_s = 0.0
     for stats in _bounded(request.cluster_stats):
+        if not any(locality.upstream_endpoint_stats for locality in stats.upstream_locality_stats):
+            continue  # no replica had traffic: most clusters, most of the time
         located = directory.locate(stats.cluster_name)
         if located is None:
             continue  # not ours (the xDS or loop-back cluster), or removed since Envoy counted
