@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 from prometheus_client import CollectorRegistry
 from structlog.typing import FilteringBoundLogger
 
 from agent.client import AgentClient
 from agent.config import AgentConfig
+from agent.debug import served_debug
 from agent.identity import AgentIdentity, new_agent_id
+from agent.inflight import EnvoyInFlight, UsageTracker
+from agent.locks import ModelLocks
 from agent.log import get_logger
 from agent.metrics import MeteredOperator, served_metrics
 from agent.mlserver import MLServerClient
+from agent.reload import ReloadGate, served_reload
 from agent.repository import LocalRepository
 from agent.state import ReplicaState
 from agent.watch import MLServerWatcher
@@ -20,9 +25,15 @@ from apis import tls
 from apis.limits import GRPC_RECEIVE_LIMIT
 
 
-async def run_agent(config: AgentConfig, *, logger: FilteringBoundLogger | None = None) -> None:
+async def run_agent(
+    config: AgentConfig,
+    *,
+    logger: FilteringBoundLogger | None = None,
+    drain_requested: asyncio.Event | None = None,
+) -> None:
     """Wait for MLServer, adopt what it still serves, then follow the scheduler until cancelled,
-    watching MLServer meanwhile (agent/watch.py).
+    watching MLServer meanwhile (agent/watch.py), or until ``drain_requested`` is set and the
+    replica is drained (AgentDrain, bounded by ``--drain-timeout-seconds``).
 
     Cancelling leaves MLServer's models loaded, so a restarted agent can adopt them.
     """
@@ -41,9 +52,11 @@ async def run_agent(config: AgentConfig, *, logger: FilteringBoundLogger | None 
             logger=log,
         ) as metrics,
         MLServerClient(config.mlserver_url) as mlserver,
+        served_debug(state, host=config.debug_host, port=config.debug_port, logger=log),
     ):
         log.info("waiting for MLServer", url=config.mlserver_url)
         await mlserver.wait_live(config.startup_timeout_seconds)
+        locks = ModelLocks(config.max_concurrent_operations)
         operator = MeteredOperator(
             metrics=metrics,
             mlserver=mlserver,
@@ -51,7 +64,17 @@ async def run_agent(config: AgentConfig, *, logger: FilteringBoundLogger | None 
             state=state,
             logger=log,
             ready_timeout_s=config.startup_timeout_seconds,
+            locks=locks,
+            keep_evicted=config.reload_enabled,
         )
+        usage = UsageTracker(metrics.scraper, state)
+        operator.residency.refresh_usage = usage.refresh
+        if config.envoy_admin_urls:
+            operator.residency.add_in_flight_source(EnvoyInFlight(config.envoy_admin_urls, logger=log))
+        elif config.reload_enabled:
+            log.warning("no --envoy-admin-urls: evictions see only the reload listener's requests in flight")
+        gate = ReloadGate(operator.residency, max_in_flight=config.reload_max_in_flight, logger=log)
+        operator.residency.add_in_flight_source(gate)
         await operator.adopt_or_clean()
         async with tls.channel(
             config.scheduler_address,
@@ -59,7 +82,9 @@ async def run_agent(config: AgentConfig, *, logger: FilteringBoundLogger | None 
             options=[GRPC_RECEIVE_LIMIT],
             interceptors=[AgentIdentity(new_agent_id())],
         ) as channel:
-            client = AgentClient(config=config, channel=channel, operator=operator, state=state, logger=log)
+            client = AgentClient(
+                config=config, channel=channel, operator=operator, state=state, logger=log, locks=locks
+            )
             watcher = MLServerWatcher(
                 mlserver=mlserver,
                 state=state,
@@ -68,6 +93,30 @@ async def run_agent(config: AgentConfig, *, logger: FilteringBoundLogger | None 
                 on_lost=lambda _lost, reason: client.resubscribe(reason),
                 logger=log,
             )
-            async with asyncio.TaskGroup() as tasks:
-                tasks.create_task(watcher.run())
-                await client.run()
+            async with _reload_listener(config, gate), asyncio.TaskGroup() as tasks:
+                watching = tasks.create_task(watcher.run())
+                tracking = tasks.create_task(usage.run(config.watch_interval_seconds))
+                following = tasks.create_task(client.run())
+                if drain_requested is None:
+                    await following
+                    return
+                await drain_requested.wait()
+                # Still subscribed and watching while draining: the scheduler's unloads arrive there.
+                await client.drain(config.drain_timeout_seconds)
+                watching.cancel()
+                tracking.cancel()
+                following.cancel()
+
+
+def _reload_listener(config: AgentConfig, gate: ReloadGate) -> contextlib.AbstractAsyncContextManager[None]:
+    """The reload listener (agent/reload.py) when this replica evicts models, else nothing."""
+    if not config.reload_enabled:
+        return contextlib.nullcontext()
+    return served_reload(
+        gate,
+        host=config.reload_host,
+        http_port=config.reload_http_port,
+        grpc_port=config.reload_grpc_port,
+        mlserver_url=config.mlserver_url,
+        mlserver_grpc_address=config.mlserver_grpc_address,
+    )

@@ -19,10 +19,13 @@ from structlog.typing import FilteringBoundLogger
 from agent.backoff import Backoff
 from agent.config import AgentConfig
 from agent.dispatcher import OperationDispatcher
+from agent.locks import ModelLocks
 from agent.operations import Event, ModelOperator, Outcome
 from agent.state import ReplicaState
+from agent.state import versioned_name as versioned_name_of
 from apis.mlops.agent import agent_pb2, agent_pb2_grpc
 
+DRAINING = "server replica is draining"
 # Undelivered events kept for retry; beyond this the oldest go (a re-subscription covers them).
 MAX_PENDING_EVENTS = 10_000
 EVENT_TIMEOUT_S = 30.0
@@ -43,6 +46,7 @@ class AgentClient:
         operator: ModelOperator,
         state: ReplicaState,
         logger: FilteringBoundLogger,
+        locks: ModelLocks | None = None,
     ) -> None:
         self._config = config
         self._stub = agent_pb2_grpc.AgentServiceStub(channel)
@@ -56,6 +60,7 @@ class AgentClient:
             unload_grace_s=config.unload_grace_seconds,
             logger=self._log,
             max_concurrent=config.max_concurrent_operations,
+            locks=locks,
         )
         self._batched = True  # until SubscribeBatched is answered UNIMPLEMENTED
         self._pending: list[agent_pb2.ModelEventMessage] = []
@@ -120,6 +125,29 @@ class AgentClient:
             self._call = None
         return received
 
+    async def drain(self, deadline_s: float) -> bool:
+        """Refuse new loads and ask the scheduler to move this replica's models elsewhere
+        (AgentDrain); returns whether it did within ``deadline_s``.
+
+        The scheduler unloads each model here (over the still-open Subscribe stream) once it runs
+        elsewhere and Envoy routes there (make before break), so a drained MLServer is empty. A
+        model that could not move by the deadline is left loaded (and the scheduler keeps routing to
+        it for its grace period): stopping it would fail its requests for nothing.
+        """
+        self._dispatcher.refuse_loads(DRAINING)
+        request = agent_pb2.AgentDrainRequest(
+            serverName=self._config.server_name, replicaIdx=self._config.replica_idx
+        )
+        self._log.info("draining: asking the scheduler to move this replica's models", deadline_s=deadline_s)
+        try:
+            await self._stub.AgentDrain(request, timeout=deadline_s, wait_for_ready=True)
+        except grpc.aio.AioRpcError as exc:
+            left = [versioned_name_of(m) for m in self._state.loaded_models()]
+            self._log.warning("drain not completed", code=exc.code().name, details=exc.details(), left=left)
+            return False
+        self._log.info("drained: every model runs elsewhere")
+        return True
+
     def resubscribe(self, reason: str) -> None:
         """End the current Subscribe stream and open a new one at once, with fresh loadedModels.
 
@@ -144,6 +172,8 @@ class AgentClient:
                 memoryBytes=config.memory_bytes,
                 capabilities=list(config.capabilities),
                 overCommitPercentage=config.overcommit_percentage,
+                reloadHttpPort=config.reload_http_port if config.reload_enabled else 0,
+                reloadGrpcPort=config.reload_grpc_port if config.reload_enabled else 0,
             ),
             loadedModels=self._state.loaded_models(),
             availableMemoryBytes=self._state.available_bytes(),

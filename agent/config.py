@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from agent.artifacts import DEFAULT_MAX_BYTES, DEFAULT_TIMEOUT_S, FetchPolicy
-from agent.dispatcher import DEFAULT_MAX_CONCURRENT
+from agent.locks import DEFAULT_MAX_CONCURRENT
+from agent.reload import DEFAULT_MAX_IN_FLIGHT
 from apis import settings
 from apis.logs import LEVELS
 from apis.names import MLSERVER_CAPABILITIES
@@ -56,6 +57,14 @@ def parse_folders(text: str) -> tuple[Path, ...]:
             raise ValueError(f"artifact root {entry!r} must be an absolute path")
         folders.append(Path(entry).resolve())
     return tuple(folders)
+
+
+def parse_admin_urls(text: str) -> tuple[str, ...]:
+    urls = tuple(part.strip() for part in text.split(",") if part.strip())
+    for url in urls:
+        if not url.startswith(("http://", "https://", "unix:/")):
+            raise ValueError(f"Envoy admin URL {url!r} must start with http://, https:// or unix:/")
+    return urls
 
 
 def positive_int(text: str) -> int:
@@ -105,6 +114,14 @@ class AgentConfig:
     unload_grace_seconds: float = field(
         default=2.0, metadata=flag("pause before an unload so Envoy stops routing to the model first")
     )
+    drain_timeout_seconds: float = field(
+        default=90.0,
+        metadata=flag(
+            "on SIGTERM, how long to wait for the scheduler to move this replica's models elsewhere "
+            "(AgentDrain) before exiting anyway; SIGINT exits at once",
+            parse=positive_float,
+        ),
+    )
     max_concurrent_operations: int = field(
         default=DEFAULT_MAX_CONCURRENT,
         metadata=flag("loads and unloads run on MLServer at once (others wait)", parse=positive_int),
@@ -135,6 +152,38 @@ class AgentConfig:
             parse=positive_float,
         ),
     )
+    reload_host: str = field(
+        default="127.0.0.1",
+        metadata=flag("address the reload listener binds to (Envoy reaches it at --inference-host)"),
+    )
+    reload_http_port: int = field(
+        default=9014,
+        metadata=flag(
+            "the reload listener's HTTP port: Envoy retries a request for an evicted model here "
+            "(only with --overcommit-percentage above 0; 0: none)",
+            parse=non_negative_int,
+        ),
+    )
+    reload_grpc_port: int = field(
+        default=9015, metadata=flag("the reload listener's gRPC port (0: none)", parse=non_negative_int)
+    )
+    reload_max_in_flight: int = field(
+        default=DEFAULT_MAX_IN_FLIGHT,
+        metadata=flag("requests the reload listener handles at once (others get 503)", parse=positive_int),
+    )
+    envoy_admin_urls: tuple[str, ...] = field(
+        default=(),
+        metadata=flag(
+            "comma-separated admin URLs of every Envoy routing to this replica (http://host:port or "
+            "unix:<path>): their per-model requests in flight keep a model from being evicted",
+            parse=parse_admin_urls,
+        ),
+    )
+    debug_host: str = field(default="127.0.0.1", metadata=flag("address the debug service binds to"))
+    debug_port: int = field(
+        default=7777,
+        metadata=flag("AgentDebugService (ReplicaStatus) gRPC port; 0 serves none", parse=non_negative_int),
+    )
     parallel_workers: int = field(default=1, metadata=NOT_A_FLAG)
     """MLServer's worker count, reported as runtime info on LOADED (env MLSERVER_PARALLEL_WORKERS)."""
     simulate: bool = field(
@@ -151,6 +200,15 @@ class AgentConfig:
     )
     tls_cert: Path | None = field(default=None, metadata=flag("this agent's client certificate (PEM)"))
     tls_key: Path | None = field(default=None, metadata=flag("its private key (PEM)"))
+
+    @property
+    def reload_enabled(self) -> bool:
+        """Evictions happen only with overcommit, and need the listener that reloads."""
+        return self.overcommit_percentage > 0 and bool(self.reload_http_port and self.reload_grpc_port)
+
+    @property
+    def mlserver_grpc_address(self) -> str:
+        return f"{self.inference_host}:{self.inference_grpc_port}"
 
     @property
     def scheduler_tls(self) -> ClientTls | None:

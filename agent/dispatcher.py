@@ -1,23 +1,24 @@
 """Runs each scheduler operation in its own task, serialised per versioned model, at most
-``max_concurrent`` of them loading or unloading at a time."""
+``max_concurrent`` of them loading or unloading at a time (both through agent/locks.py, which the
+reload of an evicted model shares)."""
 
 from __future__ import annotations
 
 import asyncio
 import itertools
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 from structlog.typing import FilteringBoundLogger
 
+from agent.locks import DEFAULT_MAX_CONCURRENT, ModelLocks
 from agent.operations import Event, ModelOperator, Outcome
 from agent.state import versioned_name
 from apis.mlops.agent import agent_pb2
 
 Reporter = Callable[[Outcome], Awaitable[None]]
 Operation = agent_pb2.ModelOperationMessage.Operation
-DEFAULT_MAX_CONCURRENT = 8
 
 
 class ModelOperations(Protocol):
@@ -39,8 +40,9 @@ class OperationDispatcher:
     skipped - e.g. an UNLOAD overtaken by a LOAD of the same model during its grace period.
 
     Bounded: at most ``max_concurrent`` operations talk to MLServer at once (a burst of 1,000 LOADs
-    does not start 1,000 downloads), and a model's entry (its lock and last run) lives only while
-    an operation for it is pending, so the maps hold the models in flight, not every model ever seen.
+    does not start 1,000 downloads), and a model's entry (its last run; its lock in ``locks``) lives
+    only while an operation for it is pending, so the maps hold the models in flight, not every
+    model ever seen.
     """
 
     def __init__(
@@ -51,22 +53,27 @@ class OperationDispatcher:
         unload_grace_s: float,
         logger: FilteringBoundLogger,
         max_concurrent: int = DEFAULT_MAX_CONCURRENT,
+        locks: ModelLocks | None = None,
     ) -> None:
-        if max_concurrent < 1:
-            raise ValueError(f"max_concurrent must be at least 1, not {max_concurrent}")
+        self._locks = locks if locks is not None else ModelLocks(max_concurrent)
         self._operator = operator
         self._report = report
         self._unload_grace_s = unload_grace_s
         self._log = logger
         self._sequence = itertools.count()
         self._models: dict[str, _Pending] = {}
-        self._slots = asyncio.Semaphore(max_concurrent)
         self._tasks: set[asyncio.Task[None]] = set()
+        self._refusing_loads = ""  # why loads are refused ("" while they are not)
 
     @property
     def tracked_models(self) -> int:
         """How many models have an entry now (those with an operation pending)."""
         return len(self._models)
+
+    def refuse_loads(self, reason: str) -> None:
+        """From now on every LOAD (queued or new) is answered LOAD_FAILED with ``reason``, unrun;
+        unloads still run (a draining replica)."""
+        self._refusing_loads = reason
 
     def submit(self, message: agent_pb2.ModelOperationMessage) -> None:
         if message.operation not in (Operation.LOAD_MODEL, Operation.UNLOAD_MODEL):
@@ -108,12 +115,20 @@ class OperationDispatcher:
         is_load = message.operation == Operation.LOAD_MODEL
         if not is_load:
             await asyncio.sleep(self._unload_grace_s)
-        async with pending.lock:
+        async with self._locks.hold(name):
             if sequence < pending.last_run:
                 self._log.info("skipping stale operation", served_name=name, load=is_load)
                 return None
             pending.last_run = sequence
-            async with self._slots:
+            if is_load and self._refusing_loads:
+                self._log.info("load refused", served_name=name, reason=self._refusing_loads)
+                return Outcome(
+                    model_version.model.meta.name,
+                    model_version.version,
+                    Event.LOAD_FAILED,
+                    self._refusing_loads,
+                )
+            async with self._locks.slot():
                 try:
                     if is_load:
                         return await self._operator.load(model_version)
@@ -129,8 +144,7 @@ class OperationDispatcher:
 
 @dataclass
 class _Pending:
-    """A model with operations submitted and not finished: their lock and the last one run."""
+    """A model with operations submitted and not finished: how many, and the last one run."""
 
     operations: int = 0
-    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     last_run: int = -1

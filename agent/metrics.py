@@ -166,6 +166,10 @@ class AgentMetrics(Collector):
         )
         registry.register(self)
 
+    @property
+    def scraper(self) -> MLServerScraper:
+        return self._scraper
+
     async def before_scrape(self) -> None:
         await self._scraper.refresh()
 
@@ -252,23 +256,27 @@ class AgentMetrics(Collector):
         per_model = ["server", "server_replica", "model_internal"]
         loaded = GaugeMetricFamily(
             "seldon_loaded_model_gauge",
-            "Models loaded on this replica (1 per model version)",
+            "Models in this replica's memory (1 per model version; evicted ones are not)",
             labels=per_model,
         )
         memory = GaugeMetricFamily(
             "seldon_loaded_model_memory_bytes_gauge",
-            "Memory of each loaded model version, as declared in its spec (spec.memory)",
+            "Memory of each model version in memory, as declared in its spec (spec.memory)",
             labels=per_model,
         )
         evicted = GaugeMetricFamily(
             "seldon_evicted_model_memory_bytes_gauge",
-            "Memory of each evicted model version (none until overcommit eviction lands)",
+            "Memory of each evicted model version (assigned, on disk, not in memory: overcommit)",
             labels=per_model,
         )
         for model_version in sorted(self._state.loaded_models(), key=versioned_name):
             served = versioned_name(model_version)
-            loaded.add_metric([server, replica, served], 1.0)
-            memory.add_metric([server, replica, served], float(model_cost(model_version)))
+            cost = float(model_cost(model_version))
+            if self._state.is_resident(served):
+                loaded.add_metric([server, replica, served], 1.0)
+                memory.add_metric([server, replica, served], cost)
+            else:
+                evicted.add_metric([server, replica, served], cost)
         per_replica = ["server", "server_replica"]
         capacity = GaugeMetricFamily(
             "seldon_server_replica_memory_capacity_bytes_gauge",
@@ -300,8 +308,8 @@ class AgentMetrics(Collector):
         exact = {
             "seldon_load_model_counter": ("Models loaded", self._operations.get(("load", "ok"), 0)),
             "seldon_unload_model_counter": ("Models unloaded", self._operations.get(("unload", "ok"), 0)),
-            "seldon_cache_evict_count": ("Models evicted from memory (0: no overcommit eviction yet)", 0),
-            "seldon_cache_miss_count": ("Requests for an evicted model (0: no overcommit eviction yet)", 0),
+            "seldon_cache_evict_count": ("Models evicted from memory to make room", self._state.evictions),
+            "seldon_cache_miss_count": ("Requests that found their model evicted", self._state.misses),
         }
         for name, (documentation, count) in exact.items():
             family = Metric(name, f"{documentation} (a counter)", "unknown")

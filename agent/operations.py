@@ -12,9 +12,11 @@ from dataclasses import dataclass
 from structlog.typing import FilteringBoundLogger
 
 from agent.errors import AgentError
+from agent.locks import ModelLocks
 from agent.mlserver import MLServerClient, ModelState
 from agent.repository import STAGING, LocalRepository
-from agent.state import ReplicaState, versioned_name
+from agent.residency import Residency
+from agent.state import ReplicaState, model_cost, versioned_name
 from apis.mlops.agent import agent_pb2
 from apis.validation import InvalidResource, validate_name
 
@@ -30,7 +32,13 @@ class Outcome:
 
 
 class ModelOperator:
-    """Does the work of LOAD/UNLOAD; callers serialise operations on the same versioned model."""
+    """Does the work of LOAD/UNLOAD; callers serialise operations on the same versioned model
+    (``locks``, shared with eviction and reload: agent/residency.py).
+
+    ``keep_evicted``: the replica reloads evicted models on demand (overcommit with a reload
+    listener), so after a restart a model on disk that MLServer no longer serves is adopted as
+    evicted rather than deleted.
+    """
 
     def __init__(
         self,
@@ -40,6 +48,8 @@ class ModelOperator:
         state: ReplicaState,
         logger: FilteringBoundLogger,
         ready_timeout_s: float = 120.0,
+        locks: ModelLocks | None = None,
+        keep_evicted: bool = False,
     ) -> None:
         self._mlserver = mlserver
         self._repository = repository
@@ -49,8 +59,14 @@ class ModelOperator:
         # Set while MLServer answers (the watcher clears it): loads wait for it instead of failing.
         self.mlserver_ready = asyncio.Event()
         self.mlserver_ready.set()
-        # Versioned names with a load or unload in progress: the watcher leaves them alone.
+        # Versioned names with a load, unload, eviction or reload in progress: the watcher leaves
+        # them alone and eviction does not pick them.
         self.busy: set[str] = set()
+        self.locks = locks if locks is not None else ModelLocks()
+        self.keep_evicted = keep_evicted
+        self.residency = Residency(
+            mlserver=mlserver, state=state, locks=self.locks, busy=self.busy, logger=logger
+        )
 
     async def load(self, model_version: agent_pb2.ModelVersion) -> Outcome:
         name, version = model_version.model.meta.name, model_version.version
@@ -83,15 +99,17 @@ class ModelOperator:
                 return Outcome(name, version, Event.LOAD_FAILED, message)
         try:
             await self._repository.prepare(model_version)
-            await self._mlserver.load(served)
-            await self._repository.save_marker(model_version)
+            async with self.residency.room_for(served, model_cost(model_version)):
+                await self._mlserver.load(served)
+                await self._repository.save_marker(model_version)
+                # Resident before the reservation goes, so no other load counts these bytes free.
+                self._state.add(model_version)
         except AgentError as exc:
             await self._repository.remove(served)
             self._log.warning(
                 "model load failed", model=name, version=version, error=str(exc), duration_s=_since(started)
             )
             return Outcome(name, version, Event.LOAD_FAILED, str(exc))
-        self._state.add(model_version)
         self._log.info("model loaded", model=name, version=version, duration_s=_since(started))
         return Outcome(name, version, Event.LOADED)
 
@@ -112,7 +130,8 @@ class ModelOperator:
     async def _unload(self, model_version: agent_pb2.ModelVersion, served: str, started: float) -> Outcome:
         name, version = model_version.model.meta.name, model_version.version
         try:
-            await self._mlserver.unload(served)
+            if served not in self._state or self._state.is_resident(served):  # evicted: not on MLServer
+                await self._mlserver.unload(served)
         except AgentError as exc:
             self._log.warning(
                 "model unload failed", model=name, version=version, error=str(exc), duration_s=_since(started)
@@ -126,9 +145,11 @@ class ModelOperator:
     async def adopt_or_clean(self) -> None:
         """Rebuild state after a restart: keep READY models this agent loaded, remove everything else.
 
-        Adopted models stay loaded (no downtime); anything else is unloaded and its folder deleted so
-        the scheduler's view and the repository start out identical. The models dir is claimed
-        first: nothing is deleted from a folder that is not the agent's own (``NotOwned``).
+        Adopted models stay loaded (no downtime); with ``keep_evicted``, a model this agent loaded
+        that MLServer no longer serves (evicted) is adopted as evicted, its artifact kept. Anything
+        else is unloaded and its folder deleted so the scheduler's view and the repository start
+        out identical. The models dir is claimed first: nothing is deleted from a folder that is
+        not the agent's own (``NotOwned``).
         """
         await self._repository.claim()
         adopted: set[str] = set()
@@ -146,10 +167,22 @@ class ModelOperator:
                 await self._mlserver.unload(entry.name)
                 self._log.info("stray model unloaded", served_name=entry.name)
         for folder in await self._repository.folders():
-            if folder not in adopted:
+            if folder not in adopted and not await self._adopt_evicted(folder):
                 await self._repository.remove_entry(folder)
                 if folder != STAGING:
                     self._log.info("stray model folder removed", folder=folder)
+
+    async def _adopt_evicted(self, folder: str) -> bool:
+        if not self.keep_evicted or folder == STAGING:
+            return False
+        model_version = await self._repository.read_marker(folder)
+        if model_version is None:
+            return False
+        self._state.add(model_version, resident=False)
+        self._log.info(
+            "model adopted as evicted", model=model_version.model.meta.name, version=model_version.version
+        )
+        return True
 
 
 def _since(started: float) -> float:

@@ -31,11 +31,11 @@ class SimulatedState(ReplicaState):
     def available_bytes(self) -> int:
         return max(0, self.capacity_bytes - self._used)
 
-    def add(self, model_version: agent_pb2.ModelVersion) -> None:
+    def add(self, model_version: agent_pb2.ModelVersion, *, resident: bool = True) -> None:
         previous = self.get(versioned_name(model_version))
         if previous is not None:
             self._used -= model_cost(previous)
-        super().add(model_version)
+        super().add(model_version, resident=resident)
         self._used += model_cost(model_version)
 
     def remove(self, name: str) -> agent_pb2.ModelVersion | None:

@@ -23,7 +23,7 @@ from structlog.typing import FilteringBoundLogger
 from agent.errors import MLServerError
 from agent.mlserver import MLServerClient, ModelState
 from agent.operations import ModelOperator
-from agent.state import ReplicaState, versioned_name
+from agent.state import ReplicaState
 
 LostHandler = Callable[[list[str], str], None]
 
@@ -83,7 +83,9 @@ class MLServerWatcher:
         lost = sorted(
             name
             for name in held
-            if name in self._state and name not in self._operator.busy and name not in (serving or set())
+            if self._state.is_resident(name)
+            and name not in self._operator.busy
+            and name not in (serving or set())
         )
         if not lost:
             return []
@@ -94,7 +96,8 @@ class MLServerWatcher:
         return lost
 
     def _held(self) -> list[str]:
-        return [versioned_name(model_version) for model_version in self._state.loaded_models()]
+        # Evicted models are not on MLServer on purpose (agent/residency.py): not lost.
+        return self._state.resident_names()
 
     async def _serving(self) -> tuple[set[str] | None, str]:
         """Names MLServer serves READY, or None when it is down; and the reason a model is lost."""

@@ -25,6 +25,9 @@ MAX_REPLICAS = 1_000
 MAX_MEMORY_BYTES = 2**50
 # Kubernetes metadata.generation becomes the first version number (a uint32 in ModelStatus).
 MAX_GENERATION = 2**31 - 1
+# Model autoscaling: the requests-in-flight threshold, and every window and cooldown.
+MAX_LAG_THRESHOLD = 100_000
+MAX_SCALING_WINDOW_S = 7 * 24 * 3600.0
 # MLServer parallel workers per model (runtime info multiplies the memory placement reserves).
 MAX_PARALLEL_WORKERS = 1_024
 # storageUri, and any other URI-like string (secret names, explainer types).

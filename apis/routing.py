@@ -32,11 +32,15 @@ class RouteRejected(Exception):
 
 @dataclass(frozen=True, slots=True)
 class Endpoint:
-    """One model-server replica's inference ports."""
+    """One model-server replica's inference ports, and its agent's reload ports on the same host
+    (0: none). Envoy tries the model server first and the reload listener only when the model
+    server answered "no such model" (an overcommitted replica evicted it; decision 0014)."""
 
     host: str
     http_port: int
     grpc_port: int
+    reload_http_port: int = 0
+    reload_grpc_port: int = 0
 
 
 @dataclass(frozen=True, slots=True)

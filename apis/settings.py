@@ -71,6 +71,30 @@ def positive_float(text: str) -> float:
     return value
 
 
+def int_within(low: int, high: int) -> Parse:
+    """A parser of whole numbers from ``low`` to ``high``."""
+
+    def parse(text: str) -> int:
+        value = int(text)
+        if not low <= value <= high:
+            raise ValueError(f"{value} is not within {low}..{high}")
+        return value
+
+    return parse
+
+
+def seconds_up_to(high: float) -> Parse:
+    """A parser of durations above 0 and at most ``high`` seconds."""
+
+    def parse(text: str) -> float:
+        value = positive_float(text)
+        if value > high:
+            raise ValueError(f"{text!r} is above {high:g} seconds")
+        return value
+
+    return parse
+
+
 def flag_fields(cls: type) -> Iterator[dataclasses.Field[Any]]:
     return (f for f in dataclasses.fields(cls) if f.metadata.get("flag", True))
 

@@ -268,6 +268,9 @@ def validate_registration(request: agent_pb2.AgentSubscribeRequest) -> None:
     validate_host(config.inferenceSvc, what=f"{where}: replicaConfig.inferenceSvc")
     validate_port(config.inferenceHttpPort, what=f"{where}: replicaConfig.inferenceHttpPort")
     validate_port(config.inferenceGrpcPort, what=f"{where}: replicaConfig.inferenceGrpcPort")
+    if config.reloadHttpPort or config.reloadGrpcPort:  # meshserve's reload listener: both or none
+        validate_port(config.reloadHttpPort, what=f"{where}: replicaConfig.reloadHttpPort")
+        validate_port(config.reloadGrpcPort, what=f"{where}: replicaConfig.reloadGrpcPort")
     if config.memoryBytes > MAX_MEMORY_BYTES:
         raise InvalidResource(
             f"{where}: replicaConfig.memoryBytes {config.memoryBytes} is above the limit {MAX_MEMORY_BYTES}"

@@ -14,7 +14,17 @@ from pathlib import Path
 from bench import report
 
 ROOT = Path(__file__).resolve().parent.parent
-FIGURES = ("dataplane", "route", "scale", "placement", "envoy-memory", "experiments", "tls", "lag-reporting")
+FIGURES = (
+    "dataplane",
+    "route",
+    "scale",
+    "placement",
+    "envoy-memory",
+    "experiments",
+    "tls",
+    "overcommit",
+    "lag-reporting",
+)
 
 
 async def _figure(name: str, work: Path, quick: bool) -> list[report.Section]:
@@ -42,6 +52,10 @@ async def _figure(name: str, work: Path, quick: bool) -> list[report.Section]:
         from bench import tls
 
         return [await tls.run(work, quick)]
+    if name == "overcommit":
+        from bench import overcommit
+
+        return [await overcommit.run(work, quick)]
     if name == "lag-reporting":
         from bench import lag_reporting
 

@@ -1,7 +1,7 @@
 """Figure 6 - experiments: how fast a split goes live, what a split and a mirror cost on the data plane.
 
-One real stack (scheduler, Envoy, MLServer, agent) and two static Envoys in front of the same
-MLServer, every model serving the iris artifact:
+One real stack (scheduler, Envoy, MLServer, agent; the mirror model on a second server replica)
+and two static Envoys in front of the stack's MLServer, every model serving the iris artifact:
 
 (a) *Time to split*: ``StartExperiment`` for a 50/50 experiment on a fresh name, then REST through
     Envoy with ``seldon-model: <e>.experiment`` every ~1 ms until it answers 200 and both variants
@@ -38,16 +38,18 @@ from apis.mlops.scheduler import scheduler_pb2, scheduler_pb2_grpc
 from apis.v2_dataplane import v2_dataplane_pb2_grpc
 from bench import envoys, loadgen, payloads, time_to_route
 from bench.loadgen import Result, median, percentile
-from bench.mesh import Mesh, bench_config, start_mesh
+from bench.mesh import Mesh, bench_config, start_components, start_mesh
 from bench.procs import CLOCK_TICKS, Process, Processes, processes, wait_for
 from bench.report import Goal, Section, Table
 from samples import train
-from stack.components import port_open
+from stack.components import ReplicaPorts, port_open, server_replica
 from stack.ports import free_ports
+from stack.server_spec import default_spec
 
 PLAIN = "iris"  # a plain model: no experiment on it
 CAND_A, CAND_B = "exp-a", "exp-b"  # candidates of the 50/50 experiment; exp-a is its default
 PRIMARY, SHADOW = "mirrored", "shadow"  # default of the mirroring experiment, and its mirror
+SHADOW_SERVER = "shadow-server"  # a second server replica (its own MLServer + agent) hosting SHADOW
 MODELS = (PLAIN, CAND_A, CAND_B, PRIMARY, SHADOW)
 SPLIT_EXPERIMENT, MIRROR_EXPERIMENT = "ab", "shadowing"
 POLL_INTERVAL_S = 0.001
@@ -120,7 +122,8 @@ async def run(work: Path, quick: bool = False) -> Section:
         key="experiments",
         title="6. Experiments",
         intro=(
-            "One stack (scheduler, Envoy, MLServer, agent) and two static Envoys in front of the same "
+            "One stack (scheduler, Envoy, MLServer, agent; plus a second server replica, MLServer and agent, "
+            f"for the mirror model `{SHADOW}`) and two static Envoys in front of the stack's "
             "MLServer; every model serves the iris artifact. (a) *Time to split*: `StartExperiment` for a "
             f"50/50 experiment on a fresh name ({settings.starts} times), then REST through Envoy with "
             f"`seldon-model: <e>.experiment` every {POLL_INTERVAL_S * 1000:g} ms until a 200 and until "
@@ -134,21 +137,23 @@ async def run(work: Path, quick: bool = False) -> Section:
             f"static Envoy's closed-loop throughput, {settings.open_seconds:g} s). (c) *A 100 % mirror*: "
             f"open loop at that rate on `{PRIMARY}`, the default of an experiment mirroring 100 % to "
             f"`{SHADOW}` (a `RequestMirrorPolicy` to the loop-back cluster, routed again as "
-            f"`seldon-model: {SHADOW}.mirror`), against the plain model; and the static Envoy with a "
-            "direct mirror to MLServer (no second routing pass) against the static Envoy. "
+            f"`seldon-model: {SHADOW}.mirror`; `{SHADOW}` on a second server replica, its own MLServer and "
+            "agent, as a shadow model runs in production), against the plain model; and the static Envoy "
+            "with a direct mirror to the primary's MLServer (no second routing pass) against the static "
+            "Envoy. "
             f"{settings.rounds} rounds, targets interleaved (start rotates each round); medians shown."
         ),
         command="python -m bench --only experiments --merge",
     )
     with processes(work / "logs") as group:
-        mesh, static, static_mirror, ceiling = await _start(group, work)
+        mesh, static, static_mirror, ceiling, shadow_metrics_port = await _start(group, work)
         async with (
             grpc.aio.insecure_channel(mesh.scheduler_address) as channel,
             aiohttp.ClientSession() as session,
         ):
             stub = scheduler_pb2_grpc.SchedulerStub(channel)
             for name in MODELS:
-                await stub.LoadModel(scheduler_pb2.LoadModelRequest(model=payloads.model(name)), timeout=10)
+                await stub.LoadModel(scheduler_pb2.LoadModelRequest(model=_model(mesh, name)), timeout=10)
             for name in MODELS:
                 await wait_for(
                     functools.partial(_answers, session, mesh.url, name, name),
@@ -176,18 +181,19 @@ async def run(work: Path, quick: bool = False) -> Section:
             bodies = _bodies(work, open_targets)
             split_seen = await _check(session, open_targets)
             await _warm_up(open_targets, bodies)
-            served_before = [await _served(session, mesh, f"{m}_1") for m in (PRIMARY, SHADOW)]
+            watched = [(mesh.config.mlserver_metrics_port, PRIMARY), (shadow_metrics_port, SHADOW)]
+            served_before = [await _served(session, port, f"{m}_1") for port, m in watched]
             closed, closed_cpu = await _closed_rounds(closed_targets, bodies, settings)
             rates = {
                 p: settings.open_load_fraction * median([r.rps for r in closed[(p, "static")]])
                 for p in PROTOS
             }
-            mlserver = mesh.procs["mlserver"]
-            opened = await _open_rounds(open_targets, bodies, settings, rates, mlserver)
+            mlservers = [mesh.procs["mlserver"], mesh.procs[f"mlserver-{SHADOW_SERVER}-0"]]
+            opened = await _open_rounds(open_targets, bodies, settings, rates, mlservers)
             generator = await _generator_ceiling(ceiling, bodies, settings)
             served = [
-                await _served(session, mesh, f"{m}_1") - served_before[i]
-                for i, m in enumerate((PRIMARY, SHADOW))
+                await _served(session, port, f"{m}_1") - before
+                for (port, m), before in zip(watched, served_before, strict=True)
             ]
             await stub.StopExperiment(scheduler_pb2.StopExperimentRequest(name=MIRROR_EXPERIMENT), timeout=10)
             await stub.StopExperiment(scheduler_pb2.StopExperimentRequest(name=SPLIT_EXPERIMENT), timeout=10)
@@ -217,9 +223,14 @@ def _h(model: str) -> dict[str, str]:
 
 async def _start(
     group: Processes, work: Path
-) -> tuple[Mesh, tuple[int, Process], tuple[int, Process], Target]:
+) -> tuple[Mesh, tuple[int, Process], tuple[int, Process], Target, int]:
     config = bench_config(work / "mesh")
     mesh = await start_mesh(group, config, ("scheduler", "envoy", "mlserver", "agent"))
+    # The mirror model gets a replica of its own, as a shadow would in production: its inference
+    # must not queue behind the primary's in one MLServer process.
+    shadow_ports = ReplicaPorts(*free_ports(3))
+    shadow = server_replica(config, shadow_ports, server=SHADOW_SERVER, idx=0, spec=default_spec(config))
+    mesh.procs.update(await start_components(group, config, shadow))
     binary = config.binary("envoy")
     port, admin, m_port, m_admin, up_port, up_admin = free_ports(6)
     static_cfg = envoys.write_static_proxy(
@@ -247,7 +258,14 @@ async def _start(
     for p, proc in ((port, static), (m_port, static_mirror), (up_port, upstream)):
         await wait_for(functools.partial(port_open, "127.0.0.1", p), within=30, what="envoy", alive=[proc])
     ceiling = Target("ceiling", "Envoy direct_response", up_port, "iris_1", proxy=upstream)
-    return mesh, (port, static), (m_port, static_mirror), ceiling
+    return mesh, (port, static), (m_port, static_mirror), ceiling, shadow_ports.metrics
+
+
+def _model(mesh: Mesh, name: str) -> scheduler_pb2.Model:
+    """Every model on the stack's own server, but the mirror on the shadow server."""
+    model = payloads.model(name)
+    model.modelSpec.server = SHADOW_SERVER if name == SHADOW else mesh.config.server_name
+    return model
 
 
 def _with_direct_mirror(path: Path) -> Path:
@@ -312,9 +330,9 @@ async def _answers(session: aiohttp.ClientSession, url: str, model: str, header:
         return False
 
 
-async def _served(session: aiohttp.ClientSession, mesh: Mesh, model: str) -> float:
-    """Successful inferences of a model version, from MLServer's own metrics."""
-    async with session.get(f"http://127.0.0.1:{mesh.config.mlserver_metrics_port}/metrics") as response:
+async def _served(session: aiohttp.ClientSession, metrics_port: int, model: str) -> float:
+    """Successful inferences of a model version, from the metrics of the MLServer serving it."""
+    async with session.get(f"http://127.0.0.1:{metrics_port}/metrics") as response:
         text = await response.text()
     pattern = re.compile(
         r'^model_infer_request_success_total\{[^}]*model="' + re.escape(model) + r'"[^}]*\} (\S+)$'
@@ -544,7 +562,7 @@ async def _open_rounds(
     bodies: dict[str, Path],
     settings: Settings,
     rates: dict[str, float],
-    mlserver: Process,
+    mlservers: list[Process],
 ) -> dict[tuple[str, str], list[OpenRun]]:
     opened: dict[tuple[str, str], list[OpenRun]] = {}
     for round_no in range(settings.rounds):
@@ -553,7 +571,7 @@ async def _open_rounds(
                 assert target.proxy is not None
                 envoy0, ml0, busy0, wall0 = (
                     target.proxy.cpu_seconds_precise(),
-                    _session_cpu(mlserver.pid),
+                    sum(_session_cpu(m.pid) for m in mlservers),
                     _machine_busy(),
                     time.monotonic(),
                 )
@@ -564,7 +582,7 @@ async def _open_rounds(
                     OpenRun(
                         result,
                         (target.proxy.cpu_seconds_precise() - envoy0) / served * 1e6,
-                        (_session_cpu(mlserver.pid) - ml0) / served * 1e6,
+                        (sum(_session_cpu(m.pid) for m in mlservers) - ml0) / served * 1e6,
                         (_machine_busy() - busy0) / wall,
                     )
                 )
@@ -835,12 +853,16 @@ def _tabulate_mirror(
         "(c) *Envoy CPU per mirrored request*: the change in Envoy's CPU per primary request when every "
         "request is mirrored; for meshserve that is the copy, the loop-back connection and the second "
         "pass through the listener (scope lookup, and for gRPC the Lua body rewrite to the mirror's "
-        "versioned name); for the static floor only the copy. *MLServer CPU*: the mirror model's own "
-        "inference, on the same cores as the primary: most of a mirror's cost, and the part no Envoy "
-        "configuration can remove. *Machine busy*: all cores of the machine, from `/proc/stat` (other "
+        "versioned name); for the static floor only the copy. *MLServer CPU*: both MLServers' CPU per "
+        "primary request, so with a mirror it includes the mirror model's own inference: most of a "
+        "mirror's cost, and the part no Envoy configuration can remove. The mirror model has its own "
+        "MLServer process (its requests do not queue behind the primary's), but this machine has two "
+        "cores, so its inference still competes with the primary's for CPU. "
+        "*Machine busy*: all cores of the machine, from `/proc/stat` (other "
         "engineers' work included).",
-        "(c) The floor's copy goes straight to MLServer's `iris_1` again (the static Envoy has no "
-        "second model to route to); meshserve's goes to another model, `shadow_1`, with the same artifact.",
+        "(c) The floor's copy goes straight to the primary MLServer's `iris_1` again (a static route "
+        "cannot rewrite the mirrored path to another model); meshserve's goes to another model, "
+        "`shadow_1` (same artifact), on the shadow server's MLServer.",
     ]
 
 

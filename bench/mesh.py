@@ -44,17 +44,24 @@ class Mesh:
 async def start_mesh(group: Processes, config: StackConfig, only: Sequence[str]) -> Mesh:
     """Start the named components (in the stack's order) and wait until each is ready."""
     config.home.mkdir(parents=True, exist_ok=True)
+    chosen = [component for component in components(config) if component.name in only]
+    return Mesh(config, await start_components(group, config, chosen))
+
+
+async def start_components(
+    group: Processes, config: StackConfig, chosen: Sequence[Component]
+) -> dict[str, Process]:
+    """Start ``chosen`` in order (e.g. a second server replica, ``stack.components.server_replica``),
+    each once the one before is ready."""
     started: dict[str, Process] = {}
-    for component in components(config):
-        if component.name not in only:
-            continue
+    for component in chosen:
         argv = component.argv
         if component.name == "envoy":
             argv = envoy_argv(config.binary("envoy"), write_envoy_bootstrap(config), config.envoy_admin_port)
         process = group.start(component.name, argv, {"MESHSERVE_HOME": str(config.home), **component.env})
         started[component.name] = process
         await _ready(component, process, list(started.values()))
-    return Mesh(config, started)
+    return started
 
 
 async def _ready(component: Component, process: Process, alive: list[Process]) -> None:

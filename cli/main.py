@@ -14,7 +14,7 @@ import sys
 from collections.abc import Awaitable, Callable
 
 from apis import settings
-from cli import experiments, models, servers, stack
+from cli import experiments, models, pipelines, servers, stack
 from cli.config import ENV_PREFIX, CliConfig
 from cli.errors import CliError
 from cli.output import print_error
@@ -30,12 +30,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="meshserve",
         parents=[common],
-        description="Load, inspect and call models and experiments on a meshserve stack.",
+        description="Load, inspect and call models, experiments and pipelines on a meshserve stack.",
     )
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     models.register(subparsers, [common])
     servers.register(subparsers, [common])
     experiments.register(subparsers, [common])
+    pipelines.register(subparsers, [common])
     stack.register(subparsers)
     return parser
 

@@ -15,6 +15,7 @@ from apis.mlops.scheduler import scheduler_pb2
 from apis.validation import InvalidResource, validate_name
 from cli.errors import CliError
 from experiments.model import Experiment
+from pipelines.model import Pipeline
 
 __all__ = [
     "ManifestError",
@@ -23,6 +24,7 @@ __all__ = [
     "parse_model_requests",
     "read_experiment_requests",
     "read_model_requests",
+    "read_pipeline_requests",
     "read_server_manifests",
     "resolve_storage_uri",
     "server_manifest",
@@ -57,6 +59,12 @@ def read_experiment_requests(path: str) -> list[scheduler_pb2.StartExperimentReq
     """Every Experiment document in ``path``, each checked by the experiment model the scheduler
     applies (default among the candidates, weights, mirror), so nothing is sent if one is wrong."""
     return _cli_error(lambda: manifests.read_experiment_requests(path, check=Experiment.from_proto))
+
+
+def read_pipeline_requests(path: str) -> list[scheduler_pb2.LoadPipelineRequest]:
+    """Every Pipeline document in ``path``, each checked by the pipeline model the scheduler applies
+    (references, cycles, bounds), so nothing is sent if one is wrong."""
+    return _cli_error(lambda: manifests.read_pipeline_requests(path, check=Pipeline.from_proto))
 
 
 def _cli_error(parse: Callable[[], T]) -> T:

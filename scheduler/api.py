@@ -19,6 +19,9 @@ from apis.mlops.scheduler import scheduler_pb2, scheduler_pb2_grpc
 from scheduler import status
 from scheduler.core import Scheduler
 from scheduler.experiments import Experiments
+from scheduler.pipeline_records import deleted_pipeline_status, pipeline_status
+from scheduler.pipelines import Pipelines
+from scheduler.server_scaling import ScalingRequest
 
 log = structlog.get_logger("meshserve.scheduler.api")
 Context = grpc.aio.ServicerContext[Any, Any]
@@ -33,9 +36,10 @@ class SchedulerService(scheduler_pb2_grpc.SchedulerServicer):
     status codes by :class:`scheduler.errors.StatusMapping`, never here.
     """
 
-    def __init__(self, core: Scheduler, experiments: Experiments) -> None:
+    def __init__(self, core: Scheduler, experiments: Experiments, pipelines: Pipelines) -> None:
         self._core = core
         self._experiments = experiments
+        self._pipelines = pipelines
 
     async def LoadModel(
         self, request: scheduler_pb2.LoadModelRequest, context: Context
@@ -98,9 +102,13 @@ class SchedulerService(scheduler_pb2_grpc.SchedulerServicer):
     async def SubscribeServerStatus(
         self, request: scheduler_pb2.ServerSubscriptionRequest, context: Context
     ) -> AsyncIterator[scheduler_pb2.ServerStatusResponse]:
+        """Every server's status, then each change, and the scheduler's ScalingRequests (which the
+        controller carries out)."""
         log.info("server status subscriber", subscriber=request.subscriberName)
-        async for name in _changes(self._core.on_server_change, initial=list(self._core.servers)):
-            if name in self._core.servers:
+        async for name in _server_events(self._core):
+            if isinstance(name, ScalingRequest):
+                yield status.scaling_request(name, self._core.servers.get(name.server))
+            elif name in self._core.servers:
                 yield self._server_status(name)
             else:
                 yield scheduler_pb2.ServerStatusResponse(
@@ -149,6 +157,45 @@ class SchedulerService(scheduler_pb2_grpc.SchedulerServicer):
             )
         return status.experiment_status(experiment, self._experiments.status(name))
 
+    # -- pipelines --------------------------------------------------------------------------------
+
+    async def LoadPipeline(
+        self, request: scheduler_pb2.LoadPipelineRequest, context: Context
+    ) -> scheduler_pb2.LoadPipelineResponse:
+        self._pipelines.load(request.pipeline)
+        await self._core.committed()
+        return scheduler_pb2.LoadPipelineResponse()
+
+    async def UnloadPipeline(
+        self, request: scheduler_pb2.UnloadPipelineRequest, context: Context
+    ) -> scheduler_pb2.UnloadPipelineResponse:
+        self._pipelines.unload(request.name)
+        await self._core.committed()
+        return scheduler_pb2.UnloadPipelineResponse()
+
+    async def PipelineStatus(
+        self, request: scheduler_pb2.PipelineStatusRequest, context: Context
+    ) -> AsyncIterator[scheduler_pb2.PipelineStatusResponse]:
+        if request.HasField("name") and request.name:
+            record = self._pipelines.get(request.name)
+            yield pipeline_status(record, all_versions=request.allVersions)
+            return
+        for name in sorted(self._pipelines.records):
+            yield pipeline_status(self._pipelines.records[name], all_versions=request.allVersions)
+
+    async def SubscribePipelineStatus(
+        self, request: scheduler_pb2.PipelineSubscriptionRequest, context: Context
+    ) -> AsyncIterator[scheduler_pb2.PipelineStatusResponse]:
+        log.info("pipeline status subscriber", subscriber=request.subscriberName)
+        initial = sorted(self._pipelines.records)
+        async for name in _changes(self._pipelines.on_change, initial=initial):
+            record = self._pipelines.records.get(name)
+            yield (
+                pipeline_status(record, all_versions=True)
+                if record is not None
+                else deleted_pipeline_status(name)
+            )
+
     async def SubscribeControlPlane(
         self, request: scheduler_pb2.ControlPlaneSubscriptionRequest, context: Context
     ) -> AsyncIterator[scheduler_pb2.ControlPlaneResponse]:
@@ -163,6 +210,39 @@ class SchedulerService(scheduler_pb2_grpc.SchedulerServicer):
 
     def _server_status(self, name: str) -> scheduler_pb2.ServerStatusResponse:
         return status.server_status(self._core.servers[name], self._core.loaded_per_replica(name))
+
+
+async def _server_events(core: Scheduler) -> AsyncIterator[str | ScalingRequest]:
+    """Servers that changed (every one first) and scaling requests, in order; bursts coalesce per
+    server (the latest status or request is sent), so the queue holds at most two entries a server."""
+    queue: asyncio.Queue[tuple[bool, str]] = asyncio.Queue()  # (is a scaling request, server)
+    changed: set[str] = set()
+    scaling: dict[str, ScalingRequest] = {}
+
+    def push(name: str) -> None:
+        if name not in changed:
+            changed.add(name)
+            queue.put_nowait((False, name))
+
+    def requested(request: ScalingRequest) -> None:
+        if request.server not in scaling:
+            queue.put_nowait((True, request.server))
+        scaling[request.server] = request
+
+    for name in list(core.servers):
+        push(name)
+    unsubscribe = (core.on_server_change(push), core.on_scaling_request(requested))
+    try:
+        while True:
+            is_request, name = await queue.get()
+            if is_request:
+                yield scaling.pop(name)
+            else:
+                changed.discard(name)
+                yield name
+    finally:
+        for stop in unsubscribe:
+            stop()
 
 
 async def _changes(

@@ -23,17 +23,22 @@ from prometheus_client import CollectorRegistry
 from apis.limits import GRPC_RECEIVE_LIMIT
 from apis.logs import configure_logging
 from apis.mlops.agent import agent_pb2, agent_pb2_grpc
+from apis.mlops.chainer import chainer_pb2, chainer_pb2_grpc
 from apis.mlops.scheduler import scheduler_pb2, scheduler_pb2_grpc
 from apis.tls import server_credentials, server_files
 from scheduler.agent_api import AgentService
 from scheduler.api import SchedulerService
+from scheduler.chainer_api import ChainerService
 from scheduler.config import SchedulerConfig, parse_args
 from scheduler.core import Scheduler
 from scheduler.errors import StatusMapping
 from scheduler.experiments import Experiments
 from scheduler.load import LoadView
 from scheduler.metrics import SchedulerMetrics
+from scheduler.model_autoscaling import ModelAutoscaling
+from scheduler.pipelines import Pipelines
 from scheduler.policies import load_policy
+from scheduler.server_scaling import ScalingSettings
 from scheduler.store import StateStore
 from xdsserver import resources
 from xdsserver.cache import ResourceCache
@@ -43,6 +48,8 @@ from xdsserver.server import XdsServer
 from xdsserver.types import CLUSTER, LISTENER
 
 log = structlog.get_logger("meshserve.scheduler")
+
+SCALING_INTERVAL_SECONDS = 1.0
 
 __all__ = ["SchedulerApp", "SchedulerConfig", "main", "parse_args", "serve"]
 
@@ -61,8 +68,14 @@ class SchedulerApp:
             policy=load_policy(config.placement_policy),
             agent_grace_seconds=config.agent_grace_seconds,
             store=store,
+            server_scaling=ScalingSettings(
+                enabled=config.enable_server_autoscaling,
+                grace_s=config.server_scale_down_grace_seconds,
+                packing=config.server_packing_enabled,
+            ),
         )
         self.experiments = Experiments(self.core, store)
+        self.pipelines = Pipelines(self.core, store)
         # Requests in flight per model version, from Envoy's load reports (LRS, on the xDS port);
         # the autoscaler subscribes to ``self.load``.
         self.load = LoadView()
@@ -72,14 +85,25 @@ class SchedulerApp:
         self.metrics = SchedulerMetrics(
             CollectorRegistry(), core=self.core, experiments=self.experiments, envoys=self.xds, load=self.load
         )
+        # Off by default (as in Seldon): then nothing listens to Envoy's load reports.
+        self.autoscaling = (
+            ModelAutoscaling(self.core, config.autoscaling_thresholds)
+            if config.enable_model_autoscaling
+            else None
+        )
+        if self.autoscaling is not None:
+            self.load.subscribe(self.autoscaling)
         self._servers: list[grpc.aio.Server] = []
         self._sweeper: asyncio.Task[None] | None = None
+        self._autoscaler_timer: asyncio.Task[None] | None = None
+        self._scaler: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         config = self.config
         # Before any server starts: a reconnecting Envoy must see the same routes as before.
         self.core.restore()
         self.experiments.restore()
+        self.pipelines.restore()
         listen = config.envoy_listen_address
         loopback = "127.0.0.1" if listen in ("0.0.0.0", "::", "") else listen
         listener = resources.listener(
@@ -97,14 +121,17 @@ class SchedulerApp:
             ]
         )
         api = self._server(config.scheduler_port)
-        # Pipeline and experiment RPCs land with their issues; until then grpc's generated base
-        # class answers them UNIMPLEMENTED, which mypy-protobuf's stubs model as abstract.
-        service = SchedulerService(self.core, self.experiments)  # type: ignore[abstract]
+        # RPCs that land with later issues (gateway events) are answered UNIMPLEMENTED by grpc's
+        # generated base class, which mypy-protobuf's stubs model as abstract.
+        service = SchedulerService(self.core, self.experiments, self.pipelines)  # type: ignore[abstract]
         scheduler_pb2_grpc.add_SchedulerServicer_to_server(service, api)
+        # Dataflow engines subscribe on the same port (decision 0019).
+        chainer_pb2_grpc.add_ChainerServicer_to_server(ChainerService(self.pipelines), api)
         _add_health(api, "seldon.mlops.scheduler.Scheduler")
         reflection.enable_server_reflection(
             [
                 scheduler_pb2.DESCRIPTOR.services_by_name["Scheduler"].full_name,
+                chainer_pb2.DESCRIPTOR.services_by_name["Chainer"].full_name,
                 health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
                 reflection.SERVICE_NAME,
             ],
@@ -119,6 +146,9 @@ class SchedulerApp:
         for server in self._servers:
             await server.start()
         self._sweeper = asyncio.create_task(self._sweep_stuck(), name="stuck-operations")
+        if self.autoscaling is not None:
+            self._autoscaler_timer = asyncio.create_task(self.autoscaling.run(), name="model-autoscaling")
+        self._scaler = asyncio.create_task(self._scale_servers(), name="server-scaling")
         await self.metrics.serve(config.metrics_host, config.metrics_port)
         log.info(
             "scheduler started",
@@ -155,12 +185,20 @@ class SchedulerApp:
             await asyncio.sleep(deadline / 4)
             self.core.expire_stuck(deadline)
 
+    async def _scale_servers(self) -> None:
+        """Every second: server ScalingRequests where models need them (scheduler/server_scaling.py)."""
+        while True:
+            await asyncio.sleep(SCALING_INTERVAL_SECONDS)
+            self.core.scale_servers()
+
     async def stop(self, grace: float = 1.0) -> None:
-        if self._sweeper is not None:
-            self._sweeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._sweeper
+        for task in (self._sweeper, self._autoscaler_timer, self._scaler):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         await self.metrics.close()
+        self.pipelines.engines.close()  # engine streams end now, not when the server is torn down
         await self.core.close()
         self.routes.close()
         await asyncio.gather(*(s.stop(grace) for s in self._servers))

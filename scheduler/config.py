@@ -14,10 +14,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from apis import settings
-from apis.limits import MAX_LOAD_REPORT_INTERVAL_S, MIN_LOAD_REPORT_INTERVAL_S
+from apis.limits import (
+    MAX_LAG_THRESHOLD,
+    MAX_LOAD_REPORT_INTERVAL_S,
+    MAX_SCALING_WINDOW_S,
+    MIN_LOAD_REPORT_INTERVAL_S,
+)
 from apis.logs import LEVELS
-from apis.settings import flag, non_negative_int, positive_float
+from apis.settings import flag, int_within, non_negative_int, positive_float, seconds_up_to
 from apis.tls import TlsSettingsError, server_files
+from scheduler.autoscaling import Thresholds
 from scheduler.policies import DEFAULT_POLICY
 
 ENV_PREFIX = "MESHSERVE_SCHEDULER_"
@@ -35,6 +41,11 @@ def _load_report_interval(text: str) -> float:
 
 def _state_dir(text: str) -> Path | None:
     return Path(text).resolve() if text else None
+
+
+# The autoscaling flags' parsers (``meshserve up`` passes the same flags through).
+LAG_THRESHOLD = int_within(1, MAX_LAG_THRESHOLD)
+SCALING_WINDOW = seconds_up_to(MAX_SCALING_WINDOW_S)
 
 
 @dataclass(frozen=True)
@@ -73,6 +84,21 @@ class SchedulerConfig:
             parse=_load_report_interval,
         ),
     )
+    enable_server_autoscaling: bool = field(
+        default=True,
+        metadata=flag(
+            "ask the controller for server replicas (ScalingRequest) within a Server's "
+            "minReplicas/maxReplicas when models need more, or replicas stay empty"
+        ),
+    )
+    server_scale_down_grace_seconds: float = field(
+        default=30.0,
+        metadata=flag("how long a server replica holds no model before it is released", parse=positive_float),
+    )
+    server_packing_enabled: bool = field(
+        default=False,
+        metadata=flag("experimental: also release a replica when the models fit on fewer (they move)"),
+    )
     min_envoys: int = field(default=1, metadata=flag("Envoys that must ACK a route", parse=non_negative_int))
     state_dir: Path | None = field(
         default=None,
@@ -82,6 +108,30 @@ class SchedulerConfig:
         default=DEFAULT_POLICY,
         metadata=flag("placement policy (entry-point group meshserve.placement; docs/placement-plugins.md)"),
     )
+    # Model autoscaling on Envoy's load reports (docs/decisions/0016 compares the defaults with Seldon's).
+    enable_model_autoscaling: bool = field(
+        default=False,
+        metadata=flag("scale models that set minReplicas or maxReplicas on their requests in flight"),
+    )
+    model_lag_threshold: int = field(
+        default=30,
+        metadata=flag(
+            "requests in flight per replica that, held for --model-scale-up-seconds, add a replica",
+            parse=LAG_THRESHOLD,
+        ),
+    )
+    model_scale_up_seconds: float = field(
+        default=20.0,
+        metadata=flag("how long the lag must hold before a replica is added", parse=SCALING_WINDOW),
+    )
+    model_idle_seconds: float = field(
+        default=600.0,
+        metadata=flag("how long a model without requests keeps a replica", parse=SCALING_WINDOW),
+    )
+    model_scaling_cooldown_seconds: float = field(
+        default=60.0,
+        metadata=flag("no scaling of a model within this long of its last change", parse=SCALING_WINDOW),
+    )
     log_level: str = field(default="info", metadata=flag(f"one of {', '.join(LEVELS)}"))
     # Mutual TLS on all three ports (docs/security.md): give all three files, or none for plain text.
     tls_cert: Path | None = field(default=None, metadata=flag("server certificate (PEM); with TLS on"))
@@ -90,6 +140,15 @@ class SchedulerConfig:
         default=None,
         metadata=flag("CA (PEM) that signed every client's certificate; clients without one are refused"),
     )
+
+    @property
+    def autoscaling_thresholds(self) -> Thresholds:
+        return Thresholds(
+            in_flight_per_replica=self.model_lag_threshold,
+            scale_up_window_s=self.model_scale_up_seconds,
+            idle_window_s=self.model_idle_seconds,
+            cooldown_s=self.model_scaling_cooldown_seconds,
+        )
 
 
 def parse_args(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> SchedulerConfig:

@@ -16,15 +16,17 @@ from collections.abc import Callable, Iterable
 import structlog
 
 from apis import names
+from apis.limits import MAX_REPLICAS
 from apis.mlops.agent import agent_pb2
 from apis.mlops.scheduler import scheduler_pb2
 from apis.routing import Route, RouteSink
 from apis.validation import InvalidResource, validate_model, validate_name, validate_server
-from scheduler import lifecycle, scheduling
+from scheduler import autoscaling, lifecycle, scheduling
 from scheduler.errors import NotFound
 from scheduler.membership import AgentLink, Membership, operation
 from scheduler.placement import PlacementPolicy, Policy, required_memory
 from scheduler.routing import Routing, model_route, replica_endpoint
+from scheduler.server_scaling import ScalingRequest, ScalingSettings, ServerScaler
 from scheduler.state import LoadedIndex, ModelRecord, ModelVersion, ReplicaState, Server, ServerReplica
 from scheduler.store import StateStore
 
@@ -54,6 +56,7 @@ class Scheduler:
         policy: PlacementPolicy | None = None,
         agent_grace_seconds: float = 15.0,
         store: StateStore | None = None,
+        server_scaling: ScalingSettings | None = None,
     ) -> None:
         self._routing = Routing(sink, self._route_confirmed, self._route_rejected)
         self._members = Membership(grace_seconds=agent_grace_seconds, on_expired=self._replica_expired)
@@ -63,6 +66,8 @@ class Scheduler:
         self._model_listeners: list[Callable[[str], None]] = []
         self._server_listeners: list[Callable[[str], None]] = []
         self._route_listeners: list[Callable[[str], None]] = []
+        self._scaling_listeners: list[Callable[[ScalingRequest], None]] = []
+        self._scaler = ServerScaler(server_scaling or ScalingSettings())
         self._override: Callable[[str], Route | None] = lambda _: None
         self._store = store or StateStore(None)
         self._store.bind(lambda: self.models, lambda: self.servers)
@@ -140,7 +145,7 @@ class Scheduler:
         return lambda: self._route_listeners.remove(listener)
 
     def loaded_per_replica(self, server: str) -> dict[int, int]:
-        """How many model versions each replica of ``server`` holds (Loaded or Available)."""
+        """How many model versions each replica of ``server`` holds (loading to unloading)."""
         return self._loaded.per_replica(server)
 
     # -- listeners (status streams) ----------------------------------------------------------------
@@ -152,6 +157,11 @@ class Scheduler:
     def on_server_change(self, listener: Callable[[str], None]) -> Callable[[], None]:
         self._server_listeners.append(listener)
         return lambda: self._server_listeners.remove(listener)
+
+    def on_scaling_request(self, listener: Callable[[ScalingRequest], None]) -> Callable[[], None]:
+        """``listener(request)`` whenever the scheduler asks for a server's replica count to change."""
+        self._scaling_listeners.append(listener)
+        return lambda: self._scaling_listeners.remove(listener)
 
     def _model_changed(self, name: str) -> None:
         self._store.model_changed(name)
@@ -183,9 +193,11 @@ class Scheduler:
             first = model.meta.kubernetesMeta.generation if model.meta.HasField("kubernetesMeta") else 0
             record.versions.append(ModelVersion(max(1, first), model))
         elif record.deleted or not lifecycle.same_model_spec(record.latest.spec, model):
+            scaled = None if record.deleted else self._carried_scale(record.latest, model)
             record.deleted = False
-            record.versions.append(ModelVersion(record.latest.number + 1, model))
+            record.versions.append(ModelVersion(record.latest.number + 1, model, scaled_replicas=scaled))
         elif record.latest.spec.deploymentSpec != model.deploymentSpec:
+            record.latest.scaled_replicas = self._carried_scale(record.latest, model)
             record.latest.spec.deploymentSpec.CopyFrom(model.deploymentSpec)
         elif record.latest.spec.meta != model.meta:
             record.latest.spec.meta.CopyFrom(model.meta)
@@ -194,6 +206,25 @@ class Scheduler:
         else:
             return  # identical: loading twice is a no-op
         log.debug("model accepted", model=name, version=record.latest.number)
+        self._schedule(record)
+
+    @staticmethod
+    def _carried_scale(current: ModelVersion, model: scheduler_pb2.Model) -> int | None:
+        old, new = current.spec.deploymentSpec, model.deploymentSpec
+        return autoscaling.carried_scale(current.scaled_replicas, old, new)
+
+    def scale_model(self, name: str, replicas: int) -> None:
+        """The autoscaler's replica count for a model: kept beside its spec (which stays as the
+        user wrote it), persisted, and placed like a change of ``replicas``."""
+        record = self.model(name)
+        if record.deleted:
+            raise ModelNotFound(f"model {name} is being unloaded")
+        if not 1 <= replicas <= MAX_REPLICAS:
+            raise InvalidResource(f"a model scales to 1..{MAX_REPLICAS} replicas, not {replicas}")
+        record.latest.scaled_replicas = replicas
+        log.info(
+            "model scaled", model=name, replicas=replicas, spec=record.latest.spec.deploymentSpec.replicas
+        )
         self._schedule(record)
 
     def unload_model(self, name: str) -> None:
@@ -237,21 +268,26 @@ class Scheduler:
             self._schedule(record)
 
     async def drain(self, server_name: str, idx: int) -> None:
-        """Move every model off one replica (AgentDrain), returning once each runs elsewhere.
+        """Move every model off one replica (AgentDrain), returning once the replica holds none.
 
-        Models that cannot be placed elsewhere are not waited for (as in Seldon). Callers bound
-        the wait with ``asyncio.timeout``.
+        The replica takes no new model; each model on it is placed elsewhere and keeps being served
+        here (``Draining``) until its replacement is Available, then unloaded here (make before
+        break). A model with nowhere else to go keeps serving here and is waited for: capacity may
+        still appear (a replica registering, memory freed, the server scaled up). Callers bound the
+        wait (``asyncio.timeout``; the agent's call deadline).
         """
         server = self.servers.get(server_name)
         replica = server.replicas.get(idx) if server else None
         if server is None or replica is None:
             raise ModelNotFound(f"replica {server_name}/{idx} is not registered")
         replica.retiring = True
+        log.info("replica draining", server=server_name, replica=idx)
         self._move_off_retiring(server)
+        self._server_changed(server_name, persist=False)
         changed = asyncio.Event()
         stop_listening = self.on_model_change(lambda _: changed.set())
         try:
-            while scheduling.still_on(self.models.values(), server_name, idx):
+            while scheduling.occupied(self.models.values(), server_name, idx):
                 changed.clear()
                 await changed.wait()
         finally:
@@ -282,6 +318,16 @@ class Scheduler:
             if stuck:
                 log.warning("operations without an answer", model=record.name, replicas=len(stuck))
                 self._refresh(record)
+
+    def scale_servers(self) -> list[ScalingRequest]:
+        """Ask the controller for more or fewer server replicas where models need it (called
+        periodically: the scale-down grace period is measured between calls)."""
+        requests = self._scaler.decide(self.servers.values(), self.models.values())
+        for request in requests:
+            log.info("server scaling request", **vars(request))
+            for listener in list(self._scaling_listeners):
+                listener(request)
+        return requests
 
     # -- agent membership --------------------------------------------------------------------------
 

@@ -40,6 +40,7 @@ def encode_model(record: ModelRecord) -> str:
                     "reason": v.reason,
                     "timestamp": v.timestamp,
                     "schedule_error": v.schedule_error,
+                    "scaled_replicas": v.scaled_replicas,
                     "replicas": {
                         str(idx): [r.state.value, r.reason, r.timestamp] for idx, r in v.replicas.items()
                     },
@@ -69,6 +70,8 @@ def decode_model(name: str, record: str) -> ModelRecord:
                 reason=v["reason"],
                 timestamp=v["timestamp"],
                 schedule_error=v["schedule_error"],
+                # Absent from records written before autoscaling (no migration needed).
+                scaled_replicas=v.get("scaled_replicas"),
             )
         )
     return ModelRecord(name, versions, deleted=data["deleted"])

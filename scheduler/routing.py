@@ -151,4 +151,10 @@ def _endpoints(version: ModelVersion, servers: dict[str, Server]) -> tuple[Endpo
 
 def replica_endpoint(server: Server, idx: int) -> Endpoint:
     config = server.replicas[idx].config
-    return Endpoint(config.inferenceSvc, config.inferenceHttpPort, config.inferenceGrpcPort)
+    return Endpoint(
+        config.inferenceSvc,
+        config.inferenceHttpPort,
+        config.inferenceGrpcPort,
+        reload_http_port=config.reloadHttpPort,
+        reload_grpc_port=config.reloadGrpcPort,
+    )

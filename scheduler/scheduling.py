@@ -34,7 +34,7 @@ def place(
     if latest.server not in ("", placement.server) and latest.active_replicas():
         moved = scheduler_pb2.Model()
         moved.CopyFrom(latest.spec)
-        latest = ModelVersion(latest.number + 1, moved)
+        latest = ModelVersion(latest.number + 1, moved, scaled_replicas=latest.scaled_replicas)
         record.versions.append(latest)
         log.info("model moves server", model=record.name, version=latest.number, server=placement.server)
     for idx in latest.active_replicas():
@@ -80,12 +80,11 @@ def on_retiring(models: Iterable[ModelRecord], server: Server) -> list[ModelReco
     ]
 
 
-def still_on(models: Iterable[ModelRecord], server: str, idx: int) -> bool:
-    """Whether a placed model still occupies replica ``idx`` of ``server`` (drain waits for this)."""
-    for record in models:
-        latest = record.latest
-        if latest.server != server or record.deleted or latest.schedule_error:
-            continue
-        if idx in latest.active_replicas():
-            return True
-    return False
+def occupied(models: Iterable[ModelRecord], server: str, idx: int) -> bool:
+    """Whether any model version is on replica ``idx`` of ``server``, from loading to unloading
+    (a drain waits for this to turn false)."""
+    return any(
+        version.server == server and idx in version.active_replicas()
+        for record in models
+        for version in record.versions
+    )

@@ -83,6 +83,8 @@ class ModelVersion:
     timestamp: float = field(default_factory=time.time)
     # Why placement failed last time ("" once placed); shown as the ScheduleFailed reason.
     schedule_error: str = ""
+    # The autoscaler's replica count (None: the spec's). Kept beside the spec, never in it.
+    scaled_replicas: int | None = None
 
     @property
     def name(self) -> str:
@@ -94,6 +96,8 @@ class ModelVersion:
 
     @property
     def desired_replicas(self) -> int:
+        if self.scaled_replicas is not None:
+            return self.scaled_replicas
         return self.spec.deploymentSpec.replicas
 
     @property
@@ -175,7 +179,9 @@ class Server:
 
 
 class LoadedIndex:
-    """How many model versions each server replica holds (Loaded or Available).
+    """How many model versions each server replica holds, loading to unloading (any active state:
+    Seldon counts loaded or loading ones; a Draining or unloading version still occupies the replica,
+    and the controller stops a retiring replica only once this is 0).
 
     Kept per model, so a model's refresh rewrites only its own entries, and a server's count reads
     only the models placed on it (status streams ask on every server change).
@@ -188,7 +194,7 @@ class LoadedIndex:
     def update(self, record: ModelRecord) -> None:
         self.forget(record.name)
         for version in record.versions:
-            for idx in version.replicas_in(ReplicaState.Loaded, ReplicaState.Available):
+            for idx in version.active_replicas():
                 slots = self._by_server.setdefault(version.server, {}).setdefault(record.name, {})
                 slots[idx] = slots.get(idx, 0) + 1
                 self._servers_of.setdefault(record.name, set()).add(version.server)

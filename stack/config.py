@@ -18,10 +18,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from apis.kafka import KafkaConfig, KafkaFlags, load_file
+from apis.limits import MAX_LAG_THRESHOLD, MAX_SCALING_WINDOW_S
 from apis.logs import LEVELS
 from apis.names import DEFAULT_CAPABILITIES
 from apis.quantity import parse_memory
-from apis.settings import NOT_A_FLAG, flag, non_negative_int, positive_float
+from apis.settings import NOT_A_FLAG, flag, int_within, non_negative_int, positive_float, seconds_up_to
 from apis.tls import ClientTls
 from apis.validation import MAX_OVERCOMMIT_PERCENTAGE, parse_overcommit_percent
 from stack.tls import StackTls
@@ -30,6 +32,8 @@ ENV_PREFIX = "MESHSERVE_STACK_"
 HOME_ENV = "MESHSERVE_HOME"
 SAMPLES_DIR = Path(__file__).resolve().parent.parent / "samples"
 MAX_SOCKET_PATH = 100
+LAG_THRESHOLD = int_within(1, MAX_LAG_THRESHOLD)
+SCALING_WINDOW = seconds_up_to(MAX_SCALING_WINDOW_S)
 
 
 def port_defaults() -> dict[str, int]:
@@ -42,7 +46,7 @@ def default_home() -> Path:
 
 
 @dataclass(frozen=True)
-class StackConfig:
+class StackConfig(KafkaFlags):
     home: Path = field(default_factory=default_home, metadata=NOT_A_FLAG)
     host: str = field(default="127.0.0.1", metadata=NOT_A_FLAG)  # the local stack binds to loopback only
     http_port: int = field(default=9000, metadata=flag("Envoy's data plane"))
@@ -83,6 +87,30 @@ class StackConfig:
     agent_grace_seconds: float = field(
         default=15.0, metadata=flag("how long a disconnected agent stays routed", parse=positive_float)
     )
+    # The scheduler's model autoscaling (its flags of the same names; docs/decisions/0016).
+    enable_model_autoscaling: bool = field(
+        default=False, metadata=flag("scale models that set minReplicas or maxReplicas on their load")
+    )
+    model_lag_threshold: int = field(
+        default=30, metadata=flag("requests in flight per replica that add one", parse=LAG_THRESHOLD)
+    )
+    model_scale_up_seconds: float = field(
+        default=20.0, metadata=flag("how long that lag must hold", parse=SCALING_WINDOW)
+    )
+    model_idle_seconds: float = field(
+        default=600.0, metadata=flag("how long an idle model keeps a replica", parse=SCALING_WINDOW)
+    )
+    model_scaling_cooldown_seconds: float = field(
+        default=60.0,
+        metadata=flag("no scaling within this long of a model's last change", parse=SCALING_WINDOW),
+    )
+    server_scale_down_grace_seconds: float = field(
+        default=30.0,
+        metadata=flag(
+            "how long a replica of an autoscaled Server holds no model before it is released",
+            parse=positive_float,
+        ),
+    )
     log_level: str = field(default="info", metadata=flag(f"the supervisor's; one of {', '.join(LEVELS)}"))
     restart_limit: int = field(
         default=5,
@@ -98,6 +126,15 @@ class StackConfig:
             "how long a process must run to reset its restart count and backoff", parse=positive_float
         ),
     )
+    kafka: bool = field(
+        default=True,
+        metadata=flag(
+            "Kafka for pipelines: the model gateway, and the embedded broker (Tansu) unless "
+            "--kafka-bootstrap or --kafka-config names a cluster"
+        ),
+    )
+    kafka_port: int = field(default=9092, metadata=flag("the embedded Kafka broker (Tansu)"))
+    modelgateway_port: int = field(default=9012, metadata=flag("the model gateway's /ready and /metrics"))
     tls: bool = field(
         default=False,
         metadata=flag(
@@ -106,6 +143,22 @@ class StackConfig:
             "(docs/security.md)"
         ),
     )
+
+    @property
+    def kafka_embedded(self) -> bool:
+        """Kafka is on and no existing cluster is named: the stack runs its own broker."""
+        if not self.kafka or self.kafka_bootstrap:
+            return False
+        return not (self.kafka_config and "bootstrap.servers" in load_file(Path(self.kafka_config)))
+
+    def kafka_settings_for_stack(self) -> KafkaConfig:
+        """The one Kafka config every component of the stack gets (raises KafkaConfigError)."""
+        return self.kafka_settings(bootstrap=f"{self.host}:{self.kafka_port}")
+
+    @property
+    def kafka_file(self) -> Path:
+        """Where the stack writes that config for its components (the reference's kafka.json)."""
+        return self.home / "kafka.json"
 
     @property
     def tls_files(self) -> StackTls:
@@ -127,6 +180,19 @@ class StackConfig:
         # sun_path holds ~107 bytes; a deep home gets a private folder of its own under /tmp.
         digest = hashlib.sha256(str(self.home).encode()).hexdigest()[:16]
         return Path(tempfile.gettempdir()) / f"meshserve-{os.getuid()}-{digest}" / "envoy.sock"
+
+    @property
+    def autoscaling_flags(self) -> list[str]:
+        """The scheduler's autoscaling flags (none when it is off: the scheduler's defaults apply)."""
+        if not self.enable_model_autoscaling:
+            return []
+        return [
+            "--enable-model-autoscaling",
+            f"--model-lag-threshold={self.model_lag_threshold}",
+            f"--model-scale-up-seconds={self.model_scale_up_seconds}",
+            f"--model-idle-seconds={self.model_idle_seconds}",
+            f"--model-scaling-cooldown-seconds={self.model_scaling_cooldown_seconds}",
+        ]
 
     @property
     def logs(self) -> Path:
@@ -164,6 +230,8 @@ class StackConfig:
         # Twice the agent's reconnect backoff cap (agent/backoff.py, 5 s): an agent reconnecting after
         # a scheduler restart is never late for its grace period.
         values["agent_grace_seconds"] = 10.0
+        # Kafka only where a test or benchmark asks for it: the others need no broker and gateway.
+        values["kafka"] = False
         return cls(home=home, **{**values, **overrides})
 
     @property

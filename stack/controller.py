@@ -4,14 +4,18 @@ The scheduler is the source of truth. ``meshserve server load`` declares a serve
 (``ServerNotify``) and leaves the replica spec (capabilities) in ``$MESHSERVE_HOME/servers/``;
 this controller follows ``SubscribeServerStatus`` and keeps that many MLServer + agent pairs
 running: missing replicas are started, replicas above the expected count are stopped once the
-scheduler has moved every model off them (make before break).
+scheduler has moved every model off them (make before break; the agent, stopped with SIGTERM,
+drains too). The scheduler's ScalingRequests (server autoscaling) are carried out as the operator
+does: the new count, kept within the Server's minReplicas/maxReplicas, is declared (ServerNotify),
+and the status that follows starts or retires replicas as usual.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from typing import Protocol
+import json
+from typing import Any, Protocol
 
 import grpc
 import structlog
@@ -21,10 +25,11 @@ from apis.tls import channel
 from stack.components import Component, ReplicaPorts, replica_names, server_replica
 from stack.config import StackConfig
 from stack.ports import free_ports
-from stack.server_spec import read_replica_spec
+from stack.server_spec import read_replica_spec, server_spec_file
 
 log = structlog.get_logger("meshserve.stack.controller")
 RECONNECT_SECONDS = 1.0
+NOTIFY_TIMEOUT_SECONDS = 10.0
 
 
 class Processes(Protocol):
@@ -66,10 +71,39 @@ class ServerController:
                 async with channel(target, self._config.client_tls("controller")) as grpc_channel:
                     stub = scheduler_pb2_grpc.SchedulerStub(grpc_channel)
                     async for status in stub.SubscribeServerStatus(request):
-                        self._changed(status)
+                        if status.type == scheduler_pb2.ServerStatusResponse.ScalingRequest:
+                            await self._scale(stub, status)
+                        else:
+                            self._changed(status)
             except grpc.aio.AioRpcError as error:
                 log.debug("server status stream ended; reconnecting", code=str(error.code()))
             await asyncio.sleep(RECONNECT_SECONDS)
+
+    async def _scale(
+        self, stub: scheduler_pb2_grpc.SchedulerAsyncStub, request: scheduler_pb2.ServerStatusResponse
+    ) -> None:
+        """Declare the replica count the scheduler asks for, within the Server's bounds."""
+        server = request.serverName
+        spec = self._spec(server)
+        if spec is None:
+            log.warning("scaling request for a server this stack does not manage", server=server)
+            return
+        low, high = int(spec.get("minReplicas", 0)), int(spec.get("maxReplicas", 0))
+        replicas = max(request.expectedReplicas, low, 1)
+        if high:
+            replicas = min(replicas, high)
+        log.info("scaling server", server=server, replicas=replicas, reason=request.scalingReason)
+        notify = scheduler_pb2.ServerNotify(
+            name=server, expectedReplicas=replicas, minReplicas=low, maxReplicas=high, shared=True
+        )
+        try:
+            await stub.ServerNotify(
+                scheduler_pb2.ServerNotifyRequest(servers=[notify]), timeout=NOTIFY_TIMEOUT_SECONDS
+            )
+        except grpc.aio.AioRpcError as error:  # the scheduler asks again while it still wants it
+            log.warning(
+                "scaling not declared", server=server, code=str(error.code()), details=error.details()
+            )
 
     def _changed(self, status: scheduler_pb2.ServerStatusResponse) -> None:
         """Keep the newest status per server; one worker per server applies it (starts take seconds)."""
@@ -120,3 +154,11 @@ class ServerController:
         mlserver, agent = replica_names(self._config, server, idx)
         await self._supervisor.remove(agent)
         await self._supervisor.remove(mlserver)
+
+    def _spec(self, server: str) -> dict[str, Any] | None:
+        """What ``meshserve server load`` left for ``server`` (capabilities, bounds); None if nothing."""
+        try:
+            spec: dict[str, Any] = json.loads(server_spec_file(self._config.home, server).read_text())
+        except FileNotFoundError:
+            return None
+        return spec

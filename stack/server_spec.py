@@ -1,7 +1,8 @@
 """A Server's replica spec, left by ``meshserve server load`` for the local stack's controller.
 
 ``$MESHSERVE_HOME/resources/servers/<server>.json`` holds what each replica's agent is started
-with: capabilities, and the memory and overcommit the Server's ``podSpec`` declared. What a
+with: capabilities, and the memory and overcommit the Server's ``podSpec`` declared; and the
+replica bounds the controller scales within. What a
 manifest leaves out falls back to ``meshserve up``'s ``--capabilities``, ``--server-memory`` and
 ``--overcommit-percent``.
 """
@@ -31,7 +32,12 @@ def server_spec_file(home: Path, server: str) -> Path:
 
 
 def spec_text(manifest: ServerManifest) -> str:
-    spec: dict[str, object] = {"capabilities": list(manifest.capabilities)}
+    spec: dict[str, object] = {
+        "capabilities": list(manifest.capabilities),
+        # The controller carries out the scheduler's ScalingRequests within these bounds.
+        "minReplicas": manifest.notify.minReplicas,
+        "maxReplicas": manifest.notify.maxReplicas,
+    }
     if manifest.resources.memory_bytes is not None:
         spec["memoryBytes"] = manifest.resources.memory_bytes
     if manifest.resources.overcommit_percent is not None:

@@ -289,7 +289,7 @@ class Supervisor:
             members = pair if moving and pair[0].rebind is not None else pair[:1]
             for member in members[1:]:  # the agent restarts with its MLServer's new ports
                 if (running := self._running.get(member.name)) is not None:
-                    await _terminate(running, DEPENDENT_STOP_GRACE)
+                    await _terminate(running, DEPENDENT_STOP_GRACE, member.stop_at_once)
             try:
                 await self._start_unit(members, wait_last=False, bind_failed=bind_failed)
                 return
@@ -298,7 +298,7 @@ class Supervisor:
                 name, code = self._first_exited(members)
                 for member in members:
                     if (running := self._running.get(member.name)) is not None:
-                        await _terminate(running, DEPENDENT_STOP_GRACE)
+                        await _terminate(running, DEPENDENT_STOP_GRACE, member.stop_at_once)
                 bind_failed = _bind_failed(self._log_path(name)) or "is in use" in str(error)
 
     def _from(self, component: Component) -> list[Component]:
@@ -347,7 +347,8 @@ class Supervisor:
             task.cancel()
         await asyncio.gather(*self._recovering.values(), return_exceptions=True)
         for name in reversed(list(self._running)):
-            await _terminate(self._running[name], grace)
+            running = self._running[name]
+            await _terminate(running, grace, running.component.stop_at_once)
             log.info("component stopped", component=name)
         self._running.clear()
         with contextlib.suppress(FileNotFoundError):
@@ -413,11 +414,11 @@ def _last_error(path: Path) -> str:
     return ""
 
 
-async def _terminate(running: Running, grace: float) -> None:
-    """SIGTERM, then SIGKILL after ``grace``; the group is killed and the log closed even when the
-    caller is cancelled half-way (the stack stopping while a replica is being removed)."""
+async def _terminate(running: Running, grace: float, signum: signal.Signals = signal.SIGTERM) -> None:
+    """``signum``, then SIGKILL after ``grace``; the group is killed and the log closed even when
+    the caller is cancelled half-way (the stack stopping while a replica is being removed)."""
     try:
-        terminate_group(running.process.pid, signal.SIGTERM)
+        terminate_group(running.process.pid, signum)
         try:
             await asyncio.wait_for(running.process.wait(), grace)
         except TimeoutError:

@@ -32,6 +32,7 @@ from envoy.extensions.filters.http.rbac.v3 import rbac_pb2 as rbac_filter_pb2
 from envoy.extensions.filters.http.router.v3 import router_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm
 from envoy.extensions.retry.host.previous_hosts.v3 import previous_hosts_pb2
+from envoy.extensions.retry.priority.previous_priorities.v3 import previous_priorities_config_pb2
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
 from envoy.type.matcher.v3 import path_pb2, regex_pb2, string_pb2
 from envoy.type.v3 import percent_pb2
@@ -71,15 +72,30 @@ def cluster_names(target: str) -> tuple[str, str]:
 
 
 def clusters_for(target: str, endpoints: Sequence[Endpoint]) -> dict[str, cluster_pb2.Cluster]:
+    """Both clusters of a target: model servers at priority 0, their agents' reload listeners (if
+    any) at priority 1, tried only on a retry after a model server's "no such model" (decision 0014)."""
     http_name, grpc_name = cluster_names(target)
+    http_reload = [(e.host, e.reload_http_port) for e in endpoints if e.reload_http_port]
+    grpc_reload = [(e.host, e.reload_grpc_port) for e in endpoints if e.reload_grpc_port]
     return {
-        http_name: _cluster(http_name, [(e.host, e.http_port) for e in endpoints], http2=False),
-        grpc_name: _cluster(grpc_name, [(e.host, e.grpc_port) for e in endpoints], http2=True),
+        http_name: _cluster(
+            http_name, [(e.host, e.http_port) for e in endpoints], http2=False, reload=http_reload
+        ),
+        grpc_name: _cluster(
+            grpc_name, [(e.host, e.grpc_port) for e in endpoints], http2=True, reload=grpc_reload
+        ),
     }
 
 
-def _cluster(name: str, addresses: Sequence[tuple[str, int]], *, http2: bool) -> cluster_pb2.Cluster:
-    static = all(_is_ip(host) for host, _ in addresses)
+def _cluster(
+    name: str,
+    addresses: Sequence[tuple[str, int]],
+    *,
+    http2: bool,
+    reload: Sequence[tuple[str, int]] = (),
+) -> cluster_pb2.Cluster:
+    static = all(_is_ip(host) for host, _ in [*addresses, *reload])
+    priorities = [addresses, reload] if reload else [addresses]
     cluster = cluster_pb2.Cluster(
         name=name,
         type=cluster_pb2.Cluster.STATIC if static else cluster_pb2.Cluster.STRICT_DNS,
@@ -90,13 +106,15 @@ def _cluster(name: str, addresses: Sequence[tuple[str, int]], *, http2: bool) ->
             cluster_name=name,
             endpoints=[
                 endpoint_components_pb2.LocalityLbEndpoints(
+                    priority=priority,
                     lb_endpoints=[
                         endpoint_components_pb2.LbEndpoint(
                             endpoint=endpoint_components_pb2.Endpoint(address=_address(host, port))
                         )
-                        for host, port in addresses
-                    ]
+                        for host, port in group
+                    ],
                 )
+                for priority, group in enumerate(priorities)
             ],
         ),
     )
@@ -225,6 +243,9 @@ def _retry_policy() -> route_components_pb2.RetryPolicy:
     sent again, to a host not tried before (``previous_hosts``); so is one a restarted model server
     answers "model not found" (REST 404, gRPC NOT_FOUND in a trailers-only reply) before its agent
     has reloaded the model. A replica's crash costs no request while another replica serves it.
+    A retry leaves the priority already tried (``previous_priorities``): after a model server's
+    "not found", an agent's reload listener (priority 1, decision 0014) answers; a cluster without
+    one has a single priority, which the plugin then keeps.
     """
     policy = route_components_pb2.RetryPolicy(
         retry_on="connect-failure,refused-stream,reset,retriable-status-codes,retriable-headers",
@@ -239,6 +260,10 @@ def _retry_policy() -> route_components_pb2.RetryPolicy:
     )
     policy.retry_host_predicate.add(name="envoy.retry_host_predicates.previous_hosts").typed_config.Pack(
         previous_hosts_pb2.PreviousHostsPredicate()
+    )
+    policy.retry_priority.name = "envoy.retry_priorities.previous_priorities"
+    policy.retry_priority.typed_config.Pack(
+        previous_priorities_config_pb2.PreviousPrioritiesConfig(update_frequency=1)
     )
     return policy
 

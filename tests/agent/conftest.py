@@ -113,6 +113,8 @@ class FakeScheduler(agent_pb2_grpc.AgentServiceServicer):
     events: asyncio.Queue[agent_pb2.ModelEventMessage] = field(default_factory=asyncio.Queue)
     _streams: list[asyncio.Queue[agent_pb2.ModelOperationMessage | None]] = field(default_factory=list)
     refuse_events: int = 0
+    drains: asyncio.Queue[agent_pb2.AgentDrainRequest] = field(default_factory=asyncio.Queue)
+    drained: asyncio.Event = field(default_factory=asyncio.Event)
 
     async def Subscribe(
         self, request: agent_pb2.AgentSubscribeRequest, context: grpc.aio.ServicerContext[object, object]
@@ -142,6 +144,8 @@ class FakeScheduler(agent_pb2_grpc.AgentServiceServicer):
     async def AgentDrain(
         self, request: agent_pb2.AgentDrainRequest, context: grpc.aio.ServicerContext[object, object]
     ) -> agent_pb2.AgentDrainResponse:
+        await self.drains.put(request)
+        await self.drained.wait()  # a test holds the drain open while it moves models
         return agent_pb2.AgentDrainResponse(success=True)
 
     # meshserve's batched RPCs: absent, as on a Seldon scheduler (the agent falls back to the above).

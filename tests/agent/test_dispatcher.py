@@ -130,3 +130,15 @@ async def test_model_entries_are_dropped_once_idle_and_staleness_still_holds() -
     assert operator.calls[-1] == "load m0_1" and "unload m0_1" not in operator.calls
     assert dispatcher.tracked_models == 0
     assert len(reported) == 101
+
+
+async def test_a_draining_replica_refuses_loads_but_still_unloads() -> None:
+    operator = FakeOperator()
+    dispatcher, reported = make(operator)
+    dispatcher.refuse_loads("server replica is draining")
+    dispatcher.submit(load_op(model_version("late", 1, "/x")))
+    dispatcher.submit(unload_op(model_version("iris", 1, "/x")))
+    await dispatcher.wait_idle()
+    assert operator.calls == ["unload iris_1"]
+    refused = next(o for o in reported if o.model_name == "late")
+    assert (refused.event, refused.message) == (Event.LOAD_FAILED, "server replica is draining")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import shutil
 from collections.abc import AsyncIterator
@@ -18,6 +19,7 @@ from agent.app import run_agent
 from agent.config import AgentConfig
 from agent.repository import MARKER
 from apis.mlops.agent import agent_pb2
+from stack.ports import free_ports
 from tests.agent.agent_protos import load_op, model_version, unload_op
 
 if TYPE_CHECKING:
@@ -29,6 +31,7 @@ INFER_BODY = {"inputs": [{"name": "predict", "shape": [1, 4], "datatype": "FP32"
 
 
 def agent_config(mlserver: MLServerProcess, scheduler_port: int) -> AgentConfig:
+    reload_ports = free_ports(2)
     return AgentConfig(
         server_name="mlserver",
         replica_idx=0,
@@ -44,6 +47,9 @@ def agent_config(mlserver: MLServerProcess, scheduler_port: int) -> AgentConfig:
         # The artifacts (tmp_path_factory folders) sit beside the MLServer's models dir.
         artifact_roots=(mlserver.models_dir.parent.parent,),
         watch_interval_seconds=0.2,
+        debug_port=0,
+        reload_http_port=reload_ports[0],
+        reload_grpc_port=reload_ports[1],
     )
 
 
@@ -167,3 +173,55 @@ async def test_restarted_agent_adopts_loaded_models(
 
         scheduler.push(unload_op(iris))
         assert Event.Name((await scheduler.next_event()).event) == "UNLOADED"
+
+
+async def test_a_drain_refuses_loads_runs_unloads_and_ends_the_agent(
+    scheduler: FakeScheduler, config: AgentConfig, mlserver: MLServerProcess, iris_model_dir: Path
+) -> None:
+    drain = asyncio.Event()
+    agent = asyncio.create_task(run_agent(config, logger=structlog.get_logger(), drain_requested=drain))
+    try:
+        await scheduler.next_subscription()
+        iris = model_version("iris", 1, str(iris_model_dir))
+        scheduler.push(load_op(iris))
+        assert Event.Name((await scheduler.next_event()).event) == "LOADED"
+        drain.set()
+        request = await asyncio.wait_for(scheduler.drains.get(), 5)
+        assert (request.serverName, request.replicaIdx) == ("mlserver", 0)
+        # While the scheduler moves the models: no new load, and its unloads run.
+        scheduler.push(load_op(model_version("late", 1, str(iris_model_dir))))
+        event = await scheduler.next_event()
+        assert (event.modelName, Event.Name(event.event), event.message) == (
+            "late",
+            "LOAD_FAILED",
+            "server replica is draining",
+        )
+        assert not (mlserver.models_dir / "late_1").exists()
+        scheduler.push(unload_op(iris))
+        event = await scheduler.next_event()
+        assert (event.modelName, Event.Name(event.event)) == ("iris", "UNLOADED")
+        assert not agent.done()
+        scheduler.drained.set()
+        await asyncio.wait_for(agent, 5)  # drained: the agent ends by itself
+    finally:
+        agent.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await agent
+    assert (await infer(mlserver, "iris_1"))[0] == 404
+
+
+async def test_a_drain_that_does_not_finish_in_time_ends_the_agent_at_its_deadline(
+    scheduler: FakeScheduler, config: AgentConfig
+) -> None:
+    drain = asyncio.Event()
+    quick = dataclasses.replace(config, drain_timeout_seconds=0.5)
+    agent = asyncio.create_task(run_agent(quick, logger=structlog.get_logger(), drain_requested=drain))
+    try:
+        await scheduler.next_subscription()
+        drain.set()
+        await asyncio.wait_for(scheduler.drains.get(), 5)
+        await asyncio.wait_for(agent, 10)  # the scheduler never answered: the deadline ends it
+    finally:
+        agent.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await agent

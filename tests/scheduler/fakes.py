@@ -18,6 +18,7 @@ from apis.mlops.scheduler import scheduler_pb2
 from apis.routing import WEIGHT_SCALE, Route
 from scheduler.core import AgentLink, Scheduler
 from scheduler.experiments import Experiments
+from scheduler.pipelines import Pipelines
 from scheduler.state import ModelState, ModelVersion
 from scheduler.store import StateStore
 from xdsserver.cache import Requirement, ResourceCache
@@ -146,6 +147,7 @@ class Harness:
         store = StateStore(self.store_path)
         self.scheduler = Scheduler(self.publisher, agent_grace_seconds=self.grace_s, store=store)
         self.experiments = Experiments(self.scheduler, store)
+        self.pipelines = Pipelines(self.scheduler, store)
         self.links: dict[tuple[str, int], AgentLink] = {}
 
     async def settle(self) -> None:

@@ -353,13 +353,25 @@ async def test_drained_replica_keeps_serving_until_its_replacement_is_available(
     assert harness.version("iris").active_replicas() == [1]
 
 
-async def test_drain_does_not_wait_for_models_that_cannot_move(harness: Harness) -> None:
-    await harness.connect(idx=0)
+async def test_drain_waits_for_a_model_with_nowhere_to_go_until_capacity_appears(harness: Harness) -> None:
+    link0 = await harness.connect(idx=0)
     await harness.load(model("iris"))
     await harness.make_available("iris", idx=0)
-    await asyncio.wait_for(harness.scheduler.drain("mlserver", 0), 1)
-    assert harness.state("iris") is ModelState.ModelAvailable  # still served where it is
+    pending_ops(link0)
+    drain = asyncio.create_task(harness.scheduler.drain("mlserver", 0))
+    await harness.settle()
+    assert not drain.done()  # nowhere to go: it keeps serving here, and the drain waits
+    assert harness.state("iris") is ModelState.ModelAvailable
     assert harness.version("iris").schedule_error
+    assert pending_ops(link0) == []
+    link1 = await harness.connect(idx=1)  # capacity appears: the model moves, then the drain ends
+    assert pending_ops(link1) == [(LOAD, "iris", 1)]
+    await harness.make_available("iris", idx=1)
+    await harness.envoy_applies()
+    assert pending_ops(link0) == [(UNLOAD, "iris", 1)]
+    await harness.report(Event.UNLOADED, "iris", 1, idx=0)
+    await asyncio.wait_for(drain, 1)
+    assert harness.version("iris").active_replicas() == [1]
 
 
 async def test_draining_an_unknown_replica_is_not_found(harness: Harness) -> None:

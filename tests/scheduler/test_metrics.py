@@ -84,9 +84,15 @@ async def test_models_and_replicas_by_state(
     assert samples[("meshserve_scheduler_server_replicas", of(server="mlserver", state="connected"))] == 2
     assert samples[("meshserve_scheduler_server_replicas", of(server="mlserver", state="disconnected"))] == 0
     loaded = "meshserve_scheduler_replica_loaded_models"
-    iris_replica = str(next(iter(harness.version("iris").replicas)))
-    assert samples[(loaded, of(server="mlserver", server_replica=iris_replica))] == 1
-    assert sum(v for (name, _), v in samples.items() if name == loaded) == 1
+    for name in ("iris", "iris2"):  # iris is Available, iris2 still loading: each occupies its replica
+        held = sum(
+            1
+            for m in ("iris", "iris2")
+            if harness.version(m).replicas.keys() == harness.version(name).replicas.keys()
+        )
+        replica = str(next(iter(harness.version(name).replicas)))
+        assert samples[(loaded, of(server="mlserver", server_replica=replica))] == held
+    assert sum(v for (name, _), v in samples.items() if name == loaded) == 2
     memory = "meshserve_scheduler_replica_available_memory_bytes"
     assert samples[(memory, of(server="mlserver", server_replica="0"))] > 0
     assert ("meshserve_scheduler_server_expected_replicas", of(server="mlserver")) not in samples

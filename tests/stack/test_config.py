@@ -4,6 +4,8 @@ import argparse
 import json
 from pathlib import Path
 
+import pytest
+
 from apis import settings
 from stack.commands import config_from
 from stack.config import ENV_PREFIX, StackConfig, port_defaults
@@ -35,3 +37,30 @@ def test_saved_config_round_trips_and_tolerates_unknown_settings(tmp_path: Path)
 
 def test_load_without_a_saved_config_uses_the_defaults(tmp_path: Path) -> None:
     assert StackConfig.load(tmp_path / "nowhere") == StackConfig(home=tmp_path / "nowhere")
+
+
+def test_up_passes_model_autoscaling_to_the_scheduler_only_when_enabled(tmp_path: Path) -> None:
+    from scheduler.config import parse_args as scheduler_args
+    from stack.components import components
+
+    def scheduler_argv(config: StackConfig) -> list[str]:
+        planned = {c.name: c for c in components(config)}
+        return list(planned["scheduler"].argv[3:])  # after python -m scheduler
+
+    off = config_from(up_args(["--home", str(tmp_path)], {}))
+    assert not any("autoscaling" in arg or "model-" in arg for arg in scheduler_argv(off))
+    assert scheduler_args(scheduler_argv(off), env={}).enable_model_autoscaling is False
+    argv = ["--home", str(tmp_path), "--enable-model-autoscaling", "--model-idle-seconds", "5"]
+    on = config_from(up_args(argv, {"MESHSERVE_STACK_MODEL_LAG_THRESHOLD": "4"}))
+    parsed = scheduler_args(scheduler_argv(on), env={})
+    assert parsed.enable_model_autoscaling is True
+    assert (parsed.model_lag_threshold, parsed.model_idle_seconds) == (4, 5.0)
+    assert (parsed.model_scale_up_seconds, parsed.model_scaling_cooldown_seconds) == (20.0, 60.0)
+
+
+def test_up_refuses_out_of_bounds_autoscaling_settings(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit):
+        up_args(["--model-lag-threshold", "0"], {})
+    assert "--model-lag-threshold: 0 is not within 1..100000" in capsys.readouterr().err

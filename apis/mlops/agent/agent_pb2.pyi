@@ -322,11 +322,19 @@ class ReplicaConfig(_message.Message):
     MEMORYBYTES_FIELD_NUMBER: _builtins.int
     CAPABILITIES_FIELD_NUMBER: _builtins.int
     OVERCOMMITPERCENTAGE_FIELD_NUMBER: _builtins.int
+    RELOADHTTPPORT_FIELD_NUMBER: _builtins.int
+    RELOADGRPCPORT_FIELD_NUMBER: _builtins.int
     inferenceSvc: _builtins.str
     inferenceHttpPort: _builtins.int
     inferenceGrpcPort: _builtins.int
     memoryBytes: _builtins.int
     overCommitPercentage: _builtins.int
+    reloadHttpPort: _builtins.int
+    """meshserve extensions (not in Seldon Core 2): the agent's reload listener, on inferenceSvc.
+    Envoy sends a request there when the model server answers "no such model" (an overcommitted
+    replica evicted it); the agent reloads it and forwards the request. 0: no reload listener.
+    """
+    reloadGrpcPort: _builtins.int
     @_builtins.property
     def capabilities(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     def __init__(
@@ -338,10 +346,12 @@ class ReplicaConfig(_message.Message):
         memoryBytes: _builtins.int = ...,
         capabilities: _abc.Iterable[_builtins.str] | None = ...,
         overCommitPercentage: _builtins.int = ...,
+        reloadHttpPort: _builtins.int = ...,
+        reloadGrpcPort: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["capabilities", b"capabilities", "inferenceGrpcPort", b"inferenceGrpcPort", "inferenceHttpPort", b"inferenceHttpPort", "inferenceSvc", b"inferenceSvc", "memoryBytes", b"memoryBytes", "overCommitPercentage", b"overCommitPercentage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["capabilities", b"capabilities", "inferenceGrpcPort", b"inferenceGrpcPort", "inferenceHttpPort", b"inferenceHttpPort", "inferenceSvc", b"inferenceSvc", "memoryBytes", b"memoryBytes", "overCommitPercentage", b"overCommitPercentage", "reloadGrpcPort", b"reloadGrpcPort", "reloadHttpPort", b"reloadHttpPort"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

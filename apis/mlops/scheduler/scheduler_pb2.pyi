@@ -903,11 +903,16 @@ class ServerStatusResponse(_message.Message):
     AVAILABLEREPLICAS_FIELD_NUMBER: _builtins.int
     NUMLOADEDMODELREPLICAS_FIELD_NUMBER: _builtins.int
     KUBERNETESMETA_FIELD_NUMBER: _builtins.int
+    SCALINGREASON_FIELD_NUMBER: _builtins.int
     type: Global___ServerStatusResponse.Type.ValueType
     serverName: _builtins.str
     expectedReplicas: _builtins.int
     availableReplicas: _builtins.int
     numLoadedModelReplicas: _builtins.int
+    scalingReason: _builtins.str
+    """meshserve extension (not in Seldon Core 2; a Seldon controller ignores it): with type
+    ScalingRequest, why the scheduler asks for expectedReplicas replicas.
+    """
     @_builtins.property
     def resources(self) -> _containers.RepeatedCompositeFieldContainer[Global___ServerReplicaResources]: ...
     @_builtins.property
@@ -922,10 +927,11 @@ class ServerStatusResponse(_message.Message):
         availableReplicas: _builtins.int = ...,
         numLoadedModelReplicas: _builtins.int = ...,
         kubernetesMeta: Global___KubernetesMeta | None = ...,
+        scalingReason: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_kubernetesMeta", b"_kubernetesMeta", "kubernetesMeta", b"kubernetesMeta"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_kubernetesMeta", b"_kubernetesMeta", "availableReplicas", b"availableReplicas", "expectedReplicas", b"expectedReplicas", "kubernetesMeta", b"kubernetesMeta", "numLoadedModelReplicas", b"numLoadedModelReplicas", "resources", b"resources", "serverName", b"serverName", "type", b"type"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_kubernetesMeta", b"_kubernetesMeta", "availableReplicas", b"availableReplicas", "expectedReplicas", b"expectedReplicas", "kubernetesMeta", b"kubernetesMeta", "numLoadedModelReplicas", b"numLoadedModelReplicas", "resources", b"resources", "scalingReason", b"scalingReason", "serverName", b"serverName", "type", b"type"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__kubernetesMeta: _TypeAlias = _typing.Literal["kubernetesMeta"]  # noqa: Y015
     _WhichOneofArgType__kubernetesMeta: _TypeAlias = _typing.Literal["_kubernetesMeta", b"_kubernetesMeta"]  # noqa: Y015

@@ -1,0 +1,138 @@
+"""aiokafka clients built from the shared :class:`apis.kafka.KafkaConfig` (the Kafka edge's one door).
+
+Every producer, consumer and admin client of meshserve is made here, so security (SASL PLAIN/SCRAM,
+TLS with an optional client certificate) and the producer/consumer settings (Kafka's names,
+validated in ``apis.kafka``) are applied the same way everywhere. Topic creation lives here too:
+Tansu, the embedded broker, resets a topic that is created twice, so topics are only ever created
+after a listing says they are missing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ssl
+from collections.abc import Iterable
+from typing import Any
+
+import structlog
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+
+from apis.kafka import KafkaConfig
+
+log = structlog.get_logger("meshserve.pipelines.kafka")
+
+# How soon a client notices topics that appeared or vanished (a restarted in-memory broker).
+METADATA_MAX_AGE_MS = 5_000
+TOPIC_CREATE_TIMEOUT_MS = 60_000
+
+
+def common_options(config: KafkaConfig) -> dict[str, Any]:
+    options: dict[str, Any] = {
+        "bootstrap_servers": list(config.bootstrap_servers),
+        "security_protocol": str(config.security_protocol),
+        "metadata_max_age_ms": METADATA_MAX_AGE_MS,
+    }
+    if config.sasl_mechanism is not None:
+        options["sasl_mechanism"] = str(config.sasl_mechanism)
+        options["sasl_plain_username"] = config.sasl_username
+        options["sasl_plain_password"] = config.sasl_password()
+    if config.uses_tls:
+        options["ssl_context"] = ssl_context(config)
+    return options
+
+
+def ssl_context(config: KafkaConfig) -> ssl.SSLContext:
+    context = ssl.create_default_context(cafile=str(config.tls_ca) if config.tls_ca else None)
+    if config.tls_cert is not None and config.tls_key is not None:
+        context.load_cert_chain(str(config.tls_cert), str(config.tls_key))
+    return context
+
+
+def producer_options(config: KafkaConfig) -> dict[str, Any]:
+    settings = config.producer
+    options = common_options(config)
+    options["linger_ms"] = settings.get("linger.ms", 0)
+    if "message.max.bytes" in settings:
+        options["max_request_size"] = settings["message.max.bytes"]
+    if "request.timeout.ms" in settings:
+        options["request_timeout_ms"] = settings["request.timeout.ms"]
+    if settings.get("compression.type", "none") != "none":
+        options["compression_type"] = settings["compression.type"]
+    if "acks" in settings:
+        acks = settings["acks"]
+        options["acks"] = "all" if acks in ("all", "-1") else int(acks)
+    if "enable.idempotence" in settings:
+        options["enable_idempotence"] = settings["enable.idempotence"]
+    return options
+
+
+def consumer_options(config: KafkaConfig, group_id: str) -> dict[str, Any]:
+    settings = config.consumer
+    options = common_options(config)
+    options.update(
+        group_id=group_id,
+        enable_auto_commit=False,  # offsets are committed once a batch's results are written
+        auto_offset_reset=settings.get("auto.offset.reset", "earliest"),
+    )
+    renames = {
+        "session.timeout.ms": "session_timeout_ms",
+        "heartbeat.interval.ms": "heartbeat_interval_ms",
+        "max.poll.interval.ms": "max_poll_interval_ms",
+        "fetch.max.wait.ms": "fetch_max_wait_ms",
+    }
+    options.update({ours: settings[theirs] for theirs, ours in renames.items() if theirs in settings})
+    if "message.max.bytes" in settings:
+        options["max_partition_fetch_bytes"] = settings["message.max.bytes"]
+        options["fetch_max_bytes"] = max(settings["message.max.bytes"], 52_428_800)
+    return options
+
+
+def producer(config: KafkaConfig) -> AIOKafkaProducer:
+    return AIOKafkaProducer(**producer_options(config))
+
+
+def consumer(config: KafkaConfig, group_id: str) -> AIOKafkaConsumer:
+    return AIOKafkaConsumer(**consumer_options(config, group_id))
+
+
+def admin(config: KafkaConfig) -> AIOKafkaAdminClient:
+    return AIOKafkaAdminClient(**common_options(config))
+
+
+async def ensure_topics(client: AIOKafkaAdminClient, config: KafkaConfig, topics: Iterable[str]) -> list[str]:
+    """Create those of ``topics`` the broker does not list; returns the ones created.
+
+    Raises :class:`aiokafka.errors.KafkaError` (or OSError) when the broker cannot be reached.
+    """
+    existing = set(await client.list_topics())
+    missing = sorted(set(topics) - existing)
+    if not missing:
+        return []
+    new = [NewTopic(t, config.partitions, config.replication_factor) for t in missing]
+    # Another gateway may win the race: the topics exist then, which is all we need.
+    with contextlib.suppress(TopicAlreadyExistsError):
+        await client.create_topics(new, timeout_ms=TOPIC_CREATE_TIMEOUT_MS)
+    log.info("topics created", topics=missing)
+    return missing
+
+
+async def delete_topics(client: AIOKafkaAdminClient, topics: Iterable[str]) -> None:
+    existing = set(await client.list_topics())
+    present = sorted(set(topics) & existing)
+    if present:
+        await client.delete_topics(present, timeout_ms=TOPIC_CREATE_TIMEOUT_MS)
+        log.info("topics deleted", topics=present)
+
+
+async def close_quietly(*clients: AIOKafkaProducer | AIOKafkaConsumer | AIOKafkaAdminClient) -> None:
+    """Stop clients on the way out; a broker already gone must not hide the error that led here."""
+    for client in clients:
+        try:
+            if isinstance(client, AIOKafkaAdminClient):
+                await client.close()
+            else:
+                await client.stop()
+        except (TimeoutError, KafkaError, OSError) as error:
+            log.debug("closing a Kafka client failed", error=repr(error))

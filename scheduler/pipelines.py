@@ -1,0 +1,277 @@
+"""Pipeline use cases: load (a new version when the spec changed), unload, status; states per §8.
+
+A pipeline's latest version is *Ready* once every subscribed dataflow engine confirmed it runs
+(:mod:`scheduler.dataflow`); ``modelsReady`` follows the core's models (true only while every
+step's model is available); :meth:`Pipelines.ready` (what a pipeline's ready endpoint answers) needs
+both. A pipeline may be loaded before its models exist. Decision 0019 explains versions and states.
+
+Version states, computed from the engines' answers (never from time):
+
+- live latest version: no engine subscribed → ``PipelineCreate``; sent, none confirmed →
+  ``PipelineCreating``; some confirmed → ``PipelineRebalancing``; all confirmed →
+  ``PipelineReady`` ("created pipeline"); any failed → ``PipelineFailed`` naming engine and reason.
+  Once it is Ready, earlier versions are ``PipelineTerminated`` ("replaced by version N"); until
+  then they keep their state (their dataflow still runs).
+- unloaded: ``PipelineTerminate`` → ``PipelineTerminating`` (engines told) → ``PipelineTerminated``
+  once every subscribed engine confirmed (at once when none is subscribed). Final.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import replace
+
+import structlog
+
+from apis.mlops.chainer import chainer_pb2
+from apis.mlops.scheduler import scheduler_pb2
+from apis.validation import InvalidResource, validate_name
+from pipelines.model import Pipeline
+from scheduler.core import Scheduler
+from scheduler.dataflow import CREATE, DELETE, DataflowEngines, EngineSession, Result, Update
+from scheduler.errors import NotFound
+from scheduler.pipeline_records import (
+    PipelineRecord,
+    PipelineStatus,
+    PipelineVersion,
+    decode_pipeline,
+    encode_pipeline,
+)
+from scheduler.state import ModelState
+from scheduler.store import ResourceKind, StateStore
+
+log = structlog.get_logger("meshserve.scheduler.pipelines")
+
+PIPELINES: ResourceKind[PipelineRecord] = ResourceKind("pipelines", encode_pipeline, decode_pipeline)
+MAX_PIPELINES = 10_000  # records, unloaded ones included (the oldest unloaded one makes room)
+MAX_VERSIONS = 10  # kept per pipeline; older ones are forgotten (numbers keep counting up)
+CREATED = "created pipeline"  # the reference's reason once ready (§8.1)
+
+S = PipelineStatus
+
+
+class PipelineNotFound(NotFound):
+    pass
+
+
+def new_uid() -> str:
+    """20 characters of lowercase base32hex, like the reference's xids: time first, so they sort."""
+    raw = int(time.time()).to_bytes(4, "big") + os.urandom(8)
+    return base64.b32hexencode(raw).decode("ascii").rstrip("=").lower()
+
+
+class Pipelines:
+    """Every pipeline and its versions; tells the dataflow engines what to run and follows them."""
+
+    def __init__(self, core: Scheduler, store: StateStore) -> None:
+        self._core = core
+        self._store = store
+        self.records: dict[str, PipelineRecord] = {}
+        self.engines = DataflowEngines(self._engines_changed)
+        self._listeners: list[Callable[[str], None]] = []
+        store.register(PIPELINES, lambda: self.records)
+        core.on_model_change(self._model_changed)
+
+    def restore(self) -> None:
+        """Reload persisted pipelines; no engine is subscribed yet, so nothing runs."""
+        self.records = self._store.load_kind(PIPELINES)
+        for record in self.records.values():
+            latest = record.latest
+            for version in record.versions[:-1]:
+                if version.status is not S.PipelineTerminated:  # engines will get the latest only
+                    version.set(S.PipelineTerminated, f"replaced by version {latest.number}")
+            self._refresh(record, notify=False)
+        log.info("pipelines restored", pipelines=len(self.records))
+
+    # -- use cases ----------------------------------------------------------------------------------
+
+    def load(self, message: scheduler_pb2.Pipeline) -> PipelineVersion:
+        """Create a pipeline, or a new version of it when its spec changed; validated in full first.
+
+        Applying the same spec again changes nothing (same version, same uid).
+        """
+        spec = Pipeline.from_proto(message)
+        spec = replace(spec, uid="", version=0)  # the scheduler numbers versions and gives uids
+        record = self.records.get(spec.name)
+        if record is not None and not record.deleted and _same(record.latest.pipeline, spec):
+            latest = record.latest
+            log.info("pipeline unchanged", pipeline=spec.name, version=latest.number, status=latest.status)
+            if latest.status is S.PipelineFailed:  # applying it again is how a user retries
+                self.engines.broadcast(self._update(latest.pipeline, CREATE))
+                self._refresh(record)
+            return latest
+        if record is None:
+            self._make_room(spec.name)
+            record = PipelineRecord(spec.name, [])
+            self.records[spec.name] = record
+        number = record.latest.number + 1 if record.versions else 1
+        version = PipelineVersion(replace(spec, uid=new_uid(), version=number))
+        record.versions.append(version)
+        del record.versions[:-MAX_VERSIONS]
+        record.deleted = False
+        log.info("pipeline loaded", pipeline=spec.name, version=number, steps=len(spec.steps))
+        self.engines.broadcast(self._update(version.pipeline, CREATE))
+        self._refresh(record)
+        return version
+
+    def unload(self, name: str) -> None:
+        record = self.get(name)
+        if record.deleted:
+            raise PipelineNotFound(f"pipeline {name} is unloaded already")
+        record.deleted = True
+        record.latest.set(S.PipelineTerminate, "unload requested")
+        log.info("pipeline unloaded", pipeline=name, version=record.latest.number)
+        self.engines.broadcast(self._update(record.latest.pipeline, DELETE))
+        self._refresh(record)
+
+    def get(self, name: str) -> PipelineRecord:
+        validate_name(name, kind="pipeline")
+        record = self.records.get(name)
+        if record is None:
+            raise PipelineNotFound(f"pipeline {name} not found")
+        return record
+
+    def ready(self, name: str) -> bool:
+        """What the pipeline's ready endpoint answers: running on the dataflow and every model ready."""
+        record = self.records.get(name)
+        if record is None or record.deleted:
+            return False
+        latest = record.latest
+        return latest.status is S.PipelineReady and latest.models_ready
+
+    def on_change(self, listener: Callable[[str], None]) -> Callable[[], None]:
+        self._listeners.append(listener)
+        return lambda: self._listeners.remove(listener)
+
+    # -- the dataflow engines' side (scheduler/chainer_api.py) ---------------------------------------
+
+    def engine_subscribed(self, name: str) -> EngineSession:
+        """An engine's stream opened: it is sent every live pipeline's latest version."""
+        initial = [
+            self._update(r.latest.pipeline, CREATE) for _, r in sorted(self.records.items()) if not r.deleted
+        ]
+        return self.engines.subscribe(name, initial)
+
+    def engine_answered(self, status: chainer_pb2.PipelineUpdateStatusMessage) -> None:
+        if status.update.pipeline and status.update.pipeline not in self.records:
+            # Kept per pipeline name, so answers about unknown names would grow without bound.
+            log.warning("answer about an unknown pipeline ignored", pipeline=status.update.pipeline[:64])
+            return
+        self.engines.report(status)
+
+    # -- states -------------------------------------------------------------------------------------
+
+    def _engines_changed(self, pipeline: str | None) -> None:
+        names = list(self.records) if pipeline is None else [pipeline]
+        for name in names:
+            record = self.records.get(name)
+            if record is not None:
+                self._refresh(record)
+
+    def _model_changed(self, model: str) -> None:
+        for record in self.records.values():
+            if model in record.latest.pipeline.models:
+                self._refresh(record)
+
+    def _refresh(self, record: PipelineRecord, *, notify: bool = True) -> None:
+        latest = record.latest
+        changed = False
+        if latest.status is not S.PipelineTerminated:
+            status, reason = self._engine_state(latest, deleted=record.deleted)
+            changed = latest.set(status, reason)
+            if changed:
+                log.info(
+                    "pipeline state",
+                    pipeline=record.name,
+                    version=latest.number,
+                    status=status,
+                    reason=reason,
+                )
+        if latest.status is S.PipelineReady or latest.status is S.PipelineTerminated:
+            why = "pipeline removed" if record.deleted else f"replaced by version {latest.number}"
+            for older in record.versions[:-1]:
+                if older.status is not S.PipelineTerminated:
+                    changed |= older.set(S.PipelineTerminated, why)
+        models_ready = not record.deleted and all(self._model_ready(m) for m in latest.pipeline.models)
+        for version in record.versions:
+            ready = models_ready and version is latest
+            changed |= version.models_ready != ready
+            version.models_ready = ready
+        if changed:
+            self._store.changed(PIPELINES, record.name)
+            if notify:
+                self._notify(record.name)
+
+    def _engine_state(self, version: PipelineVersion, *, deleted: bool) -> tuple[PipelineStatus, str]:
+        op = DELETE if deleted else CREATE
+        answers = self.engines.results(version.pipeline.name)
+        if not answers:
+            if deleted:
+                return S.PipelineTerminated, "pipeline removed"
+            return S.PipelineCreate, "waiting for a dataflow engine to subscribe"
+        mine = {engine: _matching(result, version, op) for engine, result in answers.items()}
+        failed = [f"{engine}: {r.reason or 'no reason given'}" for engine, r in _items(mine) if not r.success]
+        done = [engine for engine, r in _items(mine) if r.success]
+        waiting = sorted(engine for engine, r in mine.items() if r is None)
+        if deleted:
+            if not waiting and not failed:
+                return S.PipelineTerminated, "pipeline removed"
+            if failed:
+                return S.PipelineTerminating, "dataflow engine could not stop it: " + "; ".join(failed)
+            return S.PipelineTerminating, "waiting for dataflow engines " + ", ".join(waiting)
+        if failed:
+            return S.PipelineFailed, "dataflow engine failed to start it: " + "; ".join(failed)
+        if not waiting:
+            return S.PipelineReady, CREATED
+        status = S.PipelineRebalancing if done else S.PipelineCreating
+        return status, "waiting for dataflow engines " + ", ".join(waiting)
+
+    def _model_ready(self, name: str) -> bool:
+        record = self._core.models.get(name)
+        return record is not None and not record.deleted and record.latest.state is ModelState.ModelAvailable
+
+    def _make_room(self, name: str) -> None:
+        if len(self.records) < MAX_PIPELINES:
+            return
+        gone = [r for r in self.records.values() if r.deleted and r.latest.status is S.PipelineTerminated]
+        if not gone:
+            raise InvalidResource(
+                f"pipeline {name}: {MAX_PIPELINES} pipelines are loaded already; the limit (unload one first)"
+            )
+        oldest = min(gone, key=lambda r: r.latest.timestamp)
+        del self.records[oldest.name]
+        self._store.changed(PIPELINES, oldest.name)
+        self._notify(oldest.name)
+
+    def _update(self, pipeline: Pipeline, op: int) -> Update:
+        return Update(
+            op=op,  # type: ignore[arg-type]
+            pipeline=pipeline.name,
+            version=pipeline.version,
+            uid=pipeline.uid,
+            allowCycles=pipeline.allow_cycles,
+            maxStepRevisits=pipeline.max_step_revisits,
+            timestamp=time.time_ns(),
+        )
+
+    def _notify(self, name: str) -> None:
+        for listener in list(self._listeners):
+            listener(name)
+
+
+def _same(current: Pipeline, spec: Pipeline) -> bool:
+    return replace(current, uid="", version=0) == spec
+
+
+def _matching(result: Result | None, version: PipelineVersion, op: int) -> Result | None:
+    """An answer counts only for the version and operation asked now; older answers are stale."""
+    if result is None or result.op != op or result.version != version.number:
+        return None
+    return result if result.uid in ("", version.pipeline.uid) else None
+
+
+def _items(answers: dict[str, Result | None]) -> Iterator[tuple[str, Result]]:
+    return ((engine, r) for engine, r in sorted(answers.items()) if r is not None)
