@@ -23,6 +23,7 @@ FIGURES = (
     "experiments",
     "tls",
     "overcommit",
+    "pipelines",
     "lag-reporting",
 )
 
@@ -56,6 +57,10 @@ async def _figure(name: str, work: Path, quick: bool) -> list[report.Section]:
         from bench import overcommit
 
         return [await overcommit.run(work, quick)]
+    if name == "pipelines":
+        from bench import pipelines
+
+        return [await pipelines.run(work, quick)]
     if name == "lag-reporting":
         from bench import lag_reporting
 
