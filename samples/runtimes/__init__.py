@@ -9,7 +9,9 @@ reference's requests and expected outputs hold unchanged (docs/pipelines.md, "Sa
 * :mod:`samples.runtimes.cyclic`: ``Counter`` and ``Identity`` (the cyclic counter example);
 * :mod:`samples.runtimes.query`: ``ChoiceQuery`` (the choice-is-one/two query models).
 
-They import only MLServer and numpy. The artifacts under ``samples/models/runtimes/`` name them in
+Those are thin MLServer adapters (:mod:`~samples.runtimes.serving`); what each model computes and
+refuses lives in :mod:`~samples.runtimes.examples` and :mod:`~samples.runtimes.tensors`, which import
+numpy only. The artifacts under ``samples/models/runtimes/`` name them in
 their ``model-settings.json`` (``implementation``), so any MLServer whose environment has this
 package installed serves them.
 """

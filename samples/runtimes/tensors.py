@@ -1,7 +1,9 @@
 """Checking the tensors of a V2 request against what a runtime declares, with errors that say why.
 
-Every refusal is an :class:`InvalidTensor` (MLServer's ``InferenceError``): HTTP 400 over REST and
-INVALID_ARGUMENT over gRPC, with a message naming the model, the tensor and what was expected.
+Every refusal is an :class:`InvalidTensor` naming the model, the tensor and what was expected; the
+MLServer adapters (:mod:`samples.runtimes.serving`) turn it into HTTP 400 / gRPC INVALID_ARGUMENT.
+This module does not import MLServer: its generated ``inference`` protos cannot share a process
+with the project's own (``apis.v2_dataplane``), so the logic is testable beside them.
 """
 
 from __future__ import annotations
@@ -9,10 +11,9 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any, Protocol
 
 import numpy as np
-from mlserver.errors import InferenceError
-from mlserver.types import InferenceRequest, RequestInput, ResponseOutput
 
 # No sample declares a tensor bigger than this; a larger one is refused before it is decoded.
 MAX_ELEMENTS = 4096
@@ -25,8 +26,25 @@ NUMERIC: dict[str, np.dtype] = {
 }
 
 
-class InvalidTensor(InferenceError):
-    """A request whose tensors do not match what the model declares (HTTP 400)."""
+class InvalidTensor(ValueError):
+    """A request whose tensors do not match what the model declares (HTTP 400 once served)."""
+
+
+class TensorLike(Protocol):
+    """What is read of a request tensor (MLServer's ``RequestInput`` is one)."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def datatype(self) -> Any: ...
+    @property
+    def shape(self) -> list[int]: ...
+    @property
+    def data(self) -> Any: ...
+
+
+# A response tensor before it is encoded: name, datatype, values.
+Output = tuple[str, str, np.ndarray]
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,10 +70,10 @@ class TensorSpec:
 
 
 def inputs_by_name(
-    model: str, payload: InferenceRequest, specs: Sequence[TensorSpec]
+    model: str, inputs: Sequence[TensorLike], specs: Sequence[TensorSpec]
 ) -> dict[str, np.ndarray]:
     """The declared inputs decoded, in any order; refuses missing, unexpected and duplicate tensors."""
-    names = [tensor.name for tensor in payload.inputs]
+    names = [tensor.name for tensor in inputs]
     duplicates = sorted({name for name in names if names.count(name) > 1})
     if duplicates:
         raise InvalidTensor(f"model {model}: input {duplicates[0]!r} is given more than once")
@@ -63,29 +81,30 @@ def inputs_by_name(
     unexpected = [name for name in names if name not in declared]
     if unexpected:
         raise InvalidTensor(f"model {model}: unexpected input {unexpected[0]!r}; it takes {_listing(specs)}")
-    given = {tensor.name: tensor for tensor in payload.inputs}
+    given = {tensor.name: tensor for tensor in inputs}
     decoded = {}
     for spec in specs:
         tensor = given.get(spec.name)
         if tensor is None:
             raise InvalidTensor(f"model {model}: input {spec.name!r} is missing; it takes {_listing(specs)}")
-        if tensor.datatype != spec.datatype or not spec.accepts(tensor.shape):
+        if datatype_of(tensor) != spec.datatype or not spec.accepts(tensor.shape):
             raise InvalidTensor(
                 f"model {model}: input {spec.name!r} must be {spec.describe()}, got "
-                f"{tensor.datatype} {list(tensor.shape)}"
+                f"{datatype_of(tensor)} {list(tensor.shape)}"
             )
         decoded[spec.name] = decode(model, tensor)
     return decoded
 
 
-def decode(model: str, tensor: RequestInput) -> np.ndarray:
+def decode(model: str, tensor: TensorLike) -> np.ndarray:
     """The tensor as a numpy array of its shape; refuses oversized data, data that does not fill the
     shape, and values the datatype cannot hold (no silent truncation of 1.5 or 2**40 into INT32)."""
     shape = list(tensor.shape)
     where = f"model {model}: input {tensor.name!r}"
-    dtype = NUMERIC.get(tensor.datatype)
+    datatype = datatype_of(tensor)
+    dtype = NUMERIC.get(datatype)
     if dtype is None:
-        raise InvalidTensor(f"{where}: datatype {tensor.datatype} is not one of {', '.join(NUMERIC)}")
+        raise InvalidTensor(f"{where}: datatype {datatype} is not one of {', '.join(NUMERIC)}")
     if any(d < 0 for d in shape):
         raise InvalidTensor(f"{where} has a negative dimension in its shape {shape}")
     elements = math.prod(shape)
@@ -97,8 +116,13 @@ def decode(model: str, tensor: RequestInput) -> np.ndarray:
         raise InvalidTensor(f"{where}: its data is not a rectangular list of numbers ({exc})") from exc
     if values.size != elements:
         raise InvalidTensor(f"{where} holds {values.size} values; shape {shape} needs {elements}")
-    _check_representable(where, tensor.datatype, values, dtype)
+    _check_representable(where, datatype, values, dtype)
     return values.astype(dtype).reshape(shape)
+
+
+def datatype_of(tensor: TensorLike) -> str:
+    """The datatype as text (MLServer gives a ``Datatype`` enum, whose format differs by Python)."""
+    return str(getattr(tensor.datatype, "value", tensor.datatype))
 
 
 def _check_representable(where: str, datatype: str, values: np.ndarray, dtype: np.dtype) -> None:
@@ -119,12 +143,6 @@ def _check_representable(where: str, datatype: str, values: np.ndarray, dtype: n
     low, high = values.min(), values.max()
     if low < info.min or high > info.max:
         raise InvalidTensor(f"{where}: a value is outside the range of {datatype} ({info.min}..{info.max})")
-
-
-def output(name: str, datatype: str, array: np.ndarray) -> ResponseOutput:
-    """A response tensor of the array's own shape, as Triton answers (no content-type parameter)."""
-    data = array.flatten().tolist()
-    return ResponseOutput(name=name, datatype=datatype, shape=list(array.shape), data=data)
 
 
 def _listing(specs: Sequence[TensorSpec]) -> str:
