@@ -29,6 +29,7 @@ from structlog.typing import FilteringBoundLogger
 from agent.errors import AgentError
 from agent.residency import NotAssigned, Residency
 from apis.limits import GRPC_RECEIVE_LIMIT, MAX_MESSAGE_BYTES, MAX_NAME_LENGTH
+from apis.names import RETRY_ELSEWHERE_HEADER
 from apis.v2_dataplane import v2_dataplane_pb2 as pb
 
 DEFAULT_MAX_IN_FLIGHT = 256
@@ -36,6 +37,8 @@ FORWARD_TIMEOUT_S = 300.0
 GRPC_SERVICE = "inference.GRPCInferenceService"
 _VERSIONED = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?_[0-9]{1,10}")
 _FORWARDED_HEADERS = ("content-type", "x-request-id")
+_RETRY_ELSEWHERE = {RETRY_ELSEWHERE_HEADER: "true"}
+_RETRY_ELSEWHERE_METADATA = ((RETRY_ELSEWHERE_HEADER, "true"),)
 
 
 def is_versioned_name(name: str) -> bool:
@@ -107,7 +110,7 @@ class RestForwarder:
         except NotAssigned:
             return web.json_response({"error": f"Model {name} not found on this replica"}, status=404)
         except Unavailable as exc:
-            return web.json_response({"error": str(exc)}, status=503)
+            return web.json_response({"error": str(exc)}, status=503, headers=_RETRY_ELSEWHERE)
 
     async def _forward(self, request: web.Request) -> web.Response:
         if self._session is None:
@@ -168,9 +171,11 @@ class GrpcForwarder:
             except NotAssigned:
                 await context.abort(grpc.StatusCode.NOT_FOUND, f"Model {name} not found on this replica")
             except Unavailable as exc:
-                await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
+                await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc), _RETRY_ELSEWHERE_METADATA)
             except grpc.aio.AioRpcError as exc:
-                await context.abort(exc.code(), exc.details() or "")
+                # MLServer unreachable: another replica may answer (Envoy retries on this header).
+                elsewhere = _RETRY_ELSEWHERE_METADATA if exc.code() == grpc.StatusCode.UNAVAILABLE else ()
+                await context.abort(exc.code(), exc.details() or "", elsewhere)
 
         return handle
 

@@ -46,6 +46,10 @@ PIPELINE_HEADER = "pipeline"  # the pipeline a message belongs to (set by the pi
 ERROR_HEADER = "seldon-pipeline-errors"  # on errors-topic messages: the model that failed
 INFER_TYPE_HEADER = "seldon-infer-type"  # optional: how the value is encoded
 TRACEPARENT_HEADER = "traceparent"
+# On a copy of a message whose call was made already (the dataflow engine runs synchronous requests
+# itself and writes every message for audit, decision 0020): read it (inspect, other pipelines'
+# externalInputs), never execute it again. Value: the engine that made the call.
+AUDIT_HEADER = "meshserve-audit"
 
 
 class InferType(StrEnum):

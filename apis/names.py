@@ -15,6 +15,10 @@ INTERNAL_MODEL_HEADER = "seldon-internal-model"
 REQUEST_ID_HEADER = "x-request-id"
 # gRPC metadata on an agent's calls to the AgentService: the random token naming that agent process.
 AGENT_ID_HEADER = "x-meshserve-agent-id"
+# Response header (gRPC: trailing metadata of a trailers-only reply) an agent's reload listener sets
+# when this replica cannot answer (its MLServer unreachable, a reload failed, listener full): Envoy
+# retries such a reply on another replica instead of handing it to the caller.
+RETRY_ELSEWHERE_HEADER = "x-meshserve-retry-elsewhere"
 
 EXPERIMENT_SUFFIX = ".experiment"
 PIPELINE_SUFFIX = ".pipeline"

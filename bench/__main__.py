@@ -14,7 +14,17 @@ from pathlib import Path
 from bench import report
 
 ROOT = Path(__file__).resolve().parent.parent
-FIGURES = ("dataplane", "route", "scale", "placement", "envoy-memory", "experiments", "tls", "overcommit")
+FIGURES = (
+    "dataplane",
+    "route",
+    "scale",
+    "placement",
+    "envoy-memory",
+    "experiments",
+    "tls",
+    "overcommit",
+    "pipelines",
+)
 
 
 async def _figure(name: str, work: Path, quick: bool) -> list[report.Section]:
@@ -46,6 +56,10 @@ async def _figure(name: str, work: Path, quick: bool) -> list[report.Section]:
         from bench import overcommit
 
         return [await overcommit.run(work, quick)]
+    if name == "pipelines":
+        from bench import pipelines
+
+        return [await pipelines.run(work, quick)]
     return []
 
 

@@ -24,6 +24,17 @@ def register(
 ) -> None:
     infer = commands.add_parser("infer", parents=common, help="call a model through the inference host")
     infer.add_argument("name", help="a model, or <experiment>.experiment")
+    add_infer_arguments(infer)
+    infer.set_defaults(handler=infer_model, late_positional="payload")
+
+    metadata = commands.add_parser("metadata", parents=common, help="show a model's OIP metadata")
+    metadata.add_argument("name")
+    metadata.add_argument("-o", "--output", choices=(JSON, TABLE), default=JSON)
+    metadata.set_defaults(handler=model_metadata)
+
+
+def add_infer_arguments(infer: argparse.ArgumentParser) -> None:
+    """The flags ``model infer`` and ``pipeline infer`` share (seldon's ``infer`` flags)."""
     infer.add_argument("payload", nargs="?", help="request JSON (or use --file-path)")
     infer.add_argument("-f", "--file-path", help="read the request JSON from this file")
     infer.add_argument("--inference-mode", choices=(REST, GRPC), default=REST)
@@ -39,17 +50,17 @@ def register(
     )
     infer.add_argument("-s", "--sticky-session", action="store_true", help="resend the last x-seldon-route")
     infer.add_argument("--authority", help="Host / :authority to send")
-    infer.set_defaults(handler=infer_model, late_positional="payload")
-
-    metadata = commands.add_parser("metadata", parents=common, help="show a model's OIP metadata")
-    metadata.add_argument("name")
-    metadata.add_argument("-o", "--output", choices=(JSON, TABLE), default=JSON)
-    metadata.set_defaults(handler=model_metadata)
 
 
 async def infer_model(args: argparse.Namespace) -> int:
     name = route_name(args.name)
-    client = _client(args, name, _payload(args))
+    return await call(args, route=name, path_name=name)
+
+
+async def call(args: argparse.Namespace, *, route: str, path_name: str) -> int:
+    """Send the payload to ``seldon-model: route`` (REST path ``/v2/models/<path_name>/infer``)
+    ``-i`` times and print the answer; shared by ``model infer`` and ``pipeline infer``."""
+    client = _client(args, route, path_name, _payload(args))
     try:
         return await run_calls(
             client,
@@ -141,15 +152,18 @@ def _print_tensors(metadata: object) -> None:
     print_table(("tensor", "name", "datatype", "shape"), rows)
 
 
-def _client(args: argparse.Namespace, name: str, payload: str) -> InferClient:
+def _client(args: argparse.Namespace, route: str, path_name: str, payload: str) -> InferClient:
     host: str = args.inference_host
     timeout: float = args.timeout
     authority: str | None = args.authority
     if args.inference_mode == GRPC:
-        request = infer_request(payload, name)
-        return GrpcClient(host=host, model=name, request=request, timeout=timeout, authority=authority)
+        request = infer_request(payload, path_name)
+        return GrpcClient(host=host, model=route, request=request, timeout=timeout, authority=authority)
     parse_json(payload)  # fail before connecting, with the same message as gRPC mode
-    return RestClient(host=host, model=name, body=payload.encode(), timeout=timeout, authority=authority)
+    body = payload.encode()
+    return RestClient(
+        host=host, model=route, body=body, timeout=timeout, authority=authority, path_name=path_name
+    )
 
 
 def _payload(args: argparse.Namespace) -> str:

@@ -1,4 +1,7 @@
-"""``pipeline load|unload|status|list`` against the scheduler, as seldon's ``pipeline`` commands.
+"""``pipeline load|unload|status|list|infer|inspect``, as seldon's ``pipeline`` commands.
+
+load/unload/status/list talk to the scheduler; ``infer`` is ``model infer``'s machinery with the
+pipeline's route; ``inspect`` (cli.inspect) reads the pipeline's Kafka topics.
 
 ``load -f`` reads Seldon's ``kind: Pipeline`` YAML (several documents per file) and validates every
 pipeline with the model the scheduler applies before sending any. ``status -w [STATE]`` polls until
@@ -15,7 +18,10 @@ from typing import TYPE_CHECKING, Any
 import grpc
 
 from apis.mlops.scheduler import scheduler_pb2
+from apis.names import PIPELINE_SUFFIX
+from cli import pipeline_inspect
 from cli.errors import CliError
+from cli.infer import add_infer_arguments, call
 from cli.output import JSON, TABLE, message_dict, print_json, print_message, print_table
 from cli.resources import checked_name, read_pipeline_requests
 from cli.rpc import SUBSCRIBER, is_not_found, scheduler, scheduler_endpoint
@@ -76,6 +82,17 @@ def register(
     listing.add_argument("-o", "--output", choices=(TABLE, JSON), default=TABLE)
     listing.set_defaults(handler=list_pipelines)
 
+    infer = commands.add_parser("infer", parents=common, help="call a pipeline through the inference host")
+    infer.add_argument("name", help="the pipeline (the .pipeline suffix is added)")
+    add_infer_arguments(infer)
+    infer.set_defaults(handler=infer_pipeline, late_positional="payload")
+
+    inspect = commands.add_parser(
+        "inspect", parents=common, help="show a pipeline's messages on Kafka (step inputs and outputs)"
+    )
+    pipeline_inspect.register(inspect)
+    inspect.set_defaults(handler=inspect_pipeline)
+
 
 async def load_pipelines(args: argparse.Namespace) -> int:
     requests = read_pipeline_requests(args.file)  # everything is validated before anything is sent
@@ -86,6 +103,25 @@ async def load_pipelines(args: argparse.Namespace) -> int:
                 print_message(request)
             print_message(await stub.LoadPipeline(request, timeout=endpoint.timeout))
     return 0
+
+
+async def infer_pipeline(args: argparse.Namespace) -> int:
+    """Through Envoy with ``seldon-model: <p>.pipeline`` (seldon-pipelines.md §6.1) at
+    ``/v2/models/<p>/infer``, the path the seldon CLI uses; Envoy routes on the header."""
+    name = checked_name(args.name.removesuffix(PIPELINE_SUFFIX), kind="pipeline")
+    return await call(args, route=name + PIPELINE_SUFFIX, path_name=name)
+
+
+async def inspect_pipeline(args: argparse.Namespace) -> int:
+    """The pipeline's steps come from the scheduler (an unknown pipeline fails here), the messages
+    from Kafka (cli.pipeline_inspect)."""
+    name = checked_name(pipeline_inspect.pipeline_name(args.reference), kind="pipeline")
+    endpoint = scheduler_endpoint(args)
+    async with scheduler(endpoint) as stub:
+        status = await first_status(stub, name, endpoint.timeout)
+    if not status.versions:
+        raise CliError(f"pipeline {name!r} has no version; {LIST_HINT}")
+    return await pipeline_inspect.inspect(args, status.versions[-1].pipeline)
 
 
 async def unload_pipeline(args: argparse.Namespace) -> int:

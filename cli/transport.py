@@ -15,7 +15,7 @@ import aiohttp
 import grpc
 from google.protobuf import json_format
 
-from apis.names import MODEL_HEADER
+from apis.names import MODEL_HEADER, PIPELINE_SUFFIX
 from apis.v2_dataplane import v2_dataplane_pb2, v2_dataplane_pb2_grpc
 from cli.output import dumps
 from cli.routes import ROUTE_HEADER
@@ -41,20 +41,33 @@ class InferClient(Protocol):
 
 
 class RestClient:
-    def __init__(self, *, host: str, model: str, body: bytes, timeout: float, authority: str | None) -> None:
+    """``model`` is the ``seldon-model`` header Envoy routes on; ``path_name`` (default ``model``) the
+    name in the URL, which a pipeline call sets to the bare pipeline name."""
+
+    def __init__(
+        self,
+        *,
+        host: str,
+        model: str,
+        body: bytes,
+        timeout: float,
+        authority: str | None,
+        path_name: str | None = None,
+    ) -> None:
         self._host = host
         self._model = model
+        self._path_name = path_name or model
         self._body = body
         self._timeout = timeout
         self._authority = authority
         self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout))
 
     async def infer(self, extra_headers: Sequence[tuple[str, str]]) -> Reply:
-        url = f"http://{self._host}/v2/models/{self._model}/infer"
+        url = f"http://{self._host}/v2/models/{self._path_name}/infer"
         return await self.request("POST", url, extra_headers, data=self._body)
 
     async def metadata(self) -> Reply:
-        return await self.request("GET", f"http://{self._host}/v2/models/{self._model}", ())
+        return await self.request("GET", f"http://{self._host}/v2/models/{self._path_name}", ())
 
     async def request(
         self, method: str, url: str, extra_headers: Iterable[tuple[str, str]], data: bytes | None = None
@@ -138,6 +151,12 @@ class GrpcClient:
 
 def _no_route(model: str) -> str:
     # Envoy answers an empty 404 (gRPC: UNIMPLEMENTED) when no route has this seldon-model.
+    if model.endswith(PIPELINE_SUFFIX):
+        pipeline = model.removesuffix(PIPELINE_SUFFIX)
+        return (
+            f"pipeline {pipeline!r} not found: no route for seldon-model {model!r}; check "
+            f"'meshserve pipeline status {pipeline}' ('meshserve pipeline list' shows the pipelines)"
+        )
     return (
         f"no route for seldon-model {model!r}: check 'meshserve model status' "
         "(or 'meshserve experiment status' for <name>.experiment)"

@@ -68,7 +68,8 @@ def producer_options(config: KafkaConfig) -> dict[str, Any]:
     return options
 
 
-def consumer_options(config: KafkaConfig, group_id: str) -> dict[str, Any]:
+def consumer_options(config: KafkaConfig, group_id: str | None) -> dict[str, Any]:
+    """``group_id`` None: a reader that assigns partitions itself (``meshserve pipeline inspect``)."""
     settings = config.consumer
     options = common_options(config)
     options.update(

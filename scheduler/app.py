@@ -25,6 +25,7 @@ from apis.logs import configure_logging
 from apis.mlops.agent import agent_pb2, agent_pb2_grpc
 from apis.mlops.chainer import chainer_pb2, chainer_pb2_grpc
 from apis.mlops.scheduler import scheduler_pb2, scheduler_pb2_grpc
+from apis.routing import Endpoint
 from apis.tls import server_credentials, server_files
 from scheduler.agent_api import AgentService
 from scheduler.api import SchedulerService
@@ -75,7 +76,16 @@ class SchedulerApp:
             ),
         )
         self.experiments = Experiments(self.core, store)
-        self.pipelines = Pipelines(self.core, store)
+        gateway = (
+            Endpoint(
+                config.pipeline_gateway_host,
+                config.pipeline_gateway_http_port,
+                config.pipeline_gateway_grpc_port,
+            )
+            if config.pipeline_gateway_http_port
+            else None
+        )
+        self.pipelines = Pipelines(self.core, store, gateway=gateway)
         # Requests in flight per model version, from Envoy's load reports (LRS, on the xDS port);
         # the autoscaler subscribes to ``self.load``.
         self.load = LoadView()

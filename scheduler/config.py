@@ -61,6 +61,15 @@ class SchedulerConfig:
     )
     envoy_listen_address: str = field(default="127.0.0.1", metadata=flag("Envoy's data-plane address"))
     envoy_http_port: int = field(default=9000, metadata=flag("Envoy's data-plane port"))
+    pipeline_gateway_host: str = field(
+        default="127.0.0.1", metadata=flag("the pipeline gateway Envoy sends <p>.pipeline to")
+    )
+    pipeline_gateway_http_port: int = field(
+        default=9010, metadata=flag("its HTTP port; 0: no pipeline routes", parse=non_negative_int)
+    )
+    pipeline_gateway_grpc_port: int = field(
+        default=9011, metadata=flag("its gRPC port", parse=non_negative_int)
+    )
     lua_file: Path = field(default=DEFAULT_LUA, metadata=flag("Envoy's Lua filter (request glue)"))
     agent_grace_seconds: float = field(
         default=15.0,

@@ -257,7 +257,9 @@ class Scheduler:
             server.shared = notify.shared
             log.info("server declared", server=notify.name, replicas=notify.expectedReplicas)
             for replica in server.replicas.values():
-                replica.retiring = server.is_retiring(replica.idx)
+                # A draining agent is leaving even if the new count would keep its replica (a
+                # scale-up declared while it drains): nothing may be placed on it again.
+                replica.retiring = replica.draining or server.is_retiring(replica.idx)
             self._move_off_retiring(server)
             self._members.forget_if_empty(server)
             self._server_changed(notify.name)
@@ -280,7 +282,7 @@ class Scheduler:
         replica = server.replicas.get(idx) if server else None
         if server is None or replica is None:
             raise ModelNotFound(f"replica {server_name}/{idx} is not registered")
-        replica.retiring = True
+        replica.retiring = replica.draining = True
         log.info("replica draining", server=server_name, replica=idx)
         self._move_off_retiring(server)
         self._server_changed(server_name, persist=False)
@@ -322,7 +324,7 @@ class Scheduler:
     def scale_servers(self) -> list[ScalingRequest]:
         """Ask the controller for more or fewer server replicas where models need it (called
         periodically: the scale-down grace period is measured between calls)."""
-        requests = self._scaler.decide(self.servers.values(), self.models.values())
+        requests = self._scaler.decide(self.servers.values(), self.models.values(), self._loaded.per_replica)
         for request in requests:
             log.info("server scaling request", **vars(request))
             for listener in list(self._scaling_listeners):

@@ -28,6 +28,8 @@ import structlog
 
 from apis.mlops.chainer import chainer_pb2
 from apis.mlops.scheduler import scheduler_pb2
+from apis.names import PIPELINE_SUFFIX
+from apis.routing import WEIGHT_SCALE, Endpoint, Route, Split
 from apis.validation import InvalidResource, validate_name
 from pipelines.model import Pipeline
 from scheduler.core import Scheduler
@@ -66,14 +68,18 @@ def new_uid() -> str:
 class Pipelines:
     """Every pipeline and its versions; tells the dataflow engines what to run and follows them."""
 
-    def __init__(self, core: Scheduler, store: StateStore) -> None:
+    def __init__(self, core: Scheduler, store: StateStore, *, gateway: Endpoint | None = None) -> None:
         self._core = core
+        # Where Envoy sends ``<p>.pipeline`` (the pipeline gateway, decision 0020); None: no routes,
+        # and Ready needs the engines only.
+        self._gateway = gateway
         self._store = store
         self.records: dict[str, PipelineRecord] = {}
         self.engines = DataflowEngines(self._engines_changed)
         self._listeners: list[Callable[[str], None]] = []
         store.register(PIPELINES, lambda: self.records)
         core.on_model_change(self._model_changed)
+        core.on_route_confirmed(self._route_confirmed)
 
     def restore(self) -> None:
         """Reload persisted pipelines; no engine is subscribed yet, so nothing runs."""
@@ -83,6 +89,7 @@ class Pipelines:
             for version in record.versions[:-1]:
                 if version.status is not S.PipelineTerminated:  # engines will get the latest only
                     version.set(S.PipelineTerminated, f"replaced by version {latest.number}")
+            self._publish_route(record)
             self._refresh(record, notify=False)
         log.info("pipelines restored", pipelines=len(self.records))
 
@@ -114,6 +121,7 @@ class Pipelines:
         record.deleted = False
         log.info("pipeline loaded", pipeline=spec.name, version=number, steps=len(spec.steps))
         self.engines.broadcast(self._update(version.pipeline, CREATE))
+        self._publish_route(record)
         self._refresh(record)
         return version
 
@@ -125,6 +133,7 @@ class Pipelines:
         record.latest.set(S.PipelineTerminate, "unload requested")
         log.info("pipeline unloaded", pipeline=name, version=record.latest.number)
         self.engines.broadcast(self._update(record.latest.pipeline, DELETE))
+        self._publish_route(record)
         self._refresh(record)
 
     def get(self, name: str) -> PipelineRecord:
@@ -161,6 +170,32 @@ class Pipelines:
             log.warning("answer about an unknown pipeline ignored", pipeline=status.update.pipeline[:64])
             return
         self.engines.report(status)
+
+    # -- the <p>.pipeline route ---------------------------------------------------------------------
+
+    def route(self, record: PipelineRecord) -> Route:
+        """What Envoy should hold for the pipeline: to the gateway while it is loaded, else nothing."""
+        name = record.latest.pipeline.route_name
+        if self._gateway is None or record.deleted:
+            return Route(name)
+        # The target names the pipeline: its clusters, the gRPC model name and the path Envoy sends.
+        return Route(name, (Split(name, WEIGHT_SCALE, (self._gateway,)),))
+
+    def _publish_route(self, record: PipelineRecord) -> None:
+        if self._gateway is not None:
+            self._core.routing.publish(self.route(record))
+
+    def _route_held(self, record: PipelineRecord) -> bool:
+        if self._gateway is None:
+            return True
+        route = self.route(record)
+        return self._core.routing.held(route.name) == (route if route.splits else None)
+
+    def _route_confirmed(self, name: str) -> None:
+        if name.endswith(PIPELINE_SUFFIX):
+            record = self.records.get(name[: -len(PIPELINE_SUFFIX)])
+            if record is not None:
+                self._refresh(record)
 
     # -- states -------------------------------------------------------------------------------------
 
@@ -224,6 +259,11 @@ class Pipelines:
             return S.PipelineTerminating, "waiting for dataflow engines " + ", ".join(waiting)
         if failed:
             return S.PipelineFailed, "dataflow engine failed to start it: " + "; ".join(failed)
+        if not waiting and not self._route_held(self.records[version.pipeline.name]):
+            return (
+                S.PipelineCreating,
+                "waiting for every Envoy to apply the route " + version.pipeline.route_name,
+            )
         if not waiting:
             return S.PipelineReady, CREATED
         status = S.PipelineRebalancing if done else S.PipelineCreating

@@ -113,11 +113,26 @@ class ServerScaler:
         self._sparse_since: dict[str, float] = {}
         self._sent: dict[str, tuple[int, int, float]] = {}  # server -> (asked, expected then, when)
 
-    def decide(self, servers: Iterable[Server], models: Iterable[ModelRecord]) -> list[ScalingRequest]:
+    def decide(
+        self,
+        servers: Iterable[Server],
+        models: Iterable[ModelRecord],
+        occupied: Callable[[str], dict[int, int]] | None = None,
+    ) -> list[ScalingRequest]:
+        """``occupied(server)``: model versions per replica (:func:`occupancy` when not given; the
+        scheduler passes its index, so a decision does not walk every model once per server)."""
         if not self.settings.enabled:
             return []
         now = self._clock()
-        server_list, model_list = list(servers), list(models)
+        server_list = list(servers)
+        if not any(autoscaled(s) for s in server_list):
+            # Called every second: with no autoscaled server (the default) never walk the models.
+            self._sent.clear()
+            self._sparse_since.clear()
+            self._empty_since.clear()
+            return []
+        model_list = list(models)
+        count = occupied or (lambda name: occupancy(name, model_list))
         wants = wanted(server_list, model_list)
         requests = []
         for server in server_list:
@@ -125,7 +140,7 @@ class ServerScaler:
                 self._forget(server.name)
                 continue
             want = wants.get(server.name)
-            request = self._up(server, want) or self._down(server, want, model_list, now)
+            request = self._up(server, want) or self._down(server, want, count, now)
             if request is not None and self._worth_sending(request, server.expected_replicas, now):
                 requests.append(request)
         known = {s.name for s in server_list}
@@ -146,14 +161,14 @@ class ServerScaler:
         return ScalingRequest(server.name, target, reason)
 
     def _down(
-        self, server: Server, want: Want | None, models: list[ModelRecord], now: float
+        self, server: Server, want: Want | None, occupied: Callable[[str], dict[int, int]], now: float
     ) -> ScalingRequest | None:
         expected, grace = server.expected_replicas, self.settings.grace_s
         floor = max(server.min_replicas, 1, want.replicas if want else 0)
         if expected <= floor:
             self._forget(server.name)
             return None
-        used = occupancy(server.name, models)
+        used = occupied(server.name)
         empty = {
             r.idx
             for r in server.replicas.values()

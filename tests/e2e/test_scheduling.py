@@ -176,6 +176,23 @@ async def loaded_models(stack: Stack, server: str) -> dict[int, int]:
     return {}
 
 
+async def server_status(stack: Stack, name: str) -> scheduler_pb2.ServerStatusResponse:
+    request = scheduler_pb2.ServerStatusRequest(name=name)
+    async for status in stack.scheduler.ServerStatus(request, timeout=5):
+        return status
+    raise AssertionError(f"server {name} is not known")
+
+
+async def expected_replicas(stack: Stack, server: str) -> int:
+    """The replica count the server is declared with (a ScalingRequest carried out changes it)."""
+    return (await server_status(stack, server)).expectedReplicas
+
+
+def running_replicas(stack: Stack, server: str, upto: int = 8) -> set[int]:
+    """The indexes of ``server``'s replicas whose agent the supervisor runs."""
+    return {i for i in range(upto) if stack.supervisor.running(replica_names(stack.config, server, i)[1])}
+
+
 def replica_pids(stack: Stack, server: str, idx: int) -> list[int]:
     """The pids of a server replica's MLServer and agent (each must be running)."""
     return [stack.supervisor.pid(name) for name in replica_names(stack.config, server, idx)]

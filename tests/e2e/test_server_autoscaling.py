@@ -17,11 +17,18 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from apis.mlops.scheduler import scheduler_pb2
 from stack.components import replica_names
 from tests.e2e.conftest import Stack, eventually, iris_model, running_stack, stack_config
 from tests.e2e.test_local_stack import alive
-from tests.e2e.test_scheduling import declare, replica_pids, replica_stopped, server_yaml, serving
+from tests.e2e.test_scheduling import (
+    declare,
+    expected_replicas,
+    replica_pids,
+    replica_stopped,
+    running_replicas,
+    server_yaml,
+    serving,
+)
 from tests.e2e.test_serving_path import load, unload
 from tests.e2e.traffic import assert_served, traffic
 
@@ -45,17 +52,6 @@ async def declare_auto(stack: Stack, folder: Path, *, replicas: int, low: int, h
     await declare(stack, manifest, SERVER)
 
 
-async def server_status(stack: Stack) -> scheduler_pb2.ServerStatusResponse:
-    request = scheduler_pb2.ServerStatusRequest(name=SERVER)
-    async for status in stack.scheduler.ServerStatus(request, timeout=5):
-        return status
-    raise AssertionError(f"no status for server {SERVER}")
-
-
-async def expected_replicas(stack: Stack) -> int:
-    return (await server_status(stack)).expectedReplicas
-
-
 async def scale_model(stack: Stack, name: str, replicas: int) -> None:
     model = iris_model(name, requirements=NEEDS)
     model.deploymentSpec.replicas = replicas
@@ -64,10 +60,6 @@ async def scale_model(stack: Stack, name: str, replicas: int) -> None:
 
 async def available_on(stack: Stack, name: str, replicas: set[int]) -> bool:
     return await serving(stack, name) == (SERVER, replicas)
-
-
-def running_replicas(stack: Stack) -> set[int]:
-    return {i for i in range(4) if stack.supervisor.running(replica_names(stack.config, SERVER, i)[1])}
 
 
 async def test_scenario_46_an_emptied_server_replica_is_removed(stack: Stack, tmp_path: Path) -> None:
@@ -79,8 +71,12 @@ async def test_scenario_46_an_emptied_server_replica_is_removed(stack: Stack, tm
     assert await available_on(stack, "wide", {0, 1})
     async with traffic(stack, ["wide"], rate_per_stream=RATE_PER_STREAM) as calls:
         await scale_model(stack, "wide", 1)
-        await eventually(lambda: _is(expected_replicas(stack), 1), timeout=60, what="the server to go to 1")
-        await eventually(lambda: _now(running_replicas(stack) == {0}), timeout=60, what="replica 1 to stop")
+        await eventually(
+            lambda: _is(expected_replicas(stack, SERVER), 1), timeout=60, what="the server to go to 1"
+        )
+        await eventually(
+            lambda: _now(running_replicas(stack, SERVER) == {0}), timeout=60, what="replica 1 to stop"
+        )
         await asyncio.sleep(1)
     assert_served(calls, "scenario 46: server scale-in on an empty replica")
     assert calls.rate() >= 20
@@ -103,14 +99,16 @@ async def test_a_model_wanting_more_replicas_grows_the_server_then_scale_in_wait
         )
         status = await stack.wait_state("wide", "ModelAvailable")
         assert status.versions[-1].state.availableReplicas == 3
-        assert await expected_replicas(stack) == 3  # maxReplicas
-        assert running_replicas(stack) == {0, 1, 2}
+        assert await expected_replicas(stack, SERVER) == 3  # maxReplicas
+        assert running_replicas(stack, SERVER) == {0, 1, 2}
         grown = assert_served(calls, "server grown for replicas: 3")
         pids = {i: replica_pids(stack, SERVER, i) for i in (1, 2)}
 
         scaled_at = time.monotonic()
         await scale_model(stack, "wide", 1)
-        await eventually(lambda: _is(expected_replicas(stack), 1), timeout=60, what="the server to go to 1")
+        await eventually(
+            lambda: _is(expected_replicas(stack, SERVER), 1), timeout=60, what="the server to go to 1"
+        )
         assert time.monotonic() - scaled_at >= GRACE_S  # empty replicas waited for the grace period
         await eventually(
             lambda: _now(all(replica_stopped(stack, SERVER, i, pids[i]) for i in (1, 2))),

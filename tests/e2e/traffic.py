@@ -1,5 +1,9 @@
 """Continuous inference through Envoy (REST and gRPC, several models) with its figures: failed
-requests, the longest gap between two successes of one stream, and latency percentiles."""
+requests, the longest gap between two successes of one stream, and latency percentiles.
+
+Paced (each stream's client sends ``rate_per_stream`` requests a second) or closed-loop
+(``rate_per_stream=None``: each of ``clients_per_stream`` clients sends again as soon as its answer
+came, so the requests in flight follow the clients, as autoscaling tests need)."""
 
 from __future__ import annotations
 
@@ -39,7 +43,8 @@ class Stream:
 class Traffic:
     stack: Stack
     models: list[str]
-    rate_per_stream: float = 8.0
+    rate_per_stream: float | None = 8.0
+    clients_per_stream: int = 1
     streams: list[Stream] = field(default_factory=list)
     started: float = 0.0
     stopped: float = 0.0
@@ -84,7 +89,8 @@ class Traffic:
             stub = v2_dataplane_pb2_grpc.GRPCInferenceServiceStub(channel)
             self.streams = [Stream(m, p) for m in self.models for p in ("rest", "grpc")]
             self.started = time.monotonic()
-            await asyncio.gather(*(self._stream(s, session, stub, stop) for s in self.streams))
+            clients = [s for s in self.streams for _ in range(self.clients_per_stream)]
+            await asyncio.gather(*(self._stream(s, session, stub, stop) for s in clients))
             self.stopped = time.monotonic()
 
     async def _stream(
@@ -94,7 +100,7 @@ class Traffic:
         stub: v2_dataplane_pb2_grpc.GRPCInferenceServiceAsyncStub,
         stop: asyncio.Event,
     ) -> None:
-        interval = 1 / self.rate_per_stream
+        interval = 0.0 if self.rate_per_stream is None else 1 / self.rate_per_stream
         next_at = time.monotonic()
         while not stop.is_set():
             started = time.monotonic()
@@ -132,9 +138,11 @@ class Traffic:
 
 
 @contextlib.asynccontextmanager
-async def traffic(stack: Stack, models: list[str], rate_per_stream: float = 8.0) -> AsyncIterator[Traffic]:
+async def traffic(
+    stack: Stack, models: list[str], rate_per_stream: float | None = 8.0, clients_per_stream: int = 1
+) -> AsyncIterator[Traffic]:
     """Load on ``models`` (REST and gRPC each) while the block runs."""
-    load = Traffic(stack, models, rate_per_stream)
+    load = Traffic(stack, models, rate_per_stream, clients_per_stream)
     stop = asyncio.Event()
     task = asyncio.create_task(load.run(stop))
     try:

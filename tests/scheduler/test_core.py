@@ -7,6 +7,7 @@ import time
 
 import pytest
 
+from apis.mlops.scheduler import scheduler_pb2
 from apis.validation import InvalidResource
 from scheduler.core import ModelNotFound
 from scheduler.state import ModelState, ReplicaState
@@ -369,6 +370,32 @@ async def test_drain_waits_for_a_model_with_nowhere_to_go_until_capacity_appears
     await harness.make_available("iris", idx=1)
     await harness.envoy_applies()
     assert pending_ops(link0) == [(UNLOAD, "iris", 1)]
+    await harness.report(Event.UNLOADED, "iris", 1, idx=0)
+    await asyncio.wait_for(drain, 1)
+    assert harness.version("iris").active_replicas() == [1]
+
+
+async def test_a_server_declared_while_a_replica_drains_keeps_that_replica_out_of_placement(
+    harness: Harness,
+) -> None:
+    """A scale-up declared (ServerNotify) while replica 0's agent drains: its count would keep replica
+    0, but the agent is leaving; a model placed meanwhile must go to replica 1, not back onto 0."""
+    link0, link1 = await harness.connect(idx=0), await harness.connect(idx=1)
+    await harness.load(model("iris"))
+    await harness.make_available("iris", idx=0)
+    pending_ops(link0)
+    drain = asyncio.create_task(harness.scheduler.drain("mlserver", 0))
+    await harness.settle()
+    assert pending_ops(link1) == [(LOAD, "iris", 1)]
+
+    harness.scheduler.notify_servers(
+        [scheduler_pb2.ServerNotify(name="mlserver", expectedReplicas=3, shared=True)]
+    )
+    assert harness.scheduler.servers["mlserver"].replicas[0].retiring
+    await harness.load(model("other"))
+    assert (pending_ops(link0), pending_ops(link1)) == ([], [(LOAD, "other", 1)])
+    await harness.make_available("iris", idx=1)
+    await harness.envoy_applies()
     await harness.report(Event.UNLOADED, "iris", 1, idx=0)
     await asyncio.wait_for(drain, 1)
     assert harness.version("iris").active_replicas() == [1]

@@ -205,3 +205,32 @@ def test_a_server_that_goes_away_is_forgotten() -> None:
     assert len(scaling.decide([server(replicas=1)], [placed("wide", "auto", [0], desired=2)])) == 1
     assert scaling.decide([], []) == []
     assert len(scaling.decide([server(replicas=1)], [placed("wide", "auto", [0], desired=2)])) == 1
+
+
+class Untouchable:
+    """Models that must not be walked: every decision runs once a second, at any model count."""
+
+    def __iter__(self) -> None:
+        raise AssertionError("the models were walked")
+
+
+def test_without_an_autoscaled_server_the_models_are_not_walked() -> None:
+    scaling = scaler(Clock())
+    plain = server(replicas=2, low=0, high=0)
+    assert scaling.decide([plain], Untouchable()) == []  # type: ignore[arg-type]
+    assert scaling.decide([], Untouchable()) == []  # type: ignore[arg-type]
+
+
+def test_a_replica_count_index_replaces_walking_the_models_per_server() -> None:
+    clock = Clock()
+    scaling = scaler(clock)
+    auto = server(replicas=2)
+    models = [placed("iris", "auto", [0])]
+    index = {"auto": {0: 1}}
+    assert scaling.decide([auto], models, index.__getitem__) == []
+    clock.now += GRACE
+    expected = [ScalingRequest("auto", 1, "replicas [1] held no model for 30s")]
+    assert scaling.decide([auto], models, index.__getitem__) == expected
+    index["auto"][1] = 1  # replica 1 holds a model again (the index says so, not the list)
+    clock.now += GRACE
+    assert scaling.decide([auto], models, index.__getitem__) == []

@@ -199,10 +199,14 @@ def test_with_tls_envoy_speaks_mtls_to_xds_and_admin_is_a_private_socket(tmp_pat
     assert socket is not None
     assert rendered["admin"]["address"] == {"pipe": {"path": str(socket), "mode": 0o600}}
     assert stat.S_IMODE(socket.parent.stat().st_mode) == 0o700
-    (xds,) = rendered["static_resources"]["clusters"]
-    context = xds["transport_socket"]["typed_config"]["common_tls_context"]
-    assert context["tls_certificates"][0]["private_key"] == {"filename": str(config.tls_files.key("envoy"))}
-    assert context["validation_context"]["trusted_ca"] == {"filename": str(config.tls_files.ca)}
+    clusters = rendered["static_resources"]["clusters"]
+    assert [c["name"] for c in clusters] == ["meshserve_xds", "meshserve_lrs"]  # xDS, load reports
+    for cluster in clusters:
+        context = cluster["transport_socket"]["typed_config"]["common_tls_context"]
+        assert context["tls_certificates"][0]["private_key"] == {
+            "filename": str(config.tls_files.key("envoy"))
+        }
+        assert context["validation_context"]["trusted_ca"] == {"filename": str(config.tls_files.ca)}
     envoy = config.binary("envoy")
     check = subprocess.run(
         [envoy, "--mode", "validate", "-c", str(path), "--base-id", str(free_ports(1)[0])],

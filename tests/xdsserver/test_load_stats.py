@@ -93,6 +93,18 @@ async def test_clusters_and_endpoints_not_published_are_skipped(routes: RoutePub
     assert report.interval_s == 2.0  # from the one cluster that was ours
 
 
+async def test_idle_clusters_count_nothing_and_a_report_of_only_idle_ones_takes_the_asked_interval(
+    routes: RoutePublisher,
+) -> None:
+    # Envoy lists every cluster; one without traffic has its locality but no endpoint under it.
+    idle = cluster("iris_1_http", interval_s=5)
+    busy = cluster("iris_1_grpc", endpoint_stats(A, 9500, active=1), interval_s=2)
+    assert to_report("e", request(idle), routes, 1.5) == LoadReport("e", 1.5, ())
+    report = to_report("e", request(idle, busy), routes, 1.5)
+    assert report.loads == (ReplicaLoad("iris_1", A, in_flight=1, completed=0),)
+    assert report.interval_s == 2.0  # the window the counted endpoints were measured over
+
+
 async def test_a_report_without_interval_takes_the_asked_one(routes: RoutePublisher) -> None:
     stats = cluster("iris_1_http", endpoint_stats(A, 8080, active=1))
     stats.ClearField("load_report_interval")

@@ -1,0 +1,262 @@
+"""Figure 9 - pipelines: what a pipeline costs over calling its models one after the other.
+
+One real stack with Kafka (scheduler, Envoy, MLServer, agent, Tansu, model gateway, dataflow
+engine) serving two add/sub INT32 models (``tests/e2e/pipeline_models/addsub``), the one-step
+pipeline ``p1`` (tfsimple1) and the two-step chain ``p2`` (tfsimple1 → tfsimple2). Side by side, in
+interleaved rounds, over REST through Envoy from one client:
+
+- latency at one connection (p50, p99): the direct model call; ``p1``; the two models called one
+  after the other by the client; ``p2``;
+- throughput at four connections (closed loop) for the same four;
+- the Kafka-driven path (decision 0020's other option): a request produced to ``p1``'s input topic,
+  timed until its output is read from ``p1``'s output topic.
+
+Goal (issue 11): one-step pipeline ≤ 3 ms p50 over the direct call, ≤ 1 ms more per extra step,
+throughput ≥ 0.5 x the direct call's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from statistics import median
+
+import aiohttp
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+from apis.mlops.scheduler import scheduler_pb2, scheduler_pb2_grpc
+from apis.v2_dataplane import v2_dataplane_pb2 as pb
+from bench.mesh import bench_config, start_mesh
+from bench.procs import processes
+from bench.report import Goal, Section, Table
+from stack.components import components
+
+MODELS = Path(__file__).resolve().parent.parent / "tests" / "e2e" / "pipeline_models"
+I = list(range(1, 17))  # noqa: E741 - the reference's name (§13)
+BODY = json.dumps(
+    {
+        "inputs": [
+            {"name": "INPUT0", "datatype": "INT32", "shape": [1, 16], "data": I},
+            {"name": "INPUT1", "datatype": "INT32", "shape": [1, 16], "data": I},
+        ]
+    }
+)
+JSON = {"content-type": "application/json"}
+CHAIN_MAP = {"tfsimple1.outputs.OUTPUT0": "INPUT0", "tfsimple1.outputs.OUTPUT1": "INPUT1"}
+
+
+def _percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+async def _setup(scheduler: scheduler_pb2_grpc.SchedulerAsyncStub) -> None:
+    for name in ("tfsimple1", "tfsimple2"):
+        spec = scheduler_pb2.ModelSpec(
+            uri=f"file://{MODELS / 'addsub'}", requirements=["python"], memoryBytes=100_000
+        )
+        model = scheduler_pb2.Model(
+            meta=scheduler_pb2.MetaData(name=name),
+            modelSpec=spec,
+            deploymentSpec=scheduler_pb2.DeploymentSpec(replicas=1),
+        )
+        await scheduler.LoadModel(scheduler_pb2.LoadModelRequest(model=model))
+    one = scheduler_pb2.Pipeline(
+        name="p1",
+        steps=[scheduler_pb2.PipelineStep(name="tfsimple1")],
+        output=scheduler_pb2.PipelineOutput(steps=["tfsimple1"]),
+    )
+    two = scheduler_pb2.Pipeline(
+        name="p2",
+        steps=[
+            scheduler_pb2.PipelineStep(name="tfsimple1"),
+            scheduler_pb2.PipelineStep(name="tfsimple2", inputs=["tfsimple1"], tensorMap=CHAIN_MAP),
+        ],
+        output=scheduler_pb2.PipelineOutput(steps=["tfsimple2"]),
+    )
+    for pipeline in (one, two):
+        await scheduler.LoadPipeline(scheduler_pb2.LoadPipelineRequest(pipeline=pipeline))
+
+
+async def _wait_ready(http: aiohttp.ClientSession, url: str) -> None:
+    deadline = time.monotonic() + 180
+    last = ""
+    while time.monotonic() < deadline:
+        ok = True
+        for path in (
+            "/v2/models/tfsimple1/infer",
+            "/v2/models/tfsimple2/infer",
+            "/v2/pipelines/p1/infer",
+            "/v2/pipelines/p2/infer",
+        ):
+            async with http.post(url + path, data=BODY, headers=JSON) as response:
+                last = f"{path}: HTTP {response.status} {(await response.read())[:200]!r}"
+                ok &= response.status == 200
+        if ok:
+            return
+        await asyncio.sleep(0.5)
+    raise RuntimeError(f"models and pipelines did not become ready; last answer {last}")
+
+
+def _caller(http: aiohttp.ClientSession, url: str, paths: list[str]) -> Callable[[], Awaitable[None]]:
+    async def call() -> None:
+        for path in paths:
+            async with http.post(
+                url + path, data=BODY, headers={"content-type": "application/json"}
+            ) as response:
+                await response.read()
+                if response.status != 200:
+                    raise RuntimeError(f"{path}: HTTP {response.status}")
+
+    return call
+
+
+async def _latencies(call: Callable[[], Awaitable[None]], count: int) -> list[float]:
+    out = []
+    for _ in range(count):
+        started = time.perf_counter()
+        await call()
+        out.append((time.perf_counter() - started) * 1000)
+    return out
+
+
+async def _throughput(call: Callable[[], Awaitable[None]], seconds: float, connections: int) -> float:
+    done = 0
+    stop = time.monotonic() + seconds
+
+    async def worker() -> None:
+        nonlocal done
+        while time.monotonic() < stop:
+            await call()
+            done += 1
+
+    await asyncio.gather(*(worker() for _ in range(connections)))
+    return done / seconds
+
+
+async def _kafka_path(bootstrap: str, count: int) -> list[float]:
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=0)
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    await producer.start()
+    await consumer.start()
+    try:
+        partition = TopicPartition("seldon.default.pipeline.p1.outputs", 0)
+        consumer.assign([partition])
+        await consumer.seek_to_end(partition)
+        request = pb.ModelInferRequest()
+        for name in ("INPUT0", "INPUT1"):
+            request.inputs.add(name=name, datatype="INT32", shape=[1, 16]).contents.int_contents.extend(I)
+        value = request.SerializeToString()
+        out = []
+        for index in range(count):
+            key = f"bench-{time.time_ns()}-{index}".encode()
+            started = time.perf_counter()
+            await producer.send_and_wait("seldon.default.pipeline.p1.inputs", value, key=key)
+            found = False
+            while not found:
+                batches = await consumer.getmany(timeout_ms=5_000)
+                if not batches:
+                    raise RuntimeError("no output from the Kafka path within 5 s")
+                found = any(r.key == key for batch in batches.values() for r in batch)
+            out.append((time.perf_counter() - started) * 1000)
+        return out
+    finally:
+        await producer.stop()
+        await consumer.stop()
+
+
+async def run(work: Path, quick: bool = False) -> Section:
+    rounds, count, seconds, kafka_count = (2, 100, 1.5, 30) if quick else (3, 400, 4.0, 150)
+    started = time.monotonic()
+    config = bench_config(work / "pipelines", kafka=True, artifact_roots=str(MODELS))
+    config.home.mkdir(parents=True, exist_ok=True)
+    names = [c.name for c in components(config)]
+    latency: dict[str, list[float]] = {k: [] for k in ("direct", "p1", "chain", "p2")}
+    rate: dict[str, list[float]] = {k: [] for k in latency}
+    kafka: list[float] = []
+    with processes(work / "logs") as group:
+        mesh = await start_mesh(group, config, names)
+        import grpc
+
+        async with (
+            grpc.aio.insecure_channel(f"127.0.0.1:{config.scheduler_port}") as channel,
+            aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=16)) as http,
+        ):
+            await _setup(scheduler_pb2_grpc.SchedulerStub(channel))
+            await _wait_ready(http, mesh.url)
+            calls = {
+                "direct": _caller(http, mesh.url, ["/v2/models/tfsimple1/infer"]),
+                "p1": _caller(http, mesh.url, ["/v2/pipelines/p1/infer"]),
+                "chain": _caller(
+                    http, mesh.url, ["/v2/models/tfsimple1/infer", "/v2/models/tfsimple2/infer"]
+                ),
+                "p2": _caller(http, mesh.url, ["/v2/pipelines/p2/infer"]),
+            }
+            for call in calls.values():
+                await _latencies(call, 20)  # warm-up
+            for _ in range(rounds):
+                for key, call in calls.items():
+                    latency[key] += await _latencies(call, count)
+                for key, call in calls.items():
+                    rate[key].append(await _throughput(call, seconds, 4))
+            kafka = await _kafka_path(f"127.0.0.1:{config.kafka_port}", kafka_count)
+    p50 = {k: median(v) for k, v in latency.items()}
+    p99 = {k: _percentile(v, 0.99) for k, v in latency.items()}
+    rps = {k: median(v) for k, v in rate.items()}
+    labels = {
+        "direct": "model tfsimple1 through Envoy",
+        "p1": "one-step pipeline p1",
+        "chain": "tfsimple1 then tfsimple2 (client calls both)",
+        "p2": "two-step pipeline p2",
+    }
+    table = Table(
+        ["target", "p50 ms", "p99 ms", "req/s (4 connections)"],
+        [[labels[k], f"{p50[k]:.2f}", f"{p99[k]:.2f}", f"{rps[k]:.0f}"] for k in labels],
+        caption=f"REST through Envoy, {rounds} interleaved rounds of {count} sequential requests and "
+        f"{seconds:g} s closed loop each (medians).",
+    )
+    kafka_table = Table(
+        ["path", "p50 ms", "p99 ms"],
+        [
+            [
+                "synchronous: engine runs p1, calls the model through Envoy",
+                f"{p50['p1']:.2f}",
+                f"{p99['p1']:.2f}",
+            ],
+            [
+                "Kafka-driven: produce to p1's inputs topic, read its outputs topic",
+                f"{median(kafka):.2f}",
+                f"{_percentile(kafka, 0.99):.2f}",
+            ],
+        ],
+        caption=f"The two paths of decision 0020, {kafka_count} sequential requests on the Kafka path.",
+    )
+    over_one = p50["p1"] - p50["direct"]
+    per_step = (p50["p2"] - p50["chain"]) - over_one
+    goals = [
+        Goal("one-step pipeline ≤ 3 ms p50 over the direct call", f"+{over_one:.2f} ms", over_one <= 3.0),
+        Goal("≤ 1 ms more per extra step", f"{per_step:+.2f} ms", per_step <= 1.0),
+        Goal(
+            "throughput ≥ 0.5 x the direct call's",
+            f"{rps['p1'] / rps['direct']:.2f} x",
+            rps["p1"] >= 0.5 * rps["direct"],
+        ),
+    ]
+    return Section(
+        key="pipelines",
+        title="Pipelines: the engine's synchronous path against calling the models",
+        intro=__doc__.split("\n\n", 1)[1].strip() if __doc__ else "",
+        command="python -m bench --only pipelines --merge",
+        tables=[table, kafka_table],
+        goals=goals,
+        notes=[
+            "2-core machine shared with other work: medians and ratios, not absolute numbers, "
+            "carry the result.",
+            "The extra step cost is (p2 - chain) - (p1 - direct): what the engine adds per step beyond "
+            "the model call the client would make anyway.",
+        ],
+        seconds=time.monotonic() - started,
+    )

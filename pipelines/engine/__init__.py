@@ -1,0 +1,1 @@
+"""The dataflow engine and the pipeline gateway, one process (docs/decisions/0020)."""

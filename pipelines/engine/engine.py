@@ -1,0 +1,83 @@
+"""The engine's pipelines on Kafka: topics made and feeds started when one starts, stopped when it goes.
+
+Called by :class:`pipelines.engine.control.ChainerFollower` (one update at a time). Starting makes
+the pipeline's topics (its inputs and outputs, every step's model topics, the errors topic) before
+the scheduler is told it runs, and starts its :class:`pipelines.engine.feed.PipelineFeed`; a new
+version replaces the old one's compiled graph and feed. Stopping ends the feed and, with
+``dataflow.cleanTopicsOnDelete``, deletes the pipeline's own two topics (never the model topics,
+which other pipelines and the model gateway share; §5.1).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+import structlog
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import KafkaError
+
+from apis.kafka import KafkaConfig
+from pipelines import kafka_clients
+from pipelines.engine.feed import PipelineFeed
+from pipelines.engine.runner import Runner
+from pipelines.model import Pipeline
+
+log = structlog.get_logger("meshserve.pipelines.engine")
+
+
+class TopicsUnavailable(LookupError):
+    """Kafka could not make the pipeline's topics; the message says why."""
+
+
+class Engine:
+    def __init__(
+        self, runner: Runner, kafka: KafkaConfig, admin: AIOKafkaAdminClient, *, pending_seconds: float
+    ) -> None:
+        self._runner = runner
+        self._kafka = kafka
+        self._admin = admin
+        self._pending_seconds = pending_seconds
+        self._feeds: dict[str, asyncio.Task[None]] = {}
+
+    def topics_of(self, pipeline: Pipeline) -> list[str]:
+        topics = self._kafka.topics
+        names = [topics.errors, topics.pipeline_inputs(pipeline.name), topics.pipeline_outputs(pipeline.name)]
+        for model in sorted(pipeline.models):
+            names += [topics.model_inputs(model), topics.model_outputs(model)]
+        return names
+
+    async def start(self, pipeline: Pipeline) -> None:
+        try:
+            await kafka_clients.ensure_topics(self._admin, self._kafka, self.topics_of(pipeline))
+        except (KafkaError, OSError) as error:
+            raise TopicsUnavailable(
+                f"pipeline {pipeline.name}: its Kafka topics could not be made: {error!r}"
+            ) from error
+        running = self._runner.load(pipeline)  # raises NotImplementedError (batch) before anything runs
+        await self._stop_feed(pipeline.name)
+        feed = PipelineFeed(self._runner, self._kafka, running, pending_seconds=self._pending_seconds)
+        self._feeds[pipeline.name] = asyncio.create_task(feed.run(), name=f"feed-{pipeline.name}")
+
+    async def stop(self, name: str, clean: bool) -> None:
+        await self._stop_feed(name)
+        self._runner.unload(name)
+        if clean:
+            topics = self._kafka.topics
+            try:
+                await kafka_clients.delete_topics(
+                    self._admin, [topics.pipeline_inputs(name), topics.pipeline_outputs(name)]
+                )
+            except (KafkaError, OSError) as error:
+                log.warning("could not delete a pipeline's topics", pipeline=name, error=repr(error))
+
+    async def _stop_feed(self, name: str) -> None:
+        task = self._feeds.pop(name, None)
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def close(self) -> None:
+        for name in list(self._feeds):
+            await self._stop_feed(name)

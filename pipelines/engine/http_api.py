@@ -1,0 +1,107 @@
+"""The pipeline gateway over HTTP (V2 REST; reference port 9010).
+
+``POST /v2/pipelines/<p>/infer`` and ``/v2/models/<p>[.pipeline]/infer`` (Envoy sends both here for
+``seldon-model: <p>.pipeline``); ``GET …/ready`` answers 200 only when the pipeline is Ready with
+its models ready, else 503 (404 when it is not loaded here). A response is
+``{"model_name": "", "outputs": [...]}`` (§6.4; ``id`` echoed when the request had one) with headers
+``x-request-id``, ``x-pipeline-version`` and ``x-seldon-route`` (the models that answered). An
+async request is answered 202 ``{"id": "<request id>"}``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry, Counter, Histogram
+
+from apis.kafka import REQUEST_ID_HEADER, ROUTE_HEADER
+from pipelines.engine.errors import BadRequest, failure
+from pipelines.engine.gateway import Gateway, pipeline_name
+from pipelines.tensors import message_from_json, message_to_json
+
+MAX_BODY_BYTES = 64 * 1024 * 1024
+VERSION_HEADER = "x-pipeline-version"
+
+
+class Metrics:
+    def __init__(self, registry: CollectorRegistry | None) -> None:
+        labels = ["code", "method_type", "pipeline", "server"]
+        self.total = Counter(
+            "seldon_pipeline_infer", "Pipeline inference requests", labels, registry=registry
+        )
+        self.seconds = Histogram(
+            "seldon_pipeline_infer_api_seconds",
+            "Pipeline inference latency",
+            ["method_type", "pipeline"],
+            registry=registry,
+        )
+
+    def observe(self, code: str, method: str, pipeline: str, started: float) -> None:
+        self.total.labels(code, method, pipeline, "pipeline-gateway").inc()
+        self.seconds.labels(method, pipeline).observe(time.perf_counter() - started)
+
+
+def application(gateway: Gateway, metrics: Metrics) -> web.Application:
+    app = web.Application(client_max_size=MAX_BODY_BYTES)
+
+    async def infer(request: web.Request) -> web.Response:
+        started = time.perf_counter()
+        pipeline = "?"
+        try:
+            call = gateway.request(request.headers, request.match_info["name"])
+            pipeline = call.pipeline
+            body = _body(await request.read())
+            message = message_from_json(body.get("inputs"), field="inputs")
+            answer = await gateway.infer(call, message)
+        except Exception as error:
+            mapped = failure(error)
+            if mapped is None:
+                raise
+            metrics.observe(str(mapped.http), "rest", pipeline, started)
+            return web.json_response({"error": mapped.message}, status=mapped.http)
+        headers = {REQUEST_ID_HEADER: call.request_id}
+        if answer is None:
+            metrics.observe("202", "rest", pipeline, started)
+            return web.json_response({"id": call.request_id}, status=202, headers=headers)
+        out: dict[str, Any] = {"model_name": "", "outputs": message_to_json(answer.output)}
+        if isinstance(body.get("id"), str):
+            out = {"id": body["id"], **out}
+        headers[VERSION_HEADER] = str(answer.version)
+        if answer.routes:
+            headers[ROUTE_HEADER] = " ".join(answer.routes)
+        metrics.observe("200", "rest", pipeline, started)
+        return web.Response(body=json.dumps(out), content_type="application/json", headers=headers)
+
+    async def ready(request: web.Request) -> web.Response:
+        try:
+            name = pipeline_name(request.match_info["name"])
+        except BadRequest as error:
+            return web.json_response({"error": str(error)}, status=400)
+        if name not in gateway.runner.running:
+            return web.json_response({"error": f"pipeline {name} is not loaded"}, status=404)
+        return web.Response(status=200 if gateway.ready(name) else 503)
+
+    async def live(_: web.Request) -> web.Response:
+        return web.Response(status=200)
+
+    for prefix in ("/v2/pipelines/{name}", "/v2/models/{name}"):
+        app.router.add_post(prefix + "/infer", infer)
+        app.router.add_get(prefix + "/ready", ready)
+    app.router.add_get("/v2/health/live", live)
+    app.router.add_get("/v2/health/ready", live)
+    return app
+
+
+def _body(raw: bytes) -> dict[str, Any]:
+    try:
+        body = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise BadRequest(f"the body is not JSON: {error}") from None
+    if not isinstance(body, dict):
+        raise BadRequest("the body must be a JSON object with inputs")
+    if "inputs" not in body:
+        raise BadRequest("the body has no inputs")
+    return body

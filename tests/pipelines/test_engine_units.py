@@ -1,0 +1,106 @@
+"""Unit tests of the engine's pure parts: tensor codec, topic placement, request parsing, error mapping."""
+
+from __future__ import annotations
+
+import struct
+
+import grpc
+import pytest
+
+from apis.kafka import Topics
+from apis.v2_dataplane import v2_dataplane_pb2 as pb
+from pipelines.engine.codec import (
+    message_to_request,
+    message_to_response,
+    request_to_message,
+    response_to_message,
+)
+from pipelines.engine.errors import BadRequest, failure
+from pipelines.engine.feed import BadMessage, decode
+from pipelines.engine.gateway import pipeline_name
+from pipelines.engine.models import Fault, ModelCallFailed
+from pipelines.engine.runner import DeadlineExceeded, NotServed, new_request_id
+from pipelines.engine.topics import source_of, topic_of
+from pipelines.references import Direction, Source
+from pipelines.tensors import InvalidTensor, Tensor
+from pipelines.topology import RevisitLimitExceeded, StepFailed
+
+TOPICS = Topics("seldon", "default")
+
+
+def test_typed_and_raw_contents_round_trip() -> None:
+    message = (
+        Tensor("a", "INT32", (1, 3), [[1, 2, 3]]),
+        Tensor("b", "BYTES", (1,), ["hi"], {"content_type": "str"}),
+        Tensor("c", "FP64", (2,), [0.5, 1.5]),
+    )
+    back = request_to_message(message_to_request(message))
+    assert [t.data for t in back] == [[1, 2, 3], ["hi"], [0.5, 1.5]]
+    assert back[1].parameters == {"content_type": "str"}
+    raw = pb.ModelInferRequest(raw_input_contents=[struct.pack("<2i", 7, 8), struct.pack("<I", 2) + b"ok"])
+    raw.inputs.add(name="x", datatype="INT32", shape=[2])
+    raw.inputs.add(name="y", datatype="BYTES", shape=[1])
+    assert [t.data for t in request_to_message(raw)] == [[7, 8], ["ok"]]
+    response = response_to_message(message_to_response(message[:1], model="m"))
+    assert response[0].data == [1, 2, 3]
+
+
+def test_malformed_protobuf_tensors_are_refused() -> None:
+    request = pb.ModelInferRequest()
+    request.inputs.add(name="x", datatype="NOPE", shape=[1])
+    with pytest.raises(InvalidTensor, match="datatype"):
+        request_to_message(request)
+    short = pb.ModelInferRequest(raw_input_contents=[b"\x01\x02\x03"])
+    short.inputs.add(name="x", datatype="INT32", shape=[1])
+    with pytest.raises(InvalidTensor, match="whole number"):
+        request_to_message(short)
+    count = pb.ModelInferRequest()
+    count.inputs.add(name="x", datatype="INT32", shape=[2]).contents.int_contents.append(1)
+    with pytest.raises(InvalidTensor, match="x"):
+        request_to_message(count)
+
+
+def test_sources_map_to_topics_and_back() -> None:
+    step = Source("p", "m", Direction.OUTPUTS)
+    assert topic_of(TOPICS, step) == "seldon.default.model.m.outputs"
+    assert source_of(TOPICS, "seldon.default.model.m.outputs", {"pipeline": b"p"}) == step
+    assert source_of(TOPICS, "seldon.default.model.m.outputs", {}) is None  # whose?
+    own = Source("p", None, Direction.INPUTS)
+    assert source_of(TOPICS, topic_of(TOPICS, own), {}) == own
+    assert source_of(TOPICS, "other.default.pipeline.p.inputs", {}) is None
+    assert source_of(TOPICS, "seldon.default.pipeline.P!.inputs", {}) is None
+
+
+def test_pipeline_names_and_errors_map_to_statuses() -> None:
+    assert pipeline_name("tfsimple.pipeline") == pipeline_name("tfsimple") == "tfsimple"
+    with pytest.raises(BadRequest):
+        pipeline_name("../etc")
+    refused = StepFailed("p", "m", "pipeline p: step m failed")
+    refused.__cause__ = ModelCallFailed("m", Fault.CALLER, "HTTP 400")
+    gone = StepFailed("p", "m", "gone")
+    gone.__cause__ = ModelCallFailed("m", Fault.MISSING, "HTTP 404")
+    cases = [
+        (BadRequest("x"), 400, grpc.StatusCode.INVALID_ARGUMENT),
+        (refused, 400, grpc.StatusCode.INVALID_ARGUMENT),
+        (gone, 503, grpc.StatusCode.UNAVAILABLE),
+        (StepFailed("p", "m", "boom"), 500, grpc.StatusCode.INTERNAL),
+        (NotServed("x"), 404, grpc.StatusCode.NOT_FOUND),
+        (DeadlineExceeded("x"), 504, grpc.StatusCode.DEADLINE_EXCEEDED),
+        (RevisitLimitExceeded("p", "m", "x"), 508, grpc.StatusCode.ABORTED),
+    ]
+    for error, http, code in cases:
+        mapped = failure(error)
+        assert mapped is not None and (mapped.http, mapped.grpc) == (http, code), error
+    assert failure(KeyError("bug")) is None
+    assert len(new_request_id()) == 20
+
+
+def test_kafka_values_decode_by_header_direction_or_json() -> None:
+    request = message_to_request((Tensor("a", "INT32", (1,), [1]),)).SerializeToString()
+    assert decode(request, None, Direction.INPUTS)[0].data == [1]
+    assert decode(
+        b'{"inputs": [{"name": "a", "datatype": "INT32", "shape": [1], "data": [2]}]}', None, Direction.INPUTS
+    )[0].data == [2]
+    for bad in (b"", b"{}", b"\xff\xfe"):
+        with pytest.raises(BadMessage):
+            decode(bad, None, Direction.INPUTS)
