@@ -83,20 +83,21 @@ class Experiment:
             )
         resource_type = ResourceType(message.resourceType)
         kind = resource_type.kind  # members name models, or pipelines (never both)
+        said = "pipeline " if resource_type is ResourceType.PIPELINE else ""  # models: as before
         candidates = _candidates(name, message.candidates, kind)
         default = (
-            validate_name(message.default, kind=f"default {kind}")
+            validate_name(message.default, kind=kind)
             if message.HasField("default") and message.default
             else None
         )
         if default is not None and default not in {c.name for c in candidates}:
             raise InvalidResource(
-                f"experiment {name}: default {kind} {default!r} must be one of the candidates "
+                f"experiment {name}: default {said}{default!r} must be one of the candidates "
                 f"({', '.join(c.name for c in candidates)})"
             )
         mirror = _mirror(name, message.mirror, kind) if message.HasField("mirror") else None
         if mirror is not None and mirror.name in {c.name for c in candidates}:
-            raise InvalidResource(f"experiment {name}: mirror {kind} {mirror.name!r} is also a candidate")
+            raise InvalidResource(f"experiment {name}: mirror {said}{mirror.name!r} is also a candidate")
         meta = message.kubernetesMeta
         return cls(
             name=name,
@@ -134,7 +135,7 @@ class Experiment:
 def _candidates(
     experiment: str, candidates: Iterable[scheduler_pb2.ExperimentCandidate], kind: str
 ) -> tuple[Candidate, ...]:
-    found = [Candidate(validate_name(c.name, kind=f"candidate {kind}"), c.weight) for c in candidates]
+    found = [Candidate(validate_name(c.name, kind=kind), c.weight) for c in candidates]
     if not found:
         raise InvalidResource(f"experiment {experiment} has no candidates")
     if len(found) > MAX_CANDIDATES:
@@ -159,7 +160,7 @@ def _candidates(
 
 
 def _mirror(experiment: str, mirror: scheduler_pb2.ExperimentMirror, kind: str) -> Mirror:
-    name = validate_name(mirror.name, kind=f"mirror {kind}")
+    name = validate_name(mirror.name, kind=kind)
     if not 1 <= mirror.percent <= 100:
         raise InvalidResource(f"experiment {experiment}: mirror percent must be 1..100, got {mirror.percent}")
     return Mirror(name, mirror.percent)

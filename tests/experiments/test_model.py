@@ -65,12 +65,12 @@ def test_a_pipeline_experiment_takes_over_the_pipeline_endpoint() -> None:
         (message(resource_type=scheduler_pb2.PIPELINE, default="p3"), "default pipeline 'p3' must be one"),
         (
             message(resource_type=scheduler_pb2.PIPELINE, candidates=(("p.pipeline", 1),)),
-            "candidate pipeline",
+            "pipeline name 'p.pipeline' is invalid",
         ),
         (message(resource_type=scheduler_pb2.PIPELINE, mirror=("iris", 5)), "mirror pipeline 'iris' is also"),
         (
             message(resource_type=scheduler_pb2.PIPELINE, mirror=("M", 5)),
-            "mirror pipeline name 'M' is invalid",
+            "pipeline name 'M' is invalid",
         ),
         (message(resource_type=scheduler_pb2.PIPELINE, candidates=()), "has no candidates"),
         (message(name="Bad_Name"), "experiment name 'Bad_Name' is invalid"),
