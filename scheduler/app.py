@@ -112,8 +112,8 @@ class SchedulerApp:
         config = self.config
         # Before any server starts: a reconnecting Envoy must see the same routes as before.
         self.core.restore()
+        self.pipelines.restore()  # before experiments: pipeline experiments plan over them
         self.experiments.restore()
-        self.pipelines.restore()
         listen = config.envoy_listen_address
         loopback = "127.0.0.1" if listen in ("0.0.0.0", "::", "") else listen
         listener = resources.listener(

@@ -4,12 +4,14 @@ publisher, a fake Envoy, agents and an in-process dataflow engine session."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 
 from apis.mlops.scheduler import scheduler_pb2
 from apis.routing import Endpoint, MirrorPolicy
 from apis.validation import InvalidResource
+from experiments.model import ResourceType
 from scheduler.pipeline_records import PipelineStatus
 from tests.experiments.test_model import message
 from tests.scheduler.fakes import Harness, model
@@ -176,3 +178,36 @@ async def test_without_pipelines_served_a_pipeline_experiment_stays_inactive_wit
         assert not status.active and "candidate p-add10 is not available" in status.description
     finally:
         await harness.scheduler.close()
+
+
+async def test_a_pipeline_experiment_is_restored_and_splits_once_its_pipelines_run_again(
+    tmp_path: Path,
+) -> None:
+    first = Harness(store_path=tmp_path / "state.db", gateway=GATEWAY)
+    first.pipelines.load(one_step("p-add10", "add10"))
+    first.pipelines.load(one_step("p-mul10", "mul10"))
+    first.experiments.start(addmul())
+    first.scheduler.commit()
+    await first.scheduler.close()
+
+    second = Harness(store_path=tmp_path / "state.db", gateway=GATEWAY)
+    second.scheduler.restore()
+    second.pipelines.restore()
+    second.experiments.restore()
+    await second.settle()
+    restored = second.experiments.get("addmul10")
+    assert restored.resource_type is ResourceType.PIPELINE and restored.default_route == "p-add10.pipeline"
+    assert not second.experiments.status("addmul10").active  # no engine, no models yet
+    await second.connect()
+    for name in ("add10", "mul10"):
+        await second.load(model(name))
+        await second.make_available(name)
+    engine = second.pipelines.engine_subscribed("engine-0")
+    drain(engine)
+    for name in ("p-add10", "p-mul10"):
+        answer(second.pipelines, "engine-0", name, 1)
+    await second.settle()
+    await second.envoy_applies()
+    assert second.experiments.status("addmul10").active
+    assert second.targets("p-add10.pipeline") == {"p-add10.pipeline": 50, "p-mul10.pipeline": 50}
+    await second.scheduler.close()
