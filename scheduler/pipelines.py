@@ -77,6 +77,7 @@ class Pipelines:
         self.records: dict[str, PipelineRecord] = {}
         self.engines = DataflowEngines(self._engines_changed)
         self._listeners: list[Callable[[str], None]] = []
+        self._override: Callable[[str], Route | None] = lambda _: None
         store.register(PIPELINES, lambda: self.records)
         core.on_model_change(self._model_changed)
         core.on_route_confirmed(self._route_confirmed)
@@ -181,15 +182,36 @@ class Pipelines:
         # The target names the pipeline: its clusters, the gRPC model name and the path Envoy sends.
         return Route(name, (Split(name, WEIGHT_SCALE, (self._gateway,)),))
 
+    def set_route_override(self, override: Callable[[str], Route | None]) -> None:
+        """Let a pipeline experiment take over a pipeline's endpoint: ``override(pipeline)`` returns
+        the route to publish as ``<p>.pipeline`` instead of its own, or None."""
+        self._override = override
+
+    def reroute(self, name: str) -> None:
+        """Re-plan a pipeline's endpoint now (a takeover started or stopped)."""
+        record = self.records.get(name)
+        if record is not None:
+            self._publish_route(record)
+            self._refresh(record)
+
     def _publish_route(self, record: PipelineRecord) -> None:
-        if self._gateway is not None:
-            self._core.routing.publish(self.route(record))
+        if self._gateway is None:
+            return
+        override = None if record.deleted else self._override(record.name)
+        self._core.routing.publish(override or self.route(record))
 
     def _route_held(self, record: PipelineRecord) -> bool:
+        """Every Envoy routes ``<p>.pipeline`` to the gateway (to this pipeline, or while an
+        experiment takes it over, to its candidates: both mean the endpoint answers), or, once
+        unloaded, holds no route for it."""
         if self._gateway is None:
             return True
         route = self.route(record)
-        return self._core.routing.held(route.name) == (route if route.splits else None)
+        held = self._core.routing.held(route.name)
+        if not route.splits:
+            return held is None
+        gateway = (self._gateway,)
+        return held is not None and bool(held.splits) and all(s.endpoints == gateway for s in held.splits)
 
     def _route_confirmed(self, name: str) -> None:
         if name.endswith(PIPELINE_SUFFIX):

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from apis.mlops.agent import agent_pb2
 from apis.mlops.scheduler import scheduler_pb2
-from apis.routing import WEIGHT_SCALE, Route
+from apis.routing import WEIGHT_SCALE, Endpoint, Route
 from scheduler.core import AgentLink, Scheduler
 from scheduler.experiments import Experiments
 from scheduler.pipelines import Pipelines
@@ -140,14 +140,15 @@ class Harness:
     cache: ResourceCache = field(default_factory=ResourceCache)
     grace_s: float = 0.05
     store_path: Path | None = None
+    gateway: Endpoint | None = None  # the pipeline gateway: with it, pipelines have routes
 
     def __post_init__(self) -> None:
         self.envoy = FakeEnvoy(self.cache)
         self.publisher = RoutePublisher(self.cache, self.envoy)
         store = StateStore(self.store_path)
         self.scheduler = Scheduler(self.publisher, agent_grace_seconds=self.grace_s, store=store)
-        self.experiments = Experiments(self.scheduler, store)
-        self.pipelines = Pipelines(self.scheduler, store)
+        self.pipelines = Pipelines(self.scheduler, store, gateway=self.gateway)
+        self.experiments = Experiments(self.scheduler, store, self.pipelines)
         self.links: dict[tuple[str, int], AgentLink] = {}
 
     async def settle(self) -> None:
