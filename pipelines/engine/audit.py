@@ -104,7 +104,8 @@ class TopicWriter:
         try:
             while True:
                 burst = [await self._queue.get()]
-                await asyncio.sleep(GATHER_SECONDS)
+                if self._queue.qsize() < MAX_BURST:
+                    await asyncio.sleep(GATHER_SECONDS)
                 while not self._queue.empty() and len(burst) < MAX_BURST:
                     burst.append(self._queue.get_nowait())
                 for record in burst:  # send() suspends only when the producer's buffer is full
