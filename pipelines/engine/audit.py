@@ -46,7 +46,7 @@ from pipelines.tensors import InvalidTensor, Message
 log = structlog.get_logger("meshserve.pipelines.engine")
 MAX_QUEUED = 10_000
 MAX_BURST = 1_000  # records handed to the producer at once
-GATHER_SECONDS = 0.01  # how long audit records wait to leave together (copies only, never answers)
+GATHER_SECONDS = 0.05  # how long audit records wait to leave together (copies only, never answers)
 Headers = list[tuple[str, bytes]]
 _REQUEST = (INFER_TYPE_HEADER, str(InferType.PROTO_REQUEST).encode())
 _RESPONSE = (INFER_TYPE_HEADER, str(InferType.PROTO_RESPONSE).encode())
