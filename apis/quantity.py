@@ -6,6 +6,8 @@ import math
 import re
 from decimal import Decimal
 
+from apis.limits import MAX_MEMORY_BYTES
+
 _SUFFIXES: dict[str, int] = {
     "": 1,
     "k": 10**3,
@@ -43,4 +45,14 @@ def parse_quantity(value: object) -> int:
     count = math.ceil(Decimal(match["number"]) * _SUFFIXES[suffix])
     if count > _UINT64_MAX:
         raise ValueError(f"{value!r} is too large")
+    return count
+
+
+def parse_memory(value: object) -> int:
+    """A server replica's memory: a quantity from one byte up to ``MAX_MEMORY_BYTES``; ValueError else."""
+    count = parse_quantity(value)
+    if not 0 < count <= MAX_MEMORY_BYTES:
+        raise ValueError(
+            f"{value!r} is out of range: memory must be above 0 and at most {MAX_MEMORY_BYTES} bytes"
+        )
     return count

@@ -205,11 +205,26 @@ def _shown(value: str, limit: int = 80) -> str:
 
 # replicaIdx becomes part of Envoy endpoint and process names; a server has at most this many.
 MAX_REPLICA_INDEX = 999
+# Memory a replica may promise beyond its own, in percent (Seldon's SELDON_OVERCOMMIT_PERCENTAGE).
 MAX_OVERCOMMIT_PERCENTAGE = 1_000
 MAX_REPLICA_CAPABILITIES = 64
 MAX_LOADED_MODELS = 100_000
 MAX_HOSTNAME_LENGTH = 253
 _HOST_LABEL = re.compile(r"[A-Za-z0-9]([-A-Za-z0-9]*[A-Za-z0-9])?")
+
+
+def parse_overcommit_percent(value: object) -> int:
+    """An overcommit percentage given as text or a whole number: 0 to MAX_OVERCOMMIT_PERCENTAGE."""
+    if isinstance(value, str) and re.fullmatch(r"-?[0-9]{1,12}", value.strip()):
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{value!r} is not a whole number of percent")
+    percent = value
+    if not 0 <= percent <= MAX_OVERCOMMIT_PERCENTAGE:
+        raise ValueError(
+            f"{value!r} is out of range: overcommit must be 0 to {MAX_OVERCOMMIT_PERCENTAGE} percent"
+        )
+    return percent
 
 
 def validate_host(host: str, *, what: str = "host") -> str:

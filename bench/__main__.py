@@ -24,6 +24,7 @@ FIGURES = (
     "tls",
     "overcommit",
     "pipelines",
+    "lag-reporting",
 )
 
 
@@ -60,6 +61,10 @@ async def _figure(name: str, work: Path, quick: bool) -> list[report.Section]:
         from bench import pipelines
 
         return [await pipelines.run(work, quick)]
+    if name == "lag-reporting":
+        from bench import lag_reporting
+
+        return [await lag_reporting.run(work, quick)]
     return []
 
 

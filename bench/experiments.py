@@ -44,6 +44,7 @@ from bench.report import Goal, Section, Table
 from samples import train
 from stack.components import ReplicaPorts, port_open, server_replica
 from stack.ports import free_ports
+from stack.server_spec import default_spec
 
 PLAIN = "iris"  # a plain model: no experiment on it
 CAND_A, CAND_B = "exp-a", "exp-b"  # candidates of the 50/50 experiment; exp-a is its default
@@ -228,9 +229,7 @@ async def _start(
     # The mirror model gets a replica of its own, as a shadow would in production: its inference
     # must not queue behind the primary's in one MLServer process.
     shadow_ports = ReplicaPorts(*free_ports(3))
-    shadow = server_replica(
-        config, shadow_ports, server=SHADOW_SERVER, idx=0, capabilities=config.capabilities
-    )
+    shadow = server_replica(config, shadow_ports, server=SHADOW_SERVER, idx=0, spec=default_spec(config))
     mesh.procs.update(await start_components(group, config, shadow))
     binary = config.binary("envoy")
     port, admin, m_port, m_admin, up_port, up_admin = free_ports(6)

@@ -49,7 +49,7 @@ async def run(work: Path, quick: bool = False) -> Section:
     with processes(work / "logs") as group:
         meshes = {}
         for key, overcommit in (("on", 300), ("off", 0)):
-            config = bench_config(work / key, memory_bytes=3 * IRIS_BYTES, overcommit_percentage=overcommit)
+            config = bench_config(work / key, server_memory=3 * IRIS_BYTES, overcommit_percent=overcommit)
             meshes[key] = await start_mesh(group, config, ("scheduler", "envoy", "mlserver", "agent"))
             await _load(meshes[key], ["iris", *(EVICTABLE if overcommit else [])])
         closed: dict[tuple[str, str, int], list[Result]] = {}

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
@@ -14,7 +13,7 @@ from cli.errors import CliError
 from cli.output import JSON, TABLE, human_bytes, print_message, print_messages, print_table
 from cli.resources import ServerManifest, checked_name, read_server_manifests
 from cli.rpc import SUBSCRIBER, scheduler, scheduler_endpoint
-from stack.components import server_spec_file
+from stack.server_spec import server_spec_file, spec_text
 
 HOME_HELP = "the local stack's state folder, whose controller starts the replicas (env MESHSERVE_HOME)"
 
@@ -82,9 +81,7 @@ def _write_specs(home: Path, manifests: list[ServerManifest]) -> Callable[[], No
         path = server_spec_file(home.resolve(), manifest.notify.name)
         previous[path] = path.read_text() if path.exists() else None
         path.parent.mkdir(parents=True, exist_ok=True)
-        # The controller carries out the scheduler's ScalingRequests within these bounds.
-        bounds = {"minReplicas": manifest.notify.minReplicas, "maxReplicas": manifest.notify.maxReplicas}
-        path.write_text(json.dumps({"capabilities": list(manifest.capabilities), **bounds}))
+        path.write_text(spec_text(manifest))
 
     def undo() -> None:
         for path, text in previous.items():

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from enum import IntEnum
 
 from apis.mlops.scheduler import scheduler_pb2
-from apis.names import EXPERIMENT_SUFFIX
+from apis.names import EXPERIMENT_SUFFIX, PIPELINE_SUFFIX
 from apis.validation import InvalidResource, validate_name
 
 # A weight is a relative share; the bound keeps sums far from any overflow and typos visible.
@@ -24,6 +24,11 @@ MAX_CANDIDATES = 32
 class ResourceType(IntEnum):
     MODEL = scheduler_pb2.MODEL
     PIPELINE = scheduler_pb2.PIPELINE
+
+    @property
+    def kind(self) -> str:
+        """The word for a member in messages: ``model`` or ``pipeline``."""
+        return self.name.lower()
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +60,16 @@ class Experiment:
         return self.name + EXPERIMENT_SUFFIX
 
     @property
+    def default_route(self) -> str | None:
+        """The endpoint taken over while the experiment splits: the default model's own name, or
+        the default pipeline's ``<p>.pipeline``."""
+        return None if self.default is None else self.member_route(self.default)
+
+    def member_route(self, member: str) -> str:
+        """A member's own endpoint (``seldon-model`` value)."""
+        return member + PIPELINE_SUFFIX if self.resource_type is ResourceType.PIPELINE else member
+
+    @property
     def members(self) -> frozenset[str]:
         """Every resource the experiment routes to (candidates and mirror)."""
         return frozenset(c.name for c in self.candidates) | ({self.mirror.name} if self.mirror else set())
@@ -67,21 +82,22 @@ class Experiment:
                 f"experiment {name}: unknown resourceType {message.resourceType} (use model or pipeline)"
             )
         resource_type = ResourceType(message.resourceType)
-        if resource_type is ResourceType.PIPELINE:
-            raise InvalidResource(
-                f"experiment {name}: resourceType pipeline needs pipelines, "
-                "which this scheduler does not serve yet"
-            )
-        candidates = _candidates(name, message.candidates)
-        default = validate_name(message.default) if message.HasField("default") and message.default else None
+        kind = resource_type.kind  # members name models, or pipelines (never both)
+        said = "pipeline " if resource_type is ResourceType.PIPELINE else ""  # models: as before
+        candidates = _candidates(name, message.candidates, kind)
+        default = (
+            validate_name(message.default, kind=kind)
+            if message.HasField("default") and message.default
+            else None
+        )
         if default is not None and default not in {c.name for c in candidates}:
             raise InvalidResource(
-                f"experiment {name}: default {default!r} must be one of the candidates "
+                f"experiment {name}: default {said}{default!r} must be one of the candidates "
                 f"({', '.join(c.name for c in candidates)})"
             )
-        mirror = _mirror(name, message.mirror) if message.HasField("mirror") else None
+        mirror = _mirror(name, message.mirror, kind) if message.HasField("mirror") else None
         if mirror is not None and mirror.name in {c.name for c in candidates}:
-            raise InvalidResource(f"experiment {name}: mirror {mirror.name!r} is also a candidate")
+            raise InvalidResource(f"experiment {name}: mirror {said}{mirror.name!r} is also a candidate")
         meta = message.kubernetesMeta
         return cls(
             name=name,
@@ -117,9 +133,9 @@ class Experiment:
 
 
 def _candidates(
-    experiment: str, candidates: Iterable[scheduler_pb2.ExperimentCandidate]
+    experiment: str, candidates: Iterable[scheduler_pb2.ExperimentCandidate], kind: str
 ) -> tuple[Candidate, ...]:
-    found = [Candidate(validate_name(c.name), c.weight) for c in candidates]
+    found = [Candidate(validate_name(c.name, kind=kind), c.weight) for c in candidates]
     if not found:
         raise InvalidResource(f"experiment {experiment} has no candidates")
     if len(found) > MAX_CANDIDATES:
@@ -143,8 +159,8 @@ def _candidates(
     return tuple(found)
 
 
-def _mirror(experiment: str, mirror: scheduler_pb2.ExperimentMirror) -> Mirror:
-    name = validate_name(mirror.name)
+def _mirror(experiment: str, mirror: scheduler_pb2.ExperimentMirror, kind: str) -> Mirror:
+    name = validate_name(mirror.name, kind=kind)
     if not 1 <= mirror.percent <= 100:
         raise InvalidResource(f"experiment {experiment}: mirror percent must be 1..100, got {mirror.percent}")
     return Mirror(name, mirror.percent)

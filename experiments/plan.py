@@ -1,17 +1,19 @@
 """An experiment's traffic plan: the routes it needs, computed from its members' own routes.
 
-Pure: given the experiment and, per member model, whether it is ready and its own route (its
-version split, as the model would be routed alone), :func:`plan` returns the routes to publish.
+Pure: given the experiment and, per member (a model, or a pipeline when ``resourceType`` is
+pipeline), whether it is ready and its own route (a model's version split, a pipeline's route to the
+pipeline gateway, as the member would be routed alone), :func:`plan` returns the routes to publish.
 
 - ``<name>.experiment`` splits over every candidate: a candidate's share (weight / sum) is split
-  again over its own versions, all in integer millionths; a zero share is no split at all, so a
-  0 % arm receives nothing;
-- with a ``default``, that model's own route is replaced by the same split (a takeover);
+  again over its own route's splits, all in integer millionths; a zero share is no split at all, so
+  a 0 % arm receives nothing, and a single candidate receives everything;
+- with a ``default``, that member's own endpoint (``<model>``, or ``<pipeline>.pipeline``) is
+  replaced by the same split (a takeover);
 - with a mirror, every route of the experiment copies ``percent`` of its requests to
-  ``<mirror>.mirror``, a route to the mirror model's versions whose responses Envoy discards.
+  ``<mirror endpoint>.mirror``, a route to the mirror's own splits whose responses Envoy discards.
 
 When a candidate is not ready there is no split: the experiment endpoint is not routed and the
-default model serves alone (Seldon's fallback); a mirror that is not ready is left out.
+default serves alone (Seldon's fallback); a mirror that is not ready is left out.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ MIRROR_SUFFIX = ".mirror"
 
 @dataclass(frozen=True, slots=True)
 class Member:
-    """What the plan needs of one member model."""
+    """What the plan needs of one member (model or pipeline)."""
 
     ready: bool
     reason: str  # why it is not ready ("" when ready)
@@ -45,25 +47,28 @@ class TrafficPlan:
         return next((r for r in self.routes if r.name == name), None)
 
 
-def mirror_route_name(model: str) -> str:
-    return model + MIRROR_SUFFIX
+def mirror_route_name(endpoint: str) -> str:
+    """The mirror's route, named after the mirror's own endpoint (``iris.mirror``,
+    ``p.pipeline.mirror``), so a model and a pipeline of the same name never share one."""
+    return endpoint + MIRROR_SUFFIX
 
 
 def plan(experiment: Experiment, members: Mapping[str, Member]) -> TrafficPlan:
     problems: list[str] = []
+    kind = experiment.resource_type.kind
     for candidate in experiment.candidates:
         member = members.get(candidate.name)
         if member is None or not member.ready or member.route is None or not member.route.splits:
-            problems.append(f"candidate {candidate.name} is not available{_because(member)}")
+            problems.append(f"candidate {candidate.name} is not available{_because(member, kind)}")
     candidates_ready = not problems
     mirror_route: Route | None = None
     mirror = experiment.mirror
     if mirror is not None:
         member = members.get(mirror.name)
         if member is not None and member.ready and member.route is not None and member.route.splits:
-            mirror_route = Route(mirror_route_name(mirror.name), member.route.splits)
+            mirror_route = Route(mirror_route_name(experiment.member_route(mirror.name)), member.route.splits)
         else:
-            problems.append(f"mirror {mirror.name} is not available{_because(member)}")
+            problems.append(f"mirror {mirror.name} is not available{_because(member, kind)}")
     if not candidates_ready:
         return TrafficPlan((), False, mirror is None or mirror_route is not None, tuple(problems))
     splits = _splits(experiment, members)
@@ -73,8 +78,8 @@ def plan(experiment: Experiment, members: Mapping[str, Member]) -> TrafficPlan:
         else None
     )
     routes = [Route(experiment.route_name, splits, policy)]
-    if experiment.default is not None:
-        routes.append(Route(experiment.default, splits, policy))
+    if experiment.default_route is not None:
+        routes.append(Route(experiment.default_route, splits, policy))
     if mirror_route is not None:
         routes.append(mirror_route)
     return TrafficPlan(tuple(routes), True, mirror is None or mirror_route is not None, tuple(problems))
@@ -96,7 +101,7 @@ def _splits(experiment: Experiment, members: Mapping[str, Member]) -> tuple[Spli
     )
 
 
-def _because(member: Member | None) -> str:
+def _because(member: Member | None, kind: str = "model") -> str:
     if member is None:
-        return " (no such model)"
+        return f" (no such {kind})"
     return f" ({member.reason})" if member.reason else ""

@@ -75,7 +75,6 @@ class SchedulerApp:
                 packing=config.server_packing_enabled,
             ),
         )
-        self.experiments = Experiments(self.core, store)
         gateway = (
             Endpoint(
                 config.pipeline_gateway_host,
@@ -88,6 +87,7 @@ class SchedulerApp:
         self.pipelines = Pipelines(
             self.core, store, gateway=gateway, replicas=config.pipeline_engine_replicas
         )
+        self.experiments = Experiments(self.core, store, self.pipelines)
         # Requests in flight per model version, from Envoy's load reports (LRS, on the xDS port);
         # the autoscaler subscribes to ``self.load``.
         self.load = LoadView()
@@ -114,8 +114,8 @@ class SchedulerApp:
         config = self.config
         # Before any server starts: a reconnecting Envoy must see the same routes as before.
         self.core.restore()
+        self.pipelines.restore()  # before experiments: pipeline experiments plan over them
         self.experiments.restore()
-        self.pipelines.restore()
         listen = config.envoy_listen_address
         loopback = "127.0.0.1" if listen in ("0.0.0.0", "::", "") else listen
         listener = resources.listener(

@@ -96,7 +96,7 @@ class SchedulerConfig:
         ),
     )
     load_report_interval_seconds: float = field(
-        default=1.0,
+        default=2.0,
         metadata=flag(
             "how often each Envoy reports requests in flight per model (load reporting, LRS)",
             parse=_load_report_interval,

@@ -1,9 +1,11 @@
-"""Experiment use cases: start (or edit), stop, status; re-planned whenever a member model changes.
+"""Experiment use cases: start (or edit), stop, status; re-planned whenever a member changes.
 
-Owns every experiment's routes (``<e>.experiment``, ``<m>.mirror``) and, through the core's route
-override, a default model's endpoint while the experiment splits it. Re-planning is coalesced per
-event-loop turn (a burst of model changes re-plans each experiment once) and never re-enters the
-core from inside one of its listeners.
+Members are models, or pipelines when ``resourceType`` is pipeline (a pipeline is ready when
+:meth:`scheduler.pipelines.Pipelines.ready`: running on the engines with its models available).
+Owns every experiment's routes (``<e>.experiment``, ``<m>.mirror``) and, through the core's (or the
+pipelines') route override, a default model's (pipeline's) endpoint while the experiment splits
+it. Re-planning is coalesced per event-loop turn (a burst of member changes re-plans each experiment
+once) and never re-enters the core from inside one of its listeners.
 
 An experiment is *active* when its candidates (and mirror) are available **and** every Envoy has
 ACKed the routes of its current plan. Editing one (start again with the same name) swaps its plan
@@ -20,12 +22,15 @@ from dataclasses import dataclass
 import structlog
 
 from apis.mlops.scheduler import scheduler_pb2
+from apis.names import PIPELINE_SUFFIX
 from apis.routing import Route
 from apis.validation import InvalidResource, validate_name
-from experiments.model import Experiment
+from experiments.model import Experiment, ResourceType
 from experiments.plan import Member, TrafficPlan, plan
 from scheduler.core import Scheduler
 from scheduler.errors import NotFound
+from scheduler.pipeline_records import PipelineStatus
+from scheduler.pipelines import Pipelines
 from scheduler.state import ModelState
 from scheduler.store import ResourceKind, StateStore
 
@@ -59,9 +64,10 @@ class Status:
 class Experiments:
     """Every experiment, its current traffic plan and status; publishes through the core."""
 
-    def __init__(self, core: Scheduler, store: StateStore) -> None:
+    def __init__(self, core: Scheduler, store: StateStore, pipelines: Pipelines | None = None) -> None:
         self._core = core
         self._store = store
+        self._pipelines = pipelines
         self.experiments: dict[str, Experiment] = {}
         self._plans: dict[str, TrafficPlan] = {}
         self._status: dict[str, Status] = {}
@@ -69,9 +75,12 @@ class Experiments:
         self._dirty: set[str] = set()
         self._replan_scheduled = False
         store.register(EXPERIMENTS, lambda: self.experiments)
-        core.set_route_override(self._takeover)
-        core.on_model_change(self._member_changed)
+        core.set_route_override(lambda model: self._takeover(model, ResourceType.MODEL))
+        core.on_model_change(lambda model: self._member_changed(model, ResourceType.MODEL))
         core.on_route_confirmed(self._route_confirmed)
+        if pipelines is not None:
+            pipelines.set_route_override(lambda name: self._takeover(name, ResourceType.PIPELINE))
+            pipelines.on_change(lambda name: self._member_changed(name, ResourceType.PIPELINE))
 
     def restore(self) -> None:
         """Reload persisted experiments and publish their routes (before the xDS port opens)."""
@@ -85,12 +94,18 @@ class Experiments:
     def start(self, message: scheduler_pb2.Experiment) -> None:
         """Create or replace an experiment; validated in full before anything changes."""
         experiment = Experiment.from_proto(message)
+        self._check_member_kinds(experiment)
+        kind = experiment.resource_type.kind
         if experiment.default is not None:
             for other in self.experiments.values():
-                if other.name != experiment.name and other.default == experiment.default:
+                if (
+                    other.name != experiment.name
+                    and other.resource_type is experiment.resource_type
+                    and other.default == experiment.default
+                ):
                     raise InvalidResource(
-                        f"model {experiment.default} already in experiment {other.name} as a baseline: "
-                        "a model can only be the default of one experiment"
+                        f"{kind} {experiment.default} already in experiment {other.name} as a baseline: "
+                        f"a {kind} can only be the default of one experiment"
                     )
         previous = self.experiments.get(experiment.name)
         self.experiments[experiment.name] = experiment
@@ -109,7 +124,7 @@ class Experiments:
         self._status.pop(name, None)
         self._withdraw(old, keep=())
         if experiment.default is not None:
-            self._core.reroute(experiment.default)  # the default model serves alone again
+            self._reroute(experiment, experiment.default)  # the default serves alone again
         self._notify(name)
 
     def get(self, name: str) -> Experiment:
@@ -137,13 +152,49 @@ class Experiments:
         old = self._plans.get(name)
         self._plans[name] = new
         for route in new.routes:
-            if route.name != experiment.default:
+            if route.name != experiment.default_route:
                 self._core.routing.publish(route)
         self._withdraw(old, keep={r.name for r in new.routes})
-        for default in {experiment.default, previous.default if previous else None} - {None}:
-            assert default is not None
-            self._core.reroute(default)  # takes over (or gives back) the default's endpoint
+        for owner in (experiment, previous):
+            if owner is not None and owner.default is not None:
+                self._reroute(owner, owner.default)  # takes over (or gives back) the endpoint
         self._update_status(name)
+
+    def _reroute(self, experiment: Experiment, default: str) -> None:
+        if experiment.resource_type is ResourceType.PIPELINE:
+            if self._pipelines is not None:
+                self._pipelines.reroute(default)
+        else:
+            self._core.reroute(default)
+
+    def _check_member_kinds(self, experiment: Experiment) -> None:
+        """Members name resources of the experiment's type: a known model named in a pipeline
+        experiment (or the reverse) is refused, since it could never become ready. Members not
+        loaded yet are accepted: the experiment turns active once they are ready."""
+        pipeline = experiment.resource_type is ResourceType.PIPELINE
+        if pipeline and self._pipelines is None:
+            raise InvalidResource(
+                f"experiment {experiment.name}: resourceType pipeline needs pipelines, "
+                "which this scheduler does not serve"
+            )
+        for member in sorted(experiment.members):
+            is_model = member in self._core.models and not self._core.models[member].deleted
+            is_pipeline = self._pipelines is not None and self._pipeline_loaded(member)
+            if pipeline and is_model and not is_pipeline:
+                raise InvalidResource(
+                    f"experiment {experiment.name}: {member!r} is a model, not a pipeline "
+                    "(resourceType is pipeline: candidates, default and mirror name pipelines)"
+                )
+            if not pipeline and is_pipeline and not is_model:
+                raise InvalidResource(
+                    f"experiment {experiment.name}: {member!r} is a pipeline, not a model "
+                    "(set resourceType: pipeline to experiment on pipelines)"
+                )
+
+    def _pipeline_loaded(self, name: str) -> bool:
+        assert self._pipelines is not None
+        record = self._pipelines.records.get(name)
+        return record is not None and not record.deleted
 
     def _withdraw(self, old: TrafficPlan | None, *, keep: set[str] | tuple[()]) -> None:
         """Remove the routes of an old plan that the new one (or another experiment) no longer has."""
@@ -151,11 +202,21 @@ class Experiments:
             return
         owned = {r.name for p in self._plans.values() for r in p.routes}
         for route in old.routes:
-            if route.name in keep or route.name in owned or route.name in self._core.models:
+            if route.name in keep or route.name in owned or self._is_member_endpoint(route.name):
                 continue
             self._core.routing.publish(Route(route.name))
 
-    def _member(self, name: str) -> Member:
+    def _is_member_endpoint(self, route: str) -> bool:
+        """A model's or pipeline's own endpoint: given back by a reroute, never removed here."""
+        if route in self._core.models:
+            return True
+        if self._pipelines is None or not route.endswith(PIPELINE_SUFFIX):
+            return False
+        return route[: -len(PIPELINE_SUFFIX)] in self._pipelines.records
+
+    def _member(self, experiment: Experiment, name: str) -> Member:
+        if experiment.resource_type is ResourceType.PIPELINE:
+            return self._pipeline_member(name)
         record = self._core.models.get(name)
         if record is None or record.deleted:
             return Member(False, "no such model", None)
@@ -163,18 +224,33 @@ class Experiments:
         ready = state is ModelState.ModelAvailable
         return Member(ready, "" if ready else state.value, self._core.own_route(name))
 
-    def _takeover(self, model: str) -> Route | None:
-        """The route that replaces ``model``'s own while an experiment with it as default splits."""
+    def _pipeline_member(self, name: str) -> Member:
+        if self._pipelines is None:
+            return Member(False, "pipelines are not served", None)
+        record = self._pipelines.records.get(name)
+        if record is None or record.deleted:
+            return Member(False, "no such pipeline", None)
+        latest = record.latest
+        if self._pipelines.ready(name):
+            return Member(True, "", self._pipelines.route(record))
+        running = latest.status is PipelineStatus.PipelineReady
+        reason = "its models are not all available" if running else latest.status.value
+        return Member(False, reason, self._pipelines.route(record))
+
+    def _takeover(self, member: str, kind: ResourceType) -> Route | None:
+        """The route that replaces ``member``'s own endpoint while an experiment with it as
+        default splits."""
         for name, experiment in self.experiments.items():
-            if experiment.default == model:
+            if experiment.resource_type is kind and experiment.default == member:
                 current = self._plans.get(name)
-                return current.route(model) if current is not None else None
+                route = experiment.default_route
+                return current.route(route) if current is not None and route is not None else None
         return None
 
     # -- reacting to the core -----------------------------------------------------------------------
 
-    def _member_changed(self, model: str) -> None:
-        touched = {n for n, e in self.experiments.items() if model in e.members}
+    def _member_changed(self, member: str, kind: ResourceType) -> None:
+        touched = {n for n, e in self.experiments.items() if e.resource_type is kind and member in e.members}
         if not touched:
             return
         self._dirty |= touched
@@ -194,7 +270,7 @@ class Experiments:
 
     def _plan(self, name: str) -> TrafficPlan:
         experiment = self.experiments[name]
-        return plan(experiment, {member: self._member(member) for member in experiment.members})
+        return plan(experiment, {member: self._member(experiment, member) for member in experiment.members})
 
     def _route_confirmed(self, route: str) -> None:
         for name, current in self._plans.items():

@@ -118,6 +118,10 @@ class PipelinePlacement:
             session.send(stop)
         return released
 
+    def gateways(self) -> set[Endpoint]:
+        """Every subscribed engine's gateway."""
+        return {self._endpoint(s) for s in self.engines.sessions.values()} if self._gateway else set()
+
     def _route(self, pipeline: Pipeline, engines: list[str]) -> Route:
         name = pipeline.route_name
         if not engines or self._gateway is None:

@@ -84,6 +84,7 @@ class Pipelines:
         # (decision 0020); None: no routes, and Ready needs the engines only.
         self.placement = PipelinePlacement(self.engines, replicas=replicas, gateway=gateway)
         self._listeners: list[Callable[[str], None]] = []
+        self._override: Callable[[str], Route | None] = lambda _: None
         store.register(PIPELINES, lambda: self.records)
         core.on_model_change(self._model_changed)
         core.on_route_confirmed(self._route_confirmed)
@@ -182,26 +183,54 @@ class Pipelines:
             return Route(record.latest.pipeline.route_name)
         return self.placement.final_route(record.latest.pipeline)
 
+    def set_route_override(self, override: Callable[[str], Route | None]) -> None:
+        """Let a pipeline experiment take over a pipeline's endpoint: ``override(pipeline)`` returns
+        the route to publish as ``<p>.pipeline`` instead of its own, or None."""
+        self._override = override
+
+    def reroute(self, name: str) -> None:
+        """Re-plan a pipeline's endpoint now (a takeover started or stopped)."""
+        record = self.records.get(name)
+        if record is not None:
+            self._refresh(record)
+
     def _move(self, record: PipelineRecord) -> None:
-        """Place the latest version on its owners and take the next step of any move."""
+        """Place the latest version on its owners and take the next step of any move. While an
+        experiment takes the endpoint over, its route is published instead (a move then waits:
+        the old owners keep the pipeline until the pipeline's own route is back)."""
         pipeline = record.latest.pipeline
         self.placement.place(pipeline)
-        if self.placement.routes:
-            route = self.placement.next_route(pipeline, self._core.routing.held(pipeline.route_name))
-            if route is not None:
-                self._core.routing.publish(route)
-        held = self._core.routing.held(pipeline.route_name) if self.placement.routes else None
+        if not self.placement.routes:
+            self.placement.release(pipeline, None)
+            return
+        held = self._core.routing.held(pipeline.route_name)
+        override = self._override(record.name)
+        route = override or self.placement.next_route(pipeline, held)
+        if route is not None:
+            self._core.routing.publish(route)
         released = self.placement.release(pipeline, held)
         if released:
-            log.info(
-                "pipeline moved", pipeline=record.name, to=self.placement.owners(record.name), off=released
-            )
+            owners = self.placement.owners(record.name)
+            log.info("pipeline moved", pipeline=record.name, to=owners, off=released)
 
     def _route_held(self, record: PipelineRecord) -> bool:
+        """Every Envoy holds the pipeline's own route to its owners (or, while an experiment takes
+        it over, the experiment's route: both mean the endpoint answers); once unloaded, none."""
         if not self.placement.routes:
             return True
         route = self.route(record)
-        return self._core.routing.held(route.name) == (route if route.splits else None)
+        held = self._core.routing.held(route.name)
+        if not route.splits:
+            return held is None
+        if held == route:
+            return True
+        # An experiment's takeover (splits to other pipelines, or a mirror), each split to gateways.
+        gateways = self.placement.gateways()
+        return (
+            held is not None
+            and (held.mirror is not None or any(s.target != route.name for s in held.splits))
+            and all(e in gateways for s in held.splits for e in s.endpoints)
+        )
 
     def _route_confirmed(self, name: str) -> None:
         if name.endswith(PIPELINE_SUFFIX):

@@ -23,6 +23,7 @@ from apis.mlops.scheduler import scheduler_pb2, scheduler_pb2_grpc
 from apis.tls import ClientTls, channel
 from stack import tls
 from stack.config import StackConfig
+from stack.server_spec import ReplicaSpec, default_spec
 from stack.tls import StackTls
 
 ENVOY_DIR = Path(__file__).resolve().parent.parent / "envoy"
@@ -123,7 +124,7 @@ def components(config: StackConfig) -> list[Component]:
             ),
             server=config.server_name,
             idx=0,
-            capabilities=config.capabilities,
+            spec=default_spec(config),
         ),
         *kafka_components(config),
     ]
@@ -231,7 +232,7 @@ def models_dir(config: StackConfig, server: str, idx: int) -> Path:
 
 
 def server_replica(
-    config: StackConfig, ports: ReplicaPorts, *, server: str, idx: int, capabilities: str
+    config: StackConfig, ports: ReplicaPorts, *, server: str, idx: int, spec: ReplicaSpec
 ) -> list[Component]:
     """One server replica: an MLServer and the agent that registers it as ``server``/``idx``."""
     from stack.ports import free_ports
@@ -251,7 +252,7 @@ def server_replica(
 
     def rebind() -> list[Component]:
         fresh = ReplicaPorts(*free_ports(4))
-        return server_replica(config, fresh, server=server, idx=idx, capabilities=capabilities)
+        return server_replica(config, fresh, server=server, idx=idx, spec=spec)
 
     return [
         Component(
@@ -292,9 +293,9 @@ def server_replica(
                 f"--reload-grpc-port={ports.reload_grpc}",
                 f"--debug-port={ports.agent_debug}",
                 f"--envoy-admin-urls={envoy_admin_url(config)}",
-                f"--memory-bytes={config.memory_bytes}",
-                f"--capabilities={capabilities}",
-                f"--overcommit-percentage={config.overcommit_percentage}",
+                f"--memory-bytes={spec.memory_bytes}",
+                f"--capabilities={spec.capabilities}",
+                f"--overcommit-percentage={spec.overcommit_percent}",
                 f"--models-dir={repository}",
                 f"--artifact-roots={config.agent_artifact_roots}",
                 *client_tls_flags(config.client_tls("agent")),
@@ -305,7 +306,7 @@ def server_replica(
                 f"{host}:{config.scheduler_port}", server, idx, tls=config.client_tls("controller")
             ),
             group=group,
-            binds=(ports.reload_http, ports.reload_grpc) if config.overcommit_percentage else (),
+            binds=(ports.reload_http, ports.reload_grpc) if spec.overcommit_percent else (),
             rebind=rebind,
         ),
     ]
@@ -486,8 +487,3 @@ async def replica_registered(
         except grpc.aio.AioRpcError:
             return False
     return False
-
-
-def server_spec_file(home: Path, server: str) -> Path:
-    """Where ``meshserve server load`` leaves a Server's replica spec for the local controller."""
-    return home / "resources" / "servers" / f"{server}.json"

@@ -22,8 +22,10 @@ from apis.kafka import KafkaConfig, KafkaFlags, load_file
 from apis.limits import MAX_LAG_THRESHOLD, MAX_SCALING_WINDOW_S
 from apis.logs import LEVELS
 from apis.names import DEFAULT_CAPABILITIES
+from apis.quantity import parse_memory
 from apis.settings import NOT_A_FLAG, flag, int_within, non_negative_int, positive_float, seconds_up_to
 from apis.tls import ClientTls
+from apis.validation import MAX_OVERCOMMIT_PERCENTAGE, parse_overcommit_percent
 from stack.tls import StackTls
 
 ENV_PREFIX = "MESHSERVE_STACK_"
@@ -59,11 +61,21 @@ class StackConfig(KafkaFlags):
     scheduler_metrics_port: int = field(default=9007, metadata=flag("the scheduler's Prometheus /metrics"))
     server_name: str = field(default="mlserver", metadata=flag("the server the stack starts"))
     capabilities: str = field(default=DEFAULT_CAPABILITIES, metadata=flag("its comma-separated runtimes"))
-    memory_bytes: int = field(
-        default=2_000_000_000, metadata=flag("memory per replica", parse=non_negative_int)
+    server_memory: int = field(
+        default=2_000_000_000,
+        metadata=flag(
+            "memory per replica of the default server, a Kubernetes quantity (2Gi, 500M); a Server "
+            "resource's replicas take theirs from its podSpec",
+            parse=parse_memory,
+        ),
     )
-    overcommit_percentage: int = field(
-        default=10, metadata=flag("memory overcommit per replica", parse=non_negative_int)
+    overcommit_percent: int = field(
+        default=10,
+        metadata=flag(
+            f"memory overcommit per replica, 0 to {MAX_OVERCOMMIT_PERCENTAGE} percent (Seldon's "
+            "SELDON_OVERCOMMIT_PERCENTAGE)",
+            parse=parse_overcommit_percent,
+        ),
     )
     artifact_roots: str = field(
         default="",
@@ -178,11 +190,10 @@ class StackConfig(KafkaFlags):
 
     @property
     def autoscaling_flags(self) -> list[str]:
-        """The scheduler's autoscaling flags (none when it is off: the scheduler's defaults apply)."""
-        if not self.enable_model_autoscaling:
-            return []
+        """The scheduler's autoscaling flags: its thresholds always (inert while autoscaling is off, so
+        a stack run with it off under the same settings shows what the flag alone changes)."""
         return [
-            "--enable-model-autoscaling",
+            *(["--enable-model-autoscaling"] if self.enable_model_autoscaling else []),
             f"--model-lag-threshold={self.model_lag_threshold}",
             f"--model-scale-up-seconds={self.model_scale_up_seconds}",
             f"--model-idle-seconds={self.model_idle_seconds}",

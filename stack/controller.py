@@ -22,9 +22,10 @@ import structlog
 
 from apis.mlops.scheduler import scheduler_pb2, scheduler_pb2_grpc
 from apis.tls import channel
-from stack.components import Component, ReplicaPorts, replica_names, server_replica, server_spec_file
+from stack.components import Component, ReplicaPorts, replica_names, server_replica
 from stack.config import StackConfig
 from stack.ports import free_ports
+from stack.server_spec import read_replica_spec, server_spec_file
 
 log = structlog.get_logger("meshserve.stack.controller")
 RECONNECT_SECONDS = 1.0
@@ -140,15 +141,11 @@ class ServerController:
 
     async def _start(self, server: str, idx: int) -> None:
         http, grpc_port, metrics = free_ports(3)
-        capabilities = self._capabilities(server)
-        log.info("starting server replica", server=server, replica=idx, capabilities=capabilities)
+        spec = read_replica_spec(self._config, server)
+        log.info("starting server replica", server=server, replica=idx, spec=spec)
         await self._supervisor.add(
             *server_replica(
-                self._config,
-                ReplicaPorts(http, grpc_port, metrics),
-                server=server,
-                idx=idx,
-                capabilities=capabilities,
+                self._config, ReplicaPorts(http, grpc_port, metrics), server=server, idx=idx, spec=spec
             )
         )
 
@@ -157,10 +154,6 @@ class ServerController:
         mlserver, agent = replica_names(self._config, server, idx)
         await self._supervisor.remove(agent)
         await self._supervisor.remove(mlserver)
-
-    def _capabilities(self, server: str) -> str:
-        spec = self._spec(server)
-        return self._config.capabilities if spec is None else ",".join(spec["capabilities"])
 
     def _spec(self, server: str) -> dict[str, Any] | None:
         """What ``meshserve server load`` left for ``server`` (capabilities, bounds); None if nothing."""

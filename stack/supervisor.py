@@ -82,6 +82,8 @@ class Supervisor:
         self._changed = asyncio.Event()  # wakes the supervise loop when components come or go
         self._restarts: dict[str, Restarts] = {}  # per unit
         self._recovering: dict[str, asyncio.Task[None]] = {}  # per unit: a restart in progress
+        # Set by stop(): a component that exits from here on was stopped, not crashed.
+        self._stopping = False
         self._starting: set[str] = set()  # units being started by start/add: not watched yet
         self._failed: dict[str, str] = {}  # component -> why it is not running (given up)
 
@@ -231,7 +233,7 @@ class Supervisor:
                 done, pending = await asyncio.wait({*waits, *wakers}, return_when=asyncio.FIRST_COMPLETED)
                 for future in pending:
                     future.cancel()
-                if stop.is_set():
+                if stop.is_set() or self._stopping:
                     return
                 for future in done & waits.keys():
                     name, running = waits[future]
@@ -343,6 +345,8 @@ class Supervisor:
             tasks.create_task(ServerController(self).run(stop))
 
     async def stop(self, grace: float = 15.0) -> None:
+        # Before the first process is signalled: supervise() must not restart what stop() ends.
+        self._stopping = True
         for task in list(self._recovering.values()):
             task.cancel()
         await asyncio.gather(*self._recovering.values(), return_exceptions=True)

@@ -35,7 +35,7 @@ from xdsserver.routes import ClusterTarget
 log = structlog.get_logger("meshserve.xds.load")
 Context = grpc.aio.ServicerContext[Any, Any]
 
-DEFAULT_INTERVAL_S = 1.0
+DEFAULT_INTERVAL_S = 2.0
 # One stream per Envoy: far above any real fleet, low enough that a runaway client cannot pile up.
 MAX_STREAMS = 1_000
 # Two clusters per model version; 100,000 model versions is 10 times the benchmarked scale.

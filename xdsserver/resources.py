@@ -164,15 +164,25 @@ def _routes(route: Route) -> list[route_components_pb2.Route]:
         # Sticky sessions: a caller echoing x-seldon-route keeps its version/candidate.
         for split in route.splits:
             sticky = _header_contains(ROUTE_HEADER, f":{split.target}:")
-            routes += [_rest_route(route, split, None, sticky), _grpc_route(route, split, None, sticky)]
+            routes += _split_routes(route, split, None, sticky)
     cumulative = 0
     for position, split in enumerate(route.splits):
         cumulative += split.weight  # millionths, which is the runtime fraction's denominator
         last = position == len(route.splits) - 1
         fraction = None if last else cumulative
-        routes += [_rest_route(route, split, fraction, None), _grpc_route(route, split, fraction, None)]
-        if route.name.endswith(PIPELINE_SUFFIX):
-            routes.append(_rest_route(route, split, fraction, None, prefix=PIPELINE_PREFIX))
+        routes += _split_routes(route, split, fraction, None)
+    return routes
+
+
+def _split_routes(
+    route: Route, split: Split, fraction: int | None, header: route_components_pb2.HeaderMatcher | None
+) -> list[route_components_pb2.Route]:
+    """A split's REST and gRPC routes; a pipeline's (``<p>.pipeline``: its own route, or a pipeline
+    experiment's candidate) also takes ``/v2/pipelines/...``, sent on unchanged: the gateway reads
+    which pipeline to run from ``seldon-internal-model``."""
+    routes = [_rest_route(route, split, fraction, header), _grpc_route(route, split, fraction, header)]
+    if split.target.endswith(PIPELINE_SUFFIX):
+        routes.append(_rest_route(route, split, fraction, header, prefix=PIPELINE_PREFIX))
     return routes
 
 
@@ -187,7 +197,7 @@ def _rest_route(
     http_cluster, _ = cluster_names(split.target)
     entry = _route_entry(route, split, prefix, "_http", fraction, header)
     if prefix != REST_PREFIX:
-        entry.name = route.name + "_pipeline_http"
+        entry.name = route.name + "_pipeline_http" + ("_experiment" if header is not None else "")
     entry.route.cluster = http_cluster
     # REST needs no Lua once a route matched (regex_rewrite does the renaming): skip its cost.
     # Path-only requests still run it, since before it derives seldon-model no route matches.

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from apis.manifests._common import (
     ManifestError,
@@ -16,6 +16,7 @@ from apis.manifests._common import (
     _string_list,
     _uint32,
 )
+from apis.manifests.pod_spec import ReplicaResources, replica_resources
 from apis.mlops.scheduler import scheduler_pb2
 from apis.names import MLSERVER_CAPABILITIES
 from apis.validation import InvalidResource, validate_capability, validate_server
@@ -24,7 +25,7 @@ SERVER_KIND = "Server"
 # Seldon's default ServerConfig capabilities, for the runtimes meshserve's local servers install.
 SERVER_CONFIGS = {"mlserver": MLSERVER_CAPABILITIES}
 _SERVER_SPEC_FIELDS = frozenset(
-    {"serverConfig", "replicas", "minReplicas", "maxReplicas", "capabilities", "extraCapabilities"}
+    {"serverConfig", "replicas", "minReplicas", "maxReplicas", "capabilities", "extraCapabilities", "podSpec"}
 )
 
 
@@ -32,6 +33,7 @@ _SERVER_SPEC_FIELDS = frozenset(
 class ServerManifest:
     notify: scheduler_pb2.ServerNotify
     capabilities: tuple[str, ...]
+    resources: ReplicaResources = field(default_factory=ReplicaResources)
 
 
 def read_server_manifests(path: str) -> list[ServerManifest]:
@@ -54,6 +56,7 @@ def server_manifest(document: object) -> ServerManifest:
     """A Server resource: replica counts for the scheduler, capabilities for the server's agents.
 
     ``capabilities`` replaces the server config's defaults; ``extraCapabilities`` appends to them.
+    Each replica's memory and overcommit come from ``podSpec`` (apis/manifests/pod_spec.py).
     """
     spec = _resource(document, SERVER_KIND, "server load")
     _reject_unknown(spec, _SERVER_SPEC_FIELDS, prefix="spec.")
@@ -79,4 +82,4 @@ def server_manifest(document: object) -> ServerManifest:
     if not capabilities:
         raise ManifestError("spec.capabilities is empty: the server could run no model")
     validate_server(notify)
-    return ServerManifest(notify, capabilities)
+    return ServerManifest(notify, capabilities, replica_resources(spec))

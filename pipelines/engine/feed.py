@@ -52,6 +52,9 @@ GROUP_COMPONENT = "seldon-dataflow"
 MAX_PENDING = 10_000
 FETCH_RECORDS = 64
 RETRY_SECONDS = 2.0
+# A fetch that started no run (only audit copies the engine wrote itself, or join parts) commits at
+# most this often: skipping again after a restart is harmless, a commit per audit burst is not free.
+IDLE_COMMIT_SECONDS = 1.0
 
 
 class BadMessage(ValueError):
@@ -99,15 +102,20 @@ class PipelineFeed:
                     await asyncio.sleep(RETRY_SECONDS)
             consumer.subscribe(sorted(self._topics))
             self.started.set()
+            uncommitted = False
+            next_idle_commit = 0.0
             while True:
                 batches = await consumer.getmany(timeout_ms=200, max_records=FETCH_RECORDS)
                 runs = [t for batch in batches.values() for r in batch if (t := await self._handle(r))]
                 runs += self._expire()
                 if runs:
                     await asyncio.wait(runs)
-                if batches:
+                uncommitted |= bool(batches)
+                if uncommitted and (runs or time.monotonic() >= next_idle_commit):
                     with contextlib.suppress(KafkaError):
                         await consumer.commit()
+                    uncommitted = False
+                    next_idle_commit = time.monotonic() + IDLE_COMMIT_SECONDS
         finally:
             await kafka_clients.close_quietly(consumer)
 

@@ -106,6 +106,7 @@ async def running_stack(config: StackConfig, only: set[str] | None = None) -> As
     train.ensure_artifacts()
     supervisor = Supervisor(config)
     stop = asyncio.Event()
+    watcher: asyncio.Task[None] | None = None
     try:
         await supervisor.start(only)
         watcher = asyncio.create_task(supervisor.operate(stop))
@@ -121,9 +122,11 @@ async def running_stack(config: StackConfig, only: set[str] | None = None) -> As
                 v2_dataplane_pb2_grpc.GRPCInferenceServiceStub(envoy),
                 http,
             )
-        stop.set()
-        await watcher
     finally:
+        # Also when the test failed: the watcher ends before the processes are stopped.
+        stop.set()
+        if watcher is not None:
+            await watcher
         await supervisor.stop()
 
 

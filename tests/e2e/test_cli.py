@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from samples import train
-from tests.e2e.conftest import Stack
+from tests.e2e.conftest import Stack, eventually
 
 MESHSERVE = str(Path(sys.executable).parent / "meshserve")
 IRIS_JSON = '{"inputs":[{"name":"predict","shape":[1,4],"datatype":"FP32","data":[[1,2,3,4]]}]}'
@@ -114,3 +114,40 @@ async def test_cli_errors_for_unknown_model_and_bad_name(stack: Stack) -> None:
     assert missing.returncode == 1 and "not found" in missing.stderr
     bad = await cli(stack, "model", "status", "../etc")
     assert bad.returncode == 1 and "invalid" in bad.stderr
+
+
+async def test_scenario_49_agent_metrics_count_every_cli_inference(stack: Stack, tmp_path: Path) -> None:
+    """Scenario 49: `model infer -i 50` (REST) and `-i 100` (gRPC) through Envoy show up as exactly 50
+    and 100 in the agent's `seldon_model_infer_total`, with the reference's labels."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    name = "metrics49"
+    path = manifest(tmp_path, model_yaml(name, str(train.ARTIFACTS / "iris")))
+    assert (await cli(stack, "model", "load", "-f", path)).returncode == 0
+    try:
+        wait = await cli(stack, "model", "status", name, "-w", "ModelAvailable", "--wait-timeout", "60")
+        assert wait.returncode == 0, wait.stderr
+        rest = await cli(stack, "model", "infer", name, "-i", "50", IRIS_JSON)
+        assert rest.returncode == 0, rest.stderr
+        grpc_calls = await cli(stack, "model", "infer", name, "--inference-mode=grpc", "-i", "100", IRIS_JSON)
+        assert grpc_calls.returncode == 0, grpc_calls.stderr
+        labels = {"model": name, "model_internal": f"{name}_1", "server": "mlserver", "server_replica": "0"}
+        url = f"http://127.0.0.1:{stack.config.agent_metrics_port}/metrics"
+
+        async def counts() -> dict[tuple[str, str], float]:
+            async with stack.http.get(url) as response:
+                text = await response.text()
+            return {
+                (s.labels["method_type"], s.labels["code"]): s.value
+                for family in text_string_to_metric_families(text)
+                for s in family.samples
+                if s.name == "seldon_model_infer_total" and labels.items() <= s.labels.items()
+            }
+
+        async def counted() -> bool:
+            return await counts() == {("rest", "200"): 50.0, ("grpc", "OK"): 100.0}
+
+        await eventually(counted, timeout=30, what="50 REST and 100 gRPC inferences in the agent's metrics")
+    finally:
+        await cli(stack, "model", "unload", name)
+        await stack.wait_gone(name, timeout=60)

@@ -25,7 +25,7 @@ InMemory = debug_pb2.ModelReplicaState.InMemory
 async def lru_stack(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Stack]:
     # Scenario 21: one MLServer replica, memory 10 MB, overcommit 20 %.
     config = stack_config(
-        tmp_path_factory.mktemp("overcommit"), memory_bytes=10 * IRIS_BYTES, overcommit_percentage=20
+        tmp_path_factory.mktemp("overcommit"), server_memory=10 * IRIS_BYTES, overcommit_percent=20
     )
     async with running_stack(config) as stack:
         yield stack
@@ -139,7 +139,7 @@ class Slow(MLModel):
 async def small_stack(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Stack]:
     # Room for two iris-sized models, assignments for four.
     config = stack_config(
-        tmp_path_factory.mktemp("overcommit-small"), memory_bytes=2 * IRIS_BYTES, overcommit_percentage=100
+        tmp_path_factory.mktemp("overcommit-small"), server_memory=2 * IRIS_BYTES, overcommit_percent=100
     )
     async with running_stack(config) as stack:
         yield stack
@@ -180,7 +180,7 @@ async def envoy_active(stack: Stack, cluster: str) -> bool:
 
 async def test_a_hundred_models_on_room_for_ten(tmp_path_factory: pytest.TempPathFactory) -> None:
     config = stack_config(
-        tmp_path_factory.mktemp("overcommit-100"), memory_bytes=10 * IRIS_BYTES, overcommit_percentage=900
+        tmp_path_factory.mktemp("overcommit-100"), server_memory=10 * IRIS_BYTES, overcommit_percent=900
     )
     names = [f"m{n}" for n in range(100)]
     async with running_stack(config) as stack:

@@ -6,7 +6,7 @@ import pytest
 
 from apis.mlops.scheduler import scheduler_pb2
 from apis.validation import InvalidResource
-from experiments.model import Experiment, Mirror
+from experiments.model import Experiment, Mirror, ResourceType
 
 
 def message(
@@ -37,6 +37,22 @@ def test_a_valid_experiment_round_trips() -> None:
     assert Experiment.from_proto(experiment.to_proto()) == experiment
 
 
+def test_a_pipeline_experiment_takes_over_the_pipeline_endpoint() -> None:
+    original = message(
+        candidates=(("add10", 50), ("mul10", 50)),
+        default="add10",
+        mirror=("echo", 10),
+        resource_type=scheduler_pb2.PIPELINE,
+    )
+    experiment = Experiment.from_proto(original)
+    assert experiment.resource_type is ResourceType.PIPELINE
+    assert experiment.default_route == "add10.pipeline"
+    assert experiment.member_route("echo") == "echo.pipeline"
+    assert Experiment.from_proto(experiment.to_proto()) == experiment
+    single = Experiment.from_proto(message(candidates=(("mul10", 1),), resource_type=scheduler_pb2.PIPELINE))
+    assert single.default_route is None and single.members == {"mul10"}
+
+
 @pytest.mark.parametrize(
     ("bad", "says"),
     [
@@ -46,7 +62,17 @@ def test_a_valid_experiment_round_trips() -> None:
         (message(candidates=(("iris", 1), ("iris", 2))), "listed twice"),
         (message(candidates=(("iris", 2_000_000),)), "is above"),
         (message(resource_type=7), "unknown resourceType 7"),
-        (message(resource_type=scheduler_pb2.PIPELINE), "pipelines"),
+        (message(resource_type=scheduler_pb2.PIPELINE, default="p3"), "default pipeline 'p3' must be one"),
+        (
+            message(resource_type=scheduler_pb2.PIPELINE, candidates=(("p.pipeline", 1),)),
+            "pipeline name 'p.pipeline' is invalid",
+        ),
+        (message(resource_type=scheduler_pb2.PIPELINE, mirror=("iris", 5)), "mirror pipeline 'iris' is also"),
+        (
+            message(resource_type=scheduler_pb2.PIPELINE, mirror=("M", 5)),
+            "pipeline name 'M' is invalid",
+        ),
+        (message(resource_type=scheduler_pb2.PIPELINE, candidates=()), "has no candidates"),
         (message(name="Bad_Name"), "experiment name 'Bad_Name' is invalid"),
         (message(name="iris\n"), "is invalid"),
         (message(candidates=(("iris/..", 1),)), "is invalid"),

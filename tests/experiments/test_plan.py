@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from apis.routing import WEIGHT_SCALE, Endpoint, MirrorPolicy, Route, Split
-from experiments.model import Candidate, Experiment, Mirror
+from experiments.model import Candidate, Experiment, Mirror, ResourceType
 from experiments.plan import Member, plan
 
 A = Endpoint("10.0.0.1", 9000, 9500)
@@ -77,3 +77,52 @@ def test_a_mirror_not_ready_is_left_out_and_reported() -> None:
     assert result.candidates_ready and not result.mirror_ready
     assert result.route("m.experiment") == Route("m.experiment", (Split("iris_1", WEIGHT_SCALE, (A,)),))
     assert result.problems == ("mirror iris2 is not available (no such model)",)
+
+
+GATEWAY = Endpoint("127.0.0.1", 9010, 9011)
+
+
+def pipeline_member(name: str) -> Member:
+    """A ready pipeline: its own route sends ``<p>.pipeline`` to the pipeline gateway."""
+    return Member(True, "", Route(f"{name}.pipeline", (Split(f"{name}.pipeline", WEIGHT_SCALE, (GATEWAY,)),)))
+
+
+def test_a_pipeline_experiment_splits_the_default_pipelines_endpoint_between_candidates() -> None:
+    experiment = Experiment(
+        "addmul10",
+        (Candidate("add10", 50), Candidate("mul10", 50)),
+        default="add10",
+        resource_type=ResourceType.PIPELINE,
+    )
+    result = plan(experiment, {"add10": pipeline_member("add10"), "mul10": pipeline_member("mul10")})
+    split = {"add10.pipeline": 500_000, "mul10.pipeline": 500_000}
+    assert weights(result.route("addmul10.experiment")) == split
+    assert weights(result.route("add10.pipeline")) == split  # the takeover is the pipeline's endpoint
+    assert result.route("add10") is None  # never a model's endpoint of the same name
+    assert {s.endpoints for s in result.routes[0].splits} == {(GATEWAY,)}
+
+
+def test_a_single_candidate_pipeline_experiment_gets_all_the_traffic() -> None:
+    # The reference produced an empty split here; one candidate must take 100 %.
+    experiment = Experiment("solo", (Candidate("mul10", 1),), resource_type=ResourceType.PIPELINE)
+    result = plan(experiment, {"mul10": pipeline_member("mul10")})
+    assert result.candidates_ready and result.problems == ()
+    assert weights(result.route("solo.experiment")) == {"mul10.pipeline": WEIGHT_SCALE}
+
+
+def test_a_pipeline_mirror_is_routed_as_its_endpoint_and_a_missing_pipeline_is_named() -> None:
+    experiment = Experiment(
+        "m",
+        (Candidate("add10", 100),),
+        default="add10",
+        mirror=Mirror("mul10", 100),
+        resource_type=ResourceType.PIPELINE,
+    )
+    result = plan(experiment, {"add10": pipeline_member("add10"), "mul10": pipeline_member("mul10")})
+    assert weights(result.route("mul10.pipeline.mirror")) == {"mul10.pipeline": WEIGHT_SCALE}
+    taken = result.route("add10.pipeline")
+    assert taken is not None and taken.mirror == MirrorPolicy("mul10.pipeline.mirror", WEIGHT_SCALE)
+    missing = plan(experiment, {"add10": pipeline_member("add10")})
+    assert not missing.mirror_ready
+    assert missing.problems == ("mirror mul10 is not available (no such pipeline)",)
+    assert plan(experiment, {}).problems[0] == "candidate add10 is not available (no such pipeline)"

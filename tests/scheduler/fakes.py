@@ -140,7 +140,7 @@ class Harness:
     cache: ResourceCache = field(default_factory=ResourceCache)
     grace_s: float = 0.05
     store_path: Path | None = None
-    pipeline_gateway: Endpoint | None = None  # None: no <p>.pipeline routes
+    gateway: Endpoint | None = None  # the pipeline gateway: with it, pipelines have routes
     pipeline_replicas: int = 1
 
     def __post_init__(self) -> None:
@@ -148,10 +148,10 @@ class Harness:
         self.publisher = RoutePublisher(self.cache, self.envoy)
         store = StateStore(self.store_path)
         self.scheduler = Scheduler(self.publisher, agent_grace_seconds=self.grace_s, store=store)
-        self.experiments = Experiments(self.scheduler, store)
         self.pipelines = Pipelines(
-            self.scheduler, store, gateway=self.pipeline_gateway, replicas=self.pipeline_replicas
+            self.scheduler, store, gateway=self.gateway, replicas=self.pipeline_replicas
         )
+        self.experiments = Experiments(self.scheduler, store, self.pipelines)
         self.links: dict[tuple[str, int], AgentLink] = {}
 
     async def settle(self) -> None:

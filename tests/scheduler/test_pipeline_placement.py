@@ -141,7 +141,7 @@ async def ack(harness: Harness) -> None:
 async def test_a_joining_owner_takes_over_make_before_break_through_envoy_acks(
     make_harness: Callable[..., Harness],
 ) -> None:
-    harness = make_harness(pipeline_gateway=DEFAULT)
+    harness = make_harness(gateway=DEFAULT)
     pipelines = harness.pipelines
     name = name_owned_by("b", ["a", "b"])
     a = pipelines.engine_subscribed("a", GATEWAYS["a"])
@@ -178,7 +178,7 @@ async def test_a_joining_owner_takes_over_make_before_break_through_envoy_acks(
 async def test_a_dead_owner_is_replaced_and_the_route_keeps_it_until_the_new_one_confirms(
     make_harness: Callable[..., Harness],
 ) -> None:
-    harness = make_harness(pipeline_gateway=DEFAULT)
+    harness = make_harness(gateway=DEFAULT)
     pipelines = harness.pipelines
     name = name_owned_by("a", ["a", "b"])
     a = pipelines.engine_subscribed("a", GATEWAYS["a"])

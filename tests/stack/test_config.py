@@ -39,7 +39,7 @@ def test_load_without_a_saved_config_uses_the_defaults(tmp_path: Path) -> None:
     assert StackConfig.load(tmp_path / "nowhere") == StackConfig(home=tmp_path / "nowhere")
 
 
-def test_up_passes_model_autoscaling_to_the_scheduler_only_when_enabled(tmp_path: Path) -> None:
+def test_up_turns_model_autoscaling_on_only_when_enabled(tmp_path: Path) -> None:
     from scheduler.config import parse_args as scheduler_args
     from stack.components import components
 
@@ -47,9 +47,11 @@ def test_up_passes_model_autoscaling_to_the_scheduler_only_when_enabled(tmp_path
         planned = {c.name: c for c in components(config)}
         return list(planned["scheduler"].argv[3:])  # after python -m scheduler
 
-    off = config_from(up_args(["--home", str(tmp_path)], {}))
-    assert not any("autoscaling" in arg or "model-" in arg for arg in scheduler_argv(off))
-    assert scheduler_args(scheduler_argv(off), env={}).enable_model_autoscaling is False
+    off = config_from(up_args(["--home", str(tmp_path), "--model-scale-up-seconds", "2"], {}))
+    assert "--enable-model-autoscaling" not in scheduler_argv(off)
+    parsed_off = scheduler_args(scheduler_argv(off), env={})
+    assert parsed_off.enable_model_autoscaling is False
+    assert parsed_off.model_scale_up_seconds == 2.0  # inert while off (scenario 43's test uses it)
     argv = ["--home", str(tmp_path), "--enable-model-autoscaling", "--model-idle-seconds", "5"]
     on = config_from(up_args(argv, {"MESHSERVE_STACK_MODEL_LAG_THRESHOLD": "4"}))
     parsed = scheduler_args(scheduler_argv(on), env={})

@@ -310,3 +310,22 @@ def _pgid(pid: int) -> int | None:
         return os.getpgid(pid)
     except ProcessLookupError:
         return None
+
+
+async def test_stop_while_supervising_restarts_nothing(tmp_path: Path) -> None:
+    """stop() before the watcher has ended (a test that failed, an exception in `up`): what stop()
+    ends must stay ended, not be restarted as if it had crashed and then left running."""
+    supervisor = Supervisor(config(tmp_path / "home", restart_limit=5))
+    supervisor.config.logs.mkdir(parents=True, exist_ok=True)
+    stop = asyncio.Event()
+    watcher = asyncio.create_task(supervisor.supervise(stop))
+    await supervisor.add(*pair(free_ports(1)[0]))
+    pids = [supervisor.pid("ml"), supervisor.pid("ag")]
+
+    await supervisor.stop(grace=2)
+    await asyncio.sleep(1.5)  # longer than the first restart's backoff
+    assert not supervisor.running("ml") and not supervisor.running("ag")
+    assert all(dead(pid) for pid in pids)
+    stop.set()
+    await asyncio.wait_for(watcher, 5)
+    assert not supervisor.running("ml") and not supervisor.running("ag")

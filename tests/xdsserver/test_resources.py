@@ -117,6 +117,57 @@ def test_sticky_routes_come_first_and_only_with_several_splits() -> None:
     assert not any(r.match.HasField("runtime_fraction") for r in routes_of(route)[:4])
 
 
+def test_pipeline_splits_also_take_the_pipelines_path_sticky_ones_included() -> None:
+    # A pipeline experiment's route: every split is a pipeline behind the gateway, so each gets a
+    # /v2/pipelines/ route too, whatever the route's own name (here the experiment endpoint).
+    route = Route("ab.experiment", (split("p1.pipeline", 50), split("p2.pipeline", 50)))
+    found = [
+        (
+            r.name,
+            r.match.prefix,
+            r.match.headers[0].string_match.contains if r.match.headers else "",
+            r.route.cluster,
+            [(h.header.key, h.header.value) for h in r.request_headers_to_add],
+        )
+        for r in routes_of(route)
+        if r.match.prefix == "/v2/pipelines/"
+    ]
+    assert found == [
+        (
+            "ab.experiment_pipeline_http_experiment",
+            "/v2/pipelines/",
+            ":p1.pipeline:",
+            "p1.pipeline_http",
+            [("seldon-internal-model", "p1.pipeline")],
+        ),
+        (
+            "ab.experiment_pipeline_http_experiment",
+            "/v2/pipelines/",
+            ":p2.pipeline:",
+            "p2.pipeline_http",
+            [("seldon-internal-model", "p2.pipeline")],
+        ),
+        (
+            "ab.experiment_pipeline_http",
+            "/v2/pipelines/",
+            "",
+            "p1.pipeline_http",
+            [("seldon-internal-model", "p1.pipeline")],
+        ),
+        (
+            "ab.experiment_pipeline_http",
+            "/v2/pipelines/",
+            "",
+            "p2.pipeline_http",
+            [("seldon-internal-model", "p2.pipeline")],
+        ),
+    ]
+    # Model splits never do, even on a route named like a pipeline's.
+    assert not any(
+        r.match.prefix == "/v2/pipelines/" for r in routes_of(Route("x.pipeline", (split("iris_1"),)))
+    )
+
+
 def test_rest_route_rewrites_the_model_path_to_the_versioned_name() -> None:
     rest = routes_of(Route("iris", (split("iris_1"),)))[0]
     rewrite = rest.route.regex_rewrite

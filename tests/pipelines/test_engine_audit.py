@@ -1,0 +1,110 @@
+"""The engine's audit writer: records encoded on its task, sent in bursts, nothing dropped silently."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Any
+
+from prometheus_client import CollectorRegistry
+
+from apis.kafka import INFER_TYPE_HEADER, InferType, Topics
+from apis.v2_dataplane import v2_dataplane_pb2 as pb
+from pipelines.engine import audit
+from pipelines.engine.audit import TopicWriter
+from pipelines.references import Direction, Source
+from pipelines.tensors import Tensor
+
+INPUT = (Tensor("INPUT0", "INT32", (1, 2), [1, 2]),)
+OUTPUT = (Tensor("OUTPUT0", "INT32", (1, 2), [3, 4]),)
+
+
+class RecordingProducer:
+    """Takes ``send`` as aiokafka does (a delivery future back); notes whether the loop ran between."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, bytes, bytes, list[tuple[str, bytes]]]] = []
+        self.ticks_at_send: list[int] = []
+        self.ticks = 0
+
+    async def send(self, topic: str, value: bytes, *, key: bytes, headers: list[tuple[str, bytes]]) -> Any:
+        self.sent.append((topic, key, value, headers))
+        self.ticks_at_send.append(self.ticks)
+        delivered: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        delivered.set_result(None)
+        return delivered
+
+
+async def _ticker(producer: RecordingProducer) -> None:
+    while True:
+        producer.ticks += 1
+        await asyncio.sleep(0)
+
+
+async def _until(condition: Any, seconds: float = 10.0) -> None:
+    async with asyncio.timeout(seconds):
+        while not condition():
+            await asyncio.sleep(0.005)
+
+
+def _count(writer: TopicWriter, outcome: str) -> float:
+    return writer.records.labels(outcome)._value.get()  # type: ignore[no-any-return]
+
+
+async def test_a_runs_records_are_encoded_by_the_writer_and_leave_in_one_burst() -> None:
+    writer = TopicWriter(Topics("seldon", "default"), "engine-0", CollectorRegistry())
+    producer = RecordingProducer()
+    observer = writer.observer("p", "req-1", {"x-request-id": "req-1"})
+    observer.record(Source("p", None, Direction.INPUTS), INPUT)
+    observer.record(Source("p", "m", Direction.INPUTS), INPUT)
+    observer.record(Source("p", "m", Direction.OUTPUTS), OUTPUT)
+    observer.record(Source("p", None, Direction.OUTPUTS), OUTPUT)
+    ticker = asyncio.create_task(_ticker(producer))
+    task = asyncio.create_task(writer.run(producer))
+    try:
+        await _until(lambda: len(producer.sent) == 4 and _count(writer, "written") == 4)
+    finally:
+        for running in (task, ticker):
+            running.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await running
+    assert len(set(producer.ticks_at_send)) == 1  # handed over without the loop running in between
+    topics = [sent[0] for sent in producer.sent]
+    assert topics == [
+        "seldon.default.pipeline.p.inputs",
+        "seldon.default.model.m.inputs",
+        "seldon.default.model.m.outputs",
+        "seldon.default.pipeline.p.outputs",
+    ]
+    assert {sent[1] for sent in producer.sent} == {b"req-1"}
+    request = pb.ModelInferRequest.FromString(producer.sent[1][2])
+    assert request.id == "req-1" and list(request.inputs[0].contents.int_contents) == [1, 2]
+    response = pb.ModelInferResponse.FromString(producer.sent[2][2])
+    assert response.model_name == "m" and list(response.outputs[0].contents.int_contents) == [3, 4]
+    kinds = [dict(sent[3])[INFER_TYPE_HEADER] for sent in producer.sent]
+    request_kind, response_kind = (
+        str(k).encode() for k in (InferType.PROTO_REQUEST, InferType.PROTO_RESPONSE)
+    )
+    assert kinds == [request_kind, request_kind, response_kind, response_kind]
+    assert all(dict(sent[3])["meshserve-audit"] == b"engine-0" for sent in producer.sent)
+
+
+async def test_unencodable_and_overflowing_records_are_counted_not_lost_silently(monkeypatch: Any) -> None:
+    monkeypatch.setattr(audit, "MAX_QUEUED", 2)
+    writer = TopicWriter(Topics("seldon", "default"), "engine-0", CollectorRegistry())
+    observer = writer.observer("p", "req-2", {})
+    wrong = (Tensor("OUTPUT0", "INT32", (1, 3), [1, 2]),)  # three elements declared, two given
+    observer.record(Source("p", "m", Direction.OUTPUTS), wrong)
+    observer.record(Source("p", "m", Direction.INPUTS), INPUT)
+    observer.record(Source("p", None, Direction.OUTPUTS), OUTPUT)  # the queue holds two: dropped
+    assert _count(writer, "dropped") == 1
+    producer = RecordingProducer()
+    task = asyncio.create_task(writer.run(producer))
+    try:
+        await _until(lambda: _count(writer, "written") == 1)
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    assert _count(writer, "unencodable") == 1
+    assert [sent[0] for sent in producer.sent] == ["seldon.default.model.m.inputs"]
