@@ -63,6 +63,12 @@ class LoadView:
             self._completed[target] = 0
         self._completed[target] += completed
 
+    def retain(self, targets: set[str]) -> None:
+        """Only these model versions are reported from now on: forget the others' totals (their
+        gauges would otherwise stand at 0 for good)."""
+        for target in [t for t in self._completed if t not in targets]:
+            del self._completed[target]
+
     def _fresh(self) -> list[LoadReport]:
         now = self._clock()
         return [
