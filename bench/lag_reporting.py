@@ -299,6 +299,7 @@ def _section(
             "Δ vs off",
             "reports / s",
             "bytes per report",
+            "KB / s",
         ]
     )
     for variant in VARIANTS:
@@ -316,6 +317,7 @@ def _section(
                     "" if variant == "off" else f"{(envoy_cpu - envoy_off[window]) * 1000:+.1f}",
                     f"{_median([w.reports / window_s for w in picked]):.2f}",
                     f"{_median([w.bytes_per_report for w in picked]):,.0f}",
+                    f"{_median([w.report_bytes / window_s / 1000 for w in picked]):,.1f}",
                 ]
             )
     section.tables.append(table)
@@ -326,7 +328,7 @@ def _section(
         return (
             _median([w.control_cpu for w in picked]) - off["idle"],
             _median([w.envoy_cpu for w in picked]) - envoy_off["idle"],
-            _median([w.bytes_per_report for w in picked]),
+            _median([w.report_bytes / window_s for w in picked]),
         )
 
     control_all, envoy_all, bytes_all = idle(LRS_ALL)
@@ -334,7 +336,7 @@ def _section(
         Goal(
             f"cost of LRS lag reporting at {models:,} models, every {INTERVAL_S:.0f} s, all clusters (idle)",
             f"control plane {control_all * 1000:+.1f} ms/s, Envoy {envoy_all * 1000:+.1f} ms/s CPU over off, "
-            f"{bytes_all / 1024:,.0f} KiB per report",
+            f"{bytes_all / 1000:,.0f} KB/s of reports",
             None,
             "shown (the baseline)",
         )
@@ -345,7 +347,7 @@ def _section(
             Goal(
                 f"`{variant}`: cost follows the models that autoscale (idle, vs all clusters)",
                 f"control plane {control * 1000:+.1f} ms/s, Envoy {envoy_cpu * 1000:+.1f} ms/s CPU over off, "
-                f"{size:,.0f} B per report = {size / bytes_all:.4f} x all clusters"
+                f"{size / 1000:,.1f} KB/s of reports = {size / bytes_all:.3f} x all clusters"
                 if bytes_all
                 else "no all-clusters baseline",
                 None,

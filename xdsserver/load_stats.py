@@ -5,7 +5,8 @@ Every Envoy opens one ``StreamLoadStats`` stream (``cluster_manager.load_stats_c
 :class:`~xdsserver.report_scope.ReportScope` (the scheduler's: model versions that autoscale; none
 when autoscaling is off) with per-endpoint stats, every ``interval_s``. Each later message is one
 report: per cluster and endpoint, requests in progress now and requests finished in the interval.
-Envoy sends one every interval even when asked for no cluster (an empty one).
+Envoy sends one every interval even when asked for no cluster (an empty one, still about 60 KB:
+every message repeats Envoy's node), so an empty list is asked every :data:`EMPTY_INTERVAL_S`.
 
 When the scope's list moves, the stream answers the next report with the new list. Only then:
 Envoy restarts its report timer on every answer, so an answer between reports would hold the next
@@ -50,6 +51,11 @@ MAX_STREAMS = 1_000
 # Two clusters per model version; 100,000 model versions is 10 times the benchmarked scale.
 MAX_REPORTED_CLUSTERS = 200_000
 MAX_SOURCE_LENGTH = 256
+# Asked for no cluster, Envoy still sends a message every interval, and each carries its node
+# description (about 60 KB for Envoy 1.40: the list of its extensions). With nothing to report it
+# is asked for one this often: such a message only carries the next update back, and a model that
+# starts to autoscale waits for the cooldown after its load (60 s by default) before any scaling.
+EMPTY_INTERVAL_S = 30.0
 
 
 class ClusterDirectory(Protocol):
@@ -135,7 +141,7 @@ class LoadStatsServer(lrs_pb2_grpc.LoadReportingServiceServicer):  # type: ignor
         self._scope = scope  # None: every cluster
         self._interval_s = check_interval(interval_s)
         self._streams = 0
-        self.reports = 0  # handed on since start (for tests and the benchmark)
+        self.reports = 0  # received since start, empty ones too (for tests and the benchmark)
         self.updates = 0  # answers sent after the first one, when the scope moved
         self.report_bytes = 0  # their serialized size as received
 
@@ -158,7 +164,7 @@ class LoadStatsServer(lrs_pb2_grpc.LoadReportingServiceServicer):  # type: ignor
                     log.info("envoy reports load", node=source, interval_s=self._interval_s)
                     asked = self._generation()
                     yield self._ask()
-                if request.cluster_stats:
+                else:
                     self._hand_on(source, request)
                 if self._generation() != asked:  # right after a report: no report held back
                     asked = self._generation()
@@ -174,14 +180,18 @@ class LoadStatsServer(lrs_pb2_grpc.LoadReportingServiceServicer):  # type: ignor
         return self._scope.generation
 
     def _ask(self) -> lrs_pb2.LoadStatsResponse:
+        clusters = self._scope.clusters() if self._scope is not None else ()
+        interval_s = self._interval_s
+        if self._scope is not None and not clusters:
+            interval_s = max(interval_s, EMPTY_INTERVAL_S)
         interval = duration_pb2.Duration()
-        interval.FromNanoseconds(round(self._interval_s * 1e9))
+        interval.FromNanoseconds(round(interval_s * 1e9))
         if self._scope is None:
             return lrs_pb2.LoadStatsResponse(
                 send_all_clusters=True, load_reporting_interval=interval, report_endpoint_granularity=True
             )
         return lrs_pb2.LoadStatsResponse(
-            clusters=self._scope.clusters(),
+            clusters=clusters,
             load_reporting_interval=interval,
             report_endpoint_granularity=True,
         )
@@ -189,6 +199,8 @@ class LoadStatsServer(lrs_pb2_grpc.LoadReportingServiceServicer):  # type: ignor
     def _hand_on(self, source: str, request: lrs_pb2.LoadStatsRequest) -> None:
         self.reports += 1
         self.report_bytes += request.ByteSize()
+        if not request.cluster_stats:
+            return  # nothing asked for (or nothing yet): the message only carries Envoy's node
         try:
             self._listener.on_load(to_report(source, request, self._directory, self._interval_s))
         except Exception:  # a listener's bug must not cut Envoy's reports off
