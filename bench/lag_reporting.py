@@ -56,7 +56,7 @@ from stack.config import StackConfig
 from stack.ports import free_ports
 from xdsserver import resources
 from xdsserver.cache import ResourceCache
-from xdsserver.load_stats import LoadStatsServer
+from xdsserver.load_stats import EMPTY_INTERVAL_S, LoadStatsServer
 from xdsserver.report_scope import ReportScope
 from xdsserver.routes import RoutePublisher
 from xdsserver.server import XdsServer
@@ -174,7 +174,13 @@ async def one_run(work: Path, variant: str, models: int, touched: int, window_s:
     names = [f"m{i:05d}" for i in range(models)]
     scoped = {LRS_SCOPED: [f"{name}_1" for name in names[:SCOPED]], LRS_NONE: []}
     scope = ReportScope(lambda: scoped[variant]) if variant in scoped else None
-    load_stats = LoadStatsServer(publisher, view, scope=scope, interval_s=INTERVAL_S)
+    load_stats = LoadStatsServer(
+        publisher,
+        view,
+        scope=scope,
+        interval_s=INTERVAL_S,
+        empty_interval_s=EMPTY_INTERVAL_S if variant == LRS_NONE else None,  # as scheduler/app.py when off
+    )
     sink = Counter()
     server = grpc.aio.server(options=[("grpc.max_receive_message_length", 64 * 1024 * 1024)])
     ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(xds, server)

@@ -43,7 +43,7 @@ from scheduler.server_scaling import ScalingSettings
 from scheduler.store import StateStore
 from xdsserver import resources
 from xdsserver.cache import ResourceCache
-from xdsserver.load_stats import LoadStatsServer
+from xdsserver.load_stats import EMPTY_INTERVAL_S, LoadStatsServer
 from xdsserver.report_scope import ReportScope
 from xdsserver.routes import RoutePublisher
 from xdsserver.server import XdsServer
@@ -95,7 +95,12 @@ class SchedulerApp:
         if config.enable_model_autoscaling:
             self.core.on_model_change(lambda _: self.load_scope.changed())
         self.load_stats = LoadStatsServer(
-            self.routes, self.load, scope=self.load_scope, interval_s=config.load_report_interval_seconds
+            self.routes,
+            self.load,
+            scope=self.load_scope,
+            interval_s=config.load_report_interval_seconds,
+            # Off, the list stays empty for good: Envoy's (empty) reports can come rarely.
+            empty_interval_s=None if config.enable_model_autoscaling else EMPTY_INTERVAL_S,
         )
         self.metrics = SchedulerMetrics(
             CollectorRegistry(), core=self.core, experiments=self.experiments, envoys=self.xds, load=self.load

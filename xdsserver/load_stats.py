@@ -6,7 +6,8 @@ Every Envoy opens one ``StreamLoadStats`` stream (``cluster_manager.load_stats_c
 when autoscaling is off) with per-endpoint stats, every ``interval_s``. Each later message is one
 report: per cluster and endpoint, requests in progress now and requests finished in the interval.
 Envoy sends one every interval even when asked for no cluster (an empty one, still about 60 KB:
-every message repeats Envoy's node), so an empty list is asked every :data:`EMPTY_INTERVAL_S`.
+every message repeats Envoy's node); when the list can never fill (autoscaling off) the
+composition root has them come every :data:`EMPTY_INTERVAL_S` instead.
 
 When the scope's list moves, the stream answers the next report with the new list. Only then:
 Envoy restarts its report timer on every answer, so an answer between reports would hold the next
@@ -52,9 +53,8 @@ MAX_STREAMS = 1_000
 MAX_REPORTED_CLUSTERS = 200_000
 MAX_SOURCE_LENGTH = 256
 # Asked for no cluster, Envoy still sends a message every interval, and each carries its node
-# description (about 60 KB for Envoy 1.40: the list of its extensions). With nothing to report it
-# is asked for one this often: such a message only carries the next update back, and a model that
-# starts to autoscale waits for the cooldown after its load (60 s by default) before any scaling.
+# description (about 60 KB for Envoy 1.40: the list of its extensions). When the list can never
+# fill (autoscaling off), the composition root asks for one this often (``empty_interval_s``).
 EMPTY_INTERVAL_S = 30.0
 
 
@@ -135,11 +135,15 @@ class LoadStatsServer(lrs_pb2_grpc.LoadReportingServiceServicer):  # type: ignor
         *,
         scope: ReportScope | None,
         interval_s: float = DEFAULT_INTERVAL_S,
+        empty_interval_s: float | None = None,
     ) -> None:
         self._directory = directory
         self._listener = listener
         self._scope = scope  # None: every cluster
         self._interval_s = check_interval(interval_s)
+        # While the list is empty: an update can only ride back on a report, so a list that may
+        # fill keeps the normal interval (None); one that never fills can be asked rarely.
+        self._empty_interval_s = check_interval(empty_interval_s or interval_s)
         self._streams = 0
         self.reports = 0  # received since start, empty ones too (for tests and the benchmark)
         self.updates = 0  # answers sent after the first one, when the scope moved
@@ -183,7 +187,7 @@ class LoadStatsServer(lrs_pb2_grpc.LoadReportingServiceServicer):  # type: ignor
         clusters = self._scope.clusters() if self._scope is not None else ()
         interval_s = self._interval_s
         if self._scope is not None and not clusters:
-            interval_s = max(interval_s, EMPTY_INTERVAL_S)
+            interval_s = max(interval_s, self._empty_interval_s)
         interval = duration_pb2.Duration()
         interval.FromNanoseconds(round(interval_s * 1e9))
         if self._scope is None:

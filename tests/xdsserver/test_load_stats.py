@@ -224,7 +224,7 @@ async def test_the_stream_asks_for_the_scope_and_sends_a_moved_list_right_after_
     clock = Clock()
     scope = ReportScope(lambda: targets, clock)
     listener = Listener()
-    servicer = LoadStatsServer(routes, listener, scope=scope, interval_s=1.0)
+    servicer = LoadStatsServer(routes, listener, scope=scope, interval_s=1.0, empty_interval_s=20.0)
     server, port = await serve(servicer)
     outgoing: asyncio.Queue[lrs_pb2.LoadStatsRequest | None] = asyncio.Queue()
 
@@ -238,6 +238,7 @@ async def test_the_stream_asks_for_the_scope_and_sends_a_moved_list_right_after_
             await outgoing.put(request())
             first = await asyncio.wait_for(call.read(), 10)
             assert not first.send_all_clusters and list(first.clusters) == []  # nothing autoscales
+            assert first.load_reporting_interval.ToNanoseconds() == 20_000_000_000  # empty: rarely
             targets.add("iris_1")
             scope.changed()
             await outgoing.put(request())  # an empty report, before the change settled: no answer
@@ -247,6 +248,7 @@ async def test_the_stream_asks_for_the_scope_and_sends_a_moved_list_right_after_
             assert list(update.clusters) == ["iris_1_http", "iris_1_grpc"]
             assert update.report_endpoint_granularity and not update.send_all_clusters
             assert servicer.updates == 1
+            assert update.load_reporting_interval.ToNanoseconds() == 1_000_000_000
             scope.changed()  # a change that moves no cluster: nothing is resent
             clock.now += SETTLE_S
             listener.got.clear()
@@ -260,6 +262,7 @@ async def test_the_stream_asks_for_the_scope_and_sends_a_moved_list_right_after_
             assert list(emptied.clusters) == [] and not emptied.send_all_clusters
             assert servicer.updates == 2
             assert [r.loads[0].in_flight for r in listener.reports] == [3, 1]
+            assert servicer.reports == 4, "empty reports count too (their bytes are a cost)"
             await outgoing.put(None)
             await asyncio.wait_for(call.wait_for_connection(), 10)
     finally:
