@@ -43,7 +43,11 @@ def test_sample_names() -> None:
         "tfsimple-combined",
         "tfsimple-combined-trigger",
         "tfsimple-extended-step",
+        "tfsimple-combined-step",
         "counter-pipeline",
+        "choice",
+        "pipeline-add10",
+        "pipeline-mul10",
     }
 
 

@@ -1,0 +1,161 @@
+"""The sample pipelines (samples/pipelines) with the sample runtimes, through the real stack with
+its dataflow engine and Kafka: each answers the reference's request with the reference's answer
+(seldon-pipelines.md §13 scenarios 1, 4, 7-12, 15, 30)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from apis import manifests
+from tests.e2e.conftest import Stack, running_stack, stack_config
+from tests.e2e.test_pipeline_engine import post, wait_ready
+
+SAMPLES = Path(__file__).parents[2] / "samples"
+MODELS = (
+    "tfsimple1", "tfsimple2", "tfsimple3", "add10", "mul10", "conditional", "choice-is-one",
+    "choice-is-two", "counter", "identity-loop", "identity-output",
+)  # fmt: skip
+PIPELINES = {
+    "tfsimple.yaml": ["tfsimple"],
+    "chain.yaml": ["tfsimples"],
+    "join.yaml": ["join"],
+    "conditional.yaml": ["tfsimple-conditional"],
+    "choice.yaml": ["choice"],
+    "triggers.yaml": ["trigger-joins"],
+    "tensor-inputs.yaml": ["tfsimples-input", "pipeline-inputs"],
+    "cycle.yaml": ["counter-pipeline"],
+}
+I = list(range(1, 17))  # noqa: E741 - the reference's name
+D = [2 * x for x in I]
+Z = [0] * 16
+
+
+def tensor(name: str, datatype: str, shape: list[int], data: list[Any]) -> dict[str, Any]:
+    return {"name": name, "datatype": datatype, "shape": shape, "data": data}
+
+
+II = [tensor("INPUT0", "INT32", [1, 16], I), tensor("INPUT1", "INT32", [1, 16], I)]
+FOUR = [1, 2, 3, 4]
+
+
+@pytest.fixture(scope="module")
+async def kstack(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Stack]:
+    config = stack_config(tmp_path_factory.mktemp("sample-pipelines") / "home", kafka=True)
+    async with running_stack(config) as stack:
+        for name in MODELS:
+            [request] = manifests.read_model_requests(str(SAMPLES / "models" / f"{name}.yaml"))
+            await stack.scheduler.LoadModel(request, timeout=10)
+        for name in MODELS:
+            await stack.wait_state(name, "ModelAvailable", timeout=120)
+        for file in PIPELINES:
+            for pipeline in manifests.read_pipeline_requests(str(SAMPLES / "pipelines" / file)):
+                await stack.scheduler.LoadPipeline(pipeline, timeout=10)
+        for names in PIPELINES.values():
+            for name in names:
+                await wait_ready(stack, name, timeout=120)
+        yield stack
+
+
+def answer(body: dict[str, Any]) -> list[tuple[str, list[Any]]]:
+    return [(out["name"], out["data"]) for out in body["outputs"]]
+
+
+@pytest.mark.parametrize(
+    ("pipeline", "inputs", "expected"),
+    [
+        ("tfsimple", II, [("OUTPUT0", D), ("OUTPUT1", Z)]),
+        ("tfsimples", II, [("OUTPUT0", D), ("OUTPUT1", D)]),
+        ("join", II, [("OUTPUT0", D), ("OUTPUT1", D)]),
+        ("tfsimples-input", II, [("OUTPUT0", I), ("OUTPUT1", I)]),
+        *[
+            (
+                "tfsimple-conditional",
+                [
+                    tensor("CHOICE", "INT32", [1], [choice]),
+                    tensor("INPUT0", "FP32", [4], FOUR),
+                    tensor("INPUT1", "FP32", [4], FOUR),
+                ],
+                [("OUTPUT", out)],
+            )
+            for choice, out in ((0, [10, 20, 30, 40]), (1, [11, 12, 13, 14]))
+        ],
+        *[
+            (
+                "choice",
+                [tensor("choice", "INT32", [1], [choice]), tensor("INPUT", "FP32", [4], [5, 6, 7, 8])],
+                [("OUTPUT", out)],
+            )
+            for choice, out in ((1, [50, 60, 70, 80]), (2, [15, 16, 17, 18]))
+        ],
+        *[
+            (
+                "trigger-joins",
+                [tensor(trigger, "INT32", [1], [1]), tensor("INPUT", "FP32", [4], FOUR)],
+                [("OUTPUT", out)],
+            )
+            for trigger, out in (
+                ("ok1", [10, 20, 30, 40]),
+                ("ok2", [10, 20, 30, 40]),
+                ("ok3", [11, 12, 13, 14]),
+            )
+        ],
+        (
+            "pipeline-inputs",
+            [tensor("INPUT0", "FP32", [4], FOUR), tensor("INPUT1", "FP32", [4], FOUR)],
+            [("OUTPUT", [10, 20, 30, 40]), ("OUTPUT", [11, 12, 13, 14])],
+        ),
+        (
+            "counter-pipeline",
+            [tensor("counter-pipeline.inputs", "INT32", [1], [0])],
+            [("output", [10]), ("stop", [""])],
+        ),
+        (
+            "counter-pipeline",
+            [tensor("counter-pipeline.inputs", "INT32", [1], [15])],
+            [("output", [16]), ("stop", [""])],
+        ),
+    ],
+)
+async def test_sample_pipeline_answers_as_the_reference(
+    kstack: Stack, pipeline: str, inputs: list[dict[str, Any]], expected: list[tuple[str, list[Any]]]
+) -> None:
+    status, body, _ = await post(kstack, f"/v2/pipelines/{pipeline}/infer", {"inputs": inputs})
+    assert status == 200, body
+    assert body["model_name"] == "" and answer(body) == expected, body
+
+
+async def test_the_counter_pipeline_answers_the_reference_body(kstack: Stack) -> None:
+    status, body, _ = await post(
+        kstack,
+        "/v2/models/anything/infer",
+        {"inputs": [tensor("counter-pipeline.inputs", "INT32", [1], [0])]},
+        **{"seldon-model": "counter-pipeline.pipeline"},
+    )
+    assert status == 200, body
+    assert body["outputs"] == [
+        {
+            "data": [10],
+            "name": "output",
+            "shape": [1, 1],
+            "datatype": "INT32",
+            "parameters": {"content_type": "np"},
+        },
+        {
+            "data": [""],
+            "name": "stop",
+            "shape": [1, 1],
+            "datatype": "BYTES",
+            "parameters": {"content_type": "str"},
+        },
+    ]
+
+
+async def test_a_step_refusing_the_data_is_a_400_naming_it(kstack: Stack) -> None:
+    bad = [tensor("INPUT0", "INT32", [1, 8], I[:8]), tensor("INPUT1", "INT32", [1, 8], I[:8])]
+    status, body, _ = await post(kstack, "/v2/pipelines/tfsimples/infer", {"inputs": bad})
+    assert status == 400, body
+    assert "must be INT32 [1..8,16]" in str(body), body
