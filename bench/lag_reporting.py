@@ -368,6 +368,11 @@ def _section(
         f"({touched:,} called); scoped to {SCOPED}, {seen_scoped:,.0f}: only the versions that autoscale "
         f"are tracked. The scope stayed fixed, so no stream sent a second answer ({updates} sent)."
     )
+    section.notes.append(
+        f"`{LRS_NONE}` is asked every {EMPTY_INTERVAL_S:.0f} s (as the scheduler does with autoscaling "
+        f"off), so a {window_s:.0f} s window sees zero or one message: read its KB / s, not its bytes "
+        "per report. Every message, even an empty one, carries Envoy's node (about 61 KB)."
+    )
     return section
 
 
