@@ -269,6 +269,9 @@ async def test_envoy_reports_only_the_models_that_autoscale_and_follows_loads_an
         )
         assert on.load_scope.clusters() == ("iris_1_http", "iris_1_grpc")
         assert set(on.load.completed()) == set(), "versions no longer reported are forgotten"
+        late = LoadReport("envoy", 1.0, (ReplicaLoad("gone_1", Endpoint("10.0.0.1", 9000, 9500), 5, 1),))
+        on.load.on_load(late)  # sent before that Envoy heard of the new list
+        assert on.load.in_flight() == {} and on.load.in_flight_by_replica() == {}
         assert off.load_scope.clusters() == (), "autoscaling off: no cluster reported"
         on.core.load_model(scaled_model(uri="gs://models/iris-v2"))
         assert on.load_scope.clusters() == ("iris_1_http", "iris_1_grpc", "iris_2_http", "iris_2_grpc")
