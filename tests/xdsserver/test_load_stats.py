@@ -232,6 +232,16 @@ async def test_the_stream_asks_for_the_scope_and_sends_a_moved_list_right_after_
         while (item := await outgoing.get()) is not None:
             yield item
 
+    async def report(message: lrs_pb2.LoadStatsRequest) -> None:
+        """Send one report and wait until the server took it in (no race with the scope's clock)."""
+        received = servicer.reports
+        await outgoing.put(message)
+        for _ in range(1000):
+            if servicer.reports > received:
+                return
+            await asyncio.sleep(0.01)
+        raise AssertionError("report not received within 10 s")
+
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
             call = lrs_pb2_grpc.LoadReportingServiceStub(channel).StreamLoadStats(requests())
@@ -241,9 +251,9 @@ async def test_the_stream_asks_for_the_scope_and_sends_a_moved_list_right_after_
             assert first.load_reporting_interval.ToNanoseconds() == 20_000_000_000  # empty: rarely
             targets.add("iris_1")
             scope.changed()
-            await outgoing.put(request())  # an empty report, before the change settled: no answer
+            await report(request())  # an empty report, before the change settled: no answer
             clock.now += SETTLE_S
-            await outgoing.put(request(cluster("iris_1_http", endpoint_stats(A, 8080, active=3))))
+            await report(request(cluster("iris_1_http", endpoint_stats(A, 8080, active=3))))
             update = await asyncio.wait_for(call.read(), 10)
             assert list(update.clusters) == ["iris_1_http", "iris_1_grpc"]
             assert update.report_endpoint_granularity and not update.send_all_clusters
@@ -251,13 +261,11 @@ async def test_the_stream_asks_for_the_scope_and_sends_a_moved_list_right_after_
             assert update.load_reporting_interval.ToNanoseconds() == 1_000_000_000
             scope.changed()  # a change that moves no cluster: nothing is resent
             clock.now += SETTLE_S
-            listener.got.clear()
-            await outgoing.put(request(cluster("iris_1_http", endpoint_stats(A, 8080, active=1))))
-            await asyncio.wait_for(listener.got.wait(), 10)
+            await report(request(cluster("iris_1_http", endpoint_stats(A, 8080, active=1))))
             targets.clear()
             scope.changed()
             clock.now += SETTLE_S
-            await outgoing.put(request())
+            await report(request())
             emptied = await asyncio.wait_for(call.read(), 10)
             assert list(emptied.clusters) == [] and not emptied.send_all_clusters
             assert servicer.updates == 2
