@@ -36,14 +36,15 @@ from scheduler.errors import StatusMapping
 from scheduler.experiments import Experiments
 from scheduler.load import LoadView
 from scheduler.metrics import SchedulerMetrics
-from scheduler.model_autoscaling import ModelAutoscaling
+from scheduler.model_autoscaling import ModelAutoscaling, autoscaled_targets
 from scheduler.pipelines import Pipelines
 from scheduler.policies import load_policy
 from scheduler.server_scaling import ScalingSettings
 from scheduler.store import StateStore
 from xdsserver import resources
 from xdsserver.cache import ResourceCache
-from xdsserver.load_stats import LoadStatsServer
+from xdsserver.load_stats import EMPTY_INTERVAL_S, LoadStatsServer
+from xdsserver.report_scope import ReportScope
 from xdsserver.routes import RoutePublisher
 from xdsserver.server import XdsServer
 from xdsserver.types import CLUSTER, LISTENER
@@ -89,10 +90,19 @@ class SchedulerApp:
         )
         self.experiments = Experiments(self.core, store, self.pipelines)
         # Requests in flight per model version, from Envoy's load reports (LRS, on the xDS port);
-        # the autoscaler subscribes to ``self.load``.
+        # the autoscaler subscribes to ``self.load``. Envoy reports only the model versions that
+        # autoscale (none when autoscaling is off): the cost follows the consumer (decision 0015).
         self.load = LoadView()
+        self.load_scope = ReportScope(self._reported_targets)
+        if config.enable_model_autoscaling:
+            self.core.on_model_change(lambda _: self.load_scope.changed())
         self.load_stats = LoadStatsServer(
-            self.routes, self.load, interval_s=config.load_report_interval_seconds
+            self.routes,
+            self.load,
+            scope=self.load_scope,
+            interval_s=config.load_report_interval_seconds,
+            # Off, the list stays empty for good: Envoy's (empty) reports can come rarely.
+            empty_interval_s=None if config.enable_model_autoscaling else EMPTY_INTERVAL_S,
         )
         self.metrics = SchedulerMetrics(
             CollectorRegistry(), core=self.core, experiments=self.experiments, envoys=self.xds, load=self.load
@@ -109,6 +119,12 @@ class SchedulerApp:
         self._sweeper: asyncio.Task[None] | None = None
         self._autoscaler_timer: asyncio.Task[None] | None = None
         self._scaler: asyncio.Task[None] | None = None
+
+    def _reported_targets(self) -> set[str]:
+        """The model versions Envoy reports load for; the load view keeps only theirs."""
+        targets = set(autoscaled_targets(self.core.models)) if self.config.enable_model_autoscaling else set()
+        self.load.retain(targets)
+        return targets
 
     async def start(self) -> None:
         config = self.config

@@ -35,6 +35,7 @@ class LoadView:
         self._completed: dict[str, int] = {}  # versioned name -> requests completed since start
         self._subscribers: list[LoadListener] = []
         self._full_warned = False
+        self._retained: frozenset[str] | None = None  # None: every version reported counts
 
     def subscribe(self, listener: LoadListener) -> Callable[[], None]:
         """``listener.on_load`` hears every report after this view took it in."""
@@ -54,6 +55,8 @@ class LoadView:
             listener.on_load(report)
 
     def _count(self, target: str, completed: int) -> None:
+        if self._retained is not None and target not in self._retained:
+            return
         if target not in self._completed:
             if len(self._completed) >= MAX_TARGETS:
                 if not self._full_warned:
@@ -62,6 +65,14 @@ class LoadView:
                 return
             self._completed[target] = 0
         self._completed[target] += completed
+
+    def retain(self, targets: set[str]) -> None:
+        """Only these model versions are reported from now on: forget the others' totals (their
+        gauges would otherwise stand at 0 for good) and ignore them in reports sent before an Envoy
+        heard of the change."""
+        self._retained = frozenset(targets)
+        for target in [t for t in self._completed if t not in targets]:
+            del self._completed[target]
 
     def _fresh(self) -> list[LoadReport]:
         now = self._clock()
@@ -82,6 +93,8 @@ class LoadView:
         totals: dict[tuple[str, Endpoint], int] = {}
         for report in self._fresh():
             for load in report.loads:
+                if self._retained is not None and load.target not in self._retained:
+                    continue
                 key = (load.target, load.endpoint)
                 totals[key] = totals.get(key, 0) + load.in_flight
         return totals

@@ -212,7 +212,8 @@ class SchedulerMetrics(Collector):
         """Envoy's load reports: in flight per model version (and replica), completed totals."""
         model = GaugeMetricFamily(
             "meshserve_scheduler_model_requests_in_flight",
-            "Requests Envoy has outstanding to a model version (latest load report of every Envoy)",
+            "Requests Envoy has outstanding to a model version (latest load report of every Envoy; "
+            "only the versions that autoscale are reported)",
             labels=["model_internal"],
         )
         for target, count in sorted(load.in_flight().items()):
@@ -224,7 +225,7 @@ class SchedulerMetrics(Collector):
         }
         replica = GaugeMetricFamily(
             "meshserve_scheduler_replica_requests_in_flight",
-            "Requests Envoy has outstanding to a model version on one server replica",
+            "Requests Envoy has outstanding to a model version on one replica (versions that autoscale)",
             labels=["model_internal", "server", "server_replica"],
         )
         for (target, endpoint), count in sorted(load.in_flight_by_replica().items(), key=str):
@@ -232,7 +233,8 @@ class SchedulerMetrics(Collector):
                 replica.add_metric([target, *replicas[endpoint]], count)
         completed = CounterMetricFamily(
             "meshserve_scheduler_model_requests_completed",
-            "Requests Envoy finished for a model version (answered or failed), as its load reports count",
+            "Requests Envoy finished for a model version (answered or failed), as its load reports count "
+            "(versions that autoscale)",
             labels=["model_internal"],
         )
         for target, count in sorted(load.completed().items()):

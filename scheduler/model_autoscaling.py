@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 
 import structlog
 
@@ -39,6 +39,17 @@ def model_scale(record: ModelRecord) -> ModelScale:
         available=latest.state is ModelState.ModelAvailable,
         changed_at=latest.timestamp,
     )
+
+
+def autoscaled_targets(models: Mapping[str, ModelRecord]) -> Iterable[str]:
+    """Every version of each model that can autoscale (its spec sets minReplicas or maxReplicas):
+    the model versions whose load Envoy must report (the autoscaler sums over every version)."""
+    for record in models.values():
+        if record.deleted or not record.versions:
+            continue
+        deployment = record.latest.spec.deploymentSpec
+        if deployment.minReplicas > 0 or deployment.maxReplicas > 0:
+            yield from (version.versioned_name for version in record.versions)
 
 
 class ModelAutoscaling:

@@ -3,19 +3,22 @@
 A model that holds every request until the test opens a gate (a file in its folder) keeps a known
 number of requests in flight between Envoy and MLServer; the scheduler's metrics must show exactly
 that many for the model version and its replica, then none once they are answered, and count every
-one of them as completed.
+one of them as completed. Envoy reports only the models that autoscale (decision 0015), so the stack
+runs with model autoscaling on and the model sets minReplicas/maxReplicas (the lag threshold, 30 by
+default, stays far above the requests held: nothing scales).
 """
 
 from __future__ import annotations
 
 import asyncio
 import re
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
 from apis.mlops.scheduler import scheduler_pb2
-from tests.e2e.conftest import IRIS_IN, Stack, eventually
+from tests.e2e.conftest import IRIS_IN, Stack, eventually, running_stack, stack_config
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -67,6 +70,13 @@ async def scheduler_metric(stack: Stack, name: str, **labels: str) -> float:
     return 0.0
 
 
+@pytest.fixture(scope="module")
+async def stack(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Stack]:
+    config = stack_config(tmp_path_factory.mktemp("load-reports"), enable_model_autoscaling=True)
+    async with running_stack(config) as running:
+        yield running
+
+
 async def test_requests_in_flight_reach_the_scheduler(stack: Stack, tmp_path: Path) -> None:
     artifact = gated_artifact(tmp_path / "gated")
     model = scheduler_pb2.Model(
@@ -74,7 +84,7 @@ async def test_requests_in_flight_reach_the_scheduler(stack: Stack, tmp_path: Pa
         modelSpec=scheduler_pb2.ModelSpec(
             uri=f"file://{artifact}", requirements=["python"], memoryBytes=1000
         ),
-        deploymentSpec=scheduler_pb2.DeploymentSpec(replicas=1),
+        deploymentSpec=scheduler_pb2.DeploymentSpec(replicas=1, minReplicas=1, maxReplicas=2),
     )
     await stack.scheduler.LoadModel(scheduler_pb2.LoadModelRequest(model=model), timeout=10)
     try:

@@ -11,14 +11,15 @@ import pytest
 
 from apis.load import LoadReport, ReplicaLoad
 from apis.mlops.scheduler import scheduler_pb2
+from apis.routing import Endpoint
 from apis.validation import InvalidResource
 from scheduler.app import SchedulerApp
 from scheduler.autoscaling import Thresholds
 from scheduler.config import SchedulerConfig, parse_args
 from scheduler.core import ModelNotFound
-from scheduler.model_autoscaling import ModelAutoscaling
+from scheduler.model_autoscaling import ModelAutoscaling, autoscaled_targets
 from scheduler.routing import replica_endpoint
-from scheduler.state import ModelState, ReplicaState
+from scheduler.state import ModelRecord, ModelState, ModelVersion, ReplicaState
 from scheduler.status import model_status
 from scheduler.store import StateStore
 from tests.scheduler.fakes import Event, Harness, pending_ops, wait_until
@@ -249,3 +250,46 @@ def test_out_of_bounds_autoscaling_flags_are_refused(flag: str, capsys: pytest.C
         parse_args([flag], env={})
     assert exited.value.code == 2
     assert flag.split("=")[0] in capsys.readouterr().err
+
+
+async def test_envoy_reports_only_the_models_that_autoscale_and_follows_loads_and_unloads(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Decision 0015: the LRS answer lists the clusters of autoscaled model versions, none when off."""
+    monkeypatch.setattr("xdsserver.report_scope.SETTLE_S", 0.0)
+    on = SchedulerApp(parse_args(["--enable-model-autoscaling"], env={}))
+    off = SchedulerApp(parse_args([], env={}))
+    try:
+        assert on.load_scope.clusters() == () and off.load_scope.clusters() == ()
+        on.core.load_model(scaled_model())
+        on.core.load_model(plain_model("fixed", replicas=2))
+        off.core.load_model(scaled_model())
+        on.load.on_load(
+            LoadReport("envoy", 1.0, (ReplicaLoad("gone_1", Endpoint("10.0.0.1", 9000, 9500), 0, 2),))
+        )
+        assert on.load_scope.clusters() == ("iris_1_http", "iris_1_grpc")
+        assert set(on.load.completed()) == set(), "versions no longer reported are forgotten"
+        late = LoadReport("envoy", 1.0, (ReplicaLoad("gone_1", Endpoint("10.0.0.1", 9000, 9500), 5, 1),))
+        on.load.on_load(late)  # sent before that Envoy heard of the new list
+        assert on.load.in_flight() == {} and on.load.in_flight_by_replica() == {}
+        assert off.load_scope.clusters() == (), "autoscaling off: no cluster reported"
+        on.core.load_model(scaled_model(uri="gs://models/iris-v2"))
+        assert on.load_scope.clusters() == ("iris_1_http", "iris_1_grpc", "iris_2_http", "iris_2_grpc")
+        on.core.unload_model("iris")
+        assert on.load_scope.clusters() == ()
+    finally:
+        await on.core.close()
+        await off.core.close()
+
+
+def test_autoscaled_targets_need_min_or_max_replicas() -> None:
+    low_only = plain_model("low", replicas=1, min_replicas=1)
+    high_only = plain_model("high")
+    high_only.deploymentSpec.maxReplicas = 4
+    records = {
+        spec.meta.name: ModelRecord(spec.meta.name, [ModelVersion(1, spec)])
+        for spec in (low_only, high_only, plain_model("fixed", replicas=3))
+    }
+    records["gone"] = ModelRecord("gone", [ModelVersion(1, scaled_model("gone"))], deleted=True)
+    records["empty"] = ModelRecord("empty")
+    assert sorted(autoscaled_targets(records)) == ["high_1", "low_1"]

@@ -18,6 +18,7 @@ from tests.scheduler.fakes import FakeEnvoy
 from xdsserver import load_stats
 from xdsserver.cache import ResourceCache
 from xdsserver.load_stats import LoadStatsServer, check_interval, to_report
+from xdsserver.report_scope import SETTLE_S, ReportScope
 from xdsserver.routes import RoutePublisher
 
 A = Endpoint("10.0.0.1", 8080, 9500)
@@ -162,11 +163,11 @@ async def serve(servicer: LoadStatsServer) -> tuple[grpc.aio.Server, int]:
     return server, port
 
 
-async def test_the_stream_asks_for_every_cluster_and_survives_a_failing_listener(
+async def test_without_a_scope_the_stream_asks_for_every_cluster_and_survives_a_failing_listener(
     routes: RoutePublisher,
 ) -> None:
     listener = Listener(fail_first=True)
-    servicer = LoadStatsServer(routes, listener, interval_s=1.5)
+    servicer = LoadStatsServer(routes, listener, scope=None, interval_s=1.5)
     server, port = await serve(servicer)
     outgoing: asyncio.Queue[lrs_pb2.LoadStatsRequest | None] = asyncio.Queue()
 
@@ -197,12 +198,80 @@ async def test_the_stream_asks_for_every_cluster_and_survives_a_failing_listener
 
 async def test_streams_are_bounded(routes: RoutePublisher, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(load_stats, "MAX_STREAMS", 0)
-    server, port = await serve(LoadStatsServer(routes, Listener()))
+    server, port = await serve(LoadStatsServer(routes, Listener(), scope=None))
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
             call = lrs_pb2_grpc.LoadReportingServiceStub(channel).StreamLoadStats(iter([request()]))
             with pytest.raises(grpc.aio.AioRpcError) as refused:
                 await asyncio.wait_for(call.read(), 10)
             assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    finally:
+        await server.stop(None)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def test_the_stream_asks_for_the_scope_and_sends_a_moved_list_right_after_a_report(
+    routes: RoutePublisher,
+) -> None:
+    targets: set[str] = set()
+    clock = Clock()
+    scope = ReportScope(lambda: targets, clock)
+    listener = Listener()
+    servicer = LoadStatsServer(routes, listener, scope=scope, interval_s=1.0, empty_interval_s=20.0)
+    server, port = await serve(servicer)
+    outgoing: asyncio.Queue[lrs_pb2.LoadStatsRequest | None] = asyncio.Queue()
+
+    async def requests() -> AsyncIterator[lrs_pb2.LoadStatsRequest]:
+        while (item := await outgoing.get()) is not None:
+            yield item
+
+    async def report(message: lrs_pb2.LoadStatsRequest) -> None:
+        """Send one report and wait until the server took it in (no race with the scope's clock)."""
+        received = servicer.reports
+        await outgoing.put(message)
+        for _ in range(1000):
+            if servicer.reports > received:
+                return
+            await asyncio.sleep(0.01)
+        raise AssertionError("report not received within 10 s")
+
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            call = lrs_pb2_grpc.LoadReportingServiceStub(channel).StreamLoadStats(requests())
+            await outgoing.put(request())
+            first = await asyncio.wait_for(call.read(), 10)
+            assert not first.send_all_clusters and list(first.clusters) == []  # nothing autoscales
+            assert first.load_reporting_interval.ToNanoseconds() == 20_000_000_000  # empty: rarely
+            targets.add("iris_1")
+            scope.changed()
+            await report(request())  # an empty report, before the change settled: no answer
+            clock.now += SETTLE_S
+            await report(request(cluster("iris_1_http", endpoint_stats(A, 8080, active=3))))
+            update = await asyncio.wait_for(call.read(), 10)
+            assert list(update.clusters) == ["iris_1_http", "iris_1_grpc"]
+            assert update.report_endpoint_granularity and not update.send_all_clusters
+            assert servicer.updates == 1
+            assert update.load_reporting_interval.ToNanoseconds() == 1_000_000_000
+            scope.changed()  # a change that moves no cluster: nothing is resent
+            clock.now += SETTLE_S
+            await report(request(cluster("iris_1_http", endpoint_stats(A, 8080, active=1))))
+            targets.clear()
+            scope.changed()
+            clock.now += SETTLE_S
+            await report(request())
+            emptied = await asyncio.wait_for(call.read(), 10)
+            assert list(emptied.clusters) == [] and not emptied.send_all_clusters
+            assert servicer.updates == 2
+            assert [r.loads[0].in_flight for r in listener.reports] == [3, 1]
+            assert servicer.reports == 4, "empty reports count too (their bytes are a cost)"
+            await outgoing.put(None)
+            await asyncio.wait_for(call.wait_for_connection(), 10)
     finally:
         await server.stop(None)
