@@ -52,7 +52,16 @@ async def run_agent(
             logger=log,
         ) as metrics,
         MLServerClient(config.mlserver_url) as mlserver,
-        served_debug(state, host=config.debug_host, port=config.debug_port, logger=log),
+        # Last-used times are read from MLServer's counters when an eviction chooses a victim and when
+        # ReplicaStatus asks, never on a timer: a periodic /metrics scrape stalled MLServer's loop
+        # (resident p50 +1-3 ms, throughput -30 % in docs/benchmarks.md §8 before this).
+        served_debug(
+            state,
+            host=config.debug_host,
+            port=config.debug_port,
+            logger=log,
+            refresh=(usage := UsageTracker(metrics.scraper, state)).refresh,
+        ),
     ):
         log.info("waiting for MLServer", url=config.mlserver_url)
         await mlserver.wait_live(config.startup_timeout_seconds)
@@ -67,7 +76,6 @@ async def run_agent(
             locks=locks,
             keep_evicted=config.reload_enabled,
         )
-        usage = UsageTracker(metrics.scraper, state)
         operator.residency.refresh_usage = usage.refresh
         if config.envoy_admin_urls:
             operator.residency.add_in_flight_source(EnvoyInFlight(config.envoy_admin_urls, logger=log))
@@ -95,7 +103,6 @@ async def run_agent(
             )
             async with _reload_listener(config, gate), asyncio.TaskGroup() as tasks:
                 watching = tasks.create_task(watcher.run())
-                tracking = tasks.create_task(usage.run(config.watch_interval_seconds))
                 following = tasks.create_task(client.run())
                 if drain_requested is None:
                     await following
@@ -104,7 +111,6 @@ async def run_agent(
                 # Still subscribed and watching while draining: the scheduler's unloads arrive there.
                 await client.drain(config.drain_timeout_seconds)
                 watching.cancel()
-                tracking.cancel()
                 following.cancel()
 
 

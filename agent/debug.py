@@ -5,7 +5,7 @@ the scheduler. Its own loopback port (``--debug-port``), never the data-plane li
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
@@ -38,23 +38,31 @@ def _nanos(seconds: float) -> int:
 
 
 class DebugService(debug_grpc.AgentDebugServiceServicer):
-    def __init__(self, state: ReplicaState) -> None:
+    def __init__(self, state: ReplicaState, refresh: Callable[[], Awaitable[None]] | None = None) -> None:
         self._state = state
+        self._refresh = refresh
 
     async def ReplicaStatus(
         self, request: debug_pb2.ReplicaStatusRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> debug_pb2.ReplicaStatusResponse:
+        if self._refresh is not None:
+            await self._refresh()  # last-used times as of now
         return replica_status(self._state)
 
 
 @contextlib.asynccontextmanager
 async def served_debug(
-    state: ReplicaState, *, host: str, port: int, logger: FilteringBoundLogger
+    state: ReplicaState,
+    *,
+    host: str,
+    port: int,
+    logger: FilteringBoundLogger,
+    refresh: Callable[[], Awaitable[None]] | None = None,
 ) -> AsyncIterator[None]:
     """ReplicaStatus on ``host:port`` while the block runs; port 0 serves nothing. A port that is
     taken is logged and the agent runs on without it: a debug aid must not take the replica down."""
     server = grpc.aio.server()
-    debug_grpc.add_AgentDebugServiceServicer_to_server(DebugService(state), server)
+    debug_grpc.add_AgentDebugServiceServicer_to_server(DebugService(state, refresh), server)
     try:
         if port and _bind(server, host, port, logger):
             await server.start()

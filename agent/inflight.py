@@ -13,7 +13,6 @@ their end. Two real signals stand in, both read only when an eviction must choos
 
 from __future__ import annotations
 
-import asyncio
 import re
 from collections.abc import Sequence
 
@@ -82,12 +81,6 @@ class UsageTracker:
         self._scraper = scraper
         self._state = state
         self._seen: dict[str, float] | None = None  # None until the first look
-
-    async def run(self, interval_s: float) -> None:
-        """Look every ``interval_s`` until cancelled, so the LRU order is that fine-grained."""
-        while True:
-            await asyncio.sleep(interval_s)
-            await self.refresh()
 
     async def refresh(self) -> None:
         await self._scraper.refresh()
