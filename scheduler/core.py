@@ -289,7 +289,7 @@ class Scheduler:
         changed = asyncio.Event()
         stop_listening = self.on_model_change(lambda _: changed.set())
         try:
-            while scheduling.occupied(self.models.values(), server_name, idx):
+            while self._loaded.per_replica(server_name).get(idx, 0):
                 changed.clear()
                 await changed.wait()
         finally:

@@ -78,13 +78,3 @@ def on_retiring(models: Iterable[ModelRecord], server: Server) -> list[ModelReco
         and record.latest.server == server.name
         and retiring & set(record.latest.active_replicas())
     ]
-
-
-def occupied(models: Iterable[ModelRecord], server: str, idx: int) -> bool:
-    """Whether any model version is on replica ``idx`` of ``server``, from loading to unloading
-    (a drain waits for this to turn false)."""
-    return any(
-        version.server == server and idx in version.active_replicas()
-        for record in models
-        for version in record.versions
-    )
