@@ -210,6 +210,12 @@ class Autoscaler:
             del self._sources[name]
 
 
+def autoscales(deployment: DeploymentSpec) -> bool:
+    """Whether a model with this spec is autoscaled: it sets minReplicas or maxReplicas (one that
+    sets only ``replicas`` keeps exactly that many, scenario 45)."""
+    return deployment.minReplicas > 0 or deployment.maxReplicas > 0
+
+
 def carried_scale(scaled: int | None, old: DeploymentSpec, new: DeploymentSpec) -> int | None:
     """The scaled count a model keeps when its spec is applied again (None: follow the spec).
 
@@ -217,6 +223,6 @@ def carried_scale(scaled: int | None, old: DeploymentSpec, new: DeploymentSpec) 
     wins (as in Seldon, the user resets the scaled count by changing ``replicas``); new bounds only
     clamp it; a spec without bounds is no longer autoscaled.
     """
-    if scaled is None or not (new.minReplicas or new.maxReplicas) or new.replicas != old.replicas:
+    if scaled is None or not autoscales(new) or new.replicas != old.replicas:
         return None
     return min(max(scaled, new.minReplicas, 1), new.maxReplicas or MAX_REPLICAS)

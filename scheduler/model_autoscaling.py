@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable, Mapping
 import structlog
 
 from apis.load import LoadReport
-from scheduler.autoscaling import Autoscaler, ModelScale, Thresholds
+from scheduler.autoscaling import Autoscaler, ModelScale, Thresholds, autoscales
 from scheduler.core import Scheduler
 from scheduler.state import ModelRecord, ModelState, ReplicaState
 
@@ -45,10 +45,7 @@ def autoscaled_targets(models: Mapping[str, ModelRecord]) -> Iterable[str]:
     """Every version of each model that can autoscale (its spec sets minReplicas or maxReplicas):
     the model versions whose load Envoy must report (the autoscaler sums over every version)."""
     for record in models.values():
-        if record.deleted or not record.versions:
-            continue
-        deployment = record.latest.spec.deploymentSpec
-        if deployment.minReplicas > 0 or deployment.maxReplicas > 0:
+        if not record.deleted and record.versions and autoscales(record.latest.spec.deploymentSpec):
             yield from (version.versioned_name for version in record.versions)
 
 
@@ -72,7 +69,12 @@ class ModelAutoscaling:
         """Ask for decisions over every model now and apply each."""
         models = self._core.models
         self._autoscaler.forget(models)
-        views = [model_scale(record) for record in models.values() if not record.deleted]
+        # Only models that autoscale: this runs on every load report, and decide() skips the rest.
+        views = [
+            model_scale(record)
+            for record in models.values()
+            if not record.deleted and autoscales(record.latest.spec.deploymentSpec)
+        ]
         for decision in self._autoscaler.decide(views):
             log.info(
                 "autoscaling",
