@@ -30,11 +30,6 @@ class ModelLocks:
         self._entries: dict[str, _Entry] = {}
         self._slots = asyncio.Semaphore(max_concurrent)
 
-    @property
-    def tracked(self) -> int:
-        """How many models have an entry now (held or waited for)."""
-        return len(self._entries)
-
     def is_free(self, name: str) -> bool:
         """Nobody holds or waits for ``name``'s lock: :meth:`hold` would take it without waiting."""
         return name not in self._entries

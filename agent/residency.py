@@ -144,22 +144,28 @@ class Residency:
     async def _evict_for(self, name: str, cost: int) -> None:
         if self._state.has_room(cost):
             return
-        await self.refresh_usage()
-        active = await self._active()
-        for victim in self._state.eviction_order():
-            if self._state.has_room(cost):
-                return
-            if victim == name or victim in self._busy or not self._locks.is_free(victim):
-                continue
-            if active is None or active.get(victim, 0) > 0:
-                continue
-            await self._evict(victim)
+        active: dict[str, int] | None = {}
+        # No I/O while nothing could be evicted anyway (a load waiting for room asks again and
+        # again): the usage refresh and Envoy's in-flight counts only ever rule victims out.
+        if any(self._could_evict(victim, name) for victim in self._state.eviction_order()):
+            await self.refresh_usage()
+            active = await self._active()
+            for victim in self._state.eviction_order():
+                if self._state.has_room(cost):
+                    return
+                if not self._could_evict(victim, name) or active is None or active.get(victim, 0) > 0:
+                    continue
+                await self._evict(victim)
         if not self._state.has_room(cost):
             why = "in-flight requests are unknown" if active is None else "the others are in use"
             raise NoRoom(
                 f"no room for {name} ({cost} bytes): {self._state.resident_bytes()} of "
                 f"{self._state.memory_bytes} bytes resident and {why}"
             )
+
+    def _could_evict(self, victim: str, name: str) -> bool:
+        """Resident, not the model being made room for, and neither loading nor locked."""
+        return victim != name and victim not in self._busy and self._locks.is_free(victim)
 
     async def _evict(self, victim: str) -> None:
         async with self._locks.hold(victim):  # free (checked by the caller): taken at once
