@@ -40,8 +40,6 @@ from apis.validation import InvalidResource, validate_name
 
 # -- header names (seldon-pipelines.md §5.3, seldon-reference-implementation.md §7.1) --------------
 
-REQUEST_ID_HEADER = "x-request-id"
-ROUTE_HEADER = "x-seldon-route"
 PIPELINE_HEADER = "pipeline"  # the pipeline a message belongs to (set by the pipeline gateway)
 ERROR_HEADER = "seldon-pipeline-errors"  # on errors-topic messages: the model that failed
 INFER_TYPE_HEADER = "seldon-infer-type"  # optional: how the value is encoded

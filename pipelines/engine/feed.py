@@ -31,13 +31,13 @@ from google.protobuf.message import DecodeError
 from apis.kafka import (
     AUDIT_HEADER,
     INFER_TYPE_HEADER,
-    REQUEST_ID_HEADER,
     InferType,
     KafkaConfig,
     consumer_group,
     fnv32a,
     propagated,
 )
+from apis.names import REQUEST_ID_HEADER
 from apis.v2_dataplane import v2_dataplane_pb2 as pb
 from pipelines import kafka_clients
 from pipelines.engine.codec import request_to_message, response_to_message

@@ -20,8 +20,8 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from apis.kafka import REQUEST_ID_HEADER, propagated
-from apis.names import INTERNAL_MODEL_HEADER, MODEL_HEADER, PIPELINE_SUFFIX
+from apis.kafka import propagated
+from apis.names import INTERNAL_MODEL_HEADER, MODEL_HEADER, PIPELINE_SUFFIX, REQUEST_ID_HEADER
 from apis.validation import InvalidResource, validate_name
 from pipelines.engine.audit import kafka_headers
 from pipelines.engine.codec import message_to_request

@@ -14,7 +14,7 @@ from typing import Any
 
 import grpc
 
-from apis.kafka import REQUEST_ID_HEADER, ROUTE_HEADER
+from apis.names import REQUEST_ID_HEADER, ROUTE_HEADER
 from apis.v2_dataplane import v2_dataplane_pb2 as pb
 from apis.v2_dataplane import v2_dataplane_pb2_grpc
 from pipelines.engine.codec import message_to_response, request_to_message

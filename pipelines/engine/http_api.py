@@ -18,7 +18,7 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
-from apis.kafka import REQUEST_ID_HEADER, ROUTE_HEADER
+from apis.names import REQUEST_ID_HEADER, ROUTE_HEADER
 from pipelines.engine.errors import BadRequest, failure
 from pipelines.engine.gateway import Gateway, pipeline_name
 from pipelines.tensors import message_from_json, message_to_json

@@ -19,8 +19,8 @@ from enum import StrEnum
 
 import aiohttp
 
-from apis.kafka import ROUTE_HEADER, propagated
-from apis.names import MODEL_HEADER
+from apis.kafka import propagated
+from apis.names import MODEL_HEADER, ROUTE_HEADER
 from pipelines.tensors import InvalidTensor, Message, message_from_json, message_to_json
 
 MAX_ERROR_BODY = 1_024  # of a model's error answer, quoted in the pipeline's error

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 import structlog
 
-from apis.kafka import REQUEST_ID_HEADER
+from apis.names import REQUEST_ID_HEADER
 from pipelines.engine.audit import TopicWriter
 from pipelines.engine.models import EnvoyModels
 from pipelines.model import Pipeline

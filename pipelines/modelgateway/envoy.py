@@ -17,9 +17,9 @@ from dataclasses import dataclass
 import aiohttp
 import grpc
 
-from apis.kafka import ROUTE_HEADER, InferType, propagated
+from apis.kafka import InferType, propagated
 from apis.limits import GRPC_RECEIVE_LIMIT
-from apis.names import MODEL_HEADER
+from apis.names import MODEL_HEADER, ROUTE_HEADER
 from apis.v2_dataplane import v2_dataplane_pb2_grpc
 from pipelines.modelgateway.payloads import Call, GrpcCall
 

@@ -30,12 +30,11 @@ from apis.kafka import (
     AUDIT_HEADER,
     ERROR_HEADER,
     INFER_TYPE_HEADER,
-    REQUEST_ID_HEADER,
-    ROUTE_HEADER,
     KafkaConfig,
     consumer_bucket,
     consumer_group,
 )
+from apis.names import REQUEST_ID_HEADER, ROUTE_HEADER
 from pipelines import kafka_clients
 from pipelines.modelgateway.config import SUBSCRIBER_NAME, ModelGatewayConfig
 from pipelines.modelgateway.consumers import Bucket
