@@ -107,7 +107,7 @@ class PipelineFeed:
             while True:
                 batches = await consumer.getmany(timeout_ms=200, max_records=FETCH_RECORDS)
                 runs = [t for batch in batches.values() for r in batch if (t := await self._handle(r))]
-                runs += self._expire()
+                runs += await self._expire()
                 if runs:
                     await asyncio.wait(runs)
                 uncommitted |= bool(batches)
@@ -152,7 +152,7 @@ class PipelineFeed:
         pending = self._pending.get(key)
         if pending is None:
             if len(self._pending) >= MAX_PENDING:
-                oldest = min(self._pending, key=lambda k: self._pending[k].since)
+                oldest = next(iter(self._pending))  # inserted in arrival order, never re-inserted
                 del self._pending[oldest]
                 log.warning(
                     "too many requests waiting for a join; the oldest is dropped", pipeline=self._name
@@ -170,7 +170,7 @@ class PipelineFeed:
         del self._pending[key]
         return await self._start(pending.arrivals, pending.headers)
 
-    def _expire(self) -> list[asyncio.Task[object]]:
+    async def _expire(self) -> list[asyncio.Task[object]]:
         now = time.monotonic()
         due: list[tuple[str, _Pending]] = []
         for key, pending in list(self._pending.items()):
@@ -183,7 +183,9 @@ class PipelineFeed:
                 del self._pending[key]
         tasks = []
         for _, pending in due:
-            task = self._runner.run_in_background(self._name, pending.arrivals, pending.headers)
+            # Through _start, like every other run: it takes the run slot the run releases when it
+            # ends (run_in_background alone released a slot never taken, loosening --max-runs).
+            task = await self._start(pending.arrivals, pending.headers)
             if task is not None:
                 tasks.append(task)
         return tasks

@@ -104,3 +104,41 @@ def test_kafka_values_decode_by_header_direction_or_json() -> None:
     for bad in (b"", b"{}", b"\xff\xfe"):
         with pytest.raises(BadMessage):
             decode(bad, None, Direction.INPUTS)
+
+
+async def test_a_run_started_by_a_join_window_expiring_takes_a_run_slot() -> None:
+    """Every Kafka-path run takes a slot its end releases; a run started by an expired join window
+    took none, so each one left the --max-runs bound one slot looser for good."""
+    from pipelines.engine import feed as feed_module
+
+    class ExpiredJoin:
+        def next_deadline(self) -> float:
+            return 0.0
+
+        def expire(self, now_ms: float) -> bool:
+            return True
+
+    class SlotCountingRunner:
+        def __init__(self) -> None:
+            self.slots_taken = 0
+            self.started: list[str] = []
+
+        async def slot(self) -> None:
+            self.slots_taken += 1
+
+        def run_in_background(self, name: str, arrivals: object, headers: object) -> None:
+            self.started.append(name)
+
+    runner = SlotCountingRunner()
+    feed = feed_module.PipelineFeed.__new__(feed_module.PipelineFeed)
+    feed._runner = runner  # type: ignore[assignment]
+    feed._name = "joined"
+    feed._pending_seconds = 60.0
+    feed._pending = {
+        key: feed_module._Pending(ExpiredJoin(), 0.0, {})  # type: ignore[arg-type]
+        for key in ("r1", "r2")
+    }
+    await feed._expire()
+    assert runner.started == ["joined", "joined"]
+    assert runner.slots_taken == 2
+    assert feed._pending == {}
