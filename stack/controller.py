@@ -84,11 +84,19 @@ class ServerController:
     ) -> None:
         """Declare the replica count the scheduler asks for, within the Server's bounds."""
         server = request.serverName
-        spec = self._spec(server)
-        if spec is None:
+        try:
+            spec = self._spec(server)
+            bounds = (
+                None if spec is None else (int(spec.get("minReplicas", 0)), int(spec.get("maxReplicas", 0)))
+            )
+        except (OSError, TypeError, ValueError) as exc:
+            # A hand-edited file must not end the follower (it would stop every later request).
+            log.error("scaling request ignored: unreadable server spec", server=server, error=str(exc))
+            return
+        if bounds is None:
             log.warning("scaling request for a server this stack does not manage", server=server)
             return
-        low, high = int(spec.get("minReplicas", 0)), int(spec.get("maxReplicas", 0))
+        low, high = bounds
         replicas = max(request.expectedReplicas, low, 1)
         if high:
             replicas = min(replicas, high)

@@ -59,3 +59,20 @@ def test_up_takes_the_default_servers_memory_as_a_quantity(tmp_path: Path) -> No
         up_args(["--home", str(tmp_path), "--server-memory=2Gi", "--overcommit-percent=0"], {})
     )
     assert (config.server_memory, config.overcommit_percent) == (2 * 2**30, 0)
+
+
+@pytest.mark.parametrize("text", ["{not json", '{"capabilities": ["sklearn"], "maxReplicas": "many"}'])
+async def test_a_broken_spec_file_does_not_end_the_controllers_follower(tmp_path: Path, text: str) -> None:
+    """A scaling request for a server whose spec file was edited into garbage is logged and ignored;
+    it must not raise out of the controller's stream follower (which would stop every later one)."""
+    from types import SimpleNamespace
+
+    from stack.controller import ServerController
+
+    config = StackConfig(home=tmp_path)
+    path = server_spec_file(tmp_path, "auto")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    controller = ServerController(SimpleNamespace(config=config))
+    request = scheduler_pb2.ServerStatusResponse(serverName="auto", expectedReplicas=3)
+    await controller._scale(None, request)  # type: ignore[arg-type]  # no RPC: refused before it
