@@ -176,7 +176,8 @@ class SchedulerApp:
         self._sweeper = asyncio.create_task(self._sweep_stuck(), name="stuck-operations")
         if self.autoscaling is not None:
             self._autoscaler_timer = asyncio.create_task(self.autoscaling.run(), name="model-autoscaling")
-        self._scaler = asyncio.create_task(self._scale_servers(), name="server-scaling")
+        if config.enable_server_autoscaling:  # else every decision would be "nothing"
+            self._scaler = asyncio.create_task(self._scale_servers(), name="server-scaling")
         await self.metrics.serve(config.metrics_host, config.metrics_port)
         log.info(
             "scheduler started",

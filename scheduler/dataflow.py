@@ -17,7 +17,7 @@ replaces an older one not yet sent, since only the latest desired state matters)
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import structlog
@@ -114,9 +114,7 @@ class DataflowEngines:
         self.sessions: dict[str, EngineSession] = {}
         self._on_change = on_change
 
-    def subscribe(
-        self, name: str, initial: Iterable[Update] = (), gateway: Endpoint | None = None
-    ) -> EngineSession:
+    def subscribe(self, name: str, gateway: Endpoint | None = None) -> EngineSession:
         """A new engine stream; one already open under the same name is closed (the engine
         restarted before its old stream was noticed dead)."""
         validate_name(name, kind="dataflow engine")
@@ -126,8 +124,6 @@ class DataflowEngines:
         elif len(self.sessions) >= MAX_ENGINES:
             raise InvalidResource(f"{MAX_ENGINES} dataflow engines are subscribed already; the limit")
         session = EngineSession(name, gateway)
-        for update in initial:
-            session.send(update)
         self.sessions[name] = session
         log.info("dataflow engine subscribed", engine=name, gateway=gateway, replaced=old is not None)
         self._on_change(None)
@@ -139,10 +135,6 @@ class DataflowEngines:
             del self.sessions[session.name]
             log.info("dataflow engine gone", engine=session.name)
             self._on_change(None)
-
-    def broadcast(self, update: Update) -> None:
-        for session in self.sessions.values():
-            session.send(update)
 
     def report(self, status: chainer_pb2.PipelineUpdateStatusMessage) -> None:
         """An engine's answer; one from an engine that is not subscribed (any more) is ignored."""
@@ -164,10 +156,6 @@ class DataflowEngines:
         """Drop everything about a pipeline whose record is gone (keeps the maps bounded)."""
         for session in self.sessions.values():
             session.forget(pipeline)
-
-    def results(self, pipeline: str) -> dict[str, Result | None]:
-        """Each subscribed engine's last answer about ``pipeline`` (None: none yet)."""
-        return {name: s.results.get(pipeline) for name, s in sorted(self.sessions.items())}
 
     def close(self) -> None:
         for session in self.sessions.values():
