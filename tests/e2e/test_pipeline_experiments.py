@@ -206,11 +206,14 @@ async def test_a_mirror_pipeline_runs_a_copy_and_its_answer_is_discarded(pstack:
             assert " ".join(response.headers.getall("x-seldon-route")) == PA
         message = await kafka.read("seldon.default.pipeline.pb.inputs", b"mirror-rest-1")
         assert message.headers["pipeline"] == b"pb"
+        # pb ran the copy (its output exists), not only received it.
+        await kafka.read("seldon.default.pipeline.pb.outputs", b"mirror-rest-1")
         metadata = (("seldon-model", "pa.pipeline"), ("x-request-id", "mirror-grpc-1"))
         call = pstack.inference.ModelInfer(grpc_request(), metadata=metadata, timeout=30)
         await call
         assert dict(await call.initial_metadata() or ())["x-seldon-route"] == ":pa.pipeline:"
         await kafka.read("seldon.default.pipeline.pb.inputs", b"mirror-grpc-1")
+        await kafka.read("seldon.default.pipeline.pb.outputs", b"mirror-grpc-1")
     finally:
         await stop(pstack, "pmirror")
 
