@@ -163,7 +163,10 @@ class Runner:
     ) -> RunResult:
         pipeline = running.pipeline
         request_id = headers.get(REQUEST_ID_HEADER, "")
-        observer = self.writer.observer(pipeline.name, request_id, headers, inputs_written=request is None)
+        # A request from the pipeline's own input topic is there already; inputs joined from other
+        # pipelines' data (spec.input) are written like a synchronous request's.
+        from_topic = request is None and arrivals[0][0] == pipeline.inputs_source
+        observer = self.writer.observer(pipeline.name, request_id, headers, inputs_written=from_topic)
 
         async def call_model(model: str, tensors: Message, headers: Mapping[str, str]) -> Message | None:
             output, route = await self._models.call(model, tensors, headers)

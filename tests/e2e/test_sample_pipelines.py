@@ -1,6 +1,7 @@
 """The sample pipelines (samples/pipelines) with the sample runtimes, through the real stack with
 its dataflow engine and Kafka: each answers the reference's request with the reference's answer
-(seldon-pipelines.md §13 scenarios 1, 4, 7-12, 15, 30)."""
+(seldon-pipelines.md §13 scenarios 1, 4, 7-12, 15, 30), and a call to ``tfsimple`` flows on into the
+pipelines reading it (pipeline-to-pipeline, scenarios 16-19), under the caller's request id."""
 
 from __future__ import annotations
 
@@ -11,8 +12,11 @@ from typing import Any
 import pytest
 
 from apis import manifests
+from apis.v2_dataplane import v2_dataplane_pb2 as pb
+from pipelines.engine.codec import request_to_message, response_to_message
 from tests.e2e.conftest import Stack, running_stack, stack_config
-from tests.e2e.test_pipeline_engine import post, wait_ready
+from tests.e2e.kafka_io import KafkaIO
+from tests.e2e.test_pipeline_engine import kafka_of, post, wait_ready
 
 SAMPLES = Path(__file__).parents[2] / "samples"
 MODELS = (
@@ -28,10 +32,15 @@ PIPELINES = {
     "triggers.yaml": ["trigger-joins"],
     "tensor-inputs.yaml": ["tfsimples-input", "pipeline-inputs"],
     "cycle.yaml": ["counter-pipeline"],
+    "pipeline-to-pipeline.yaml": [
+        "tfsimple-extended", "tfsimple-extended2", "tfsimple-combined", "tfsimple-combined-trigger",
+        "tfsimple-extended-step", "tfsimple-combined-step",
+    ],  # fmt: skip
 }
 I = list(range(1, 17))  # noqa: E741 - the reference's name
 D = [2 * x for x in I]
 Z = [0] * 16
+Q = [4 * x for x in I]
 
 
 def tensor(name: str, datatype: str, shape: list[int], data: list[Any]) -> dict[str, Any]:
@@ -159,3 +168,58 @@ async def test_a_step_refusing_the_data_is_a_400_naming_it(kstack: Stack) -> Non
     status, body, _ = await post(kstack, "/v2/pipelines/tfsimples/infer", {"inputs": bad})
     assert status == 400, body
     assert "must be INT32 [1..8,16]" in str(body), body
+
+
+async def topic_tensors(kafka: KafkaIO, topic: str, key: str) -> list[tuple[str, list[Any]]]:
+    """The tensors of the message keyed ``key`` on ``topic`` (a request on inputs, a response on outputs)."""
+    value = (await kafka.read(topic, key.encode())).value
+    if topic.endswith(".inputs"):
+        message = request_to_message(pb.ModelInferRequest.FromString(value))
+    else:
+        message = response_to_message(pb.ModelInferResponse.FromString(value))
+    return [(t.name, list(t.data)) for t in message]
+
+
+@pytest.mark.parametrize("request_id", ["test-id", "test-id-grpc"])
+async def test_a_call_to_tfsimple_flows_into_the_pipelines_reading_it(kstack: Stack, request_id: str) -> None:
+    """Scenarios 16-19: only tfsimple answers the caller; every pipeline reading its outputs (or its
+    step's) runs on the same data under the same key, and their outputs land on their topics."""
+    if request_id.endswith("grpc"):
+        request = pb.ModelInferRequest()
+        for name in ("INPUT0", "INPUT1"):
+            request.inputs.add(name=name, datatype="INT32", shape=[1, 16]).contents.int_contents.extend(I)
+        metadata = (("seldon-model", "tfsimple.pipeline"), ("x-request-id", request_id))
+        response = await kstack.inference.ModelInfer(request, metadata=metadata, timeout=30)
+        assert [(o.name, list(o.contents.int_contents)) for o in response.outputs] == [
+            ("OUTPUT0", D),
+            ("OUTPUT1", Z),
+        ]
+    else:
+        status, body, headers = await post(
+            kstack, "/v2/pipelines/tfsimple/infer", {"inputs": II}, **{"x-request-id": request_id}
+        )
+        assert status == 200, body
+        assert answer(body) == [("OUTPUT0", D), ("OUTPUT1", Z)] and headers["x-request-id"] == request_id
+    kafka = kafka_of(kstack)
+    topic = "seldon.default.pipeline.{}.{}".format
+    expected = {
+        # 16: tfsimple's outputs, renamed, are tfsimple-extended's inputs; tfsimple2 adds and subtracts.
+        topic("tfsimple-extended", "inputs"): [("INPUT0", D), ("INPUT1", Z)],
+        topic("tfsimple-extended", "outputs"): [("OUTPUT0", D), ("OUTPUT1", D)],
+        topic("tfsimple-extended2", "outputs"): [("OUTPUT0", D), ("OUTPUT1", D)],
+        # 17: OUTPUT0 of one downstream pipeline joined with OUTPUT1 of the other.
+        topic("tfsimple-combined", "inputs"): [("INPUT0", D), ("INPUT1", D)],
+        topic("tfsimple-combined", "outputs"): [("OUTPUT0", Q), ("OUTPUT1", Z)],
+        # 18: extended2's outputs only trigger; none of its tensors is passed on.
+        topic("tfsimple-combined-trigger", "inputs"): [("INPUT0", D), ("INPUT1", D)],
+        topic("tfsimple-combined-trigger", "outputs"): [("OUTPUT0", Q), ("OUTPUT1", Z)],
+        # 19: a step of another pipeline (tfsimple1's outputs inside tfsimple), and its variant.
+        topic("tfsimple-extended-step", "outputs"): [("OUTPUT0", D), ("OUTPUT1", D)],
+        topic("tfsimple-combined-step", "outputs"): [("OUTPUT0", Q), ("OUTPUT1", Z)],
+    }
+    for name, tensors in expected.items():
+        assert await topic_tensors(kafka, name, request_id) == tensors, name
+    # The downstream runs called their step model with the same key, each naming its own pipeline.
+    step = await kafka.read("seldon.default.model.tfsimple2.inputs", request_id.encode())
+    assert step.headers["pipeline"] != b"tfsimple", step.headers
+    assert await kafka.absent("seldon.default.errors.errors", request_id.encode(), wait=1)
