@@ -435,6 +435,7 @@ def _check_graph(pipeline: Pipeline) -> None:
         out = pipeline.output
         _check_known(pipeline, "output tensorMap", [k for k, _ in out.tensor_map.entries], known)
         _check_tensor_map(pipeline.name, "output tensorMap", out.tensor_map, out.steps)
+    _check_batched_unread(pipeline)
     cycle = find_cycle(edges)
     if cycle is not None:
         shown = " -> ".join(reversed([*cycle, cycle[0]]))  # edges point upstream; show the data's way
@@ -448,6 +449,27 @@ def _check_graph(pipeline: Pipeline) -> None:
                 f"pipeline {pipeline.name} has a cycle ({shown}) but maxStepRevisits is 0, so no step "
                 f"could run twice; set maxStepRevisits (1..{MAX_STEP_REVISITS})"
             )
+
+
+def _check_batched_unread(pipeline: Pipeline) -> None:
+    """A batched step answers many requests at once, so no request's flow can wait for it (§4.6)."""
+    batched = {step.name for step in pipeline.steps if step.batch is not None}
+    if not batched:
+        return
+    readers = [
+        (f"step {s.name}", (*s.inputs, *s.triggers, *(key for key, _ in s.tensor_map.entries)))
+        for s in pipeline.steps
+    ]
+    if pipeline.output is not None:
+        readers.append(("output steps", pipeline.output.steps))
+    for where, references in readers:
+        for reference in references:
+            if reference.source.step in batched:
+                raise InvalidResource(
+                    f"pipeline {pipeline.name}: {where}: {reference.text(pipeline.name)!r} reads step "
+                    f"{reference.source.step}, which has batch: a batched step is an asynchronous branch "
+                    "(one call for many requests) whose output only lands on its model's output topic"
+                )
 
 
 def _check_known(pipeline: Pipeline, where: str, references: Iterable[Reference], known: set[str]) -> None:

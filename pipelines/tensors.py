@@ -149,3 +149,21 @@ def _element_count(data: list[Any]) -> int:
         else:
             count += 1
     return count
+
+
+def flat_data(data: Sequence[Any]) -> list[Any]:
+    """``data`` flattened (row-major) to one list, whether it came nested or flat; iterative."""
+    out: list[Any] = []
+    stack: list[Any] = [iter(data)]
+    while stack:
+        item = next(stack[-1], _END)
+        if item is _END:
+            stack.pop()
+        elif isinstance(item, list):
+            stack.append(iter(item))
+        else:
+            out.append(item)
+    return out
+
+
+_END = object()

@@ -38,8 +38,10 @@ docs/decisions/0013-pipeline-engine-transport-free.md):
   (:meth:`RunResult.require_output` turns that into :class:`NoOutput`). A failing model call fails
   the whole request (:class:`StepFailed`, naming the step); the other calls are cancelled.
 
-Not implemented yet: ``batch`` (size, windowMs) on a step. Building a :class:`Topology` for a
-pipeline with a batched step raises ``NotImplementedError`` naming the step.
+- A step with ``batch`` is an asynchronous branch (§4.6, §4.7): its joined input goes to the
+  ``batch`` hook (a :class:`BatchSink`, which gathers many requests' messages into one model call:
+  :mod:`pipelines.batching`) and the run goes on without it; nothing reads its output within the
+  pipeline (the model validation refuses such references), so it cannot hold up the output.
 """
 
 from __future__ import annotations
@@ -110,14 +112,8 @@ class Topology:
     """A validated pipeline compiled for execution: its nodes and who consumes which source."""
 
     def __init__(self, pipeline: Pipeline) -> None:
-        for step in pipeline.steps:
-            if step.batch is not None:
-                raise NotImplementedError(
-                    f"pipeline {pipeline.name}: step {step.name} has batch "
-                    f"(size {step.batch.size}, windowMs {step.batch.window_ms}); "
-                    "the dataflow engine does not implement batching yet"
-                )
         self.pipeline = pipeline
+        self.batched = frozenset(step.name for step in pipeline.steps if step.batch is not None)
         nodes: list[Node] = []
         if pipeline.input is not None:
             spec = pipeline.input
@@ -362,6 +358,12 @@ class ModelCaller(Protocol):
     async def __call__(self, model: str, tensors: Message, headers: Mapping[str, str]) -> Message | None: ...
 
 
+class BatchSink(Protocol):
+    """Takes a batched step's joined input for one request (synchronous: it must not block)."""
+
+    def __call__(self, step: str, tensors: Message, headers: Mapping[str, str]) -> None: ...
+
+
 class Observer(Protocol):
     """Sees every message of a request, in the order they happen, as the Kafka path writes them.
 
@@ -398,6 +400,7 @@ async def execute(
     headers: Mapping[str, str] | None = None,
     observer: Observer | None = None,
     on_output: Callable[[Message], None] | None = None,
+    batch: BatchSink | None = None,
 ) -> RunResult:
     """Run one request (the pipeline's inputs) through ``topology`` until nothing more can happen.
 
@@ -405,8 +408,9 @@ async def execute(
     as soon as the pipeline output exists, so a gateway can answer before asynchronous branches end.
     Raises :class:`StepFailed` or :class:`RevisitLimitExceeded`; every model call still running is
     cancelled and awaited first, also when the caller cancels this coroutine (e.g. its deadline).
+    ``batch`` is required when the pipeline has batched steps (ValueError otherwise).
     """
-    run = _Run(topology, call_model, dict(headers or {}), observer, on_output)
+    run = _Run(topology, call_model, dict(headers or {}), observer, on_output, batch)
     return await run.drive([(topology.pipeline.inputs_source, request)])
 
 
@@ -418,12 +422,13 @@ async def execute_external(
     headers: Mapping[str, str] | None = None,
     observer: Observer | None = None,
     on_output: Callable[[Message], None] | None = None,
+    batch: BatchSink | None = None,
 ) -> RunResult:
     """As :func:`execute`, fed with other pipelines' messages for one request (``spec.input``)."""
     for source, _ in arrivals:
         if source not in topology.external_sources:
             raise ValueError(f"pipeline {topology.pipeline.name} does not read {source}")
-    run = _Run(topology, call_model, dict(headers or {}), observer, on_output)
+    run = _Run(topology, call_model, dict(headers or {}), observer, on_output, batch)
     return await run.drive(arrivals)
 
 
@@ -435,7 +440,13 @@ class _Run:
         headers: dict[str, str],
         observer: Observer | None,
         on_output: Callable[[Message], None] | None,
+        batch: BatchSink | None,
     ) -> None:
+        if topology.batched and batch is None:
+            steps = ", ".join(sorted(topology.batched))
+            name = topology.pipeline.name
+            raise ValueError(f"pipeline {name} has batched steps ({steps}) but no batch sink")
+        self._batch = batch
         self._topology = topology
         self._name = topology.pipeline.name
         self._call_model = call_model
@@ -513,6 +524,9 @@ class _Run:
                     self._output = firing.message
                     if self._on_output is not None:
                         self._on_output(firing.message)
+                continue
+            if node.kind is NodeKind.STEP and self._batch is not None and node.name in self._topology.batched:
+                self._batch(node.name, firing.message, self._headers)
                 continue
             if node.kind is NodeKind.INPUT:
                 source = self._topology.pipeline.inputs_source

@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import math
 import struct
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
 
 from apis.v2_dataplane import v2_dataplane_pb2 as pb
-from pipelines.tensors import InvalidTensor, Message, Tensor
+from pipelines.tensors import InvalidTensor, Message, Tensor, flat_data
 
 # datatype -> (typed contents field, numpy dtype of its raw little-endian form)
 _CONTENTS: dict[str, tuple[str, str]] = {
@@ -127,7 +127,7 @@ def _fill(
     target.datatype = tensor.datatype
     target.shape.extend(tensor.shape)
     field, _ = _CONTENTS[tensor.datatype]
-    values = _flat(tensor.data)
+    values = flat_data(tensor.data)
     if math.prod(tensor.shape) != len(values):
         raise InvalidTensor(
             f"tensor {tensor.name}: shape {list(tensor.shape)} does not hold {len(values)} values"
@@ -140,23 +140,6 @@ def _fill(
         raise InvalidTensor(f"tensor {tensor.name}: values do not fit {tensor.datatype}: {exc}") from exc
     for key, value in (tensor.parameters or {}).items():
         _set_parameter(target.parameters[key], value)
-
-
-def _flat(data: Sequence[Any]) -> list[Any]:
-    out: list[Any] = []
-    stack: list[Any] = [iter(data)]
-    while stack:
-        item = next(stack[-1], _END)
-        if item is _END:
-            stack.pop()
-        elif isinstance(item, list):
-            stack.append(iter(item))
-        else:
-            out.append(item)
-    return out
-
-
-_END = object()
 
 
 def _parameter(value: pb.InferParameter) -> Any:

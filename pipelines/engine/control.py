@@ -141,7 +141,7 @@ class ChainerFollower:
         try:
             pipeline = await self._spec(scheduler, name, update.version)
             await self._start(pipeline)
-        except (InvalidResource, NotImplementedError, LookupError) as error:
+        except (InvalidResource, LookupError) as error:
             log.warning("pipeline cannot run", pipeline=name, version=update.version, error=str(error))
             return False, str(error)
         except grpc.aio.AioRpcError as error:

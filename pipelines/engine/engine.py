@@ -54,14 +54,14 @@ class Engine:
             raise TopicsUnavailable(
                 f"pipeline {pipeline.name}: its Kafka topics could not be made: {error!r}"
             ) from error
-        running = self._runner.load(pipeline)  # raises NotImplementedError (batch) before anything runs
+        running = await self._runner.load(pipeline)
         await self._stop_feed(pipeline.name)
         feed = PipelineFeed(self._runner, self._kafka, running, pending_seconds=self._pending_seconds)
         self._feeds[pipeline.name] = asyncio.create_task(feed.run(), name=f"feed-{pipeline.name}")
 
     async def stop(self, name: str, clean: bool) -> None:
         await self._stop_feed(name)
-        self._runner.unload(name)
+        await self._runner.unload(name)
         if clean:
             topics = self._kafka.topics
             try:

@@ -23,12 +23,13 @@ import base64
 import os
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import structlog
 
 from apis.names import REQUEST_ID_HEADER
 from pipelines.engine.audit import TopicWriter
+from pipelines.engine.batcher import StepBatcher
 from pipelines.engine.models import EnvoyModels
 from pipelines.model import Pipeline
 from pipelines.references import Source
@@ -58,6 +59,15 @@ class DeadlineExceeded(Exception):
 class Running:
     pipeline: Pipeline
     topology: Topology
+    batchers: Mapping[str, StepBatcher] = field(default_factory=dict)  # step name -> its batcher
+
+    def batch(self, step: str, tensors: Message, headers: Mapping[str, str]) -> None:
+        """The runs' :class:`pipelines.topology.BatchSink`: to the step's batcher."""
+        self.batchers[step].offer(step, tensors, headers)
+
+    async def close(self) -> None:
+        for batcher in self.batchers.values():
+            await batcher.close()
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,14 +96,25 @@ class Runner:
         self.running: dict[str, Running] = {}
         self._background: set[asyncio.Task[object]] = set()
 
-    def load(self, pipeline: Pipeline) -> Running:
-        """Compile and hold ``pipeline`` (replacing an older version); raises what Topology raises."""
-        running = Running(pipeline, Topology(pipeline))
+    async def load(self, pipeline: Pipeline) -> Running:
+        """Compile and hold ``pipeline``, replacing an older version (whose partial batches go)."""
+        batchers = {
+            step.name: StepBatcher(pipeline.name, step.name, step.batch, self._models, self.writer)
+            for step in pipeline.steps
+            if step.batch is not None
+        }
+        running = Running(pipeline, Topology(pipeline), batchers)
+        old = self.running.get(pipeline.name)
         self.running[pipeline.name] = running
+        if old is not None:
+            await old.close()
         return running
 
-    def unload(self, name: str) -> Running | None:
-        return self.running.pop(name, None)
+    async def unload(self, name: str) -> Running | None:
+        running = self.running.pop(name, None)
+        if running is not None:
+            await running.close()
+        return running
 
     def get(self, name: str) -> Running:
         running = self.running.get(name)
@@ -188,14 +209,25 @@ class Runner:
                         headers=headers,
                         observer=observer,
                         on_output=on_output,
+                        batch=running.batch,
                     )
                 if arrivals[0][0] == pipeline.inputs_source:  # an async request from its topic
                     request = arrivals[0][1]
                     return await execute(
-                        running.topology, request, call_model=call_model, headers=headers, observer=observer
+                        running.topology,
+                        request,
+                        call_model=call_model,
+                        headers=headers,
+                        observer=observer,
+                        batch=running.batch,
                     )
                 return await execute_external(
-                    running.topology, arrivals, call_model=call_model, headers=headers, observer=observer
+                    running.topology,
+                    arrivals,
+                    call_model=call_model,
+                    headers=headers,
+                    observer=observer,
+                    batch=running.batch,
                 )
         except PipelineRunError as error:
             log.info("pipeline run failed", pipeline=pipeline.name, step=error.step, error=str(error)[:300])
@@ -217,6 +249,8 @@ class Runner:
             task.exception()  # retrieved: a background run's error is on the errors topic already
 
     async def close(self) -> None:
+        for running in self.running.values():
+            await running.close()
         for task in list(self._background):
             task.cancel()
         if self._background:

@@ -7,7 +7,8 @@ reference's requests and expected outputs hold unchanged (docs/pipelines.md, "Sa
 
 * :mod:`samples.runtimes.arithmetic`: ``AddSub`` (tfsimple), ``Add10``, ``Mul10``, ``Conditional``;
 * :mod:`samples.runtimes.cyclic`: ``Counter`` and ``Identity`` (the cyclic counter example);
-* :mod:`samples.runtimes.query`: ``ChoiceQuery`` (the choice-is-one/two query models).
+* :mod:`samples.runtimes.query`: ``ChoiceQuery`` (the choice-is-one/two query models);
+* :mod:`samples.runtimes.drift`: ``Drift`` (a drift detector, run as a batched step).
 
 Those are thin MLServer adapters (:mod:`~samples.runtimes.serving`); what each model computes and
 refuses lives in :mod:`~samples.runtimes.examples` and :mod:`~samples.runtimes.tensors`, which import

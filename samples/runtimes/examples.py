@@ -11,7 +11,11 @@ as the reference's models declare them (seldon-pipelines.md §4.2, §4.5, §4.9,
   when CHOICE is 0, only ``OUTPUT1 = INPUT1`` otherwise;
 * counter: one INT32/INT64 tensor of any name holding one value -> the value + 1 and the flag
   ``continue`` (below 10) or ``stop``;
-* choice query: the rows of one integer tensor equal to a value (``<tensor> == <integer>``).
+* choice query: the rows of one integer tensor equal to a value (``<tensor> == <integer>``);
+* drift (standing in for the reference's alibi-detect drift detectors, which a pipeline runs as a
+  batched step, §4.6): INT32 ``INPUT0``, ``INPUT1`` [rows, 16] (rows 1..64, a batch of requests) ->
+  INT64 ``is_drift`` [1,1]: 1 when the batch's mean of INPUT0 is more than 1 away from the mean of
+  the reference's data ``I = [1..16]`` (8.5), else 0.
 """
 
 from __future__ import annotations
@@ -44,6 +48,13 @@ CONDITIONAL_INPUTS = (
     TensorSpec("INPUT0", "FP32", (4,)),
     TensorSpec("INPUT1", "FP32", (4,)),
 )
+DRIFT_MAX_ROWS = 64
+DRIFT_INPUTS = (
+    TensorSpec("INPUT0", "INT32", (-1, 16), DRIFT_MAX_ROWS),
+    TensorSpec("INPUT1", "INT32", (-1, 16), DRIFT_MAX_ROWS),
+)
+DRIFT_REFERENCE_MEAN = 8.5  # of I = [1..16], the data the reference's examples send
+DRIFT_TOLERANCE = 1.0
 COUNTER_STOP_AT = 10
 INTEGER_DATATYPES = ("INT32", "INT64")
 MAX_DELAY_S = 10.0
@@ -84,6 +95,12 @@ def conditional(model: str, inputs: Sequence[TensorLike]) -> list[Output]:
     if int(tensors["CHOICE"][0]) == 0:
         return [("OUTPUT0", "FP32", tensors["INPUT0"])]
     return [("OUTPUT1", "FP32", tensors["INPUT1"])]
+
+
+def drift(model: str, inputs: Sequence[TensorLike]) -> list[Output]:
+    batch = inputs_by_name(model, inputs, DRIFT_INPUTS)["INPUT0"]
+    drifted = abs(float(batch.mean()) - DRIFT_REFERENCE_MEAN) > DRIFT_TOLERANCE
+    return [("is_drift", "INT64", np.array([[int(drifted)]], dtype=np.int64))]
 
 
 def count(model: str, inputs: Sequence[TensorLike]) -> tuple[np.ndarray, str]:

@@ -1,10 +1,12 @@
 """The sample pipelines (samples/pipelines) with the sample runtimes, through the real stack with
 its dataflow engine and Kafka: each answers the reference's request with the reference's answer
-(seldon-pipelines.md §13 scenarios 1, 4, 7-12, 15, 30), and a call to ``tfsimple`` flows on into the
+(seldon-pipelines.md §13 scenarios 1, 4, 7-12, 15, 30), a batched asynchronous branch (32's
+shape), and a call to ``tfsimple`` flows on into the
 pipelines reading it (pipeline-to-pipeline, scenarios 16-19), under the caller's request id."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -16,12 +18,13 @@ from apis.v2_dataplane import v2_dataplane_pb2 as pb
 from pipelines.engine.codec import request_to_message, response_to_message
 from tests.e2e.conftest import Stack, running_stack, stack_config
 from tests.e2e.kafka_io import KafkaIO
+from tests.e2e.test_cli import cli
 from tests.e2e.test_pipeline_engine import kafka_of, post, wait_ready
 
 SAMPLES = Path(__file__).parents[2] / "samples"
 MODELS = (
     "tfsimple1", "tfsimple2", "tfsimple3", "add10", "mul10", "conditional", "choice-is-one",
-    "choice-is-two", "counter", "identity-loop", "identity-output",
+    "choice-is-two", "counter", "identity-loop", "identity-output", "drift",
 )  # fmt: skip
 PIPELINES = {
     "tfsimple.yaml": ["tfsimple"],
@@ -32,10 +35,15 @@ PIPELINES = {
     "triggers.yaml": ["trigger-joins"],
     "tensor-inputs.yaml": ["tfsimples-input", "pipeline-inputs"],
     "cycle.yaml": ["counter-pipeline"],
+    "batch.yaml": ["tfsimple-drift"],
     "pipeline-to-pipeline.yaml": [
-        "tfsimple-extended", "tfsimple-extended2", "tfsimple-combined", "tfsimple-combined-trigger",
-        "tfsimple-extended-step", "tfsimple-combined-step",
-    ],  # fmt: skip
+        "tfsimple-extended",
+        "tfsimple-extended2",
+        "tfsimple-combined",
+        "tfsimple-combined-trigger",
+        "tfsimple-extended-step",
+        "tfsimple-combined-step",
+    ],
 }
 I = list(range(1, 17))  # noqa: E741 - the reference's name
 D = [2 * x for x in I]
@@ -223,3 +231,38 @@ async def test_a_call_to_tfsimple_flows_into_the_pipelines_reading_it(kstack: St
     step = await kafka.read("seldon.default.model.tfsimple2.inputs", request_id.encode())
     assert step.headers["pipeline"] != b"tfsimple", step.headers
     assert await kafka.absent("seldon.default.errors.errors", request_id.encode(), wait=1)
+
+
+async def test_a_batched_step_gets_three_requests_in_one_call_and_holds_up_none(kstack: Stack) -> None:
+    """Scenario 32's shape with batch.size 3: each request is answered by tfsimple1 alone (no
+    is_drift) while drift waits; the third request completes the batch, and drift's one call on the
+    stacked [3,16] inputs lands on its model topics under that request's id."""
+    ids = ["drift-1", "drift-2", "drift-3"]
+    for request_id in ids:
+        status, body, _ = await post(
+            kstack, "/v2/pipelines/tfsimple-drift/infer", {"inputs": II}, **{"x-request-id": request_id}
+        )
+        assert status == 200 and answer(body) == [("OUTPUT0", D), ("OUTPUT1", Z)], body
+    kafka = kafka_of(kstack)
+    assert await topic_tensors(kafka, "seldon.default.model.drift.inputs", "drift-3") == [
+        ("INPUT0", I * 3),
+        ("INPUT1", I * 3),
+    ]
+    stacked = pb.ModelInferRequest.FromString(
+        (await kafka.read("seldon.default.model.drift.inputs", b"drift-3")).value
+    )
+    assert [list(t.shape) for t in stacked.inputs] == [[3, 16], [3, 16]]
+    assert await topic_tensors(kafka, "seldon.default.model.drift.outputs", "drift-3") == [("is_drift", [0])]
+    for request_id in ids[:2]:  # one call for the three: nothing under the first two ids
+        assert await kafka.absent("seldon.default.model.drift.outputs", request_id.encode(), wait=1)
+    bootstrap = f"127.0.0.1:{kstack.config.kafka_port}"
+    shown = await cli(
+        kstack, "pipeline", "inspect", "tfsimple-drift.drift.outputs.is_drift", "--request-id", "drift-3",
+        "--format", "json", "--kafka-bootstrap", bootstrap,
+    )  # fmt: skip
+    assert shown.returncode == 0, shown.stderr
+    [topic] = json.loads(shown.stdout)["topics"]
+    assert topic["name"] == "seldon.default.model.drift.outputs"
+    [message] = topic["msgs"]
+    assert message["key"] == "drift-3" and message["value"]["name"] == "is_drift", message
+    assert message["value"]["datatype"] == "INT64" and message["value"]["shape"] in (["1", "1"], [1, 1])

@@ -33,6 +33,7 @@ def test_sample_names() -> None:
     assert names == {
         "tfsimple",
         "tfsimples",
+        "tfsimple-drift",
         "join",
         "tfsimple-conditional",
         "trigger-joins",
@@ -77,6 +78,7 @@ spec:
     inputsJoinType: any
     triggersJoinType: outer
   - name: b
+  - name: c
     batch: {size: 20, windowMs: 100, rolling: false}
   output: {steps: [a], joinWindowMs: 7, stepsJoin: any, tensorMap: {a.outputs.Y: Z}}
 """
@@ -86,11 +88,12 @@ spec:
     assert p.allowCycles and p.maxStepRevisits == 3 and p.dataflowSpec.cleanTopicsOnDelete
     assert list(p.input.externalTriggers) == ["r.step.s.outputs.go"] and p.input.joinWindowMs == 10
     assert (p.input.joinType, p.input.triggersJoin) == (1, 2)
-    a, b = p.steps
+    a, b, c = p.steps
     assert list(a.inputs) == ["p.inputs.INPUT0", "b"] and list(a.triggers) == ["p.inputs.go"]
     assert (a.joinWindowMs, a.inputsJoin, a.triggersJoin) == (5, 2, 1)
     assert dict(a.tensorMap) == {"p.inputs.INPUT0": "X"}
-    assert (b.batch.size, b.batch.windowMs) == (20, 100) and not b.HasField("joinWindowMs")
+    assert not b.HasField("batch")
+    assert (c.batch.size, c.batch.windowMs) == (20, 100) and not c.HasField("joinWindowMs")
     assert (p.output.joinWindowMs, p.output.stepsJoin, dict(p.output.tensorMap)) == (
         7,
         2,

@@ -55,8 +55,8 @@ def test_every_field_round_trips() -> None:
             inputsJoin=scheduler_pb2.PipelineStep.OUTER,
             triggersJoin=scheduler_pb2.PipelineStep.ANY,
             tensorMap={"p.inputs.x": "INPUT"},
-            batch=scheduler_pb2.Batch(size=20, windowMs=100),
         ),
+        step("drift", batch=scheduler_pb2.Batch(size=20, windowMs=100)),
         name="p",
         uid="cg5fm6c6dpcs73c4qhe0",
         version=3,
@@ -73,7 +73,7 @@ def test_every_field_round_trips() -> None:
         kubernetesMeta=scheduler_pb2.KubernetesMeta(namespace="seldon-mesh", generation=4),
     )
     built = Pipeline.from_proto(message)
-    assert built.step("a").batch == Batch(size=20, window_ms=100)
+    assert built.step("drift").batch == Batch(size=20, window_ms=100) and built.step("a").batch is None
     assert built.input is not None and built.input.external_triggers == (
         Reference(Source("r", None, Direction.OUTPUTS)),
     )
@@ -117,6 +117,18 @@ def test_a_cycle_is_allowed_with_allow_cycles_and_revisits() -> None:
         (pipeline(step("a", joinWindowMs=600_001)), "step a: joinWindowMs 600001 is above the limit"),
         (pipeline(step("a", batch=scheduler_pb2.Batch(size=0))), "batch.size 0 must be within 1..10000"),
         (pipeline(step("a", batch=scheduler_pb2.Batch(windowMs=10**6))), "batch.windowMs 1000000 is above"),
+        (
+            pipeline(step("a", batch=scheduler_pb2.Batch(size=2)), step("b", inputs=["a"])),
+            "step b: 'a.outputs' reads step a, which has batch: a batched step is an asynchronous branch",
+        ),
+        (
+            pipeline(step("a", batch=scheduler_pb2.Batch(size=2)), step("b", triggers=["a.inputs.x"])),
+            "step b: 'a.inputs.x' reads step a, which has batch",
+        ),
+        (
+            pipeline(step("a", batch=scheduler_pb2.Batch(size=2)), output=output("a.outputs.y")),
+            "output steps: 'a.outputs.y' reads step a, which has batch",
+        ),
         (pipeline(step("a", tensorMap={"p.inputs": "x"})), "key 'p.inputs' names no tensor"),
         (pipeline(step("a", tensorMap={"p.inputs.x": ""})), "'p.inputs.x': the new name is empty"),
         (

@@ -351,18 +351,41 @@ async def test_headers_reach_every_model_call() -> None:
     assert [h for _, _, h in models.calls] == [headers, headers]
 
 
-def test_batching_is_not_implemented_yet() -> None:
-    pipeline = from_yaml(
-        """
+DRIFT = """
 apiVersion: mlops.seldon.io/v1alpha1
 kind: Pipeline
 metadata: {name: drift}
 spec:
-  steps: [{name: cifar10}, {name: cifar10-drift, batch: {size: 20}}]
+  steps: [{name: tfsimple1}, {name: tfsimple2, inputs: [tfsimple1], batch: {size: 20}}]
+  output: {steps: [tfsimple1]}
 """
+
+
+async def test_a_batched_step_goes_to_the_batch_sink_and_the_run_does_not_wait_for_it() -> None:
+    """Scenario 32's shape: the output lists the other steps; the batched step's input is handed
+    over (not called, not recorded per request: the batch is) and the run ends without it."""
+    taken: list[tuple[str, Message, dict[str, str]]] = []
+    models, recorder = Models(TFSIMPLE), Recorder()
+    result = await execute(
+        Topology(from_yaml(DRIFT)),
+        ints(I, I),
+        call_model=models,
+        observer=recorder,
+        headers={"x-request-id": "r1"},
+        batch=lambda step, tensors, headers: taken.append((step, tensors, dict(headers))),
     )
-    with pytest.raises(NotImplementedError, match="step cifar10-drift has batch"):
-        Topology(pipeline)
+    assert data(result.require_output()) == [("OUTPUT0", D), ("OUTPUT1", Z)]
+    assert [(step, data(tensors), headers) for step, tensors, headers in taken] == [
+        ("tfsimple2", [("OUTPUT0", D), ("OUTPUT1", Z)], {"x-request-id": "r1"})
+    ]
+    assert [m for m, _, _ in models.calls] == ["tfsimple1"]
+    assert result.runs == {"tfsimple1": 1, "tfsimple2": 1}
+    assert "drift.step.tfsimple2.inputs" not in recorder.sources()
+
+
+async def test_a_batched_pipeline_needs_a_batch_sink() -> None:
+    with pytest.raises(ValueError, match=r"batched steps \(tfsimple2\) but no batch sink"):
+        await execute(Topology(from_yaml(DRIFT)), ints(I, I), call_model=Models(TFSIMPLE))
 
 
 def test_run_state_is_pure_and_driven_by_the_caller() -> None:

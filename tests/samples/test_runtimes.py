@@ -145,6 +145,18 @@ def test_anything_decoded_is_exactly_what_was_sent_or_refused(values: list[Any])
     )
 
 
+def test_drift_says_whether_a_batchs_mean_left_the_reference_data() -> None:
+    assert plain(examples.drift("m", pair(I * 3, I * 3, [3, 16]))) == [("is_drift", "INT64", [1, 1], [0])]
+    shifted = [x + 2 for x in I]
+    within = examples.drift("m", pair(I + shifted, I * 2, [2, 16]))  # mean 9.5: not more than 1 away
+    assert plain(within) == [("is_drift", "INT64", [1, 1], [0])]
+    assert plain(examples.drift("m", pair(shifted, I))) == [("is_drift", "INT64", [1, 1], [1])]
+    rows = examples.DRIFT_MAX_ROWS + 1
+    too_many = pair(I * rows, I * rows, [rows, 16])
+    refused(f"must be INT32 [1..{examples.DRIFT_MAX_ROWS},16]", examples.drift, too_many)
+    refused("input 'INPUT1' is missing", examples.drift, pair(I, I)[:1])
+
+
 def test_counter() -> None:
     counted, flag = examples.count("m", [T("output", "INT64", [1, 1], [2**40])])
     assert (counted.tolist(), str(counted.dtype), flag) == ([2**40 + 1], "int64", "stop")
