@@ -1,10 +1,10 @@
 """The pipeline gateway over gRPC (``inference.GRPCInferenceService``; reference port 9011).
 
 ``ModelInfer`` with ``seldon-model: <p>.pipeline`` (or model name ``<p>.pipeline``): the answer has no
-``model_name``/``model_version`` (§6.4) and trailing metadata ``x-request-id``,
-``x-pipeline-version``, ``x-seldon-route``; failures are a gRPC status carrying the message
-(:mod:`pipelines.engine.errors`). ``ModelReady`` answers ``ready`` per the pipeline's state,
-NOT_FOUND when it is not loaded here.
+``model_name``/``model_version`` (§6.4), echoes the request's ``id`` and ``parameters``, and has
+trailing metadata ``x-request-id``, ``x-pipeline-version``, ``x-seldon-route``; failures are a
+gRPC status carrying the message (:mod:`pipelines.engine.errors`). ``ModelReady`` answers
+``ready`` per the pipeline's state, NOT_FOUND when it is not loaded here.
 """
 
 from __future__ import annotations
@@ -55,7 +55,10 @@ class PipelineInference(v2_dataplane_pb2_grpc.GRPCInferenceServiceServicer):
             trailers.append((ROUTE_HEADER, " ".join(answer.routes)))
         context.set_trailing_metadata(trailers)
         self._metrics.observe("OK", "grpc", pipeline, started)
-        return message_to_response(answer.output, request_id=request.id)
+        response = message_to_response(answer.output, request_id=request.id)
+        for key, value in request.parameters.items():  # echoed, as the reference does (§6.4)
+            response.parameters[key].CopyFrom(value)
+        return response
 
     async def ModelReady(self, request: pb.ModelReadyRequest, context: Context) -> pb.ModelReadyResponse:
         headers = {str(k): v for k, v in (context.invocation_metadata() or ()) if isinstance(v, str)}

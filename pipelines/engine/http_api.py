@@ -3,8 +3,10 @@
 ``POST /v2/pipelines/<p>/infer`` and ``/v2/models/<p>[.pipeline]/infer`` (Envoy sends both here for
 ``seldon-model: <p>.pipeline``); ``GET …/ready`` answers 200 only when the pipeline is servable
 (Creating, Ready or Rebalancing; decision 0022) with its models ready, else 503 (404 when it is
-not loaded here). A response is ``{"model_name": "", "outputs": [...]}`` (§6.4; ``id`` echoed
-when the request had one) with headers ``x-request-id``, ``x-pipeline-version`` and
+not loaded here). A response is ``{"model_name": "", "outputs": [...]}``: ``model_name`` is empty
+and ``model_version`` absent as the reference answers (§6.4, scenarios 1 and 30); the request's
+``id`` and ``parameters`` (e.g. ``mlserver infer``'s ``batch_index``) are echoed when it had them,
+as the reference was observed to do. Headers are ``x-request-id``, ``x-pipeline-version`` and
 ``x-seldon-route`` (the models that answered). An async request is answered 202
 ``{"id": "<request id>"}``.
 """
@@ -67,9 +69,11 @@ def application(gateway: Gateway, metrics: Metrics) -> web.Application:
         if answer is None:
             metrics.observe("202", "rest", pipeline, started)
             return web.json_response({"id": call.request_id}, status=202, headers=headers)
-        out: dict[str, Any] = {"model_name": "", "outputs": message_to_json(answer.output)}
-        if isinstance(body.get("id"), str):
-            out = {"id": body["id"], **out}
+        out: dict[str, Any] = {"model_name": ""}
+        for echoed in ("id", "parameters"):
+            if echoed in body:
+                out[echoed] = body[echoed]
+        out["outputs"] = message_to_json(answer.output)
         headers[VERSION_HEADER] = str(answer.version)
         if answer.routes:
             headers[ROUTE_HEADER] = " ".join(answer.routes)
@@ -105,4 +109,8 @@ def _body(raw: bytes) -> dict[str, Any]:
         raise BadRequest("the body must be a JSON object with inputs")
     if "inputs" not in body:
         raise BadRequest("the body has no inputs")
+    if "id" in body and not isinstance(body["id"], str):
+        raise BadRequest(f"id must be a string, got {type(body['id']).__name__}")
+    if "parameters" in body and not isinstance(body["parameters"], dict):
+        raise BadRequest(f"parameters must be an object, got {type(body['parameters']).__name__}")
     return body

@@ -1,8 +1,9 @@
 """Issue 11 items 4 and 6: pipelines answered through the real Envoy, the dataflow engine / pipeline
 gateway, real MLServer models and the real Tansu broker (seldon-pipelines.md §13).
 
-Models: ``tfsimple1``/``tfsimple2`` (add/sub INT32, a test runtime like Triton's "simple") and
-``boom`` (always fails), from ``tests/e2e/pipeline_models``.
+Models: ``tfsimple1``/``tfsimple2`` (the sample tfsimple runtime, ``samples/models/runtimes/tfsimple``:
+add/sub of INT32 [b,16], refusing bad tensors with HTTP 400) and ``boom`` (always fails, from
+``tests/e2e/pipeline_models``).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from tests.e2e.conftest import Stack, running_stack, stack_config
 from tests.e2e.kafka_io import KafkaIO
 
 MODELS = Path(__file__).parent / "pipeline_models"
+SAMPLE_RUNTIMES = Path(__file__).parents[2] / "samples" / "models" / "runtimes"
 I = list(range(1, 17))  # noqa: E741 - the reference names it I (§13)
 D = [2 * v for v in I]
 Z = [0] * 16
@@ -38,11 +40,11 @@ def addsub_input() -> dict[str, Any]:
     }
 
 
-def model(name: str, artifact: str) -> scheduler_pb2.Model:
+def model(name: str, artifact: str, folder: Path = MODELS) -> scheduler_pb2.Model:
     return scheduler_pb2.Model(
         meta=scheduler_pb2.MetaData(name=name),
         modelSpec=scheduler_pb2.ModelSpec(
-            uri=f"file://{MODELS / artifact}", requirements=["python"], memoryBytes=100_000
+            uri=f"file://{folder / artifact}", requirements=["python"], memoryBytes=100_000
         ),
         deploymentSpec=scheduler_pb2.DeploymentSpec(replicas=1),
     )
@@ -85,10 +87,14 @@ async def wait_ready(stack: Stack, name: str, timeout: float = 90) -> None:
 @pytest.fixture(scope="module")
 async def pstack(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Stack]:
     home = tmp_path_factory.mktemp("pipelines") / "home"
-    config = stack_config(home, kafka=True, artifact_roots=str(MODELS))
+    config = stack_config(home, kafka=True, artifact_roots=f"{MODELS},{SAMPLE_RUNTIMES}")
     async with running_stack(config) as stack:
-        for name, artifact in (("tfsimple1", "addsub"), ("tfsimple2", "addsub"), ("boom", "boom")):
-            await stack.scheduler.LoadModel(scheduler_pb2.LoadModelRequest(model=model(name, artifact)))
+        for step_model in (
+            model("tfsimple1", "tfsimple", SAMPLE_RUNTIMES),
+            model("tfsimple2", "tfsimple", SAMPLE_RUNTIMES),
+            model("boom", "boom"),
+        ):
+            await stack.scheduler.LoadModel(scheduler_pb2.LoadModelRequest(model=step_model))
         for name in ("tfsimple1", "tfsimple2", "boom"):
             await stack.wait_state(name, "ModelAvailable", timeout=120)
         for spec in (
@@ -133,6 +139,33 @@ async def test_one_step_pipeline_answers_by_header_and_by_path(pstack: Stack) ->
     # Without the suffix, the model answers (scenario 3d).
     status, body, _ = await post(pstack, "/v2/models/tfsimple1/infer", addsub_input())
     assert body["model_name"] == "tfsimple1_1"
+
+
+async def test_the_answer_echoes_the_requests_id_and_parameters_as_the_reference(pstack: Stack) -> None:
+    """§6.4: ``model_name`` "" and no ``model_version`` (scenarios 1, 30); a request's ``id`` and
+    ``parameters`` (``mlserver infer``'s ``batch_index``) come back; a malformed one is a 400."""
+    request = {**addsub_input(), "id": "7b0c-uuid", "parameters": {"batch_index": 3}}
+    status, body, _ = await post(pstack, "/v2/pipelines/tfsimple/infer", request)
+    assert status == 200, body
+    assert list(body) == ["model_name", "id", "parameters", "outputs"], body
+    assert (body["model_name"], body["id"], body["parameters"]) == ("", "7b0c-uuid", {"batch_index": 3})
+    status, body, _ = await post(pstack, "/v2/pipelines/tfsimple/infer", addsub_input())
+    assert list(body) == ["model_name", "outputs"], body
+    for bad, words in (
+        ({"id": 7}, "id must be a string, got int"),
+        ({"parameters": [1]}, "parameters must be an object"),
+    ):
+        status, body, _ = await post(pstack, "/v2/pipelines/tfsimple/infer", {**addsub_input(), **bad})
+        assert status == 400 and words in body["error"], body
+    grpc_request = pb.ModelInferRequest(id="grpc-id")
+    grpc_request.parameters["batch_index"].int64_param = 5
+    for name in ("INPUT0", "INPUT1"):
+        grpc_request.inputs.add(name=name, datatype="INT32", shape=[1, 16]).contents.int_contents.extend(I)
+    response = await pstack.inference.ModelInfer(
+        grpc_request, metadata=(("seldon-model", "tfsimple.pipeline"),), timeout=30
+    )
+    assert (response.model_name, response.model_version, response.id) == ("", "", "grpc-id")
+    assert response.parameters["batch_index"].int64_param == 5
 
 
 async def test_grpc_pipeline_infer_and_ready(pstack: Stack) -> None:
@@ -223,10 +256,16 @@ async def test_malformed_tensors_are_refused_with_4xx(pstack: Stack) -> None:
             request, metadata=(("seldon-model", "tfsimple.pipeline"),), timeout=30
         )
     assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    # A step model refusing the data (a missing tensor) is the caller's fault too.
+    # A step model refusing the data (a missing tensor, a wrong datatype) is the caller's fault too:
+    # 400 naming the pipeline, the step and what the model said.
     only_one = {"inputs": [{"name": "INPUT0", "datatype": "INT32", "shape": [1, 16], "data": I}]}
     status, body, _ = await post(pstack, "/v2/pipelines/tfsimple/infer", only_one)
-    assert 400 <= status < 600 and "tfsimple1" in body["error"], body
+    assert status == 400, body
+    assert "pipeline tfsimple" in body["error"] and "step tfsimple1" in body["error"], body
+    assert "input 'INPUT1' is missing" in body["error"], body
+    floats = {"inputs": [{**t, "datatype": "FP32"} for t in addsub_input()["inputs"]]}
+    status, body, _ = await post(pstack, "/v2/pipelines/tfsimples/infer", floats)
+    assert status == 400 and "must be INT32 [1..8,16], got FP32 [1, 16]" in body["error"], body
 
 
 async def test_async_request_returns_its_id_and_the_output_lands_on_the_topic(pstack: Stack) -> None:

@@ -7,6 +7,7 @@ pipelines reading it (pipeline-to-pipeline, scenarios 16-19), under the caller's
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -266,3 +267,86 @@ async def test_a_batched_step_gets_three_requests_in_one_call_and_holds_up_none(
     [message] = topic["msgs"]
     assert message["key"] == "drift-3" and message["value"]["name"] == "is_drift", message
     assert message["value"]["datatype"] == "INT64" and message["value"]["shape"] in (["1", "1"], [1, 1])
+
+
+async def inspect_json(stack: Stack, *args: str) -> list[dict[str, Any]]:
+    bootstrap = f"127.0.0.1:{stack.config.kafka_port}"
+    shown = await cli(stack, "pipeline", "inspect", *args, "--format", "json", "--kafka-bootstrap", bootstrap)
+    assert shown.returncode == 0, shown.stderr
+    topics: list[dict[str, Any]] = json.loads(shown.stdout)["topics"]
+    return topics
+
+
+def shown_request_ids(stderr: str) -> list[str]:
+    """The x-request-id values ``--show-headers`` printed (REST headers, gRPC metadata; any case)."""
+    pairs = (line.strip().split(":", 1) for line in stderr.splitlines() if ":" in line)
+    return [value.strip() for key, value in pairs if key.lower() == "x-request-id"]
+
+
+def values(topic: dict[str, Any]) -> list[tuple[str, list[Any]]]:
+    [message] = topic["msgs"]
+    body = message["value"]
+    tensors = body.get("inputs") or body.get("outputs")
+    return [(t["name"], [int(v) for v in t["contents"]["intContents"]]) for t in tensors]
+
+
+@pytest.mark.parametrize("mode", ["rest", "grpc"])
+async def test_cli_pipeline_infer_then_inspect_by_request_id(kstack: Stack, mode: str) -> None:
+    """Scenarios 22, 5 and 23 with the CLI: ``pipeline infer`` answers D, D and shows the request id
+    it was given (``--show-headers``); ``pipeline inspect tfsimples --request-id`` then finds every
+    step's input and output and the pipeline's own messages under that id, in the reference's
+    order. Without an id the call still gets one (Envoy's, decision 0020) and inspect finds it."""
+    body = json.dumps({"inputs": II})
+    given = f"cli-{mode}-id"
+    infer = await cli(
+        kstack, "pipeline", "infer", "tfsimples", "--inference-mode", mode, "--show-headers",
+        "--header", f"x-request-id={given}", body,
+    )  # fmt: skip
+    assert infer.returncode == 0, infer.stderr
+    answered = json.loads(infer.stdout)
+    tensors = answered.get("outputs")
+    assert [t["name"] for t in tensors] == ["OUTPUT0", "OUTPUT1"], answered
+    if mode == "rest":
+        assert answered["model_name"] == "" and [t["data"] for t in tensors] == [D, D], answered
+    else:
+        assert [[int(v) for v in t["contents"]["intContents"]] for t in tensors] == [D, D], answered
+    assert set(shown_request_ids(infer.stderr)) == {given}, infer.stderr  # gRPC: headers and trailers
+    topics = await inspect_json(kstack, "tfsimples", "--request-id", given, "--offset", "10")
+    assert [t["name"] for t in topics] == [
+        "seldon.default.model.tfsimple1.inputs",
+        "seldon.default.model.tfsimple1.outputs",
+        "seldon.default.model.tfsimple2.inputs",
+        "seldon.default.model.tfsimple2.outputs",
+        "seldon.default.pipeline.tfsimples.inputs",
+        "seldon.default.pipeline.tfsimples.outputs",
+    ]
+    assert all(message["key"] == given for t in topics for message in t["msgs"]), topics
+    assert [values(t) for t in topics] == [
+        [("INPUT0", I), ("INPUT1", I)],
+        [("OUTPUT0", D), ("OUTPUT1", Z)],
+        [("INPUT0", D), ("INPUT1", Z)],
+        [("OUTPUT0", D), ("OUTPUT1", D)],
+        [("INPUT0", I), ("INPUT1", I)],
+        [("OUTPUT0", D), ("OUTPUT1", D)],
+    ]
+    # No id given: the answer carries the one the request got, and it keys the request's messages.
+    anonymous = await cli(
+        kstack, "pipeline", "infer", "tfsimples", "--inference-mode", mode, "--show-headers", body
+    )
+    assert anonymous.returncode == 0, anonymous.stderr
+    [generated] = set(shown_request_ids(anonymous.stderr))
+    assert generated and generated != given
+    [output] = await inspect_json(kstack, "tfsimples.outputs", "--request-id", generated, "--offset", "10")
+    assert values(output) == [("OUTPUT0", D), ("OUTPUT1", D)] and output["msgs"][0]["key"] == generated
+
+
+async def test_the_gateway_itself_gives_a_request_without_an_id_an_xid(kstack: Stack) -> None:
+    """Scenario 23's XID (20 lowercase base32hex characters) is the gateway's own id: through Envoy a
+    caller without x-request-id gets Envoy's UUID first (decision 0020), so call the gateway."""
+    url = f"http://127.0.0.1:{kstack.config.pipeline_http_port}/v2/pipelines/tfsimples/infer"
+    async with kstack.http.post(url, json={"inputs": II}) as response:
+        assert response.status == 200, await response.text()
+        xid = response.headers["x-request-id"]
+    assert re.fullmatch(r"[0-9a-v]{20}", xid), xid
+    [output] = await inspect_json(kstack, "tfsimples.outputs", "--request-id", xid, "--offset", "10")
+    assert values(output) == [("OUTPUT0", D), ("OUTPUT1", D)]
