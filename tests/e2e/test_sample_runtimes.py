@@ -25,7 +25,7 @@ from tests.e2e.test_cli import cli
 SAMPLES = Path(__file__).parents[2] / "samples"
 MODELS = (
     "tfsimple1", "tfsimple2", "tfsimple3", "add10", "mul10", "conditional",
-    "counter", "identity-loop", "identity-output", "choice-is-one", "choice-is-two",
+    "counter", "identity-loop", "identity-output", "choice-is-one", "choice-is-two", "drift",
 )  # fmt: skip
 I = list(range(1, 17))  # noqa: E741 - the reference's name
 D = [2 * x for x in I]
@@ -112,6 +112,16 @@ CASES: list[tuple[str, list[Tensor], list[Tensor]]] = [
         [t("choice", "INT32", [1], [2]), t("INPUT", "FP32", [4], [5, 6, 7, 8])],
         [t("choice", "INT32", [1], [2]), t("status", "BYTES", [1, 1], ["row satisfied choice == 2"])],
     ),
+    (
+        "drift",  # a batch of three requests' rows like the reference's data: no drift
+        [t("INPUT0", "INT32", [3, 16], I * 3), t("INPUT1", "INT32", [3, 16], I * 3)],
+        [t("is_drift", "INT64", [1, 1], [0])],
+    ),
+    (
+        "drift",
+        [t("INPUT0", "INT32", [1, 16], [x + 2 for x in I]), t("INPUT1", "INT32", [1, 16], I)],
+        [t("is_drift", "INT64", [1, 1], [1])],
+    ),
 ]
 
 # (model, request tensors, words the error must contain).
@@ -135,6 +145,7 @@ BAD: list[tuple[str, list[Tensor], str]] = [
     ("counter", [t("a", "INT32", [1], [1]), t("b", "INT32", [1], [1])], "exactly one input"),
     ("counter", [t("x", "FP32", [1], [1])], "must hold one INT32 or INT64"),
     ("choice-is-one", [t("INPUT", "FP32", [4], [5, 6, 7, 8])], "needs exactly one input 'choice'"),
+    ("drift", [t("INPUT0", "INT32", [1, 16], I)], "'INPUT1' is missing"),
 ]
 # Only REST can send data that does not match its own declaration (gRPC contents are typed).
 BAD_REST_ONLY: list[tuple[str, list[Tensor], str]] = [
