@@ -49,6 +49,7 @@ class StepBatcher:
         self._calls: set[asyncio.Task[None]] = set()
         self._timer: asyncio.Task[None] | None = None
         self._loop = asyncio.get_running_loop()
+        self._closed = False
 
     @property
     def held(self) -> int:
@@ -57,6 +58,10 @@ class StepBatcher:
     def offer(self, step: str, tensors: Message, headers: Mapping[str, str]) -> None:
         """A run's message for the step (the run's :class:`pipelines.topology.BatchSink`)."""
         request_id = headers.get(REQUEST_ID_HEADER, "")
+        if self._closed:  # a run of a version replaced (or unloaded) while it ran
+            message = f"pipeline {self._pipeline}: step {step}: not batched, the pipeline version is gone"
+            self._writer.error(self._pipeline, step, message, request_id, headers)
+            return
         try:
             batched = self._buffer.add((request_id, headers), tensors, self._now())
         except BatchMismatch as problem:
@@ -114,7 +119,8 @@ class StepBatcher:
         return self._loop.time() * 1000
 
     async def close(self) -> None:
-        """Stop: a partial batch is dropped, calls in flight are cancelled."""
+        """Stop: a partial batch is dropped, calls in flight are cancelled, later offers refused."""
+        self._closed = True
         tasks = [*self._calls, *([self._timer] if self._timer is not None else [])]
         for task in tasks:
             task.cancel()

@@ -164,3 +164,13 @@ async def test_close_cancels_calls_in_flight_and_the_window_timer() -> None:
     await _until(lambda: models.calls)
     await asyncio.wait_for(batcher.close(), 5)
     await asyncio.wait_for(windowed.close(), 5)
+
+
+async def test_a_message_offered_after_close_is_refused_with_an_error() -> None:
+    models = FakeModels()
+    batcher, writer = make(Batch(size=1), models)
+    await batcher.close()
+    batcher.offer("drift", row(1), headers(1))
+    [error] = queued(writer)
+    assert error.key == b"r1" and b"not batched, the pipeline version is gone" in error.value
+    assert models.calls == [] and batcher.held == 0
