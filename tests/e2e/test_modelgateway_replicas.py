@@ -31,7 +31,7 @@ from apis.hash_ring import ring_order
 from apis.mlops.scheduler import scheduler_pb2
 from stack.components import client_tls_flags
 from stack.ports import free_ports
-from tests.e2e.conftest import IRIS_IN, Stack, iris_model, running_stack, stack_config
+from tests.e2e.conftest import IRIS_IN, Stack, eventually, iris_model, running_stack, stack_config
 
 STACK_GATEWAY = "modelgateway"  # the model gateway's default --name, which the stack keeps
 JOINING = "modelgateway-b"
@@ -105,12 +105,9 @@ async def owned(stack: Stack, port: int) -> set[str]:
 
 
 async def until(check: Callable[[], Awaitable[bool]], what: str) -> float:
-    deadline = time.monotonic() + WAIT_S
-    while time.monotonic() < deadline:
-        if await check():
-            return time.monotonic()
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"not within {WAIT_S} s: {what}")
+    """When ``check`` first held (within ``WAIT_S``)."""
+    await eventually(check, WAIT_S, what)
+    return time.monotonic()
 
 
 class Answers:
