@@ -115,8 +115,10 @@ class Bucket:
             results = await asyncio.gather(*(self._handler(r) for r in records), return_exceptions=True)
             unwritten = _first_unwritten(records, results)
             await self._commit(consumer, records, unwritten)
+            assigned = consumer.assignment()
             for partition, offset in unwritten.items():
-                consumer.seek(partition, offset)
+                if partition in assigned:  # else a rebalance gave it away: its new reader reads it
+                    consumer.seek(partition, offset)
             if unwritten:
                 await asyncio.sleep(RETRY_SECONDS)
 

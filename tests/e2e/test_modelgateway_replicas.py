@@ -32,6 +32,7 @@ from apis.mlops.scheduler import scheduler_pb2
 from stack.components import client_tls_flags
 from stack.ports import free_ports
 from tests.e2e.conftest import IRIS_IN, Stack, eventually, iris_model, running_stack, stack_config
+from tests.e2e.kafka_io import KafkaIO
 
 STACK_GATEWAY = "modelgateway"  # the model gateway's default --name, which the stack keeps
 JOINING = "modelgateway-b"
@@ -147,6 +148,7 @@ async def test_models_spread_over_two_gateways_and_a_killed_one_loses_no_request
     models = share[STACK_GATEWAY] + share[JOINING]
     stack_port = gstack.config.modelgateway_port
     bootstrap = f"127.0.0.1:{gstack.config.kafka_port}"
+    await KafkaIO(bootstrap).wait_topics(*(outputs(m) for m in models), *(inputs(m) for m in models))
     answers = Answers(bootstrap, models)
     collector = asyncio.create_task(answers.run())
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap)

@@ -128,8 +128,9 @@ class Done(Exception):
 class FakeConsumer:
     """Hands out one batch, then ends the loop; records commits and seeks."""
 
-    def __init__(self, batch: list[ConsumerRecord[bytes, bytes]]) -> None:
+    def __init__(self, batch: list[ConsumerRecord[bytes, bytes]], assigned: set[int] | None = None) -> None:
         self._batches = [batch]
+        self._assigned = {0, 1} if assigned is None else assigned
         self.commits: list[dict[TopicPartition, OffsetAndMetadata]] = []
         self.seeks: list[tuple[TopicPartition, int]] = []
 
@@ -145,6 +146,9 @@ class FakeConsumer:
 
     async def commit(self, offsets: dict[TopicPartition, OffsetAndMetadata]) -> None:
         self.commits.append(offsets)
+
+    def assignment(self) -> set[TopicPartition]:
+        return {TopicPartition("t", p) for p in self._assigned}
 
     def seek(self, partition: TopicPartition, offset: int) -> None:
         self.seeks.append((partition, offset))
@@ -169,3 +173,14 @@ async def test_a_record_whose_result_was_not_written_is_read_again_and_nothing_a
     p0, p1 = TopicPartition("t", 0), TopicPartition("t", 1)
     assert consumer.commits == [{p0: OffsetAndMetadata(11, ""), p1: OffsetAndMetadata(22, "")}]
     assert consumer.seeks == [(p0, 11)]
+
+
+async def test_a_partition_given_away_mid_batch_is_not_sought_its_new_reader_reads_it() -> None:
+    async def handler(r: ConsumerRecord[bytes, bytes]) -> None:
+        raise NotWritten("t")
+
+    bucket = Bucket(KafkaConfig(("k:1",)), "g", handler, workers=8, replica="gw-a")
+    consumer = FakeConsumer([record(0, 5)], assigned={1})
+    with pytest.raises(Done):
+        await bucket._consume(consumer)
+    assert consumer.commits == [{TopicPartition("t", 0): OffsetAndMetadata(5, "")}] and consumer.seeks == []
