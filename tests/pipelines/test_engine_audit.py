@@ -147,7 +147,7 @@ def _writer_with(records: int, *, key: str = "req") -> TopicWriter:
 
 
 async def _run_until(writer: TopicWriter, producer: RecordingProducer, condition: Any) -> None:
-    task = asyncio.create_task(writer.run(producer))  # type: ignore[arg-type]
+    task = asyncio.create_task(writer.run(producer))
     try:
         await _until(condition)
     finally:
@@ -156,7 +156,9 @@ async def _run_until(writer: TopicWriter, producer: RecordingProducer, condition
             await task
 
 
-async def test_a_burst_leaves_as_one_batch_per_partition_each_key_on_the_partition_send_would_choose() -> None:
+async def test_a_burst_leaves_as_one_batch_per_partition_each_key_on_the_partition_send_would_choose() -> (
+    None
+):
     from aiokafka.partitioner import DefaultPartitioner
 
     writer = _writer_with(12)
