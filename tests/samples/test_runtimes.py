@@ -217,3 +217,12 @@ def test_query_keeps_the_matching_rows_and_ignores_other_tensors() -> None:
     refused("[rows, 1]", query.matching, [T("choice", "INT32", [2, 2], [1, 2, 3, 4])])
     refused("INT32 or INT64", query.matching, [T("choice", "FP32", [1], [2])])
     refused("needs exactly one input 'choice'", query.matching, [other])
+
+
+def test_occlusion_moves_only_where_an_element_matters() -> None:
+    x = np.asarray([1.0, 2.0, 0.0], dtype=np.float32)
+    variants = examples.occluded(x)
+    assert [v.tolist() for v in variants] == [[0, 2, 0], [1, 0, 0], [1, 2, 0]]
+    assert x.tolist() == [1, 2, 0]  # the input itself is left alone
+    answers = [10 * v for v in variants]  # a model multiplying by 10
+    assert examples.importances(10 * x, answers, x.shape).tolist() == [10.0, 20.0, 0.0]
