@@ -16,9 +16,6 @@ and stopped after it, so both states share the same scheduler, Envoy and MLServe
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import os
-import signal
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -159,7 +156,7 @@ async def run_dataplane(work: Path, quick: bool = False) -> Section:
                     await asyncio.sleep(2.0)  # past the pipelines' readiness traffic
                 await _measure_round(state, targets, bodies, settings, rates, measured)
                 for process in reversed(extra.values()):
-                    _stop(group, process)
+                    group.stop(process)
     section = Section(
         key="dataplane-pipelines",
         title="Pipelines: the data-plane figures with the pipeline components running",
@@ -199,19 +196,6 @@ async def _measure_round(
         for target in targets:
             result = await dataplane._open(proto, target, bodies, settings, rates[proto])
             measured.opened.setdefault((state, proto, target.key), []).append(result)
-
-
-def _stop(group: Processes, process: Process) -> None:
-    """End one process of ``group`` (its process group, by id) and forget it."""
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(process.pid, signal.SIGTERM)
-    try:
-        process.popen.wait(15)
-    except Exception:  # noqa: BLE001 - still running after 15 s: kill it
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)
-        process.popen.wait()
-    group.started.remove(process)
 
 
 def _tabulate(
