@@ -5,12 +5,19 @@ hashed to it. It fetches at most ``workers`` records at a time, hands them to th
 concurrently, and commits their offsets once every one of them is handled (written to an output or
 the errors topic): at-least-once, and never more than ``workers`` model calls in flight per bucket.
 A slow call holds back its batch's commit, not the other records' calls.
+
+Records the ``skip`` predicate names (the dataflow engine's audit copies of calls it made itself:
+most of what a model's input topic carries under synchronous pipeline traffic) are passed over
+without a task each, and a fetch of nothing else commits at most every
+:data:`IDLE_COMMIT_SECONDS`: reading them again after a restart is harmless, a commit per audit
+burst is not free (for this process and for the broker).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Awaitable, Callable
 
 import structlog
@@ -23,17 +30,22 @@ from pipelines import kafka_clients
 log = structlog.get_logger("meshserve.pipelines.modelgateway")
 
 Handler = Callable[[ConsumerRecord[bytes, bytes]], Awaitable[None]]
+Skip = Callable[[ConsumerRecord[bytes, bytes]], bool]
 FETCH_TIMEOUT_MS = 500
+IDLE_COMMIT_SECONDS = 1.0
 RETRY_SECONDS = 1.0
 
 
 class Bucket:
     """The consumer of one group and the topics it follows; :meth:`close` stops it."""
 
-    def __init__(self, kafka: KafkaConfig, group: str, handler: Handler, *, workers: int) -> None:
+    def __init__(
+        self, kafka: KafkaConfig, group: str, handler: Handler, *, workers: int, skip: Skip | None = None
+    ) -> None:
         self.group = group
         self._kafka = kafka
         self._handler = handler
+        self._skip = skip
         self._workers = workers
         self._topics: frozenset[str] = frozenset()
         self._consumer: AIOKafkaConsumer | None = None
@@ -76,21 +88,29 @@ class Bucket:
             await asyncio.sleep(RETRY_SECONDS)
 
     async def _consume(self, consumer: AIOKafkaConsumer) -> None:
+        uncommitted = False
+        next_idle_commit = 0.0
         while True:
             batches = await consumer.getmany(timeout_ms=FETCH_TIMEOUT_MS, max_records=self._workers)
-            records = [record for batch in batches.values() for record in batch]
-            if not records:
+            fetched = [record for batch in batches.values() for record in batch]
+            skip = self._skip
+            records = [r for r in fetched if not skip(r)] if skip is not None else fetched
+            uncommitted |= bool(fetched)
+            if records:
+                await self._handle_all(records)
+            if not uncommitted or (not records and time.monotonic() < next_idle_commit):
                 continue
-            results = await asyncio.gather(*(self._handler(r) for r in records), return_exceptions=True)
-            for record, result in zip(records, results, strict=True):
-                if isinstance(result, Exception):  # the handler's own bug: keep serving the others
-                    log.error(
-                        "handling a record failed",
-                        topic=record.topic,
-                        offset=record.offset,
-                        error=repr(result),
-                    )
             try:
                 await consumer.commit()
             except KafkaError as error:  # a rebalance took the partitions: they are read again
                 log.warning("offset commit failed", group=self.group, error=repr(error))
+            uncommitted = False
+            next_idle_commit = time.monotonic() + IDLE_COMMIT_SECONDS
+
+    async def _handle_all(self, records: list[ConsumerRecord[bytes, bytes]]) -> None:
+        results = await asyncio.gather(*(self._handler(r) for r in records), return_exceptions=True)
+        for record, result in zip(records, results, strict=True):
+            if isinstance(result, Exception):  # the handler's own bug: keep serving the others
+                log.error(
+                    "handling a record failed", topic=record.topic, offset=record.offset, error=repr(result)
+                )

@@ -171,12 +171,22 @@ class ModelGateway:
         for index, topics in per_bucket.items():
             if index not in self._buckets:
                 group = consumer_group(self._kafka, SUBSCRIBER_NAME, index)
-                self._buckets[index] = Bucket(self._kafka, group, self.handle, workers=self._config.workers)
+                self._buckets[index] = Bucket(
+                    self._kafka, group, self.handle, workers=self._config.workers, skip=self.audit_copy
+                )
             self._buckets[index].follow(frozenset(topics))
         for index in set(self._buckets) - set(per_bucket):
             await self._buckets.pop(index).close()
 
     # -- one message -------------------------------------------------------------------------------
+
+    def audit_copy(self, record: ConsumerRecord[bytes, bytes]) -> bool:
+        """A copy of a call the dataflow engine made itself (counted; not called again)."""
+        model = self._topics.model_of_input(record.topic)
+        if model is None or _header(list(record.headers), AUDIT_HEADER) is None:
+            return False  # handle() says what else it is
+        self.messages.labels(model, "audit_copy").inc()
+        return True
 
     async def handle(self, record: ConsumerRecord[bytes, bytes]) -> None:
         model = self._topics.model_of_input(record.topic)
