@@ -33,6 +33,9 @@ class Metrics:
         self.total = Counter(
             "seldon_pipeline_infer", "Pipeline inference requests", labels, registry=registry
         )
+        self.total_seconds = Counter(
+            "seldon_pipeline_infer_seconds", "Pipeline inference time, summed", labels, registry=registry
+        )
         self.seconds = Histogram(
             "seldon_pipeline_infer_api_seconds",
             "Pipeline inference latency",
@@ -41,8 +44,10 @@ class Metrics:
         )
 
     def observe(self, code: str, method: str, pipeline: str, started: float) -> None:
+        elapsed = time.perf_counter() - started
         self.total.labels(code, method, pipeline, "pipeline-gateway").inc()
-        self.seconds.labels(method, pipeline).observe(time.perf_counter() - started)
+        self.total_seconds.labels(code, method, pipeline, "pipeline-gateway").inc(elapsed)
+        self.seconds.labels(method, pipeline).observe(elapsed)
 
 
 def application(gateway: Gateway, metrics: Metrics) -> web.Application:
