@@ -10,6 +10,7 @@ Each test's docstring names its scenario; the sample pipelines and models are ``
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -106,21 +107,21 @@ async def sstack(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Stac
     config = stack_config(tmp_path_factory.mktemp("pipeline-scenarios") / "home", kafka=True)
     async with running_stack(config) as stack:
         for name in MODELS:
-            [request] = manifests.read_model_requests(str(SAMPLES / "models" / f"{name}.yaml"))
-            await stack.scheduler.LoadModel(request, timeout=10)
+            [model] = manifests.read_model_requests(str(SAMPLES / "models" / f"{name}.yaml"))
+            await stack.scheduler.LoadModel(model, timeout=10)
         for name in MODELS:
             await stack.wait_state(name, "ModelAvailable", timeout=120)
-        requests = [
+        pipelines = [
             r
             for f in SAMPLE_PIPELINES
             for r in manifests.read_pipeline_requests(str(SAMPLES / "pipelines" / f))
         ]
         for text in OWN_PIPELINES:
-            requests += manifests.parse_pipeline_requests(text, source="test")
-        for request in requests:
-            await stack.scheduler.LoadPipeline(request, timeout=10)
-        for request in requests:
-            await wait_ready(stack, request.pipeline.name, timeout=120)
+            pipelines += manifests.parse_pipeline_requests(text, source="test")
+        for pipeline in pipelines:
+            await stack.scheduler.LoadPipeline(pipeline, timeout=10)
+        for pipeline in pipelines:
+            await wait_ready(stack, pipeline.pipeline.name, timeout=120)
         yield stack
 
 
@@ -324,11 +325,21 @@ async def test_grpc_readiness_follows_the_step_models_and_the_pipeline_lifecycle
         await answers(True)
         status, body, _ = await post(sstack, "/v2/pipelines/rdy/infer", {"inputs": II})
         assert status == 200 and answer(body) == [("OUTPUT0", D), ("OUTPUT1", D)], body
+        # A step model unloaded: modelsReady goes (null in the CLI's JSON), ModelReady says false.
+        reference = scheduler_pb2.ModelReference(name="rdy2")
+        await sstack.scheduler.UnloadModel(scheduler_pb2.UnloadModelRequest(model=reference), timeout=10)
+        await answers(False)
+        state = await pipeline_state(sstack, "rdy")
+        assert state is not None and not state.modelsReady, state
     finally:
-        await sstack.scheduler.UnloadPipeline(scheduler_pb2.UnloadPipelineRequest(name="rdy"), timeout=10)
+        with contextlib.suppress(grpc.aio.AioRpcError):  # whatever is still loaded goes
+            await sstack.scheduler.UnloadPipeline(scheduler_pb2.UnloadPipelineRequest(name="rdy"), timeout=10)
         for name in ("rdy1", "rdy2"):
             reference = scheduler_pb2.ModelReference(name=name)
-            await sstack.scheduler.UnloadModel(scheduler_pb2.UnloadModelRequest(model=reference), timeout=10)
+            with contextlib.suppress(grpc.aio.AioRpcError):
+                await sstack.scheduler.UnloadModel(
+                    scheduler_pb2.UnloadModelRequest(model=reference), timeout=10
+                )
 
 
 # --- 13, 14, 31: requests that end without an answer ---
