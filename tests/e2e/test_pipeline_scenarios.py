@@ -193,8 +193,12 @@ def branch_input(choice: int) -> list[dict[str, Any]]:
 # --- 36: metrics ---
 
 
-async def pipeline_samples(stack: Stack, family: str) -> list[tuple[str, dict[str, str], float]]:
-    async with stack.http.get(f"http://127.0.0.1:{stack.config.engine_port}/metrics") as response:
+async def pipeline_samples(
+    stack: Stack, family: str, port: int | None = None
+) -> list[tuple[str, dict[str, str], float]]:
+    """The samples of one metric family on the engine's ``/metrics`` (or that of ``port``)."""
+    port = port or stack.config.engine_port
+    async with stack.http.get(f"http://127.0.0.1:{port}/metrics") as response:
         assert response.status == 200
         text = await response.text()
     return [
@@ -477,7 +481,7 @@ async def test_the_version_header_is_the_status_pipeline_version(sstack: Stack) 
 
 async def test_a_mirrored_pipeline_computes_its_own_answer_on_its_topic(sstack: Stack) -> None:
     """Scenario 34: addmul10-mirror answers pipeline-add10's [11..14]; pipeline-mul10's output
-    message for the same key decodes to [10..40]."""
+    message for the same key decodes to [10..40], and mul10's infer counter goes up."""
     await start_active(
         sstack,
         experiment(
@@ -487,7 +491,13 @@ async def test_a_mirrored_pipeline_computes_its_own_answer_on_its_topic(sstack: 
             mirror=("pipeline-mul10", 100),
         ),
     )
+
+    async def mul10_calls() -> float:
+        samples = await pipeline_samples(sstack, "seldon_model_infer", sstack.config.agent_metrics_port)
+        return sum(v for n, labels, v in samples if n.endswith("_total") and labels["model"] == "mul10")
+
     try:
+        before = await mul10_calls()
         inputs = [tensor("INPUT", "FP32", [4], FOUR)]
         status, body, _ = await post(
             sstack, "/v2/pipelines/pipeline-add10/infer", {"inputs": inputs}, **{"x-request-id": "mirror-34"}
@@ -498,6 +508,11 @@ async def test_a_mirrored_pipeline_computes_its_own_answer_on_its_topic(sstack: 
         assert grpc_answer(pb.ModelInferResponse.FromString(message.value)) == [("OUTPUT", [10, 20, 30, 40])]
         model = await kafka.read("seldon.default.model.mul10.outputs", b"mirror-34")
         assert grpc_answer(pb.ModelInferResponse.FromString(model.value)) == [("OUTPUT", [10, 20, 30, 40])]
+
+        async def counted() -> bool:  # the agent caches MLServer's counters for 1 s
+            return await mul10_calls() >= before + 1
+
+        await eventually(counted, timeout=10, what="mul10's infer counter to go up")
     finally:
         await stop(sstack, "addmul10-mirror")
 
