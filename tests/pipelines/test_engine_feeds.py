@@ -57,3 +57,20 @@ async def test_a_feed_that_closes_promptly_is_awaited() -> None:
     assert closing.is_set() and not engine._stopping and runner.unloaded == ["p"]
     await engine.stop("unknown", clean=False)  # nothing running: nothing to wait for
     await engine.close()
+
+
+async def test_a_feed_failing_as_it_closes_is_logged_not_raised(capsys: pytest.CaptureFixture[str]) -> None:
+    runner = Unloads()
+    engine = Engine(cast(Any, runner), cast(Any, None), cast(Any, None), pending_seconds=1.0)
+
+    async def feed() -> None:
+        try:
+            await asyncio.Event().wait()
+        finally:
+            raise RuntimeError("consumer close failed")
+
+    engine._feeds["p"] = asyncio.create_task(feed())
+    await asyncio.sleep(0)
+    await engine.stop("p", clean=False)
+    assert runner.unloaded == ["p"]
+    assert "consumer close failed" in capsys.readouterr().out
