@@ -136,8 +136,8 @@ _TYPED = {
 _RAW = {"INT32": "<i4", "INT64": "<i8", "FP32": "<f4"}
 
 
-def grpc_request(inputs: list[dict[str, Any]], **fields: Any) -> pb.ModelInferRequest:
-    request = pb.ModelInferRequest(**fields)
+def grpc_request(inputs: list[dict[str, Any]]) -> pb.ModelInferRequest:
+    request = pb.ModelInferRequest()
     for t in inputs:
         added = request.inputs.add(name=t["name"], datatype=t["datatype"], shape=t["shape"])
         data = [str(v).encode() for v in t["data"]] if t["datatype"] == "BYTES" else t["data"]
@@ -146,17 +146,24 @@ def grpc_request(inputs: list[dict[str, Any]], **fields: Any) -> pb.ModelInferRe
 
 
 def grpc_answer(response: pb.ModelInferResponse) -> list[tuple[str, list[Any]]]:
-    """(name, flat values) per output, from typed contents or ``raw_output_contents``."""
+    """(name, flat values) per output, from typed contents or ``raw_output_contents`` (the
+    reference allows either, §6.3); BYTES as text."""
     found = []
     for index, out in enumerate(response.outputs):
-        if response.raw_output_contents:
-            raw = response.raw_output_contents[index]
-            values = np.frombuffer(raw, dtype=_RAW[out.datatype]).tolist() if out.datatype in _RAW else [raw]
-        else:
+        if not response.raw_output_contents:
             values = list(getattr(out.contents, _TYPED[out.datatype]))
-        if out.datatype == "BYTES" and not response.raw_output_contents:
-            values = [v.decode() for v in values]
-        found.append((out.name, values))
+            found.append((out.name, [v.decode() for v in values] if out.datatype == "BYTES" else values))
+            continue
+        raw = response.raw_output_contents[index]
+        if out.datatype in _RAW:
+            found.append((out.name, np.frombuffer(raw, dtype=_RAW[out.datatype]).tolist()))
+            continue
+        texts, at = [], 0
+        while at < len(raw):  # BYTES: each element is a 4-byte little-endian length, then the bytes
+            size = int.from_bytes(raw[at : at + 4], "little")
+            texts.append(raw[at + 4 : at + 4 + size].decode())
+            at += 4 + size
+        found.append((out.name, texts))
     return found
 
 
