@@ -42,14 +42,16 @@ class Metrics:
         self.total = Counter(
             "seldon_pipeline_infer", "Pipeline inference requests", labels, registry=registry
         )
+        self.total_seconds = Counter(
+            "seldon_pipeline_infer_seconds", "Pipeline inference time, summed", labels, registry=registry
+        )
         self.seconds = Histogram(
             "seldon_pipeline_infer_api_seconds",
             "Pipeline inference latency",
             ["method_type", "pipeline"],
             registry=registry,
         )
-
-        self._children: dict[tuple[str, str, str], tuple[Callable[[], None], Callable[[float], None]]] = {}
+        self._children: dict[tuple[str, str, str], Callable[[float], None]] = {}
 
     def observe(self, code: str, method: str, pipeline: str, started: float) -> None:
         key = (code, method, pipeline)
@@ -58,9 +60,16 @@ class Metrics:
             if len(self._children) >= MAX_METRIC_CHILDREN:
                 self._children.clear()
             total = self.total.labels(code, method, pipeline, "pipeline-gateway")
-            child = self._children[key] = (total.inc, self.seconds.labels(method, pipeline).observe)
-        child[0]()
-        child[1](time.perf_counter() - started)
+            total_seconds = self.total_seconds.labels(code, method, pipeline, "pipeline-gateway")
+            histogram = self.seconds.labels(method, pipeline)
+
+            def record(elapsed: float) -> None:
+                total.inc()
+                total_seconds.inc(elapsed)
+                histogram.observe(elapsed)
+
+            child = self._children[key] = record
+        child(time.perf_counter() - started)
 
 
 def application(gateway: Gateway, metrics: Metrics) -> web.Application:

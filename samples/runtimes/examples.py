@@ -68,6 +68,18 @@ def add_sub(model: str, inputs: Sequence[TensorLike]) -> list[Output]:
         return [("OUTPUT0", "INT32", a + b), ("OUTPUT1", "INT32", a - b)]
 
 
+def requested(model: str, outputs: list[Output], names: Sequence[str]) -> list[Output]:
+    """Only the outputs named in the request's ``outputs`` (all when it names none), in the model's
+    order, as Triton answers; an unknown name is the caller's error (seldon-pipelines.md §6.4)."""
+    if not names:
+        return outputs
+    known = [name for name, _, _ in outputs]
+    unknown = sorted(set(names) - set(known))
+    if unknown:
+        raise InvalidTensor(f"model {model}: no output named {', '.join(unknown)}; it has {', '.join(known)}")
+    return [out for out in outputs if out[0] in names]
+
+
 def add10(model: str, inputs: Sequence[TensorLike]) -> list[Output]:
     x = inputs_by_name(model, inputs, ARITH_INPUTS)["INPUT"]
     with np.errstate(over="ignore"):  # FP32 overflow becomes inf, as in Triton

@@ -62,6 +62,15 @@ def test_the_reference_answers() -> None:
     assert (counted.tolist(), str(counted.dtype), flag) == ([10], "int32", "stop")
 
 
+def test_requested_outputs_keep_only_those_named_as_triton_does() -> None:
+    outputs = examples.add_sub("m", pair(I, I))
+    assert examples.requested("m", outputs, []) == outputs
+    assert [name for name, _, _ in examples.requested("m", outputs, ["OUTPUT1"])] == ["OUTPUT1"]
+    both = examples.requested("m", outputs, ["OUTPUT1", "OUTPUT0"])
+    assert [name for name, _, _ in both] == ["OUTPUT0", "OUTPUT1"]  # the model's order
+    refused("no output named OUTPUT9; it has OUTPUT0, OUTPUT1", examples.requested, outputs, ["OUTPUT9"])
+
+
 def test_tfsimple_wraps_on_int32_overflow_as_triton_does() -> None:
     answer = plain(examples.add_sub("m", pair([INT32.max] * 16, [1] * 16)))
     assert answer[0][3] == [INT32.min] * 16 and answer[1][3] == [INT32.max - 1] * 16
