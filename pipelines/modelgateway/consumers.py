@@ -9,12 +9,19 @@ written (to an output or the errors topic). A record whose result could not be w
 record is answered at least once: a replica killed mid-batch leaves its uncommitted records to the
 member that gets the partition next, which may answer some of them a second time. At most
 ``workers`` model calls are in flight per bucket; a slow call holds back its batch's commit.
+
+Records the ``skip`` predicate names (the dataflow engine's audit copies of calls it made itself:
+most of what a model's input topic carries under synchronous pipeline traffic) are passed over
+without a task each, and a fetch of nothing else commits at most every
+:data:`IDLE_COMMIT_SECONDS`: reading them again after a restart is harmless, a commit per audit
+burst is not free (for this process and for the broker).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Awaitable, Callable
 
 import structlog
@@ -29,8 +36,10 @@ from pipelines.modelgateway.assignment import RingAssignor
 log = structlog.get_logger("meshserve.pipelines.modelgateway")
 
 Handler = Callable[[ConsumerRecord[bytes, bytes]], Awaitable[None]]
+Skip = Callable[[ConsumerRecord[bytes, bytes]], bool]
 Owned = Callable[[str, frozenset[TopicPartition]], None]  # group, partitions it reads now
 FETCH_TIMEOUT_MS = 500
+IDLE_COMMIT_SECONDS = 1.0
 RETRY_SECONDS = 1.0
 
 
@@ -50,10 +59,12 @@ class Bucket:
         workers: int,
         replica: str,
         owned: Owned | None = None,
+        skip: Skip | None = None,
     ) -> None:
         self.group = group
         self._kafka = kafka
         self._handler = handler
+        self._skip = skip
         self._workers = workers
         self._assignor = RingAssignor(replica)
         self._owned = owned
@@ -107,14 +118,26 @@ class Bucket:
             await asyncio.sleep(RETRY_SECONDS)
 
     async def _consume(self, consumer: AIOKafkaConsumer) -> None:
+        pending: dict[TopicPartition, int] = {}  # per partition, the offset to commit next
+        next_idle_commit = 0.0
         while True:
             batches = await consumer.getmany(timeout_ms=FETCH_TIMEOUT_MS, max_records=self._workers)
-            records = [record for batch in batches.values() for record in batch]
-            if not records:
+            fetched = [record for batch in batches.values() for record in batch]
+            skip = self._skip
+            records = [r for r in fetched if not skip(r)] if skip is not None else fetched
+            for record in fetched:
+                partition = TopicPartition(record.topic, record.partition)
+                pending[partition] = max(pending.get(partition, 0), record.offset + 1)
+            unwritten: dict[TopicPartition, int] = {}
+            if records:
+                results = await asyncio.gather(*(self._handler(r) for r in records), return_exceptions=True)
+                unwritten = _first_unwritten(records, results)
+                pending.update(unwritten)  # up to, not including, the first record to read again
+            if not pending or (not records and time.monotonic() < next_idle_commit):
                 continue
-            results = await asyncio.gather(*(self._handler(r) for r in records), return_exceptions=True)
-            unwritten = _first_unwritten(records, results)
-            await self._commit(consumer, records, unwritten)
+            await self._commit(consumer, pending)
+            pending = {}
+            next_idle_commit = time.monotonic() + IDLE_COMMIT_SECONDS
             assigned = consumer.assignment()
             for partition, offset in unwritten.items():
                 if partition in assigned:  # else a rebalance gave it away: its new reader reads it
@@ -122,17 +145,7 @@ class Bucket:
             if unwritten:
                 await asyncio.sleep(RETRY_SECONDS)
 
-    async def _commit(
-        self,
-        consumer: AIOKafkaConsumer,
-        records: list[ConsumerRecord[bytes, bytes]],
-        unwritten: dict[TopicPartition, int],
-    ) -> None:
-        offsets: dict[TopicPartition, int] = {}
-        for record in records:
-            partition = TopicPartition(record.topic, record.partition)
-            offsets[partition] = max(offsets.get(partition, 0), record.offset + 1)
-        offsets.update(unwritten)  # up to, not including, the first record to read again
+    async def _commit(self, consumer: AIOKafkaConsumer, offsets: dict[TopicPartition, int]) -> None:
         try:
             await consumer.commit({p: OffsetAndMetadata(o, "") for p, o in offsets.items()})
         except KafkaError as error:  # a rebalance took the partitions: their new reader reads them again

@@ -175,6 +175,7 @@ class ModelGateway:
                     workers=self._config.workers,
                     replica=self._config.name,
                     owned=self._record_owned,
+                    skip=self.audit_copy,
                 )
             self._buckets[index].follow(frozenset(topics))
         for index in set(self._buckets) - set(per_bucket):
@@ -198,6 +199,14 @@ class ModelGateway:
             log.info("partitions read here", group=group, models=sorted(per_model))
 
     # -- one message -------------------------------------------------------------------------------
+
+    def audit_copy(self, record: ConsumerRecord[bytes, bytes]) -> bool:
+        """A copy of a call the dataflow engine made itself (counted; not called again)."""
+        model = self._topics.model_of_input(record.topic)
+        if model is None or _header(list(record.headers), AUDIT_HEADER) is None:
+            return False  # handle() says what else it is
+        self.messages.labels(model, "audit_copy").inc()
+        return True
 
     async def handle(self, record: ConsumerRecord[bytes, bytes]) -> None:
         model = self._topics.model_of_input(record.topic)

@@ -11,7 +11,8 @@ as the reference's models declare them (seldon-pipelines.md §4.2, §4.5, §4.9,
   when CHOICE is 0, only ``OUTPUT1 = INPUT1`` otherwise;
 * counter: one INT32/INT64 tensor of any name holding one value -> the value + 1 and the flag
   ``continue`` (below 10) or ``stop``;
-* choice query: the rows of one integer tensor equal to a value (``<tensor> == <integer>``).
+* choice query: the rows of one integer tensor equal to a value (``<tensor> == <integer>``);
+* occlusion explainer: how far a model's outputs move when each input element is zeroed.
 """
 
 from __future__ import annotations
@@ -65,6 +66,18 @@ def add_sub(model: str, inputs: Sequence[TensorLike]) -> list[Output]:
         )
     with np.errstate(over="ignore"):  # int32 arithmetic wraps, as Triton's does
         return [("OUTPUT0", "INT32", a + b), ("OUTPUT1", "INT32", a - b)]
+
+
+def requested(model: str, outputs: list[Output], names: Sequence[str]) -> list[Output]:
+    """Only the outputs named in the request's ``outputs`` (all when it names none), in the model's
+    order, as Triton answers; an unknown name is the caller's error (seldon-pipelines.md §6.4)."""
+    if not names:
+        return outputs
+    known = [name for name, _, _ in outputs]
+    unknown = sorted(set(names) - set(known))
+    if unknown:
+        raise InvalidTensor(f"model {model}: no output named {', '.join(unknown)}; it has {', '.join(known)}")
+    return [out for out in outputs if out[0] in names]
 
 
 def add10(model: str, inputs: Sequence[TensorLike]) -> list[Output]:
@@ -165,3 +178,18 @@ class Query:
         rows = decode(model, tensor).reshape(-1)
         kept = rows[rows == self.value]
         return (tensor.name, datatype, kept) if kept.size else None
+
+
+def occluded(x: np.ndarray) -> list[np.ndarray]:
+    """``x`` with each element in turn set to zero."""
+    variants = []
+    for i in range(x.size):
+        variant = x.copy().reshape(-1)
+        variant[i] = 0
+        variants.append(variant.reshape(x.shape))
+    return variants
+
+
+def importances(baseline: np.ndarray, answers: list[np.ndarray], shape: tuple[int, ...]) -> np.ndarray:
+    moved = [float(np.abs(answer - baseline).sum()) for answer in answers]
+    return np.asarray(moved, dtype=np.float32).reshape(shape)
