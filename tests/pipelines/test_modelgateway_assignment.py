@@ -12,7 +12,7 @@ from aiokafka.structs import OffsetAndMetadata
 from apis.hash_ring import ring_order
 from apis.kafka import KafkaConfig
 from pipelines.modelgateway.assignment import ASSIGNOR_NAME, Member, RingAssignor, Split, split
-from pipelines.modelgateway.consumers import Bucket, NotWritten
+from pipelines.modelgateway.consumers import Bucket, NotWritten, _Listener
 
 TOPICS = {f"seldon.default.model.m{i}.inputs": 1 for i in range(300)}
 
@@ -184,3 +184,21 @@ async def test_a_partition_given_away_mid_batch_is_not_sought_its_new_reader_rea
     with pytest.raises(Done):
         await bucket._consume(consumer)
     assert consumer.commits == [{TopicPartition("t", 0): OffsetAndMetadata(5, "")}] and consumer.seeks == []
+
+
+async def test_each_rebalance_reports_the_partitions_read_here() -> None:
+    reports: list[tuple[str, frozenset[TopicPartition]]] = []
+
+    def owned(group: str, partitions: frozenset[TopicPartition]) -> None:
+        reports.append((group, partitions))
+
+    bucket = Bucket(KafkaConfig(("k:1",)), "g", handler_never, workers=1, replica="gw-a", owned=owned)
+    listener = _Listener(bucket._report, FakeConsumer([], assigned={1}))
+    await listener.on_partitions_revoked(set())
+    await listener.on_partitions_assigned(set())
+    await bucket.close()  # never started: reports nothing read
+    assert reports == [("g", frozenset()), ("g", frozenset({TopicPartition("t", 1)})), ("g", frozenset())]
+
+
+async def handler_never(r: ConsumerRecord[bytes, bytes]) -> None:
+    raise AssertionError("no record expected")
