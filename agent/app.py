@@ -39,7 +39,7 @@ async def run_agent(
     """
     log = logger or get_logger()
     state = ReplicaState(memory_bytes=config.memory_bytes, overcommit_percentage=config.overcommit_percentage)
-    repository = LocalRepository(config.models_dir, policy=config.fetch_policy)
+    repository = LocalRepository(config.models_dir, policy=config.fetch_policy, envoy_url=config.envoy_url)
     async with (
         served_metrics(
             CollectorRegistry(),

@@ -90,6 +90,11 @@ class AgentConfig:
         metadata=flag("where Envoy (and the agent) reach MLServer; sent as ReplicaConfig.inferenceSvc"),
     )
     inference_http_port: int = field(default=8080, metadata=flag("MLServer's HTTP port"))
+    envoy_host: str = field(
+        default="127.0.0.1",
+        metadata=flag("where explainer and LLM models reach Envoy (their infer_uri, SELDON_ENVOY_HOST)"),
+    )
+    envoy_port: int = field(default=9000, metadata=flag("Envoy's data-plane port for that infer_uri"))
     inference_grpc_port: int = field(default=9500, metadata=flag("MLServer's gRPC port"))
     inference_metrics_port: int = field(
         default=8082, metadata=flag("MLServer's metrics port (its inference counters; docs/metrics.md)")
@@ -217,6 +222,10 @@ class AgentConfig:
     @property
     def scheduler_address(self) -> str:
         return f"{self.scheduler_host}:{self.scheduler_port}"
+
+    @property
+    def envoy_url(self) -> str:
+        return f"http://{self.envoy_host}:{self.envoy_port}"
 
     @property
     def mlserver_url(self) -> str:

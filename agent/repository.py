@@ -23,7 +23,7 @@ from google.protobuf.message import DecodeError
 
 from agent.artifacts import FetchPolicy, fetch_artifact
 from agent.errors import AgentError, ArtifactError
-from agent.settings import write_model_settings
+from agent.settings import callback_extra, write_model_settings
 from agent.state import versioned_name
 from apis.mlops.agent import agent_pb2
 
@@ -37,8 +37,11 @@ class NotOwned(AgentError):
 
 
 class LocalRepository:
-    def __init__(self, root: Path, *, policy: FetchPolicy | None = None) -> None:
+    def __init__(
+        self, root: Path, *, policy: FetchPolicy | None = None, envoy_url: str = "http://127.0.0.1:9000"
+    ) -> None:
         self.root = root
+        self._envoy_url = envoy_url  # where explainers and LLMs send their own requests
         self._policy = policy if policy is not None else FetchPolicy(models_dir=root)
         self._owned = False
 
@@ -86,13 +89,15 @@ class LocalRepository:
             artifact_version = spec.artifactVersion if spec.HasField("artifactVersion") else None
             await fetch_artifact(spec.uri, staging, policy=self._policy, artifact_version=artifact_version)
             extra: Mapping[str, str] = {parameter.name: parameter.value for parameter in spec.parameters}
+            callback = callback_extra(spec, self._envoy_url)
             await asyncio.to_thread(
                 write_model_settings,
                 staging,
                 versioned_name=name,
                 version=model_version.version,
                 requirements=list(spec.requirements),
-                extra=extra,
+                extra={**extra, **callback},
+                callback=bool(callback),
             )
             await asyncio.to_thread(staging.rename, final)
         except OSError as exc:

@@ -11,6 +11,8 @@ from typing import Any
 
 from agent.artifacts import MODEL_SETTINGS
 from agent.errors import ModelSettingsError
+from apis.mlops.scheduler import scheduler_pb2
+from apis.validation import InvalidResource, validate_name
 
 Settings = dict[str, Any]
 
@@ -88,12 +90,42 @@ def generate_settings(folder: Path, requirements: Iterable[str]) -> Settings:
     )
 
 
+def callback_extra(spec: scheduler_pb2.ModelSpec, envoy_url: str) -> dict[str, str]:
+    """``parameters.extra`` for a model that calls another through Envoy, as Seldon's agent writes it.
+
+    An explainer (or an LLM) with a ``modelRef``/``pipelineRef`` is a black box around that model or
+    pipeline: its runtime sends its own inference requests to ``infer_uri``, which goes through
+    Envoy like any caller's (routing, experiments). Empty for every other model."""
+    which = spec.WhichOneof("model_spec")
+    if which is None:
+        return {}
+    refs: scheduler_pb2.ExplainerSpec | scheduler_pb2.LlmSpec = getattr(spec, which)
+    extra: dict[str, str] = {}
+    try:
+        if refs.HasField("pipelineRef"):
+            extra["infer_uri"] = (
+                f"{envoy_url}/v2/pipelines/{validate_name(refs.pipelineRef, kind='pipeline')}/infer"
+            )
+        elif refs.HasField("modelRef"):
+            extra["infer_uri"] = f"{envoy_url}/v2/models/{validate_name(refs.modelRef)}/infer"
+    except InvalidResource as exc:
+        raise ModelSettingsError(f"{which}: {exc}") from exc
+    if isinstance(refs, scheduler_pb2.ExplainerSpec):
+        extra["explainer_type"] = refs.type
+    return extra
+
+
 def rewrite_settings(
-    settings: Settings, *, versioned_name: str, version: int, extra: Mapping[str, str]
+    settings: Settings, *, versioned_name: str, version: int, extra: Mapping[str, str], callback: bool = False
 ) -> Settings:
-    """Serve under ``<model>_<version>``, tag the scheduler version and add ModelSpec.parameters."""
+    """Serve under ``<model>_<version>``, tag the scheduler version and add ModelSpec.parameters.
+
+    ``callback`` (an explainer or LLM calling through Envoy) runs the model in MLServer's own process
+    (``parallel_workers: 0``), as Seldon's agent sets it: its requests leave the server while it waits."""
     rewritten = dict(settings)
     rewritten["name"] = versioned_name
+    if callback:
+        rewritten["parallel_workers"] = 0
     parameters = rewritten.get("parameters") or {}
     if not isinstance(parameters, dict):
         raise ModelSettingsError(f"{MODEL_SETTINGS}: 'parameters' must be an object")
@@ -115,6 +147,7 @@ def write_model_settings(
     version: int,
     requirements: Iterable[str],
     extra: Mapping[str, str],
+    callback: bool = False,
 ) -> Settings:
     """Read (or generate) and rewrite ``folder/model-settings.json``; blocking, run it in a thread."""
     path = folder / MODEL_SETTINGS
@@ -127,7 +160,9 @@ def write_model_settings(
             raise ModelSettingsError(f"the artifact's {MODEL_SETTINGS} is not a JSON object")
     else:
         settings = generate_settings(folder, requirements)
-    settings = rewrite_settings(settings, versioned_name=versioned_name, version=version, extra=extra)
+    settings = rewrite_settings(
+        settings, versioned_name=versioned_name, version=version, extra=extra, callback=callback
+    )
     try:
         path.write_text(json.dumps(settings, indent=2))
     except OSError as exc:

@@ -35,7 +35,7 @@ from typing import Any
 import yaml
 
 from apis.limits import KIB, MIB
-from apis.settings import flag, non_negative_int
+from apis.settings import flag, int_within, non_negative_int
 from apis.validation import InvalidResource, validate_name
 
 # -- header names (seldon-pipelines.md §5.3, seldon-reference-implementation.md §7.1) --------------
@@ -100,18 +100,9 @@ class SaslMechanism(StrEnum):
     SCRAM_SHA_512 = "SCRAM-SHA-512"
 
 
-def _ms(text: str) -> int:
-    value = int(text)
-    if not 0 <= value <= MAX_MILLISECONDS:
-        raise ValueError(f"{value} is outside 0..{MAX_MILLISECONDS}")
-    return value
-
-
-def _bytes(text: str) -> int:
-    value = int(text)
-    if not KIB <= value <= MAX_MESSAGE_BYTES:
-        raise ValueError(f"{value} is outside {KIB}..{MAX_MESSAGE_BYTES}")
-    return value
+# Durations in milliseconds and sizes in bytes, bounded (errors read "... is not within LOW..HIGH").
+_ms = int_within(0, MAX_MILLISECONDS)
+_bytes = int_within(KIB, MAX_MESSAGE_BYTES)
 
 
 def _one_of(*choices: str) -> Any:

@@ -24,6 +24,8 @@ FIGURES = (
     "tls",
     "overcommit",
     "pipelines",
+    "pipeline-idle",
+    "dataplane-pipelines",
     "lag-reporting",
 )
 
@@ -61,6 +63,12 @@ async def _figure(name: str, work: Path, quick: bool) -> list[report.Section]:
         from bench import pipelines
 
         return [await pipelines.run(work, quick)]
+    if name in ("pipeline-idle", "dataplane-pipelines"):
+        from bench import pipeline_side
+
+        if name == "pipeline-idle":
+            return [await pipeline_side.run_idle(work, quick)]
+        return [await pipeline_side.run_dataplane(work, quick)]
     if name == "lag-reporting":
         from bench import lag_reporting
 

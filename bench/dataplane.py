@@ -21,7 +21,7 @@ from apis.mlops.scheduler import scheduler_pb2, scheduler_pb2_grpc
 from apis.v2_dataplane import v2_dataplane_pb2_grpc
 from bench import envoys, loadgen, payloads
 from bench.loadgen import Result, median
-from bench.mesh import bench_config, start_mesh
+from bench.mesh import Mesh, bench_config, start_mesh
 from bench.procs import Process, Processes, processes, wait_for
 from bench.report import Goal, Section, Table
 from samples import train
@@ -124,6 +124,13 @@ async def _start(group: Processes, work: Path) -> tuple[list[Target], Target]:
     async with grpc.aio.insecure_channel(mesh.scheduler_address) as channel:
         stub = scheduler_pb2_grpc.SchedulerStub(channel)
         await stub.LoadModel(scheduler_pb2.LoadModelRequest(model=payloads.model("iris")), timeout=10)
+    return await start_static(group, work, mesh)
+
+
+async def start_static(group: Processes, work: Path, mesh: Mesh) -> tuple[list[Target], Target]:
+    """Once iris (loaded already) routes through ``mesh``: the static and direct_response Envoys, and
+    the targets (MLServer direct, static Envoy, meshserve) plus the generator-ceiling one."""
+    config = mesh.config
     async with aiohttp.ClientSession() as session:
 
         async def routed() -> bool:

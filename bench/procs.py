@@ -75,6 +75,19 @@ class Processes:
         self.started.append(process)
         return process
 
+    def stop(self, process: Process) -> None:
+        """End one process (its process group, by id; killed after 15 s) and forget it."""
+        if process.popen.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.popen.wait(15)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            process.popen.wait()
+        self.started.remove(process)
+
     def stop_all(self) -> None:
         for process in reversed(self.started):
             if process.popen.poll() is None:

@@ -94,8 +94,12 @@ def producer(config: KafkaConfig) -> AIOKafkaProducer:
     return AIOKafkaProducer(**producer_options(config))
 
 
-def consumer(config: KafkaConfig, group_id: str) -> AIOKafkaConsumer:
-    return AIOKafkaConsumer(**consumer_options(config, group_id))
+def consumer(config: KafkaConfig, group_id: str, assignor: object | None = None) -> AIOKafkaConsumer:
+    """A group member; ``assignor`` (aiokafka's assignor interface) replaces round-robin."""
+    options = consumer_options(config, group_id)
+    if assignor is not None:
+        options["partition_assignment_strategy"] = (assignor,)
+    return AIOKafkaConsumer(**options)
 
 
 def admin(config: KafkaConfig) -> AIOKafkaAdminClient:

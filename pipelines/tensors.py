@@ -14,6 +14,7 @@ tensor and what is wrong (datatype, shape, element count), before any step runs.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
@@ -39,6 +40,7 @@ DATATYPES = frozenset(
 # A tensor name travels in Kafka messages, tensorMap values and error messages.
 MAX_TENSOR_NAME_LENGTH = 256
 MAX_DIMENSIONS = 32
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 class InvalidTensor(ValueError):
@@ -85,7 +87,7 @@ class Tensor:
         data = value.get("data")
         if not isinstance(data, list):
             raise InvalidTensor(f"tensor {name}: data must be a list, got {type(data).__name__}")
-        count = _element_count(data)
+        count = len(data) if list not in map(type, data) else _element_count(data)  # flat: no walk
         if count != math.prod(shape):
             raise InvalidTensor(
                 f"tensor {name}: shape {shape} holds {math.prod(shape)} elements but data has {count}"
@@ -133,7 +135,7 @@ def check_tensor_name(name: str) -> str:
         raise InvalidTensor(
             f"tensor name is {len(name)} characters long; the limit is {MAX_TENSOR_NAME_LENGTH}"
         )
-    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in name):
+    if _CONTROL.search(name):
         raise InvalidTensor(f"tensor name {name[:40]!r} contains a control character")
     return name
 

@@ -19,11 +19,11 @@ from __future__ import annotations
 
 import time
 
+from apis.hash_ring import ring_order
 from apis.mlops.chainer import chainer_pb2
 from apis.routing import WEIGHT_SCALE, Endpoint, Route, Split
 from pipelines.model import Pipeline
 from scheduler.dataflow import CREATE, DELETE, DataflowEngines, EngineSession, Update
-from scheduler.policies.spread_hash import ring_order
 
 MAX_REPLICAS = 16  # engines one pipeline may run on at once
 

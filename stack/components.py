@@ -293,6 +293,8 @@ def server_replica(
                 f"--reload-grpc-port={ports.reload_grpc}",
                 f"--debug-port={ports.agent_debug}",
                 f"--envoy-admin-urls={envoy_admin_url(config)}",
+                f"--envoy-host={host}",
+                f"--envoy-port={config.http_port}",
                 f"--memory-bytes={spec.memory_bytes}",
                 f"--capabilities={spec.capabilities}",
                 f"--overcommit-percentage={spec.overcommit_percent}",

@@ -8,24 +8,17 @@ endpoint, in one event loop.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import signal
-import sys
-from collections.abc import Callable
 
 import grpc
 import structlog
 from aiohttp import web
-from aiokafka.errors import KafkaError
 from prometheus_client import CollectorRegistry
 
-from apis.exits import FATAL_CONFIG
-from apis.kafka import KafkaConfig, KafkaConfigError
+from apis.kafka import KafkaConfig
 from apis.limits import GRPC_RECEIVE_LIMIT
-from apis.logs import configure_logging
 from apis.metrics_server import MetricsServer
 from apis.v2_dataplane import v2_dataplane_pb2_grpc
-from pipelines import kafka_clients
+from pipelines import kafka_clients, service
 from pipelines.engine.audit import TopicWriter
 from pipelines.engine.config import EngineConfig, parse_config
 from pipelines.engine.control import ChainerFollower, StatusFollower
@@ -67,12 +60,12 @@ async def run(config: EngineConfig, kafka: KafkaConfig) -> None:
         registry, host=config.host, port=config.health_port, ready=lambda: chainer.connected
     )
     try:
-        await _connect(admin, producer, kafka)
+        await service.connect([admin, producer], kafka, KAFKA_RETRY_SECONDS)
         await http.setup()
         site = web.TCPSite(http, config.host, config.http_port)
         await site.start()
         await grpc_server.start()
-        http_port = _bound_port(site, config.http_port)
+        http_port = _bound_port(http, config.http_port)
         chainer.register_gateway(config.advertise_host or config.host, http_port, grpc_port)
         async with health, asyncio.TaskGroup() as tasks:
             log.info(
@@ -95,60 +88,16 @@ async def run(config: EngineConfig, kafka: KafkaConfig) -> None:
         await models.close()
 
 
-def _bound_port(site: web.TCPSite, asked: int) -> int:
-    """The port a site listens on (``asked`` may be 0: any free one)."""
-    server = site._server  # aiohttp keeps the asyncio server private
-    sockets = getattr(server, "sockets", None) or ()
-    for sock in sockets:
-        return int(sock.getsockname()[1])
+def _bound_port(runner: web.AppRunner, asked: int) -> int:
+    """The port the runner's one site listens on (``asked`` may be 0: any free one)."""
+    for address in runner.addresses:  # (host, port[, flow, scope]) per listening socket
+        return int(address[1])
     return asked
-
-
-async def _connect(admin: object, producer: object, kafka: KafkaConfig) -> None:
-    from aiokafka import AIOKafkaProducer
-    from aiokafka.admin import AIOKafkaAdminClient
-
-    assert isinstance(admin, AIOKafkaAdminClient) and isinstance(producer, AIOKafkaProducer)
-    while True:
-        try:
-            await admin.start()
-            await producer.start()
-            return
-        except (KafkaError, OSError) as error:
-            log.warning("Kafka not reachable yet", error=repr(error), bootstrap=kafka.bootstrap_servers)
-            await asyncio.sleep(KAFKA_RETRY_SECONDS)
-
-
-async def _main(config: EngineConfig, kafka: KafkaConfig) -> int:
-    task = asyncio.current_task()
-    assert task is not None
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, task.cancel)
-    try:
-        await run(config, kafka)
-    except asyncio.CancelledError:
-        log.info("dataflow engine stopped")
-    except KafkaConfigError as error:
-        log.error("dataflow engine cannot start", error=str(error))
-        return FATAL_CONFIG
-    return 0
 
 
 def main() -> None:
     config, kafka = parse_config()
-    configure_logging(config.log_level)
-    with contextlib.suppress(KeyboardInterrupt), asyncio.Runner(loop_factory=_loop_factory()) as runner:
-        sys.exit(runner.run(_main(config, kafka)))
-
-
-def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
-    """uvloop's event loop when installed (its transports cost less per request), else asyncio's."""
-    try:
-        import uvloop
-    except ImportError:
-        return None
-    return uvloop.new_event_loop
+    service.serve(run, config, kafka, what="dataflow engine", fast_loop=True)
 
 
 if __name__ == "__main__":

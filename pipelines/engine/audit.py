@@ -7,11 +7,12 @@ in order, so a request's messages keep their order on each partition (same key, 
 The run never waits: when Kafka is slower than the traffic and the queue is full, a record is
 dropped, counted and logged: the answer goes out anyway (that is the trade-off the decision records).
 
-The task gathers records for :data:`GATHER_SECONDS` and hands the whole burst to the producer
-without yielding, so it leaves in one produce request rather than one each: each step of a request
-adds four records, and a produce request per record cost more CPU (engine, broker and the consumers
-it wakes) than the run itself. Acknowledged writes (:meth:`TopicWriter.write_now`, async requests)
-do not wait for a gathering.
+The task gathers records for :data:`GATHER_SECONDS` and hands the whole burst to the producer as
+one record batch per topic partition (:mod:`pipelines.engine.batches`), so it leaves in one produce
+request rather than one each: each step of a request adds four records, and a produce request per
+record cost more CPU (engine, broker and the consumers it wakes) than the run itself; so did
+``send`` per record, so a burst's batches are built without it. Acknowledged writes
+(:meth:`TopicWriter.write_now`, async requests) do not wait for a gathering.
 
 Copies of calls the engine made itself carry :data:`apis.kafka.AUDIT_HEADER`, so the model gateway
 and this engine's own input consumers do not execute them a second time.
@@ -38,6 +39,7 @@ from apis.kafka import (
     Topics,
     propagated,
 )
+from pipelines.engine.batches import Encoded, Headers, send_burst
 from pipelines.engine.codec import message_to_request, message_to_response
 from pipelines.engine.topics import topic_of
 from pipelines.references import Direction, Source
@@ -47,7 +49,6 @@ log = structlog.get_logger("meshserve.pipelines.engine")
 MAX_QUEUED = 10_000
 MAX_BURST = 1_000  # records handed to the producer at once
 GATHER_SECONDS = 0.05  # how long audit records wait to leave together (copies only, never answers)
-Headers = list[tuple[str, bytes]]
 _REQUEST = (INFER_TYPE_HEADER, str(InferType.PROTO_REQUEST).encode())
 _RESPONSE = (INFER_TYPE_HEADER, str(InferType.PROTO_RESPONSE).encode())
 
@@ -108,23 +109,19 @@ class TopicWriter:
                     await asyncio.sleep(GATHER_SECONDS)
                 while not self._queue.empty() and len(burst) < MAX_BURST:
                     burst.append(self._queue.get_nowait())
-                for record in burst:  # send() suspends only when the producer's buffer is full
-                    await self._send(producer, record)
+                encoded = [e for e in map(self._encoded, burst) if e is not None]
+                # One batch per topic partition; submitting suspends only when the producer's buffer is full.
+                with contextlib.suppress(KafkaError, OSError):  # counted and logged by _delivered
+                    await send_burst(producer, encoded, self._delivered)
         finally:
             self._producer = None
 
-    async def _send(self, producer: AIOKafkaProducer, record: Record) -> None:
+    def _encoded(self, record: Record) -> Encoded | None:
         try:
-            value = record.encoded()
+            return Encoded(record.topic, record.key, record.encoded(), record.headers)
         except InvalidTensor as error:
             self._unencodable(record, error)
-            return
-        try:
-            sent = await producer.send(record.topic, value, key=record.key, headers=record.headers)
-        except (KafkaError, OSError) as error:
-            self._failed(record.topic, error)
-            return
-        sent.add_done_callback(lambda done, topic=record.topic: self._delivered(topic, done))
+            return None
 
     async def write_now(self, topic: str, value: bytes, *, key: str, headers: Headers) -> None:
         """Written and acknowledged (async requests: the topic holds the only copy); raises KafkaError."""
@@ -161,16 +158,12 @@ class TopicWriter:
         self.records.labels("unencodable").inc()
         log.warning("a message cannot be encoded for Kafka", source=str(record.source), error=str(error))
 
-    def _delivered(self, topic: str, done: asyncio.Future[object]) -> None:
-        error = None if done.cancelled() else done.exception()
-        if done.cancelled() or error is not None:
-            self._failed(topic, error)
-        else:
-            self.records.labels("written").inc()
-
-    def _failed(self, topic: str, error: BaseException | None) -> None:
-        self.records.labels("failed").inc()
-        log.warning("an audit message could not be written", topic=topic, error=repr(error))
+    def _delivered(self, topic: str, count: int, error: BaseException | None) -> None:
+        if error is None:
+            self.records.labels("written").inc(count)
+            return
+        self.records.labels("failed").inc(count)
+        log.warning("audit messages could not be written", topic=topic, count=count, error=repr(error))
 
     async def drain(self, seconds: float) -> None:
         """Give queued records up to ``seconds`` to leave (on shutdown), polling the queue."""

@@ -127,7 +127,9 @@ def _fill(
     target.datatype = tensor.datatype
     target.shape.extend(tensor.shape)
     field, _ = _CONTENTS[tensor.datatype]
-    values = flat_data(tensor.data)
+    data = tensor.data
+    # A flat list (the usual case) goes as it is: walking it per element was most of the encoding.
+    values = data if list not in map(type, data) else flat_data(data)
     if math.prod(tensor.shape) != len(values):
         raise InvalidTensor(
             f"tensor {tensor.name}: shape {list(tensor.shape)} does not hold {len(values)} values"

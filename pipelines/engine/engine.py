@@ -6,12 +6,15 @@ the scheduler is told it runs, and starts its :class:`pipelines.engine.feed.Pipe
 version replaces the old one's compiled graph and feed. Stopping ends the feed and, with
 ``dataflow.cleanTopicsOnDelete``, deletes the pipeline's own two topics (never the model topics,
 which other pipelines and the model gateway share; §5.1).
+
+A feed is cancelled at once, but its consumer's shutdown can wait for a group join in progress (up
+to the broker's session timeout, ~10 s): after :data:`FEED_STOP_WAIT_SECONDS` it finishes in the
+background, so one pipeline's stop never holds up the scheduler's next update to this engine.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 
 import structlog
 from aiokafka.admin import AIOKafkaAdminClient
@@ -24,6 +27,7 @@ from pipelines.engine.runner import Runner
 from pipelines.model import Pipeline
 
 log = structlog.get_logger("meshserve.pipelines.engine")
+FEED_STOP_WAIT_SECONDS = 1.0
 
 
 class TopicsUnavailable(LookupError):
@@ -39,6 +43,7 @@ class Engine:
         self._admin = admin
         self._pending_seconds = pending_seconds
         self._feeds: dict[str, asyncio.Task[None]] = {}
+        self._stopping: set[asyncio.Task[None]] = set()  # cancelled feeds still closing their consumer
 
     def topics_of(self, pipeline: Pipeline) -> list[str]:
         topics = self._kafka.topics
@@ -73,11 +78,29 @@ class Engine:
 
     async def _stop_feed(self, name: str) -> None:
         task = self._feeds.pop(name, None)
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        if task is None:
+            return
+        task.cancel()
+        done, _ = await asyncio.wait([task], timeout=FEED_STOP_WAIT_SECONDS)
+        if done:
+            _retrieve(task)
+            return
+        log.info("a stopped feed is still closing its consumer; it finishes in the background", pipeline=name)
+        self._stopping.add(task)
+        task.add_done_callback(self._stopped)
+
+    def _stopped(self, task: asyncio.Task[None]) -> None:
+        self._stopping.discard(task)
+        _retrieve(task)
 
     async def close(self) -> None:
         for name in list(self._feeds):
             await self._stop_feed(name)
+        if self._stopping:
+            await asyncio.wait(list(self._stopping))
+
+
+def _retrieve(task: asyncio.Task[None]) -> None:
+    """A feed ends cancelled; anything else it raised is logged, not lost."""
+    if not task.cancelled() and (error := task.exception()) is not None:
+        log.warning("a pipeline feed failed while stopping", error=repr(error))

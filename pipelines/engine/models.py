@@ -12,19 +12,21 @@ the caller's data was at fault (4xx), the model is not there (no route, not load
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Mapping
 from enum import StrEnum
 
 import aiohttp
+from yarl import URL
 
 from apis.kafka import propagated
 from apis.names import MODEL_HEADER, ROUTE_HEADER
+from pipelines.json_body import dumps, loads
 from pipelines.tensors import InvalidTensor, Message, message_from_json, message_to_json
 
 MAX_ERROR_BODY = 1_024  # of a model's error answer, quoted in the pipeline's error
 MAX_HEADER_VALUE = 8_192
+MAX_CACHED_URLS = 1_024  # parsed model URLs kept (parsing one costs as much as JSON-encoding a request)
 _HEADER_NAME = re.compile(r"[a-z0-9][a-z0-9._-]*")
 _HEADER_VALUE = re.compile(r"[\x20-\x7e]*")
 
@@ -47,10 +49,13 @@ class EnvoyModels:
 
     def __init__(self, host: str, port: int, *, timeout: float, connections: int) -> None:
         self._base = f"http://{host}:{port}"
+        self._urls: dict[str, URL] = {}
         self._http = aiohttp.ClientSession(
             timeout=aiohttp.ClientTimeout(total=timeout),
             connector=aiohttp.TCPConnector(limit=connections),
             skip_auto_headers=("User-Agent",),
+            cookie_jar=aiohttp.DummyCookieJar(),  # Envoy and models set none; a jar costs per request
+            auto_decompress=False,  # the engine asks for no encoding; a body it cannot read is an error
         )
 
     async def close(self) -> None:
@@ -61,11 +66,12 @@ class EnvoyModels:
         outgoing = {k: v for k, v in headers.items() if _forwarded(k, v)}
         outgoing[MODEL_HEADER] = model
         outgoing["content-type"] = "application/json"
-        body = json.dumps({"inputs": message_to_json(tensors)})
         try:
-            async with self._http.post(
-                f"{self._base}/v2/models/{model}/infer", data=body, headers=outgoing
-            ) as answer:
+            body = dumps({"inputs": message_to_json(tensors)})
+        except ValueError as error:
+            raise ModelCallFailed(model, Fault.CALLER, f"model {model}: {error}") from error
+        try:
+            async with self._http.post(self._url(model), data=body, headers=outgoing) as answer:
                 raw = await answer.read()
                 route = answer.headers.get(ROUTE_HEADER)
                 status = answer.status
@@ -84,12 +90,20 @@ class EnvoyModels:
             )
             raise ModelCallFailed(model, fault, f"model {model} answered HTTP {status}: {text}")
         try:
-            outputs = json.loads(raw).get("outputs", [])
+            outputs = loads(raw).get("outputs", [])
             return message_from_json(outputs, field="outputs"), route or ""
         except (ValueError, AttributeError, InvalidTensor) as error:
             raise ModelCallFailed(
                 model, Fault.MODEL, f"model {model} answered a malformed response: {error}"
             ) from error
+
+    def _url(self, model: str) -> URL:
+        url = self._urls.get(model)
+        if url is None:
+            if len(self._urls) >= MAX_CACHED_URLS:
+                self._urls.clear()
+            url = self._urls[model] = URL(f"{self._base}/v2/models/{model}/infer")
+        return url
 
 
 def _forwarded(name: str, value: str) -> bool:

@@ -24,6 +24,7 @@ import os
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 
 import structlog
 
@@ -75,6 +76,11 @@ class Answer:
     output: Message
     routes: tuple[str, ...]  # x-seldon-route tokens of the models that answered, in call order
     version: int
+
+
+def _ended(answered: asyncio.Future[Message | None], _: object) -> None:
+    if not answered.done():
+        answered.set_result(None)
 
 
 def new_request_id() -> str:
@@ -135,20 +141,23 @@ class Runner:
         if self._slots.locked():
             raise Overloaded(f"pipeline {name}: the engine is running its limit of requests; retry later")
         await self._slots.acquire()
-        answered: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
+        # Set by the run with its output, or to None when the run ends without one (one future to
+        # await: asyncio.wait over two cost more than the rest of this method).
+        answered: asyncio.Future[Message | None] = asyncio.get_running_loop().create_future()
         routes: list[str] = []
         task = asyncio.create_task(self._run(running, request, headers, routes, answered))
+        task.add_done_callback(partial(_ended, answered))
         self._keep(task)
         try:
             async with asyncio.timeout(deadline):
-                await asyncio.wait([answered, task], return_when=asyncio.FIRST_COMPLETED)  # type: ignore[type-var]
+                output = await answered
         except TimeoutError:
             task.cancel()
             raise DeadlineExceeded(
                 f"pipeline {name}: no output within the request's deadline of {deadline:g} s"
             ) from None
-        if answered.done():
-            return Answer(answered.result(), tuple(routes), running.pipeline.version)
+        if output is not None:
+            return Answer(output, tuple(routes), running.pipeline.version)
         result = task.result()  # raises the run's error
         assert isinstance(result, RunResult)
         return Answer(result.require_output(), tuple(routes), running.pipeline.version)
@@ -178,7 +187,7 @@ class Runner:
         request: Message | None,
         headers: Mapping[str, str],
         routes: list[str],
-        answered: asyncio.Future[Message] | None,
+        answered: asyncio.Future[Message | None] | None,
         *,
         arrivals: Sequence[tuple[Source, Message]] = (),
     ) -> RunResult:

@@ -7,17 +7,13 @@ Composition root: the Envoy client, the gateway (Kafka), the scheduler follower 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import signal
-import sys
 
 import structlog
 from prometheus_client import CollectorRegistry
 
-from apis.exits import FATAL_CONFIG
-from apis.kafka import KafkaConfig, KafkaConfigError
-from apis.logs import configure_logging
+from apis.kafka import KafkaConfig
 from apis.metrics_server import MetricsServer
+from pipelines import service
 from pipelines.modelgateway.config import ModelGatewayConfig, parse_config
 from pipelines.modelgateway.envoy import EnvoyClient
 from pipelines.modelgateway.follow import SchedulerFollower
@@ -40,7 +36,10 @@ async def run(config: ModelGatewayConfig, kafka: KafkaConfig) -> None:
     try:
         async with health, asyncio.TaskGroup() as tasks:
             log.info(
-                "model gateway started", kafka=",".join(kafka.bootstrap_servers), health_port=health.port
+                "model gateway started",
+                name=config.name,
+                kafka=",".join(kafka.bootstrap_servers),
+                health_port=health.port,
             )
             tasks.create_task(gateway.keep())
             tasks.create_task(follower.run())
@@ -48,27 +47,9 @@ async def run(config: ModelGatewayConfig, kafka: KafkaConfig) -> None:
         await envoy.close()
 
 
-async def _main(config: ModelGatewayConfig, kafka: KafkaConfig) -> int:
-    task = asyncio.current_task()
-    assert task is not None
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, task.cancel)
-    try:
-        await run(config, kafka)
-    except asyncio.CancelledError:
-        log.info("model gateway stopped")
-    except KafkaConfigError as error:  # e.g. the SASL password file cannot be read
-        log.error("model gateway cannot start", error=str(error))
-        return FATAL_CONFIG
-    return 0
-
-
 def main() -> None:
     config, kafka = parse_config()
-    configure_logging(config.log_level)
-    with contextlib.suppress(KeyboardInterrupt):
-        sys.exit(asyncio.run(_main(config, kafka)))
+    service.serve(run, config, kafka, what="model gateway")
 
 
 if __name__ == "__main__":

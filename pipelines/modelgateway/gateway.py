@@ -9,9 +9,11 @@ Contract:
   and deletes a dropped model's topics only when its ``dataflow.cleanTopicsOnDelete`` asked for
   it. It runs again every ``topic_check_seconds``, so a broker that lost its topics (the embedded
   one keeps them in memory) gets them back within that period plus a consumer re-join.
-- :meth:`ModelGateway.handle` turns one input record into exactly one output record (same key,
-  same partition, the request's headers plus the answer's ``x-*``) or one errors-topic record
-  (the same key and headers plus ``seldon-pipeline-errors: <model>``, the reason as value).
+- :meth:`ModelGateway.handle` turns one input record into one output record (same key, same
+  partition, the request's headers plus the answer's ``x-*``) or one errors-topic record (the
+  same key and headers plus ``seldon-pipeline-errors: <model>``, the reason as value), or raises
+  :class:`~pipelines.modelgateway.consumers.NotWritten` when Kafka did not take it (the record is
+  read again: at least once, see ``consumers.py``).
 """
 
 from __future__ import annotations
@@ -23,8 +25,9 @@ from collections.abc import Sequence
 import structlog
 from aiokafka import AIOKafkaProducer, ConsumerRecord
 from aiokafka.admin import AIOKafkaAdminClient
-from aiokafka.errors import KafkaError
-from prometheus_client import CollectorRegistry, Counter
+from aiokafka.errors import KafkaError, MessageSizeTooLargeError
+from aiokafka.structs import TopicPartition
+from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from apis.kafka import (
     AUDIT_HEADER,
@@ -35,9 +38,9 @@ from apis.kafka import (
     consumer_group,
 )
 from apis.names import REQUEST_ID_HEADER, ROUTE_HEADER
-from pipelines import kafka_clients
+from pipelines import kafka_clients, service
 from pipelines.modelgateway.config import SUBSCRIBER_NAME, ModelGatewayConfig
-from pipelines.modelgateway.consumers import Bucket
+from pipelines.modelgateway.consumers import Bucket, NotWritten
 from pipelines.modelgateway.envoy import Answer, CallFailed, EnvoyClient
 from pipelines.modelgateway.payloads import BadPayload, decode
 
@@ -69,6 +72,13 @@ class ModelGateway:
             "meshserve_modelgateway_messages",
             "Model input messages handled, by model and outcome",
             ["model", "outcome"],
+            registry=registry,
+        )
+        self._owned: dict[str, frozenset[TopicPartition]] = {}  # group -> partitions read here
+        self.owned_partitions = Gauge(
+            "meshserve_modelgateway_owned_partitions",
+            "Input-topic partitions this replica reads, by model (the group split, assignment.py)",
+            ["model"],
             registry=registry,
         )
 
@@ -106,7 +116,7 @@ class ModelGateway:
         producer = kafka_clients.producer(self._kafka)
         admin = kafka_clients.admin(self._kafka)
         try:
-            await self._start(producer, admin)
+            await service.connect([admin, producer], self._kafka, self._config.topic_check_seconds)
             self._producer = producer
             while True:
                 self._changed.clear()
@@ -119,19 +129,6 @@ class ModelGateway:
                 await bucket.close()
             self._buckets.clear()
             await kafka_clients.close_quietly(producer, admin)
-
-    async def _start(self, producer: AIOKafkaProducer, admin: AIOKafkaAdminClient) -> None:
-        """Both clients connected; retried until the broker answers."""
-        while True:
-            try:
-                await admin.start()
-                await producer.start()
-                return
-            except (KafkaError, OSError) as error:
-                log.warning(
-                    "Kafka not reachable yet", error=repr(error), bootstrap=self._kafka.bootstrap_servers
-                )
-                await asyncio.sleep(self._config.topic_check_seconds)
 
     async def _reconcile(self, admin: AIOKafkaAdminClient) -> None:
         wanted = sorted(self._wanted)
@@ -171,12 +168,45 @@ class ModelGateway:
         for index, topics in per_bucket.items():
             if index not in self._buckets:
                 group = consumer_group(self._kafka, SUBSCRIBER_NAME, index)
-                self._buckets[index] = Bucket(self._kafka, group, self.handle, workers=self._config.workers)
+                self._buckets[index] = Bucket(
+                    self._kafka,
+                    group,
+                    self.handle,
+                    workers=self._config.workers,
+                    replica=self._config.name,
+                    owned=self._record_owned,
+                    skip=self.audit_copy,
+                )
             self._buckets[index].follow(frozenset(topics))
         for index in set(self._buckets) - set(per_bucket):
             await self._buckets.pop(index).close()
 
+    def _record_owned(self, group: str, partitions: frozenset[TopicPartition]) -> None:
+        before = {p.topic for p in self._owned.get(group, frozenset())}
+        self._owned[group] = partitions
+        per_model: dict[str, int] = {}
+        for partition in partitions:
+            model = self._topics.model_of_input(partition.topic)
+            if model is not None:
+                per_model[model] = per_model.get(model, 0) + 1
+        for topic in before:
+            model = self._topics.model_of_input(topic)
+            if model is not None and model not in per_model:
+                self.owned_partitions.remove(model)
+        for model, count in per_model.items():
+            self.owned_partitions.labels(model).set(count)
+        if partitions or before:
+            log.info("partitions read here", group=group, models=sorted(per_model))
+
     # -- one message -------------------------------------------------------------------------------
+
+    def audit_copy(self, record: ConsumerRecord[bytes, bytes]) -> bool:
+        """A copy of a call the dataflow engine made itself (counted; not called again)."""
+        model = self._topics.model_of_input(record.topic)
+        if model is None or _header(list(record.headers), AUDIT_HEADER) is None:
+            return False  # handle() says what else it is
+        self.messages.labels(model, "audit_copy").inc()
+        return True
 
     async def handle(self, record: ConsumerRecord[bytes, bytes]) -> None:
         model = self._topics.model_of_input(record.topic)
@@ -204,8 +234,16 @@ class ModelGateway:
         merged = _merge(headers, answer.headers)
         merged.append((INFER_TYPE_HEADER, str(answer.infer_type).encode()))
         topic = self._topics.model_outputs(model)
-        sent = await self._send(topic, record, answer.value, merged, same_partition=True)
-        self.messages.labels(model, "ok" if sent else "produce_failed").inc()
+        try:
+            await self._send(topic, record, answer.value, merged, same_partition=True, model=model)
+        except NotWritten as failure:
+            if not isinstance(failure.__cause__, MessageSizeTooLargeError):
+                raise
+            # Reading it again would fail the same way forever: the reason goes to the errors topic.
+            reason = f"model {model}: the answer ({len(answer.value)} bytes) is too large for Kafka"
+            await self._fail(record, model, headers, reason, "answer_too_large")
+            return
+        self.messages.labels(model, "ok").inc()
 
     async def _fail(
         self, record: ConsumerRecord[bytes, bytes], model: str, headers: Headers, reason: str, outcome: str
@@ -215,8 +253,10 @@ class ModelGateway:
             *(h for h in headers if h[0] not in (ERROR_HEADER, INFER_TYPE_HEADER)),
             (ERROR_HEADER, model.encode()),
         ]
-        sent = await self._send(self._topics.errors, record, reason.encode(), failed, same_partition=False)
-        self.messages.labels(model, outcome if sent else "produce_failed").inc()
+        await self._send(
+            self._topics.errors, record, reason.encode(), failed, same_partition=False, model=model
+        )
+        self.messages.labels(model, outcome).inc()
 
     async def _send(
         self,
@@ -226,20 +266,21 @@ class ModelGateway:
         headers: Headers,
         *,
         same_partition: bool,
-    ) -> bool:
-        """Written (True), or given up after the producer's own retries (False, logged)."""
+        model: str,
+    ) -> None:
+        """Written, or :class:`NotWritten` after the producer's own retries (the record is read again)."""
         producer = self._producer
         if producer is None:
-            return False
+            raise NotWritten("no producer yet")
         try:
             partition = None
             if same_partition and record.partition in await producer.partitions_for(topic):
                 partition = record.partition
             await producer.send_and_wait(topic, value, key=record.key, partition=partition, headers=headers)
         except (KafkaError, OSError) as error:
-            log.error("could not write a result; it is lost", topic=topic, key=record.key, error=repr(error))
-            return False
-        return True
+            log.warning("could not write a result; the input is read again", topic=topic, error=repr(error))
+            self.messages.labels(model, "produce_failed").inc()
+            raise NotWritten(topic) from error
 
 
 def _header(headers: Headers, name: str) -> bytes | None:

@@ -14,7 +14,8 @@ class AddSub(Ready):
 
     async def predict(self, payload: InferenceRequest) -> InferenceResponse:
         with as_mlserver_errors():
-            return respond(self, examples.add_sub(self.name, payload.inputs))
+            outputs = examples.add_sub(self.name, payload.inputs)
+            return respond(self, examples.requested(self.name, outputs, _names(payload)))
 
 
 class Add10(Ready):
@@ -22,7 +23,8 @@ class Add10(Ready):
 
     async def predict(self, payload: InferenceRequest) -> InferenceResponse:
         with as_mlserver_errors():
-            return respond(self, examples.add10(self.name, payload.inputs))
+            outputs = examples.add10(self.name, payload.inputs)
+            return respond(self, examples.requested(self.name, outputs, _names(payload)))
 
 
 class Mul10(Ready):
@@ -30,7 +32,8 @@ class Mul10(Ready):
 
     async def predict(self, payload: InferenceRequest) -> InferenceResponse:
         with as_mlserver_errors():
-            return respond(self, examples.mul10(self.name, payload.inputs))
+            outputs = examples.mul10(self.name, payload.inputs)
+            return respond(self, examples.requested(self.name, outputs, _names(payload)))
 
 
 class Conditional(Ready):
@@ -39,3 +42,7 @@ class Conditional(Ready):
     async def predict(self, payload: InferenceRequest) -> InferenceResponse:
         with as_mlserver_errors():
             return respond(self, examples.conditional(self.name, payload.inputs))
+
+
+def _names(payload: InferenceRequest) -> list[str]:
+    return [out.name for out in payload.outputs or ()]

@@ -15,7 +15,8 @@ as the reference's models declare them (seldon-pipelines.md §4.2, §4.5, §4.9,
 * drift (standing in for the reference's alibi-detect drift detectors, which a pipeline runs as a
   batched step, §4.6): INT32 ``INPUT0``, ``INPUT1`` [rows, 16] (rows 1..64, a batch of requests) ->
   INT64 ``is_drift`` [1,1]: 1 when the batch's mean of INPUT0 is more than 1 away from the mean of
-  the reference's data ``I = [1..16]`` (8.5), else 0.
+  the reference's data ``I = [1..16]`` (8.5), else 0;
+* occlusion explainer: how far a model's outputs move when each input element is zeroed.
 """
 
 from __future__ import annotations
@@ -76,6 +77,18 @@ def add_sub(model: str, inputs: Sequence[TensorLike]) -> list[Output]:
         )
     with np.errstate(over="ignore"):  # int32 arithmetic wraps, as Triton's does
         return [("OUTPUT0", "INT32", a + b), ("OUTPUT1", "INT32", a - b)]
+
+
+def requested(model: str, outputs: list[Output], names: Sequence[str]) -> list[Output]:
+    """Only the outputs named in the request's ``outputs`` (all when it names none), in the model's
+    order, as Triton answers; an unknown name is the caller's error (seldon-pipelines.md §6.4)."""
+    if not names:
+        return outputs
+    known = [name for name, _, _ in outputs]
+    unknown = sorted(set(names) - set(known))
+    if unknown:
+        raise InvalidTensor(f"model {model}: no output named {', '.join(unknown)}; it has {', '.join(known)}")
+    return [out for out in outputs if out[0] in names]
 
 
 def add10(model: str, inputs: Sequence[TensorLike]) -> list[Output]:
@@ -182,3 +195,18 @@ class Query:
         rows = decode(model, tensor).reshape(-1)
         kept = rows[rows == self.value]
         return (tensor.name, datatype, kept) if kept.size else None
+
+
+def occluded(x: np.ndarray) -> list[np.ndarray]:
+    """``x`` with each element in turn set to zero."""
+    variants = []
+    for i in range(x.size):
+        variant = x.copy().reshape(-1)
+        variant[i] = 0
+        variants.append(variant.reshape(x.shape))
+    return variants
+
+
+def importances(baseline: np.ndarray, answers: list[np.ndarray], shape: tuple[int, ...]) -> np.ndarray:
+    moved = [float(np.abs(answer - baseline).sum()) for answer in answers]
+    return np.asarray(moved, dtype=np.float32).reshape(shape)

@@ -12,14 +12,11 @@ replicas that already hold the version first), so a live model is never moved by
 
 from __future__ import annotations
 
-import functools
-import itertools
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from hashring import HashRing  # type: ignore[import-untyped]
-
+from apis.hash_ring import ring_order
 from scheduler.placement import (
     DEFAULT_REPLICA_FILTERS,
     Policy,
@@ -35,21 +32,6 @@ from scheduler.state import ModelVersion, Server, ServerReplica
 
 def node_id(replica: ServerReplica) -> str:
     return f"{replica.server}/{replica.idx}"
-
-
-@functools.lru_cache(maxsize=256)
-def _ring(nodes: frozenset[str]) -> HashRing:
-    # Sorted so that the (rare) md5 point collisions resolve the same way in every process.
-    return HashRing(sorted(nodes))
-
-
-def ring_order(key: str, nodes: Iterable[str]) -> list[str]:
-    """``nodes`` in the order met walking the ring clockwise from the hash of ``key``."""
-    distinct = frozenset(nodes)
-    if not distinct:
-        return []
-    # The walk yields each node once; stop at the last one instead of going round the whole ring.
-    return list(itertools.islice(_ring(distinct).iterate_nodes(key), len(distinct)))
 
 
 def by_ring(version: ModelVersion, replicas: list[ServerReplica]) -> list[ServerReplica]:

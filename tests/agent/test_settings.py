@@ -6,7 +6,8 @@ from pathlib import Path
 import pytest
 
 from agent.errors import ModelSettingsError
-from agent.settings import generate_settings, rewrite_settings, write_model_settings
+from agent.settings import callback_extra, generate_settings, rewrite_settings, write_model_settings
+from apis.mlops.scheduler import scheduler_pb2
 
 
 def touch(folder: Path, *names: str) -> None:
@@ -124,3 +125,43 @@ def test_invalid_existing_settings(tmp_path: Path) -> None:
     (tmp_path / "model-settings.json").write_text("[1, 2")
     with pytest.raises(ModelSettingsError, match="cannot read"):
         write_model_settings(tmp_path, versioned_name="m_1", version=1, requirements=[], extra={})
+
+
+ENVOY = "http://127.0.0.1:9000"
+
+
+def test_an_explainer_of_a_pipeline_calls_it_through_envoy() -> None:
+    spec = scheduler_pb2.ModelSpec(
+        explainer=scheduler_pb2.ExplainerSpec(type="anchor_tabular", pipelineRef="p1")
+    )
+    assert callback_extra(spec, ENVOY) == {
+        "infer_uri": f"{ENVOY}/v2/pipelines/p1/infer",
+        "explainer_type": "anchor_tabular",
+    }
+
+
+def test_an_explainer_of_a_model_and_an_llm_call_the_model() -> None:
+    explainer = scheduler_pb2.ModelSpec(explainer=scheduler_pb2.ExplainerSpec(type="shap", modelRef="income"))
+    assert callback_extra(explainer, ENVOY)["infer_uri"] == f"{ENVOY}/v2/models/income/infer"
+    llm = scheduler_pb2.ModelSpec(llm=scheduler_pb2.LlmSpec(modelRef="chat"))
+    assert callback_extra(llm, ENVOY) == {"infer_uri": f"{ENVOY}/v2/models/chat/infer"}
+
+
+def test_a_plain_model_calls_nothing() -> None:
+    assert callback_extra(scheduler_pb2.ModelSpec(uri="gs://x"), ENVOY) == {}
+
+
+def test_a_reference_that_is_not_a_resource_name_never_reaches_a_url() -> None:
+    spec = scheduler_pb2.ModelSpec(explainer=scheduler_pb2.ExplainerSpec(type="x", modelRef="../../admin"))
+    with pytest.raises(ModelSettingsError, match="explainer"):
+        callback_extra(spec, ENVOY)
+
+
+def test_a_callback_model_runs_in_mlservers_own_process() -> None:
+    settings = {"implementation": "x.Y", "parallel_workers": 4}
+    rewritten = rewrite_settings(
+        settings, versioned_name="e_1", version=1, extra={"infer_uri": "u"}, callback=True
+    )
+    assert rewritten["parallel_workers"] == 0
+    assert rewritten["parameters"]["extra"] == {"infer_uri": "u"}
+    assert "parallel_workers" not in rewrite_settings({}, versioned_name="m_1", version=1, extra={})

@@ -22,9 +22,9 @@ from pathlib import Path
 import grpc
 import pytest
 
+from apis.hash_ring import ring_order
 from apis.mlops.scheduler import scheduler_pb2
 from apis.v2_dataplane import v2_dataplane_pb2 as pb
-from scheduler.policies.spread_hash import ring_order
 from stack.components import client_tls_flags
 from stack.ports import free_ports
 from tests.e2e.conftest import Stack, running_stack, stack_config

@@ -19,17 +19,45 @@ INPUT = (Tensor("INPUT0", "INT32", (1, 2), [1, 2]),)
 OUTPUT = (Tensor("OUTPUT0", "INT32", (1, 2), [3, 4]),)
 
 
-class RecordingProducer:
-    """Takes ``send`` as aiokafka does (a delivery future back); notes whether the loop ran between."""
+class RecordingBatch:
+    """aiokafka's BatchBuilder as the writer uses it: takes records until ``capacity``."""
 
-    def __init__(self) -> None:
+    def __init__(self, capacity: int) -> None:
+        self.records: list[tuple[bytes, bytes, list[tuple[str, bytes]]]] = []
+        self.capacity = capacity
+
+    def append(self, *, timestamp: None, key: bytes, value: bytes, headers: list[tuple[str, bytes]]) -> Any:
+        if len(self.records) >= self.capacity:
+            return None
+        self.records.append((key, value, headers))
+        return object()
+
+
+class RecordingProducer:
+    """Takes batches as aiokafka does (a delivery future back); notes whether the loop ran between."""
+
+    def __init__(self, partitions: int = 1, capacity: int = 100, fail: BaseException | None = None) -> None:
         self.sent: list[tuple[str, bytes, bytes, list[tuple[str, bytes]]]] = []
+        self.batches: list[tuple[str, int, int]] = []  # topic, partition, records
         self.ticks_at_send: list[int] = []
         self.ticks = 0
+        self.partitions = partitions
+        self.capacity = capacity
+        self.fail = fail
 
-    async def send(self, topic: str, value: bytes, *, key: bytes, headers: list[tuple[str, bytes]]) -> Any:
-        self.sent.append((topic, key, value, headers))
-        self.ticks_at_send.append(self.ticks)
+    async def partitions_for(self, topic: str) -> set[int]:
+        return set(range(self.partitions))
+
+    def create_batch(self) -> RecordingBatch:
+        return RecordingBatch(self.capacity)
+
+    async def send_batch(self, batch: RecordingBatch, topic: str, *, partition: int) -> Any:
+        if self.fail is not None and self.batches:  # the first batch goes, later ones fail
+            raise self.fail
+        self.batches.append((topic, partition, len(batch.records)))
+        for key, value, headers in batch.records:
+            self.sent.append((topic, key, value, headers))
+            self.ticks_at_send.append(self.ticks)
         delivered: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         delivered.set_result(None)
         return delivered
@@ -108,3 +136,59 @@ async def test_unencodable_and_overflowing_records_are_counted_not_lost_silently
             await task
     assert _count(writer, "unencodable") == 1
     assert [sent[0] for sent in producer.sent] == ["seldon.default.model.m.inputs"]
+
+
+def _writer_with(records: int, *, key: str = "req") -> TopicWriter:
+    writer = TopicWriter(Topics("seldon", "default"), "engine-0", CollectorRegistry())
+    for index in range(records):
+        observer = writer.observer("p", f"{key}-{index}", {})
+        observer.record(Source("p", "m", Direction.INPUTS), INPUT)
+    return writer
+
+
+async def _run_until(writer: TopicWriter, producer: RecordingProducer, condition: Any) -> None:
+    task = asyncio.create_task(writer.run(producer))
+    try:
+        await _until(condition)
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+async def test_a_burst_leaves_as_one_batch_per_partition_each_key_on_the_partition_send_would_choose() -> (
+    None
+):
+    from aiokafka.partitioner import DefaultPartitioner
+
+    writer = _writer_with(12)
+    producer = RecordingProducer(partitions=3)
+    await _run_until(writer, producer, lambda: _count(writer, "written") == 12)
+    assert sum(count for _, _, count in producer.batches) == 12
+    assert len({(topic, partition) for topic, partition, _ in producer.batches}) == len(producer.batches)
+    position = 0
+    for topic, partition, count in producer.batches:
+        for sent in producer.sent[position : position + count]:
+            assert sent[0] == topic == "seldon.default.model.m.inputs"
+            assert DefaultPartitioner()(sent[1], [0, 1, 2], [0, 1, 2]) == partition
+        position += count
+
+
+async def test_a_full_batch_is_submitted_and_the_partition_keeps_its_order() -> None:
+    writer = _writer_with(5)
+    producer = RecordingProducer(capacity=2)
+    await _run_until(writer, producer, lambda: _count(writer, "written") == 5)
+    assert [count for _, _, count in producer.batches] == [2, 2, 1]
+    assert [sent[1] for sent in producer.sent] == [f"req-{i}".encode() for i in range(5)]
+
+
+async def test_a_batch_kafka_refuses_is_counted_failed_and_the_writer_goes_on() -> None:
+    from aiokafka.errors import KafkaError
+
+    writer = _writer_with(5)
+    producer = RecordingProducer(capacity=2, fail=KafkaError("broker gone"))
+    await _run_until(writer, producer, lambda: _count(writer, "failed") == 3)
+    assert _count(writer, "written") == 2
+    producer.fail = None
+    writer.observer("p", "later", {}).record(Source("p", "m", Direction.INPUTS), INPUT)
+    await _run_until(writer, producer, lambda: _count(writer, "written") == 3)

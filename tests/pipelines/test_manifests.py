@@ -49,6 +49,8 @@ def test_sample_names() -> None:
         "choice",
         "pipeline-add10",
         "pipeline-mul10",
+        "explain-target",
+        "explained",
     }
 
 

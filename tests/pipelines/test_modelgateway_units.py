@@ -156,7 +156,7 @@ def test_flags_and_environment_configure_the_gateway(tmp_path: Path) -> None:
     [
         ([], "bootstrap.servers is missing"),
         (["--kafka-bootstrap=nohost"], "is not HOST:PORT"),
-        (["--kafka-bootstrap=k:1", "--workers=0"], "outside 1..1024"),
+        (["--kafka-bootstrap=k:1", "--workers=0"], "is not within 1..1024"),
         (["--kafka-bootstrap=k:1", "--tls-ca=/ca"], "TLS needs"),
         (["--kafka-bootstrap=k:1", "--log-level=loud"], "--log-level"),
         (["--kafka-bootstrap=k:1", "--request-timeout-seconds=99999"], "above"),

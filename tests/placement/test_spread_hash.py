@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+from apis.hash_ring import ring_order
 from scheduler.placement import Placement, Policy
 from scheduler.policies import load_policy
-from scheduler.policies.spread_hash import ring_order
 from scheduler.state import ReplicaState, Server
 from tests.placement.fleet import GiB, assignment, model, place_all, replica, server, two_servers, workload
 

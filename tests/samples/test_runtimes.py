@@ -62,6 +62,15 @@ def test_the_reference_answers() -> None:
     assert (counted.tolist(), str(counted.dtype), flag) == ([10], "int32", "stop")
 
 
+def test_requested_outputs_keep_only_those_named_as_triton_does() -> None:
+    outputs = examples.add_sub("m", pair(I, I))
+    assert examples.requested("m", outputs, []) == outputs
+    assert [name for name, _, _ in examples.requested("m", outputs, ["OUTPUT1"])] == ["OUTPUT1"]
+    both = examples.requested("m", outputs, ["OUTPUT1", "OUTPUT0"])
+    assert [name for name, _, _ in both] == ["OUTPUT0", "OUTPUT1"]  # the model's order
+    refused("no output named OUTPUT9; it has OUTPUT0, OUTPUT1", examples.requested, outputs, ["OUTPUT9"])
+
+
 def test_tfsimple_wraps_on_int32_overflow_as_triton_does() -> None:
     answer = plain(examples.add_sub("m", pair([INT32.max] * 16, [1] * 16)))
     assert answer[0][3] == [INT32.min] * 16 and answer[1][3] == [INT32.max - 1] * 16
@@ -229,3 +238,12 @@ def test_query_keeps_the_matching_rows_and_ignores_other_tensors() -> None:
     refused("[rows, 1]", query.matching, [T("choice", "INT32", [2, 2], [1, 2, 3, 4])])
     refused("INT32 or INT64", query.matching, [T("choice", "FP32", [1], [2])])
     refused("needs exactly one input 'choice'", query.matching, [other])
+
+
+def test_occlusion_moves_only_where_an_element_matters() -> None:
+    x = np.asarray([1.0, 2.0, 0.0], dtype=np.float32)
+    variants = examples.occluded(x)
+    assert [v.tolist() for v in variants] == [[0, 2, 0], [1, 0, 0], [1, 2, 0]]
+    assert x.tolist() == [1, 2, 0]  # the input itself is left alone
+    answers = [10 * v for v in variants]  # a model multiplying by 10
+    assert examples.importances(10 * x, answers, x.shape).tolist() == [10.0, 20.0, 0.0]

@@ -8,12 +8,12 @@ from collections.abc import AsyncIterator, Callable
 
 import pytest
 
+from apis.hash_ring import ring_order
 from apis.routing import Endpoint, Route
 from scheduler.dataflow import CREATE, DELETE
 from scheduler.pipeline_placement import MAX_REPLICAS, PipelinePlacement
 from scheduler.pipeline_records import PipelineStatus
 from scheduler.pipelines import Pipelines
-from scheduler.policies.spread_hash import ring_order
 from tests.scheduler.fakes import Harness
 from tests.scheduler.test_pipelines import answer, chain, drain, state
 
