@@ -157,3 +157,31 @@ def test_a_file_is_checked_whole_before_anything_is_used() -> None:
 def test_a_missing_file_is_named(tmp_path: Path) -> None:
     with pytest.raises(manifests.ManifestFileError, match=r"missing\.yaml"):
         manifests.read_pipeline_requests(str(tmp_path / "missing.yaml"))
+
+
+def test_income_production_status_is_normalised_as_the_reference() -> None:
+    """seldon-pipelines.md §13 scenario 38: steps sorted by name, bare references made ``.outputs``,
+    tensor references kept, the batched drift step carried as it was given."""
+    [request] = parse(
+        """
+apiVersion: mlops.seldon.io/v1alpha1
+kind: Pipeline
+metadata: {name: income-production}
+spec:
+  steps:
+  - name: income
+  - name: income-preprocess
+  - name: income-outlier
+    inputs: [income-preprocess]
+  - name: income-drift
+    batch: {size: 20}
+  output:
+    steps: [income, income-outlier.outputs.is_outlier]
+"""
+    )
+    status = Pipeline.from_proto(request.pipeline).to_proto()
+    assert [s.name for s in status.steps] == ["income", "income-drift", "income-outlier", "income-preprocess"]
+    by_name = {s.name: s for s in status.steps}
+    assert list(by_name["income-outlier"].inputs) == ["income-preprocess.outputs"]
+    assert by_name["income-drift"].batch.size == 20
+    assert list(status.output.steps) == ["income.outputs", "income-outlier.outputs.is_outlier"]
