@@ -468,6 +468,10 @@ class Topics:
     def errors(self) -> str:
         return self._topic("errors", "errors")
 
+    def marker(self, component: str) -> str:
+        """A topic only ``component`` creates and nothing writes: gone means the broker lost its state."""
+        return self._topic("meshserve", "marker", validate_name(component))
+
     def model_of_input(self, topic: str) -> str | None:
         """The model whose input topic ``topic`` is, or None."""
         head = f"{self.prefix}.{self.namespace}.model."

@@ -5,6 +5,13 @@ TLS with an optional client certificate) and the producer/consumer settings (Kaf
 validated in ``apis.kafka``) are applied the same way everywhere. Topic creation lives here too:
 Tansu, the embedded broker, resets a topic that is created twice, so topics are only ever created
 after a listing says they are missing.
+
+A restarted in-memory broker (Tansu) has lost every topic, yet it stores what a client with stale
+metadata produces to a topic it does not know; once that topic is created again (by us, or by any
+client's metadata request) its offsets start at 0 and each new write collides with one of those
+leftover batches and fails, for as many writes as were left. :func:`keep_topics` therefore notices
+the restart (the component's marker topic is gone: nothing but the component creates it) and
+deletes and recreates the component's topics, which clears the leftovers.
 """
 
 from __future__ import annotations
@@ -117,6 +124,39 @@ async def ensure_topics(client: AIOKafkaAdminClient, config: KafkaConfig, topics
         await client.create_topics(new, timeout_ms=TOPIC_CREATE_TIMEOUT_MS)
     log.info("topics created", topics=missing)
     return missing
+
+
+class TopicKeeper:
+    """Keeps one component's topics (see the module docstring): :meth:`keep` creates what is missing
+    and, after the broker lost its state under the running component, recreates every topic."""
+
+    def __init__(self, client: AIOKafkaAdminClient, config: KafkaConfig, component: str) -> None:
+        self._client = client
+        self._config = config
+        self._marker = config.topics.marker(component)
+        self._marked = False  # this process made or saw its marker: from now on, gone means lost
+
+    async def keep(self, topics: Iterable[str]) -> bool:
+        """True when the broker had lost its state and ``topics`` were made afresh (the caller
+        restarts its clients: their metadata and group state are stale). Raises KafkaError/OSError
+        when the broker cannot be reached."""
+        wanted = sorted(set(topics))
+        existing = set(await self._client.list_topics())
+        lost = self._marked and self._marker not in existing
+        if lost:
+            # Tansu deletes a topic's leftover batches only with a topic it knows: so each is made
+            # first (when no metadata request made it already), then deleted, then made afresh.
+            await ensure_topics(self._client, self._config, wanted)
+            await self._client.delete_topics(wanted, timeout_ms=TOPIC_CREATE_TIMEOUT_MS)
+            log.warning("the broker lost its state; topics made afresh", topics=wanted)
+        await ensure_topics(self._client, self._config, [*wanted, self._marker])
+        self._marked = True
+        return lost
+
+
+async def refresh_metadata(producer: AIOKafkaProducer) -> None:
+    """Forget what the producer knew of partitions (a broker that lost its state has new ones)."""
+    await producer.client.force_metadata_update()
 
 
 async def delete_topics(client: AIOKafkaAdminClient, topics: Iterable[str]) -> None:
