@@ -76,6 +76,18 @@ class MLServerClient:
         except (aiohttp.ClientError, TimeoutError):
             return False
 
+    async def model_ready(self, name: str) -> bool:
+        """Whether MLServer serves ``name`` ready: a registry lookup (404 when it does not know it),
+        unlike the repository index, which scans and parses every model's settings on disk."""
+        url = f"{self._base_url}/v2/models/{name}/ready"
+        try:
+            timeout = aiohttp.ClientTimeout(total=LIVE_TIMEOUT_S)
+            async with self._client().get(url, timeout=timeout) as resp:
+                await resp.read()
+                return resp.status == 200
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise MLServerError(f"MLServer request {url} failed: {exc}") from exc
+
     async def wait_live(self, timeout_s: float, *, poll_s: float = 0.25) -> None:
         deadline = time.monotonic() + timeout_s
         while not await self.is_live():

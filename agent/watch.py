@@ -1,7 +1,12 @@
 """Watching the replica's MLServer: the agent notices a dead MLServer or a model it lost.
 
-Every ``interval_s`` the watcher asks MLServer whether it is live (``/v2/health/live``) and which
-models it serves (``POST /v2/repository/index``). ``/v2/health/ready`` is not used: MLServer
+Every ``interval_s`` the watcher asks MLServer whether it is live (``/v2/health/live``) and whether
+a few of the models it holds, in turn, are ready (``/v2/models/<name>/ready``). Only when one is
+not does it read the whole repository index (``POST /v2/repository/index``) to learn everything
+that was lost at once (a restarted MLServer lost them all). The index is not read on every check:
+MLServer builds it by scanning and parsing every model's settings on disk inside its event loop,
+which stalled inference for tens of milliseconds every check once a replica held a dozen models
+(overcommit keeps evicted models' folders on disk). ``/v2/health/ready`` is not used: MLServer
 answers it "not ready" while any one model loads or has failed, which says nothing about the
 models that serve.
 
@@ -31,6 +36,9 @@ LostHandler = Callable[[list[str], str], None]
 # one missed answer would turn load into an outage. It is declared down only after this many
 # failed checks in a row; a restarted MLServer is caught by its index, which lacks the models.
 DOWN_AFTER_FAILED_CHECKS = 3
+# Models whose readiness one check asks about, in turn: a restart is seen at the first check; one
+# model unloaded behind the agent's back within ceil(resident / this) checks.
+READY_PROBES_PER_CHECK = 8
 
 
 class MLServerWatcher:
@@ -51,6 +59,7 @@ class MLServerWatcher:
         self._on_lost = on_lost
         self._log = logger
         self._failed_checks = 0
+        self._probe_cursor = 0
 
     async def run(self) -> None:
         """Check every interval until cancelled."""
@@ -95,14 +104,34 @@ class MLServerWatcher:
         self._on_lost(lost, reason)
         return lost
 
+    async def _probes_ready(self) -> bool:
+        for name in self._next_probes():
+            if not await self._mlserver.model_ready(name):
+                return False
+        return True
+
+    def _next_probes(self) -> list[str]:
+        held = sorted(name for name in self._held() if name not in self._operator.busy)
+        if len(held) <= READY_PROBES_PER_CHECK:
+            return held
+        start = self._probe_cursor % len(held)
+        self._probe_cursor = start + READY_PROBES_PER_CHECK
+        return (held[start:] + held[:start])[:READY_PROBES_PER_CHECK]
+
     def _held(self) -> list[str]:
         # Evicted models are not on MLServer on purpose (agent/residency.py): not lost.
         return self._state.resident_names()
 
     async def _serving(self) -> tuple[set[str] | None, str]:
-        """Names MLServer serves READY, or None when it is down; and the reason a model is lost."""
+        """Names MLServer serves READY (all held ones, when the probed ones are), or None when it is
+        down; and the reason a model is lost."""
         if not await self._mlserver.is_live():
             return None, "MLServer is not live"
+        try:
+            if await self._probes_ready():
+                return set(self._held()), ""
+        except MLServerError as exc:
+            return None, f"MLServer's model readiness failed: {exc}"
         try:
             index = await self._mlserver.index(timeout_s=max(self._interval_s * 2, 5.0))
         except MLServerError as exc:

@@ -8,25 +8,33 @@ from typing import cast
 
 import structlog
 
+from agent.errors import MLServerError
 from agent.mlserver import MLServerClient, ModelState, RepositoryModel
 from agent.operations import Event, ModelOperator
 from agent.repository import LocalRepository
 from agent.state import ReplicaState
-from agent.watch import DOWN_AFTER_FAILED_CHECKS, MLServerWatcher
+from agent.watch import DOWN_AFTER_FAILED_CHECKS, READY_PROBES_PER_CHECK, MLServerWatcher
 from tests.agent.agent_protos import model_version
 
 
 class FakeMLServer:
-    """What the watcher asks MLServer: liveness and the repository index."""
+    """What the watcher asks MLServer: liveness, a model's readiness and the repository index."""
 
     def __init__(self) -> None:
         self.live = True
         self.ready: set[str] = set()
+        self.probed: list[str] = []
+        self.indexed = 0
 
     async def is_live(self) -> bool:
         return self.live
 
+    async def model_ready(self, name: str) -> bool:
+        self.probed.append(name)
+        return name in self.ready
+
     async def index(self, *, timeout_s: float = 0) -> list[RepositoryModel]:
+        self.indexed += 1
         return [RepositoryModel(name, "", ModelState.READY) for name in sorted(self.ready)]
 
 
@@ -63,6 +71,37 @@ async def test_nothing_lost_nothing_reported(tmp_path: Path) -> None:
     setup.hold("iris_1", "wine_2")
     assert await setup.watcher.check() == []
     assert setup.reported == []
+    # The index scans every model's settings on disk inside MLServer's loop: not read when the
+    # probed models answer ready.
+    assert setup.mlserver.indexed == 0 and setup.mlserver.probed == ["iris_1", "wine_2"]
+
+
+async def test_many_models_are_probed_a_few_at_a_time_in_turn(tmp_path: Path) -> None:
+    setup = Setup(tmp_path)
+    names = [f"m{n:02d}_1" for n in range(READY_PROBES_PER_CHECK * 2 + 1)]
+    setup.hold(*names)
+    for _ in range(3):
+        assert await setup.watcher.check() == []
+    assert len(setup.mlserver.probed) == 3 * READY_PROBES_PER_CHECK
+    assert set(setup.mlserver.probed) == set(names)  # every held model probed within three checks
+    setup.mlserver.ready.discard(names[-1])
+    for _ in range(3):
+        if await setup.watcher.check():
+            break
+    assert setup.reported == [([names[-1]], "MLServer no longer serves it")]
+    assert setup.mlserver.indexed == 1
+
+
+async def test_a_failed_readiness_probe_counts_as_a_missed_check(tmp_path: Path) -> None:
+    setup = Setup(tmp_path)
+    setup.hold("iris_1")
+
+    async def unreachable(name: str) -> bool:
+        raise MLServerError("connection reset")
+
+    setup.mlserver.model_ready = unreachable  # type: ignore[method-assign]
+    assert await setup.watcher.check() == []
+    assert setup.operator.mlserver_ready.is_set() and "iris_1" in setup.state
 
 
 async def test_model_unloaded_behind_the_agents_back_is_lost(tmp_path: Path) -> None:

@@ -1,4 +1,4 @@
-"""Pipeline experiments (``resourceType: pipeline``, control-plane reference scenarios 36, 37 and 39)
+"""Pipeline experiments (``resourceType: pipeline``, control-plane reference scenarios 36-39)
 through the real Envoy, the dataflow engine / pipeline gateway, real MLServer models and the real
 Tansu broker.
 
@@ -234,3 +234,43 @@ async def test_bad_pipeline_experiments_are_refused_and_change_nothing(
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert says in (caught.value.details() or "")
     assert set(await rest_routes(pstack, "pa.pipeline", 5)) == {PA}
+
+
+def model_experiment(
+    name: str, candidates: Iterable[tuple[str, int]], default: str
+) -> scheduler_pb2.StartExperimentRequest:
+    built = scheduler_pb2.Experiment(
+        name=name,
+        default=default,
+        candidates=[scheduler_pb2.ExperimentCandidate(name=n, weight=w) for n, w in candidates],
+    )
+    return scheduler_pb2.StartExperimentRequest(experiment=built)
+
+
+async def test_a_model_experiment_inside_a_pipeline_experiment_splits_the_step(pstack: Stack) -> None:
+    """Control-plane scenario 38 (nested experiments): a model experiment on a step's model splits
+    that step inside each pipeline variant, and a pipeline-sticky call pins only the pipeline."""
+    await start_active(pstack, experiment("outer", [("pa", 50), ("pb", 50)], default="pa"))
+    try:
+        await start_active(
+            pstack, model_experiment("inner", [("tfsimple1", 50), ("tfsimple2", 50)], "tfsimple1")
+        )
+        try:
+            # 200 calls: pa's step reaches tfsimple1 (the inner default) and is split again, so pa
+            # answers with either model; pb's step (tfsimple2) is not split. Each of the three
+            # routes has probability 1/4 or 1/2 a call: all seen except with probability < 1e-20.
+            counts = await rest_routes(pstack, "pa.pipeline", 200)
+            assert set(counts) == {PA, ":tfsimple2_1: :pa.pipeline:", PB}, counts
+            # Sticky on pa: the pipeline stays pa, its step is still split (the inner experiment is
+            # not pinned by the pipeline's route): tfsimple2 inside pa within 50 calls (p < 1e-15).
+            pinned = collections.Counter(
+                [
+                    await rest_call(pstack, "pa.pipeline", "/v2/pipelines/pa/infer", sticky=PA)
+                    for _ in range(50)
+                ]
+            )
+            assert set(pinned) == {PA, ":tfsimple2_1: :pa.pipeline:"}, pinned
+        finally:
+            await stop(pstack, "inner")
+    finally:
+        await stop(pstack, "outer")
