@@ -157,6 +157,7 @@ class Probes:
     gateway: list[str] = field(default_factory=list)
     working: set[str] = field(default_factory=set)  # "audit:<p>", "async:<p>", "modelgateway"
     refusals: list[str] = field(default_factory=list)  # what a refused probe was answered
+    seen: dict[str, float] = field(default_factory=dict)  # path -> when first seen working (monotonic)
 
     @property
     def paths(self) -> set[str]:
@@ -219,6 +220,9 @@ class Probes:
         answered = keys[topics.model_outputs("tfsimple1")]
         if any(key.encode() in answered for key in self.gateway):
             self.working.add("modelgateway")
+        now = time.monotonic()
+        for path in self.working:
+            self.seen.setdefault(path, now)
 
     async def until_working(self, timeout: float, pause: float = 0.5) -> float:
         """Probe until every path works; returns when that was seen (monotonic)."""

@@ -96,7 +96,8 @@ async def test_the_embedded_broker_killed_under_traffic_is_back_and_every_kafka_
     print(
         f"broker pid {old_pid} killed; every Kafka path of both pipelines back {took:.2f} s later "
         f"({after.rounds} probe rounds); {len(outcomes)} traffic answers checked, {len(failed)} refused "
-        f"clearly: {sorted({o.detail[:80] for o in failed})[:4]}"
+        f"clearly: {sorted({o.detail[:80] for o in failed})[:4]}; each path back after "
+        f"{ {path: round(at - killed, 1) for path, at in sorted(after.seen.items())} }"
     )
     assert took < RECOVERY_BOUND_S, f"recovery took {took:.1f} s"
 

@@ -56,6 +56,9 @@ def test_plain_text_defaults() -> None:
     assert options["security_protocol"] == "PLAINTEXT"
     assert "ssl_context" not in options and "sasl_mechanism" not in options
     assert "compression_type" not in options
-    assert kafka_clients.consumer_options(KafkaConfig(("k:9092",)), "g")["auto_offset_reset"] == "earliest"
+    consumer = kafka_clients.consumer_options(KafkaConfig(("k:9092",)), "g")
+    assert consumer["auto_offset_reset"] == "earliest"
+    # the reference's kafka.json session, not aiokafka's 10 s (it paces the embedded broker's joins)
+    assert (consumer["session_timeout_ms"], consumer["heartbeat_interval_ms"]) == (6000, 3000)
     numeric = KafkaConfig.from_mapping({"bootstrap.servers": "k:1", "producer": {"acks": "1"}})
     assert kafka_clients.producer_options(numeric)["acks"] == 1
