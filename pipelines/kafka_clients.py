@@ -174,12 +174,14 @@ class TopicKeeper:
         wanted = sorted(set(topics))
         existing = set(await self._client.list_topics())
         lost = self._marked and self._marker not in existing
-        if lost:
+        if lost and wanted:
             # Tansu deletes a topic's leftover batches only with a topic it knows: so each is made
             # first (when no metadata request made it already), then deleted, then made afresh.
             await ensure_topics(self._client, self._config, wanted)
             await self._client.delete_topics(wanted, timeout_ms=TOPIC_CREATE_TIMEOUT_MS)
             log.warning("the broker lost its state; topics made afresh", topics=wanted)
+        elif lost:
+            log.warning("the broker lost its state; this component had no topics yet")
         await ensure_topics(self._client, self._config, [*wanted, self._marker])
         self._marked = True
         return lost
