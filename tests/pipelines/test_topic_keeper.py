@@ -61,7 +61,7 @@ class FakeAdmin:
 
 
 def keeper(admin: FakeAdmin) -> TopicKeeper:
-    return TopicKeeper(admin, CONFIG, "seldon-modelgateway")  # type: ignore[arg-type]
+    return TopicKeeper(admin, CONFIG, "seldon-modelgateway")
 
 
 async def test_a_first_check_creates_the_missing_topics_and_the_marker() -> None:
