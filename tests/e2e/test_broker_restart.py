@@ -26,7 +26,10 @@ from tests.e2e.pipeline_kafka import ONE_STEP, Probes, pipelines_stack, post
 from tests.e2e.test_engine_replicas import HANG_GRACE_S, Outcome, Traffic
 from tests.e2e.test_pipeline_engine import MODELS
 
-RECOVERY_BOUND_S = 30.0
+RECOVERY_BOUND_S = 30.0  # the bound
+# Measured ~9-10 s (decision 0023: 0.5 s restart, <= 2 s check, two 3 s Tansu joins); 27.5 s before
+# consumers left their generation-0 group. Twice the measurement: a regression fails, load does not.
+REGRESSION_BOUND_S = 20.0
 DEADLINE_S = 5.0  # each traffic call's deadline
 ASYNC_PAUSE_S = 0.05  # an acknowledged async request takes ~2 ms: paced, not a flood
 # A failure is "clear" when it says what happened: an HTTP status with the gateway's or Envoy's
@@ -99,7 +102,7 @@ async def test_the_embedded_broker_killed_under_traffic_is_back_and_every_kafka_
         f"clearly: {sorted({o.detail[:80] for o in failed})[:4]}; each path back after "
         f"{ {path: round(at - killed, 1) for path, at in sorted(after.seen.items())} }"
     )
-    assert took < RECOVERY_BOUND_S, f"recovery took {took:.1f} s"
+    assert took < REGRESSION_BOUND_S, f"recovery took {took:.1f} s; ~10 s expected (decision 0023)"
 
 
 async def kill_broker(stack: Stack) -> tuple[float, int]:
