@@ -142,6 +142,14 @@ CONSUMER_SETTINGS: Mapping[str, Any] = MappingProxyType(
     }
 )
 
+# What a consumer runs with when the config leaves a setting out: the reference's default kafka.json
+# sets session.timeout.ms to 6000 (aiokafka's own default is 10000); the heartbeat is Kafka's and
+# librdkafka's default. The session also paces the embedded broker's rebalances: Tansu answers a
+# join after half of it, and a member that vanished without leaving holds a join for the whole of it.
+CONSUMER_DEFAULTS: Mapping[str, Any] = MappingProxyType(
+    {"auto.offset.reset": "earliest", "session.timeout.ms": 6_000, "heartbeat.interval.ms": 3_000}
+)
+
 
 def _client_settings(raw: object, known: Mapping[str, Any], what: str) -> Mapping[str, Any]:
     if raw is None:
@@ -206,6 +214,12 @@ class KafkaConfig:
             raise KafkaConfigError(str(exc)) from exc
         _bounded(self.partitions, 1, MAX_PARTITIONS, "topics.numPartitions")
         _bounded(self.replication_factor, 1, MAX_REPLICATION_FACTOR, "topics.replicationFactor")
+        consumer = self.consumer_settings
+        if not 0 < consumer["heartbeat.interval.ms"] < consumer["session.timeout.ms"]:
+            raise KafkaConfigError(
+                f"consumer.heartbeat.interval.ms ({consumer['heartbeat.interval.ms']}) must be above 0 "
+                f"and below consumer.session.timeout.ms ({consumer['session.timeout.ms']})"
+            )
         self._check_security()
 
     def _check_security(self) -> None:
@@ -224,6 +238,11 @@ class KafkaConfig:
             raise KafkaConfigError(
                 "a client certificate needs its key (ssl.certificate.location and ssl.key.location)"
             )
+
+    @property
+    def consumer_settings(self) -> Mapping[str, Any]:
+        """The consumer settings given, over :data:`CONSUMER_DEFAULTS`."""
+        return MappingProxyType({**CONSUMER_DEFAULTS, **self.consumer})
 
     @property
     def uses_tls(self) -> bool:
@@ -458,6 +477,10 @@ class Topics:
     @property
     def errors(self) -> str:
         return self._topic("errors", "errors")
+
+    def marker(self, component: str) -> str:
+        """A topic only ``component`` creates and nothing writes: gone means the broker lost its state."""
+        return self._topic("meshserve", "marker", validate_name(component))
 
     def model_of_input(self, topic: str) -> str | None:
         """The model whose input topic ``topic`` is, or None."""

@@ -8,14 +8,17 @@ the scheduler's API, its agent stream and the xDS server can be told apart in on
     timestamp=2026-12-01T10:00:00Z level=info logger=meshserve.scheduler.api event="model loaded"
 
 The name costs one dict entry per event: loggers are cached on first use and keep their name, so
-no stdlib ``logging`` round trip is made. Records of stdlib loggers (grpc, aiohttp) go to the same
-stream, at the same level, as their plain message.
+no stdlib ``logging`` round trip is made. Records of stdlib loggers (grpc, aiohttp, aiokafka) go to
+the same stream, at the same level, in the same logfmt shape with their time (a client's retries and
+rejoins are read against the process's own events).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
+from datetime import UTC, datetime
 from typing import Any, TextIO, cast
 
 import structlog
@@ -51,13 +54,27 @@ def add_logger_name(logger: WrappedLogger, method_name: str, event_dict: EventDi
     return event_dict
 
 
+class LogfmtFormatter(logging.Formatter):
+    """A stdlib record as the line structlog renders: ``timestamp= level= logger= event=``."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        stamp = datetime.fromtimestamp(record.created, UTC).isoformat().replace("+00:00", "Z")
+        message = record.getMessage()
+        if record.exc_info:
+            message = f"{message}\n{self.formatException(record.exc_info)}"
+        level = record.levelname.lower()
+        return f"timestamp={stamp} level={level} logger={record.name} event={json.dumps(message)}"
+
+
 def configure_logging(level: str = "info", *, stream: TextIO | None = None) -> None:
     """Configure structlog and stdlib logging for this process; ``level`` is one of :data:`LEVELS`."""
     numeric = logging.getLevelName(level.upper())
     if not isinstance(numeric, int):
         raise ValueError(f"unknown log level {level!r}; use one of {', '.join(LEVELS)}")
     output = stream or sys.stderr
-    logging.basicConfig(stream=output, level=numeric, format="%(name)s: %(message)s", force=True)
+    handler = logging.StreamHandler(output)
+    handler.setFormatter(LogfmtFormatter())
+    logging.basicConfig(level=numeric, handlers=[handler], force=True)
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,

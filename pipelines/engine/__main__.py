@@ -45,7 +45,7 @@ async def run(config: EngineConfig, kafka: KafkaConfig) -> None:
     runner = Runner(models, writer, max_runs=config.max_runs, run_timeout=config.run_timeout_seconds)
     producer = kafka_clients.producer(kafka)
     admin = kafka_clients.admin(kafka)
-    engine = Engine(runner, kafka, admin, pending_seconds=config.join_pending_seconds)
+    engine = Engine(runner, kafka, admin, engine=config.name, pending_seconds=config.join_pending_seconds)
     tls = config.scheduler_tls
     chainer = ChainerFollower(config.name, config.scheduler_address, tls, engine.start, engine.stop)
     status = StatusFollower(config.name, config.scheduler_address, tls)
@@ -76,6 +76,7 @@ async def run(config: EngineConfig, kafka: KafkaConfig) -> None:
                 health_port=health.port,
             )
             tasks.create_task(writer.run(producer))
+            tasks.create_task(engine.keep(producer))
             tasks.create_task(status.run())
             tasks.create_task(chainer.run())
     finally:

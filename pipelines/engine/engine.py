@@ -10,6 +10,11 @@ which other pipelines and the model gateway share; §5.1).
 A feed is cancelled at once, but its consumer's shutdown can wait for a group join in progress (up
 to the broker's session timeout, ~10 s): after :data:`FEED_STOP_WAIT_SECONDS` it finishes in the
 background, so one pipeline's stop never holds up the scheduler's next update to this engine.
+
+:meth:`Engine.keep` checks every running pipeline's topics every ``TOPIC_CHECK_SECONDS``; after the
+broker lost its state (a restarted embedded broker) they are made afresh, the producer forgets the
+old partitions and every feed starts again with a new consumer (its group and offsets are gone; it
+reads the new topics from the start).
 """
 
 from __future__ import annotations
@@ -17,17 +22,19 @@ from __future__ import annotations
 import asyncio
 
 import structlog
+from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 
 from apis.kafka import KafkaConfig
 from pipelines import kafka_clients
 from pipelines.engine.feed import PipelineFeed
-from pipelines.engine.runner import Runner
+from pipelines.engine.runner import Runner, Running
 from pipelines.model import Pipeline
 
 log = structlog.get_logger("meshserve.pipelines.engine")
 FEED_STOP_WAIT_SECONDS = 1.0
+TOPIC_CHECK_SECONDS = 2.0
 
 
 class TopicsUnavailable(LookupError):
@@ -36,11 +43,18 @@ class TopicsUnavailable(LookupError):
 
 class Engine:
     def __init__(
-        self, runner: Runner, kafka: KafkaConfig, admin: AIOKafkaAdminClient, *, pending_seconds: float
+        self,
+        runner: Runner,
+        kafka: KafkaConfig,
+        admin: AIOKafkaAdminClient,
+        *,
+        engine: str,
+        pending_seconds: float,
     ) -> None:
         self._runner = runner
         self._kafka = kafka
         self._admin = admin
+        self._keeper = kafka_clients.TopicKeeper(admin, kafka, engine)
         self._pending_seconds = pending_seconds
         self._feeds: dict[str, asyncio.Task[None]] = {}
         self._stopping: set[asyncio.Task[None]] = set()  # cancelled feeds still closing their consumer
@@ -60,9 +74,28 @@ class Engine:
                 f"pipeline {pipeline.name}: its Kafka topics could not be made: {error!r}"
             ) from error
         running = await self._runner.load(pipeline)
-        await self._stop_feed(pipeline.name)
+        await self._start_feed(running)
+
+    async def _start_feed(self, running: Running) -> None:
+        name = running.pipeline.name
+        await self._stop_feed(name)
         feed = PipelineFeed(self._runner, self._kafka, running, pending_seconds=self._pending_seconds)
-        self._feeds[pipeline.name] = asyncio.create_task(feed.run(), name=f"feed-{pipeline.name}")
+        self._feeds[name] = asyncio.create_task(feed.run(), name=f"feed-{name}")
+
+    async def keep(self, producer: AIOKafkaProducer) -> None:
+        """Until cancelled: the running pipelines' topics kept (see the module docstring)."""
+        while True:
+            await asyncio.sleep(TOPIC_CHECK_SECONDS)
+            running = list(self._runner.running.values())
+            topics = {t for r in running for t in self.topics_of(r.pipeline)}
+            try:
+                if await self._keeper.keep(topics):
+                    await kafka_clients.refresh_metadata(producer)
+                    for each in running:
+                        if self._runner.running.get(each.pipeline.name) is each:
+                            await self._start_feed(each)
+            except (KafkaError, OSError) as error:
+                log.warning("topic check failed; retrying", error=repr(error))
 
     async def stop(self, name: str, clean: bool) -> None:
         await self._stop_feed(name)

@@ -7,6 +7,7 @@
 | pipeline not loaded on this engine               | 404  | NOT_FOUND          |
 | no ``output`` (async only)                       | 400  | FAILED_PRECONDITION|
 | not ready (its models are not all available)     | 503  | UNAVAILABLE        |
+| async: Kafka refused or lost the write            | 503  | UNAVAILABLE        |
 | a step's model missing (no route, not loaded)    | 503  | UNAVAILABLE        |
 | every run slot taken                             | 503  | RESOURCE_EXHAUSTED |
 | deadline passed                                  | 504  | DEADLINE_EXCEEDED  |
@@ -37,6 +38,10 @@ class NotReady(Exception):
     """The pipeline is loaded but not ready (its models are not all available)."""
 
 
+class KafkaUnavailable(Exception):
+    """An async request could not be written to its topic (the broker is down or lost the topic)."""
+
+
 @dataclass(frozen=True, slots=True)
 class Failure:
     http: int
@@ -53,7 +58,7 @@ def failure(error: Exception) -> Failure | None:
         return Failure(404, grpc.StatusCode.NOT_FOUND, text)
     if isinstance(error, NoSyncOutput):
         return Failure(400, grpc.StatusCode.FAILED_PRECONDITION, text)
-    if isinstance(error, NotReady):
+    if isinstance(error, NotReady | KafkaUnavailable):
         return Failure(503, grpc.StatusCode.UNAVAILABLE, text)
     if isinstance(error, Overloaded):
         return Failure(503, grpc.StatusCode.RESOURCE_EXHAUSTED, text)

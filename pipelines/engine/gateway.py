@@ -11,14 +11,19 @@ is the run's own return value), so a repeated or guessed id cannot mix two calle
 Sync (the default): run it (:meth:`pipelines.engine.runner.Runner.infer`) within the deadline: the
 caller's (``seldon-deadline-ms``, gRPC's own) capped by the engine's ``--request-timeout-seconds``.
 Async (``seldon-async: true``): the request is written to the pipeline's input topic, acknowledged
-by Kafka, and answered with its id at once; the engine's Kafka path runs it.
+by Kafka, and answered with its id at once; the engine's Kafka path runs it. When Kafka does not
+acknowledge it (down, restarting, the topic lost) the caller gets 503 / UNAVAILABLE saying so, and
+504 / DEADLINE_EXCEEDED when the acknowledgement does not come within the request's deadline.
 """
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+
+from aiokafka.errors import KafkaError
 
 from apis.kafka import propagated
 from apis.names import INTERNAL_MODEL_HEADER, MODEL_HEADER, PIPELINE_SUFFIX, REQUEST_ID_HEADER
@@ -26,8 +31,8 @@ from apis.validation import InvalidResource, validate_name
 from pipelines.engine.audit import kafka_headers
 from pipelines.engine.codec import message_to_request
 from pipelines.engine.control import StatusFollower
-from pipelines.engine.errors import BadRequest, NotReady
-from pipelines.engine.runner import Answer, Runner, new_request_id
+from pipelines.engine.errors import BadRequest, KafkaUnavailable, NotReady
+from pipelines.engine.runner import Answer, DeadlineExceeded, Runner, new_request_id
 from pipelines.tensors import Message
 
 ASYNC_HEADER = "seldon-async"
@@ -91,7 +96,19 @@ class Gateway:
             value = message_to_request(message, request_id=request.request_id).SerializeToString()
             topic = writer.topics.pipeline_inputs(request.pipeline)
             headers = kafka_headers(request.pipeline, request.headers)
-            await writer.write_now(topic, value, key=request.request_id, headers=headers)
+            try:
+                async with asyncio.timeout(request.deadline):
+                    await writer.write_now(topic, value, key=request.request_id, headers=headers)
+            except TimeoutError:
+                raise DeadlineExceeded(
+                    f"pipeline {request.pipeline}: Kafka did not acknowledge the async request within "
+                    f"its deadline ({request.deadline:g} s)"
+                ) from None
+            except KafkaError as error:
+                raise KafkaUnavailable(
+                    f"pipeline {request.pipeline}: the async request could not be written to {topic}: "
+                    f"Kafka is unavailable ({type(error).__name__}); retry later"
+                ) from error
             return None
         return await self.runner.infer(request.pipeline, message, request.headers, deadline=request.deadline)
 

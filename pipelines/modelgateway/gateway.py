@@ -115,12 +115,15 @@ class ModelGateway:
         """Run until cancelled: keep topics and consumers in line with the wanted models."""
         producer = kafka_clients.producer(self._kafka)
         admin = kafka_clients.admin(self._kafka)
+        # The marker is per replica: each must see the loss itself (one replica remaking a shared
+        # marker would hide it from the others).
+        keeper = kafka_clients.TopicKeeper(admin, self._kafka, f"{SUBSCRIBER_NAME}-{self._config.name}")
         try:
             await service.connect([admin, producer], self._kafka, self._config.topic_check_seconds)
             self._producer = producer
             while True:
                 self._changed.clear()
-                await self._reconcile(admin)
+                await self._reconcile(admin, keeper, producer)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._changed.wait(), self._config.topic_check_seconds)
         finally:
@@ -130,19 +133,24 @@ class ModelGateway:
             self._buckets.clear()
             await kafka_clients.close_quietly(producer, admin)
 
-    async def _reconcile(self, admin: AIOKafkaAdminClient) -> None:
+    async def _reconcile(
+        self, admin: AIOKafkaAdminClient, keeper: kafka_clients.TopicKeeper, producer: AIOKafkaProducer
+    ) -> None:
         wanted = sorted(self._wanted)
         topics = [self._topics.errors]
         for model in wanted:
             topics += [self._topics.model_inputs(model), self._topics.model_outputs(model)]
         try:
-            created = await kafka_clients.ensure_topics(admin, self._kafka, topics)
+            lost = await keeper.keep(topics)
+            if lost:  # consumers and producer knew the old broker's groups and partitions
+                for bucket in self._buckets.values():
+                    await bucket.close()
+                self._buckets.clear()
+                await kafka_clients.refresh_metadata(producer)
         except (KafkaError, OSError) as error:
             self.topics_ready = False
             log.warning("topic check failed; retrying", error=repr(error))
             return
-        if created and self.topics_ready:
-            log.info("missing topics recreated", topics=created)
         self.topics_ready = True
         # Consumers leave a dropped model's topic before it is deleted: a consumer's metadata
         # request for a topic it still follows would create the topic again.

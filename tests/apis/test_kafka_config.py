@@ -91,6 +91,8 @@ def test_yaml_files_are_read_too(tmp_path: Path) -> None:
         ({"producer": {"batch.size": "1"}}, "producer.batch.size is not a supported setting"),
         ({"consumer": {"auto.offset.reset": "smallest"}}, "not one of earliest, latest"),
         ({"consumer": {"session.timeout.ms": "-1"}}, "session.timeout.ms: -1 is not within 0..3600000"),
+        ({"consumer": {"session.timeout.ms": "3000"}}, r"heartbeat.interval.ms \(3000\) must be .* below"),
+        ({"consumer": {"heartbeat.interval.ms": "0"}}, "must be above 0"),
         ({"producer": {"message.max.bytes": str(2**31)}}, "message.max.bytes"),
         ({"producer": "linger.ms=0"}, "producer must be a mapping"),
         ({"streams": []}, "streams must be a mapping"),

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import io
 import logging
+import re
 from collections.abc import Iterator
 
 import pytest
@@ -47,7 +48,18 @@ def test_a_bound_logger_name_is_kept_and_levels_filter(stream: io.StringIO) -> N
 
 def test_stdlib_records_share_the_stream(stream: io.StringIO) -> None:
     logging.getLogger("grpc").warning("channel closed")
-    assert stream.getvalue() == "grpc: channel closed\n"
+    line = stream.getvalue()
+    stamp = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d+Z"
+    assert re.fullmatch(rf'timestamp={stamp} level=warning logger=grpc event="channel closed"\n', line), line
+
+
+def test_stdlib_exceptions_stay_on_the_line(stream: io.StringIO) -> None:
+    try:
+        raise OSError("refused")
+    except OSError:
+        logging.getLogger("aiokafka").exception("connect failed")
+    assert 'logger=aiokafka event="connect failed\\nTraceback' in stream.getvalue()
+    assert "OSError: refused" in stream.getvalue()
 
 
 def test_unknown_level_is_refused() -> None:

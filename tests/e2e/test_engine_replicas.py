@@ -16,9 +16,10 @@ import signal
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import aiohttp
 import grpc
 import pytest
 
@@ -34,6 +35,7 @@ STACK_ENGINE = "dataflow-engine"
 JOINING = "engine-b"
 WAIT_S = 90.0
 MAX_RECORDS = 200_000  # the traffic's log is bounded too
+HANG_GRACE_S = 5.0
 BASE = list(range(1, 17))
 
 
@@ -50,6 +52,7 @@ class Outcome:
     ok: bool
     wrong: bool  # answered 200 with a result that is not this request's
     detail: str
+    done: float = field(default_factory=time.monotonic)  # when the answer (or failure) came
 
 
 @dataclass
@@ -58,6 +61,10 @@ class Traffic:
     pipeline: str
     outcomes: list[Outcome]
     counter: itertools.count[int]
+    # Each call's deadline, sent to the gateway (seldon-deadline-ms, gRPC's own); the REST client
+    # gives up HANG_GRACE_S later, so a call answered past its deadline shows as a TimeoutError.
+    # None: no deadline sent, REST waits as long as it takes, gRPC 30 s.
+    deadline_s: float | None = None
 
     def expected(self, k: int) -> tuple[list[int], list[int]]:
         return [k + v for v in BASE], [k - v for v in BASE]
@@ -71,13 +78,17 @@ class Traffic:
             ]
         }
         headers = {"x-request-id": f"rest-{k}"}
+        timeout = aiohttp.ClientTimeout(total=None)
+        if self.deadline_s is not None:
+            headers["seldon-deadline-ms"] = str(int(self.deadline_s * 1000))
+            timeout = aiohttp.ClientTimeout(total=self.deadline_s + HANG_GRACE_S)
         try:
             url = f"{self.stack.url}/v2/pipelines/{self.pipeline}/infer"
-            async with self.stack.http.post(url, json=body, headers=headers, timeout=None) as response:
+            async with self.stack.http.post(url, json=body, headers=headers, timeout=timeout) as response:
                 payload = await response.json(content_type=None)
                 if response.status != 200:
                     return Outcome(sent, "rest", False, False, f"{response.status} {payload}")
-        except (TimeoutError, OSError, ValueError) as error:
+        except (TimeoutError, OSError, ValueError, aiohttp.ClientError) as error:
             return Outcome(sent, "rest", False, False, repr(error))
         got = [o["data"] for o in payload["outputs"]]
         wrong = got != list(self.expected(k))
@@ -91,7 +102,8 @@ class Traffic:
             tensor.contents.int_contents.extend(values)
         metadata = (("seldon-model", f"{self.pipeline}.pipeline"), ("x-request-id", f"grpc-{k}"))
         try:
-            response = await self.stack.inference.ModelInfer(request, metadata=metadata, timeout=30)
+            timeout = self.deadline_s or 30
+            response = await self.stack.inference.ModelInfer(request, metadata=metadata, timeout=timeout)
         except grpc.aio.AioRpcError as error:
             return Outcome(sent, "grpc", False, False, f"{error.code().name} {error.details()}")
         got = [list(o.contents.int_contents) for o in response.outputs]

@@ -8,8 +8,11 @@ from typing import Any, cast
 
 import pytest
 
+from apis.kafka import KafkaConfig
 from pipelines.engine import engine as engine_module
 from pipelines.engine.engine import Engine
+
+KAFKA = KafkaConfig.from_mapping({"bootstrap.servers": "127.0.0.1:9092"})
 
 
 class Unloads:
@@ -22,7 +25,7 @@ class Unloads:
 
 def engine_with_feed(closing: asyncio.Event, release: asyncio.Event) -> tuple[Engine, Unloads]:
     runner = Unloads()
-    engine = Engine(cast(Any, runner), cast(Any, None), cast(Any, None), pending_seconds=1.0)
+    engine = Engine(cast(Any, runner), KAFKA, cast(Any, None), engine="e", pending_seconds=1.0)
 
     async def feed() -> None:
         try:
@@ -61,7 +64,7 @@ async def test_a_feed_that_closes_promptly_is_awaited() -> None:
 
 async def test_a_feed_failing_as_it_closes_is_logged_not_raised(capsys: pytest.CaptureFixture[str]) -> None:
     runner = Unloads()
-    engine = Engine(cast(Any, runner), cast(Any, None), cast(Any, None), pending_seconds=1.0)
+    engine = Engine(cast(Any, runner), KAFKA, cast(Any, None), engine="e", pending_seconds=1.0)
 
     async def feed() -> None:
         try:

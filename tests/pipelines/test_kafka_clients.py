@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import ssl
 from pathlib import Path
 
+from aiokafka.admin import AIOKafkaAdminClient
+
 from apis.kafka import KafkaConfig
 from pipelines import kafka_clients
+from tests.kafka_broker import TansuBroker
+
+FAST_SESSION = {"session.timeout.ms": "3000", "heartbeat.interval.ms": "1000"}  # Tansu joins after half
 
 
 def test_sasl_over_tls_and_the_settings_reach_every_client(tmp_path: Path) -> None:
@@ -56,6 +62,39 @@ def test_plain_text_defaults() -> None:
     assert options["security_protocol"] == "PLAINTEXT"
     assert "ssl_context" not in options and "sasl_mechanism" not in options
     assert "compression_type" not in options
-    assert kafka_clients.consumer_options(KafkaConfig(("k:9092",)), "g")["auto_offset_reset"] == "earliest"
+    consumer = kafka_clients.consumer_options(KafkaConfig(("k:9092",)), "g")
+    assert consumer["auto_offset_reset"] == "earliest"
+    # the reference's kafka.json session, not aiokafka's 10 s (it paces the embedded broker's joins)
+    assert (consumer["session_timeout_ms"], consumer["heartbeat_interval_ms"]) == (6000, 3000)
     numeric = KafkaConfig.from_mapping({"bootstrap.servers": "k:1", "producer": {"acks": "1"}})
     assert kafka_clients.producer_options(numeric)["acks"] == 1
+
+
+async def test_a_stopped_consumer_leaves_its_tansu_group_at_generation_0(kafka_broker: TansuBroker) -> None:
+    # Tansu numbers generations from 0 and aiokafka left only from 1 on: the member stayed until its
+    # session expired, and the next member's join waited ~1.8 session timeouts (decision 0023).
+    config = KafkaConfig.from_mapping({"bootstrap.servers": kafka_broker.bootstrap, "consumer": FAST_SESSION})
+    admin = kafka_clients.admin(config)
+    await admin.start()
+    try:
+        await kafka_clients.ensure_topics(admin, config, ["t"])
+        consumer = kafka_clients.consumer(config, "g")
+        try:
+            await consumer.start()
+            consumer.subscribe(["t"])
+            async with asyncio.timeout(30):
+                while not consumer.assignment():
+                    await consumer.getmany(timeout_ms=100)
+            assert consumer._coordinator.generation == 0  # Tansu's first generation
+            assert len(await members(admin, "g")) == 1
+        finally:
+            await consumer.stop()
+        assert await members(admin, "g") == []
+    finally:
+        await admin.close()
+
+
+async def members(admin: AIOKafkaAdminClient, group: str) -> list[object]:
+    [response] = await admin.describe_consumer_groups([group])
+    [described] = response.groups
+    return list(described[-1])
