@@ -53,7 +53,9 @@ class EnvoyModels:
         self._http = aiohttp.ClientSession(
             timeout=aiohttp.ClientTimeout(total=timeout),
             connector=aiohttp.TCPConnector(limit=connections),
-            skip_auto_headers=("User-Agent",),
+            # No Accept-Encoding either: MLServer gzips bodies over 1 KB when asked, and the answer is
+            # read as it comes (auto_decompress off).
+            skip_auto_headers=("User-Agent", "Accept-Encoding"),
             cookie_jar=aiohttp.DummyCookieJar(),  # Envoy and models set none; a jar costs per request
             auto_decompress=False,  # the engine asks for no encoding; a body it cannot read is an error
         )

@@ -6,6 +6,7 @@ import struct
 
 import grpc
 import pytest
+from aiohttp import web
 
 from apis.kafka import Topics
 from apis.v2_dataplane import v2_dataplane_pb2 as pb
@@ -18,11 +19,11 @@ from pipelines.engine.codec import (
 from pipelines.engine.errors import BadRequest, failure
 from pipelines.engine.feed import BadMessage, decode
 from pipelines.engine.gateway import pipeline_name
-from pipelines.engine.models import Fault, ModelCallFailed
+from pipelines.engine.models import EnvoyModels, Fault, ModelCallFailed
 from pipelines.engine.runner import DeadlineExceeded, NotServed, new_request_id
 from pipelines.engine.topics import source_of, topic_of
 from pipelines.references import Direction, Source
-from pipelines.tensors import InvalidTensor, Tensor
+from pipelines.tensors import InvalidTensor, Tensor, message_from_json
 from pipelines.topology import RevisitLimitExceeded, StepFailed
 
 TOPICS = Topics("seldon", "default")
@@ -142,3 +143,33 @@ async def test_a_run_started_by_a_join_window_expiring_takes_a_run_slot() -> Non
     assert runner.started == ["joined", "joined"]
     assert runner.slots_taken == 2
     assert feed._pending == {}
+
+
+async def test_model_calls_ask_for_no_encoding_and_read_a_large_answer() -> None:
+    """MLServer gzips an answer over 1 KB for a client that accepts it; the engine reads answers
+    undecoded, so it must not ask (a regression: every large answer was 'malformed')."""
+    seen: list[str | None] = []
+    big = [{"name": "OUTPUT0", "datatype": "INT32", "shape": [1, 600], "data": list(range(600))}]
+
+    async def infer(request: web.Request) -> web.Response:
+        seen.append(request.headers.get("Accept-Encoding"))
+        return web.json_response({"outputs": big})
+
+    app = web.Application()
+    app.router.add_post("/v2/models/{name}/infer", infer)
+    runner = web.AppRunner(app, handle_signals=False)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    models = EnvoyModels("127.0.0.1", port, timeout=5, connections=2)
+    try:
+        request = message_from_json(
+            [{"name": "INPUT0", "datatype": "INT32", "shape": [1], "data": [1]}], field="inputs"
+        )
+        outputs, _ = await models.call("m", request, {})
+    finally:
+        await models.close()
+        await runner.cleanup()
+    assert seen == [None]
+    assert [t.to_json()["data"] for t in outputs] == [list(range(600))]
