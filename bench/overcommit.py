@@ -4,9 +4,9 @@ resident model.
 Two meshserve stacks in one run, identical but for overcommit: **on** (the agent's reload listener
 at Envoy priority 1, `previous_priorities` retries, room for 3 iris models and 12 assigned) and
 **off** (overcommit 0: one priority). Resident path: `iris` on both, REST (wrk) and gRPC (h2load)
-closed loop, rounds interleaved (on/off order alternates), medians. Reload: on the *on* stack, ten
-more iris models called in turn, one request at a time from a Python client, so every call finds
-its model evicted (room for 3): Envoy → MLServer 404 → agent → reload → MLServer; compared with the
+closed loop, rounds interleaved (on/off order alternates), each round on freshly started stacks,
+medians. Reload: on the *on* stack, ten more iris models called in turn, one request at a time
+from a Python client, so every call finds its model evicted (room for 3): Envoy → MLServer 404 → agent → reload → MLServer; compared with the
 same client's calls to the resident `iris` in the same loop.
 """
 
@@ -34,32 +34,40 @@ GRPC_HEADERS = {"content-type": "application/grpc", "te": "trailers", "seldon-mo
 
 
 async def run(work: Path, quick: bool = False) -> Section:
-    rounds, seconds, reloads = (2, 2.0, 20) if quick else (3, 5.0, 100)
+    rounds, seconds, reloads = (2, 2.0, 20) if quick else (5, 3.0, 100)
     started = time.monotonic()
     train.ensure_artifacts()
     section = Section(
         key="overcommit",
         title="8. Overcommit: reload of an evicted model, resident path on vs off",
         intro=__doc__.split("\n\n", 1)[1].replace("\n", " ").strip()
-        + f" {rounds} rounds; each {seconds:g} s at 1 connection (latency) and 4 (throughput);"
-        f" {reloads} reloads.",
+        + f" {rounds} rounds, each on two freshly started stacks; each {seconds:g} s at 1 connection"
+        f" (latency) and 4 (throughput); {reloads} reloads.",
         command="python -m bench --only overcommit",
     )
     grpc_body = _grpc_body(work)
-    with processes(work / "logs") as group:
-        meshes = {}
-        for key, overcommit in (("on", 300), ("off", 0)):
-            config = bench_config(work / key, server_memory=3 * IRIS_BYTES, overcommit_percent=overcommit)
-            meshes[key] = await start_mesh(group, config, ("scheduler", "envoy", "mlserver", "agent"))
-            await _load(meshes[key], ["iris", *(EVICTABLE if overcommit else [])])
-        closed: dict[tuple[str, str, int], list[Result]] = {}
-        for round_no in range(rounds):
+    closed: dict[tuple[str, str, int], list[Result]] = {}
+    reload_ms: list[float] = []
+    resident_ms: list[float] = []
+    counts = (0.0, 0.0)
+    for round_no in range(rounds):
+        # Fresh processes every round: two stacks differ by more than the goal from where their
+        # processes happen to run (measured ±0.3 ms p50 between rounds of one pair), so that bias
+        # must average out over rounds instead of being measured once.
+        with processes(work / "logs" / str(round_no)) as group:
+            meshes = {}
+            for key, overcommit in (("on", 300), ("off", 0)):
+                home = work / f"{key}-{round_no}"
+                config = bench_config(home, server_memory=3 * IRIS_BYTES, overcommit_percent=overcommit)
+                meshes[key] = await start_mesh(group, config, ("scheduler", "envoy", "mlserver", "agent"))
+                await _load(meshes[key], ["iris", *(EVICTABLE if overcommit else [])])
             order = ["on", "off"] if round_no % 2 == 0 else ["off", "on"]
             for key in order:
                 for connections in (1, 4):  # 1: latency without queueing; 4: throughput
                     for proto, result in await _closed(meshes[key], grpc_body, connections, seconds):
                         closed.setdefault((proto, key, connections), []).append(result)
-        reload_ms, resident_ms, counts = await _reloads(meshes["on"], reloads)
+            if round_no == rounds - 1:
+                reload_ms, resident_ms, counts = await _reloads(meshes["on"], reloads)
     _tabulate(section, closed, reload_ms, resident_ms, counts)
     section.seconds = time.monotonic() - started
     return section
@@ -174,10 +182,12 @@ def _tabulate(
     for proto in ("REST", "gRPC"):
         delta = p50[(proto, "on")] - p50[(proto, "off")]
         ratio = rps[(proto, "on")] / rps[(proto, "off")]
+        pairs = zip(closed[(proto, "on", 1)], closed[(proto, "off", 1)], strict=True)
+        per_round = ", ".join(f"{on.p50_ms - off.p50_ms:+.2f}" for on, off in pairs)
         section.goals.append(
             Goal(
                 f"{proto} resident p50, overcommit on vs off: within +0.1 ms",
-                f"{delta:+.3f} ms; throughput {ratio:.2f}x",
+                f"{delta:+.3f} ms (each round's pair: {per_round}); throughput {ratio:.2f}x",
                 delta <= 0.1,
             )
         )
