@@ -4,9 +4,10 @@ resident model.
 Two meshserve stacks in one run, identical but for overcommit: **on** (the agent's reload listener
 at Envoy priority 1, `previous_priorities` retries, room for 3 iris models and 12 assigned) and
 **off** (overcommit 0: one priority). Resident path: `iris` on both, REST (wrk) and gRPC (h2load)
-closed loop, rounds interleaved (on/off order alternates), each round on freshly started stacks,
-medians. Reload: on the *on* stack, ten more iris models called in turn, one request at a time
-from a Python client, so every call finds its model evicted (room for 3): Envoy → MLServer 404 → agent → reload → MLServer; compared with the
+closed loop, rounds interleaved (on/off order alternates), each round on freshly started stacks
+(iris loaded and called last, so it is resident), medians. Reload: on the *on* stack, ten more
+iris models called in turn, one request at a time from a Python client, so every call finds its
+model evicted (room for 3): Envoy → MLServer 404 → agent → reload → MLServer; compared with the
 same client's calls to the resident `iris` in the same loop.
 """
 
@@ -34,7 +35,7 @@ GRPC_HEADERS = {"content-type": "application/grpc", "te": "trailers", "seldon-mo
 
 
 async def run(work: Path, quick: bool = False) -> Section:
-    rounds, seconds, reloads = (2, 2.0, 20) if quick else (5, 3.0, 100)
+    rounds, seconds, reloads = (2, 2.0, 20) if quick else (12, 2.0, 100)
     started = time.monotonic()
     train.ensure_artifacts()
     section = Section(
@@ -60,7 +61,10 @@ async def run(work: Path, quick: bool = False) -> Section:
                 home = work / f"{key}-{round_no}"
                 config = bench_config(home, server_memory=3 * IRIS_BYTES, overcommit_percent=overcommit)
                 meshes[key] = await start_mesh(group, config, ("scheduler", "envoy", "mlserver", "agent"))
-                await _load(meshes[key], ["iris", *(EVICTABLE if overcommit else [])])
+                # iris last: each readiness check of a model reloads it if evicted, so on room for 3
+                # the model checked first would be evicted again by the later ones, and the first
+                # "resident" requests timed would be a reload.
+                await _load(meshes[key], [*(EVICTABLE if overcommit else []), "iris"])
             order = ["on", "off"] if round_no % 2 == 0 else ["off", "on"]
             for key in order:
                 for connections in (1, 4):  # 1: latency without queueing; 4: throughput
@@ -180,19 +184,32 @@ def _tabulate(
         Goal("reload of an evicted iris model through Envoy, p50 ≤ 150 ms", ms(reload_p50), reload_p50 <= 150)
     )
     for proto in ("REST", "gRPC"):
-        delta = p50[(proto, "on")] - p50[(proto, "off")]
-        ratio = rps[(proto, "on")] / rps[(proto, "off")]
-        pairs = zip(closed[(proto, "on", 1)], closed[(proto, "off", 1)], strict=True)
-        per_round = ", ".join(f"{on.p50_ms - off.p50_ms:+.2f}" for on, off in pairs)
+        # Paired by round: the two stacks of a round share its conditions, and rounds differ by more
+        # than the goal, so the median of the rounds' differences is the estimate.
+        pairs = list(zip(closed[(proto, "on", 1)], closed[(proto, "off", 1)], strict=True))
+        deltas = [on.p50_ms - off.p50_ms for on, off in pairs]
+        delta = median(deltas)
+        loads = zip(closed[(proto, "on", 4)], closed[(proto, "off", 4)], strict=True)
+        ratio = median([on.rps / off.rps for on, off in loads])
+        per_round = ", ".join(f"{d:+.2f}" for d in deltas)
         section.goals.append(
             Goal(
                 f"{proto} resident p50, overcommit on vs off: within +0.1 ms",
-                f"{delta:+.3f} ms (each round's pair: {per_round}); throughput {ratio:.2f}x",
+                f"{delta:+.3f} ms, median of each round's pair ({per_round}); throughput {ratio:.2f}x",
                 delta <= 0.1,
             )
         )
     section.notes.append(
         f"The agent counted {counts[0]:.0f} evictions and {counts[1]:.0f} misses during the reload loop."
+    )
+    section.notes.append(
+        "Why fresh stacks each round and paired differences: with one pair of stacks for the whole run, "
+        "the verdict flipped between runs (REST +0.01 to +0.32 ms, gRPC -0.88 to +0.65 ms) while Envoy's "
+        "and MLServer's CPU per request did not differ; the bias between two stacks' processes is larger "
+        "than the goal, so it must average out over rounds. The agent no longer reads MLServer's "
+        "repository index every 2 s (MLServer builds it by parsing every model's settings on disk inside "
+        "its event loop: 3.4 ms with one model there, 27 ms with eleven, which stalled the resident path "
+        "with overcommit on); it probes a few held models' readiness in turn."
     )
     section.notes.append(
         "2 cores shared by both stacks, the generators and other work on the machine: medians of "
