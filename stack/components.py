@@ -238,10 +238,11 @@ def server_replica(
     from stack.ports import free_ports
 
     host = config.host
+    taken = config.ports()  # chosen for the stack's own processes, which may not have bound them yet
     if not ports.agent_metrics:
-        ports = dataclasses.replace(ports, agent_metrics=free_ports(1)[0])
+        ports = dataclasses.replace(ports, agent_metrics=free_ports(1, avoid=taken)[0])
     if not (ports.reload_http and ports.reload_grpc and ports.agent_debug):
-        reload_http, reload_grpc, agent_debug = free_ports(3)
+        reload_http, reload_grpc, agent_debug = free_ports(3, avoid=taken)
         ports = dataclasses.replace(
             ports, reload_http=reload_http, reload_grpc=reload_grpc, agent_debug=agent_debug
         )
@@ -251,7 +252,7 @@ def server_replica(
     group = f"replica {server}/{idx}"
 
     def rebind() -> list[Component]:
-        fresh = ReplicaPorts(*free_ports(4))
+        fresh = ReplicaPorts(*free_ports(4, avoid=taken))
         return server_replica(config, fresh, server=server, idx=idx, spec=spec)
 
     return [

@@ -226,6 +226,10 @@ class StackConfig(KafkaFlags):
             raise FileNotFoundError(f"{name} is not installed (run `make up`, which installs it)")
         return found
 
+    def ports(self) -> frozenset[int]:
+        """Every port this config names (``*_port`` settings)."""
+        return frozenset(getattr(self, name) for name in port_defaults())
+
     @classmethod
     def on_free_ports(cls, home: Path, **overrides: Any) -> StackConfig:
         """A stack on loopback ports free right now (tests and benchmarks run beside other stacks)."""

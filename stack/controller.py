@@ -148,7 +148,7 @@ class ServerController:
                 running.discard(idx)
 
     async def _start(self, server: str, idx: int) -> None:
-        http, grpc_port, metrics = free_ports(3)
+        http, grpc_port, metrics = free_ports(3, avoid=self._config.ports())
         spec = read_replica_spec(self._config, server)
         log.info("starting server replica", server=server, replica=idx, spec=spec)
         await self._supervisor.add(
