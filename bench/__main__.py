@@ -115,7 +115,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument("--only", choices=FIGURES, action="append", help="run only this figure (repeatable)")
     parser.add_argument("--quick", action="store_true", help="short runs (smoke test; not for the docs)")
-    parser.add_argument("--output", type=Path, default=ROOT / "docs" / "benchmarks.md")
+    parser.add_argument(
+        "--output",
+        type=Path,
+        help="the page to write (default docs/benchmarks.md; a --quick run writes none unless given)",
+    )
     parser.add_argument(
         "--merge",
         action="store_true",
@@ -123,6 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--keep", action="store_true", help="keep the work folder (logs) afterwards")
     args = parser.parse_args(argv)
+    output: Path | None = args.output or (None if args.quick else ROOT / "docs" / "benchmarks.md")
     for tool in ("wrk", "h2load"):
         if shutil.which(tool) is None:
             parser.error(f"{tool} is not installed (make bench installs wrk and nghttp2-client)")
@@ -145,20 +150,21 @@ def main(argv: list[str] | None = None) -> int:
             print(f"work folder kept: {work}", file=sys.stderr)
         else:
             shutil.rmtree(work, ignore_errors=True)
-    if args.merge and args.output.exists():
-        text = report.merge(args.output.read_text(), sections, extra)
-        args.output.write_text(text)
+    if args.merge and output is not None and output.exists():
+        text = report.merge(output.read_text(), sections, extra)
+        output.write_text(text)
         print("\n\n".join([s.markdown() for s in sections] + extra))
-        print(f"updated {', '.join(chosen)} in {args.output}", file=sys.stderr)
+        print(f"updated {', '.join(chosen)} in {output}", file=sys.stderr)
         return 0
     text = report.document(sections, report.machine(), time.monotonic() - started)
     if extra:
         text += "\n" + "\n\n".join(extra) + "\n"
     if args.quick:
         text = text.replace("# Benchmarks\n", "# Benchmarks (quick run: short, not for publication)\n", 1)
-    args.output.write_text(text)
     print(text)
-    print(f"wrote {args.output}", file=sys.stderr)
+    if output is not None:
+        output.write_text(text)
+        print(f"wrote {output}", file=sys.stderr)
     return 0
 
 

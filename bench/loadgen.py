@@ -11,7 +11,7 @@ import json
 import resource
 import statistics
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -60,12 +60,33 @@ async def _run(argv: list[str], limit_s: float) -> str:
     return text
 
 
-async def wrk(url: str, body: str, headers: Mapping[str, str], *, connections: int, seconds: float) -> Result:
-    """Closed loop: ``connections`` keep-alive connections, each sending its next request on reply."""
+WRK_PATHS = """
+paths = {{{paths}}}
+sent = 0
+request = function()
+  sent = sent + 1
+  return wrk.format(nil, paths[(sent % #paths) + 1])
+end
+"""
+
+
+async def wrk(
+    url: str,
+    body: str,
+    headers: Mapping[str, str],
+    *,
+    connections: int,
+    seconds: float,
+    paths: Sequence[str] = (),
+) -> Result:
+    """Closed loop: ``connections`` keep-alive connections, each sending its next request on reply;
+    with ``paths``, requests take those paths of ``url``'s server in turn."""
     script = WRK_SCRIPT.format(
         body=_lua_string(body),
         headers="\n".join(f"wrk.headers[{_lua_string(k)}] = {_lua_string(v)}" for k, v in headers.items()),
     )
+    if paths:
+        script += WRK_PATHS.format(paths=", ".join(_lua_string(path) for path in paths))
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as handle:
         handle.write(script)
     argv = ["wrk", "-t1", f"-c{connections}", f"-d{seconds:g}s", "-s", handle.name, url]
@@ -166,6 +187,22 @@ def percentile(values: list[int] | list[float], q: float) -> float:
 
 def median(values: list[float]) -> float:
     return statistics.median(values) if values else float("nan")
+
+
+def paired_ratio(ours: list[float], baseline: list[float]) -> tuple[float, list[float]]:
+    """The median of each round's ratio ours / baseline, and those ratios.
+
+    Runs of one round are adjacent in time, so a load swing on the shared machine moves both alike;
+    comparing each target's own median across rounds lets the swings between rounds decide instead.
+    """
+    ratios = [a / b for a, b in zip(ours, baseline, strict=True) if b > 0]
+    return median(ratios), ratios
+
+
+def paired_difference(ours: list[float], baseline: list[float]) -> tuple[float, list[float]]:
+    """The median of each round's difference ours - baseline, and those differences (as above)."""
+    differences = [a - b for a, b in zip(ours, baseline, strict=True)]
+    return median(differences), differences
 
 
 def _children_cpu() -> float:

@@ -39,6 +39,7 @@ from apis.kafka import (
     Topics,
     propagated,
 )
+from apis.v2_dataplane import v2_dataplane_pb2 as pb
 from pipelines.engine.batches import Encoded, Headers, send_burst
 from pipelines.engine.codec import message_to_request, message_to_response
 from pipelines.engine.topics import topic_of
@@ -64,15 +65,32 @@ class Record:
     message: Message | None = None  # encoded on the writer's task when set
     source: Source | None = None  # of ``message``: request (inputs) or response (outputs) proto
 
-    def encoded(self) -> bytes:
-        """The value; raises InvalidTensor when a model answered data its datatype cannot hold."""
+    def encoded(self, done: dict[tuple[object, ...], bytes] | None = None) -> bytes:
+        """The value; raises InvalidTensor when a model answered data its datatype cannot hold.
+
+        ``done``: encodings already made in this burst. A run writes the same tensors twice (a
+        pipeline's inputs are its first step's inputs, its last step's outputs its own outputs), so
+        each is encoded once; the records hold their tensors, so the ids cannot be reused meanwhile.
+        """
         if self.message is None or self.source is None:
             return self.value
-        request_id = self.key.decode()
-        if self.source.direction is Direction.INPUTS:
-            return message_to_request(self.message, request_id=request_id).SerializeToString()
-        model = self.source.step or ""
-        return message_to_response(self.message, request_id=request_id, model=model).SerializeToString()
+        inputs = self.source.direction is Direction.INPUTS
+        key = (inputs, self.key, *map(id, self.message))
+        body = done.get(key) if done is not None else None
+        if body is None:
+            request_id = self.key.decode()
+            message = (
+                message_to_request(self.message, request_id=request_id)
+                if inputs
+                else message_to_response(self.message, request_id=request_id)
+            )
+            body = message.SerializeToString()
+            if done is not None:
+                done[key] = body
+        if inputs or not self.source.step:
+            return body
+        # model_name is field 1, serialised first: prefixing it gives the bytes a full encoding would.
+        return pb.ModelInferResponse(model_name=self.source.step).SerializeToString() + body
 
 
 def kafka_headers(pipeline: str, headers: Mapping[str, str], *, audit: str = "") -> Headers:
@@ -109,16 +127,17 @@ class TopicWriter:
                     await asyncio.sleep(GATHER_SECONDS)
                 while not self._queue.empty() and len(burst) < MAX_BURST:
                     burst.append(self._queue.get_nowait())
-                encoded = [e for e in map(self._encoded, burst) if e is not None]
+                done: dict[tuple[object, ...], bytes] = {}
+                encoded = [e for e in (self._encoded(r, done) for r in burst) if e is not None]
                 # One batch per topic partition; submitting suspends only when the producer's buffer is full.
                 with contextlib.suppress(KafkaError, OSError):  # counted and logged by _delivered
                     await send_burst(producer, encoded, self._delivered)
         finally:
             self._producer = None
 
-    def _encoded(self, record: Record) -> Encoded | None:
+    def _encoded(self, record: Record, done: dict[tuple[object, ...], bytes]) -> Encoded | None:
         try:
-            return Encoded(record.topic, record.key, record.encoded(), record.headers)
+            return Encoded(record.topic, record.key, record.encoded(done), record.headers)
         except InvalidTensor as error:
             self._unencodable(record, error)
             return None

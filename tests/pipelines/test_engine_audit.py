@@ -12,6 +12,7 @@ from apis.kafka import INFER_TYPE_HEADER, InferType, Topics
 from apis.v2_dataplane import v2_dataplane_pb2 as pb
 from pipelines.engine import audit
 from pipelines.engine.audit import TopicWriter
+from pipelines.engine.codec import message_to_request, message_to_response
 from pipelines.references import Direction, Source
 from pipelines.tensors import Tensor
 
@@ -192,3 +193,24 @@ async def test_a_batch_kafka_refuses_is_counted_failed_and_the_writer_goes_on() 
     producer.fail = None
     writer.observer("p", "later", {}).record(Source("p", "m", Direction.INPUTS), INPUT)
     await _run_until(writer, producer, lambda: _count(writer, "written") == 3)
+
+
+def test_tensors_written_twice_in_a_burst_are_encoded_once_with_the_bytes_of_a_full_encoding() -> None:
+    key = b"req-1"
+    step = audit.Record("t", key, [], message=OUTPUT, source=Source("p", "m", Direction.OUTPUTS))
+    pipeline = audit.Record("t", key, [], message=OUTPUT, source=Source("p", None, Direction.OUTPUTS))
+    step_in = audit.Record("t", key, [], message=INPUT, source=Source("p", "m", Direction.INPUTS))
+    pipeline_in = audit.Record("t", key, [], message=INPUT, source=Source("p", None, Direction.INPUTS))
+    done: dict[tuple[object, ...], bytes] = {}
+    encoded = [r.encoded(done) for r in (step, pipeline, step_in, pipeline_in)]
+    assert len(done) == 2  # one encoding of the outputs, one of the inputs
+    full = [
+        message_to_response(OUTPUT, request_id="req-1", model="m"),
+        message_to_response(OUTPUT, request_id="req-1"),
+        message_to_request(INPUT, request_id="req-1"),
+        message_to_request(INPUT, request_id="req-1"),
+    ]
+    assert encoded == [m.SerializeToString() for m in full]
+    assert pb.ModelInferResponse.FromString(encoded[0]).model_name == "m"
+    other = audit.Record("t", b"req-2", [], message=OUTPUT, source=Source("p", None, Direction.OUTPUTS))
+    assert pb.ModelInferResponse.FromString(other.encoded(done)).id == "req-2"  # the key is part of it
