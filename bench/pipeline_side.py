@@ -36,6 +36,7 @@ from stack.config import StackConfig
 
 CORE = ("scheduler", "envoy", "mlserver", "agent")
 PIPELINE = ("kafka", "modelgateway", "engine")
+SETTLE_SECONDS = 12.0
 PAIRS_PER_STATE = 2  # paired rounds each time a state is set up (starting the components takes ~15 s)
 LABELS = {
     "scheduler": "scheduler",
@@ -155,9 +156,12 @@ async def run_dataplane(work: Path, quick: bool = False) -> Section:
                 if state == "with":
                     extra = await start_components(group, config, [chosen[n] for n in PIPELINE])
                     await _load_pipelines(config, mesh.url, setup=False)
-                    await asyncio.sleep(2.0)  # past the pipelines' readiness traffic
-                for _ in range(pairs):
-                    await _measure_round(state, targets, bodies, settings, rates, measured)
+                    # past the readiness traffic and the consumer groups' first rebalances (~2 sessions)
+                    await asyncio.sleep(SETTLE_SECONDS)
+                for pair in range(pairs):
+                    # which target goes first alternates, so a trend within a state favours neither
+                    order = list(targets) if (round_no + pair) % 2 == 0 else list(reversed(targets))
+                    await _measure_round(state, order, bodies, settings, rates, measured)
                 for process in reversed(extra.values()):
                     group.stop(process)
     section = Section(
