@@ -118,14 +118,20 @@ class XdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignor
         self._streams.add(stream)
 
         async def read() -> None:
-            async for request in request_iterator:
-                stream.handle_request(request)
+            try:
+                async for request in request_iterator:
+                    stream.handle_request(request)
+            finally:
+                stream.close()  # Envoy closed its side or the call failed: the writer ends too
 
         reader = asyncio.create_task(read(), name="xds-delta-reader")
         watchdog = asyncio.create_task(self._watch(stream), name="xds-ack-watchdog")
         try:
-            async for response in _until_done(stream.responses(), reader):
+            # Straight from the stream's writer: no task per response (each change sends two).
+            async for response in stream.responses():
                 yield response
+            if reader.done() and not reader.cancelled() and reader.exception() is not None:
+                log.info("xds stream ended", error=str(reader.exception()))
         finally:
             unwatch()
             self._streams.discard(stream)
@@ -137,30 +143,3 @@ class XdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignor
                 await watchdog
             log.info("envoy disconnected", node=stream.node_id)
             self._notify_ack(None)
-
-
-async def _until_done(
-    responses: AsyncIterator[discovery_pb2.DeltaDiscoveryResponse], reader: asyncio.Task[None]
-) -> AsyncIterator[discovery_pb2.DeltaDiscoveryResponse]:
-    """Yield responses until the reader task ends (Envoy closed its side or the call failed).
-
-    The pending ``anext`` is this generator's own task: it is cancelled however the generator
-    ends, including when the RPC itself is cancelled (server shutdown).
-    """
-    iterator = aiter(responses)
-    next_response: asyncio.Future[discovery_pb2.DeltaDiscoveryResponse] | None = None
-    try:
-        while True:
-            next_response = asyncio.ensure_future(anext(iterator))
-            done, _ = await asyncio.wait({next_response, reader}, return_when=asyncio.FIRST_COMPLETED)
-            if next_response in done:
-                yield next_response.result()
-                continue
-            if not reader.cancelled() and reader.exception() is not None:
-                log.info("xds stream ended", error=str(reader.exception()))
-            return
-    finally:
-        if next_response is not None and not next_response.done():
-            next_response.cancel()
-            with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration):
-                await next_response

@@ -76,6 +76,7 @@ class DeltaStream:
         self._unanswered: set[str] = set()
         self._nonce = 0
         self._wakeup = asyncio.Event()
+        self._closed = False
         self.nacks = 0
 
     # -- inbound ---------------------------------------------------------------------------------
@@ -166,12 +167,22 @@ class DeltaStream:
 
     # -- outbound --------------------------------------------------------------------------------
 
+    def close(self) -> None:
+        """Envoy's side ended: :meth:`responses` stops (after the response it is sending)."""
+        self._closed = True
+        self._wakeup.set()
+
     async def responses(self) -> AsyncIterator[discovery_pb2.DeltaDiscoveryResponse]:
+        """Responses as changes arrive, until :meth:`close`."""
         while True:
             await self._wakeup.wait()
             self._wakeup.clear()
+            if self._closed:
+                return
             for response in self._drain():
                 yield response
+                if self._closed:
+                    return
 
     def _drain(self) -> Iterable[discovery_pb2.DeltaDiscoveryResponse]:
         dirty, self._dirty = self._dirty, {}
