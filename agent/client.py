@@ -19,6 +19,7 @@ from structlog.typing import FilteringBoundLogger
 from agent.backoff import Backoff
 from agent.config import AgentConfig
 from agent.dispatcher import OperationDispatcher
+from agent.events import AckedEventStream, NotAcknowledged
 from agent.locks import ModelLocks
 from agent.operations import Event, ModelOperator, Outcome
 from agent.state import ReplicaState
@@ -66,6 +67,8 @@ class AgentClient:
         self._pending: list[agent_pb2.ModelEventMessage] = []
         self._pending_done: asyncio.Future[None] | None = None
         self._sender: asyncio.Task[None] | None = None
+        # Until the scheduler answers AgentEventsAcked with UNIMPLEMENTED; then AgentEvent calls.
+        self._events: AckedEventStream | None = AckedEventStream(self._stub, EVENT_TIMEOUT_S)
 
     async def run(self) -> None:
         backoff = Backoff()
@@ -84,6 +87,8 @@ class AgentClient:
             await self._dispatcher.close()
             if self._sender is not None:
                 self._sender.cancel()
+            if self._events is not None:
+                self._events.close()
 
     async def _subscribe_once(self) -> int:
         """Run one Subscribe stream to its end; returns how many operations it delivered."""
@@ -237,12 +242,36 @@ class AgentClient:
             self._log.warning("events dropped: the scheduler has been unreachable", dropped=overflow)
 
     async def _deliver(self, batch: list[agent_pb2.ModelEventMessage]) -> list[agent_pb2.ModelEventMessage]:
-        """Send ``batch`` in order, one acknowledged call per event; returns what did not arrive.
+        """Send ``batch`` in order, acknowledged; returns what did not arrive.
 
-        Unary on purpose: its answer is the scheduler's acknowledgement. A write to the event stream
-        (AgentEventStream) can be taken by a connection that is already dying, and is then lost
-        without a trace; events must not be.
+        Acknowledged on purpose: a write to the unacknowledged event stream (AgentEventStream) can
+        be taken by a connection that is already dying, and is then lost without a trace; events
+        must not be.
         """
+        if self._events is not None:
+            try:
+                await self._events.deliver(batch)
+                return []
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() != grpc.StatusCode.UNIMPLEMENTED:
+                    self._not_delivered(batch, exc.code(), exc.details())
+                    return batch
+                self._events = None
+                self._log.info("scheduler has no AgentEventsAcked; one AgentEvent call per event")
+            except (TimeoutError, NotAcknowledged) as exc:
+                code = (
+                    grpc.StatusCode.DEADLINE_EXCEEDED
+                    if isinstance(exc, TimeoutError)
+                    else grpc.StatusCode.UNAVAILABLE
+                )
+                self._not_delivered(batch, code, str(exc) or "no acknowledgement in time")
+                return batch
+        return await self._deliver_per_call(batch)
+
+    async def _deliver_per_call(
+        self, batch: list[agent_pb2.ModelEventMessage]
+    ) -> list[agent_pb2.ModelEventMessage]:
+        """One acknowledged AgentEvent call per event (a scheduler without AgentEventsAcked)."""
         for position, message in enumerate(batch):
             try:
                 await self._stub.AgentEvent(message, timeout=EVENT_TIMEOUT_S)

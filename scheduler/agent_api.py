@@ -79,6 +79,14 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
             self._core.agent_events(batch.events)
         return agent_pb2.ModelEventResponse()
 
+    async def AgentEventsAcked(
+        self, request_iterator: AsyncIterator[agent_pb2.ModelEventBatch], context: Context
+    ) -> AsyncIterator[agent_pb2.ModelEventBatchAck]:
+        """An agent's events, a batch per message, each answered once applied (its delivery)."""
+        async for batch in request_iterator:
+            self._core.agent_events(batch.events)
+            yield agent_pb2.ModelEventBatchAck(sequence=batch.sequence)
+
     async def ModelScalingTrigger(
         self,
         request_iterator: AsyncIterator[agent_pb2.ModelScalingTriggerMessage],

@@ -115,6 +115,11 @@ class FakeScheduler(agent_pb2_grpc.AgentServiceServicer):
     refuse_events: int = 0
     drains: asyncio.Queue[agent_pb2.AgentDrainRequest] = field(default_factory=asyncio.Queue)
     drained: asyncio.Event = field(default_factory=asyncio.Event)
+    # AgentEventsAcked: off, it answers UNIMPLEMENTED (as Seldon); on, each scripted failure
+    # ("end": the stream ends without an answer, "abort": the call fails) is used up by one batch.
+    acked_events: bool = False
+    ack_failures: list[str] = field(default_factory=list)
+    acked_streams: int = 0
 
     async def Subscribe(
         self, request: agent_pb2.AgentSubscribeRequest, context: grpc.aio.ServicerContext[object, object]
@@ -161,6 +166,24 @@ class FakeScheduler(agent_pb2_grpc.AgentServiceServicer):
         context: grpc.aio.ServicerContext[object, object],
     ) -> agent_pb2.ModelEventResponse:
         await context.abort(grpc.StatusCode.UNIMPLEMENTED, "not a meshserve scheduler")
+
+    async def AgentEventsAcked(
+        self,
+        request_iterator: AsyncIterator[agent_pb2.ModelEventBatch],
+        context: grpc.aio.ServicerContext[object, object],
+    ) -> AsyncIterator[agent_pb2.ModelEventBatchAck]:
+        if not self.acked_events:
+            await context.abort(grpc.StatusCode.UNIMPLEMENTED, "not a meshserve scheduler")
+        self.acked_streams += 1
+        async for batch in request_iterator:
+            failure = self.ack_failures.pop(0) if self.ack_failures else None
+            if failure == "end":
+                return  # taken, never answered: a connection dying under the write
+            if failure == "abort":
+                await context.abort(grpc.StatusCode.UNAVAILABLE, "not now")
+            for event in batch.events:
+                await self.events.put(event)
+            yield agent_pb2.ModelEventBatchAck(sequence=batch.sequence)
 
     def push(self, message: agent_pb2.ModelOperationMessage) -> None:
         """Send an operation down the most recent stream."""

@@ -1,7 +1,7 @@
 """The agent protocol's batched RPCs against the real scheduler, and the fallback to Seldon's RPCs.
 
 A simulated agent (no MLServer) on the in-process ``SchedulerApp``: it subscribes with
-``SubscribeBatched`` and reports on ``AgentEventStream``; a scheduler without them (the test's
+``SubscribeBatched`` and reports on ``AgentEventsAcked``; a scheduler without them (the test's
 ``FakeScheduler``, like Seldon's) gets ``Subscribe`` and one ``AgentEvent`` per event.
 """
 
@@ -129,6 +129,7 @@ async def test_operations_and_events_are_batched_with_the_real_scheduler(
             await asyncio.sleep(0.02)
         assert states == {f"m{i}": ["Loaded"] for i in range(MODELS)}
         assert client._batched  # the extensions were used, not the fallback
+        assert client._events is not None
 
 
 async def test_a_scheduler_without_the_extensions_gets_seldons_rpcs(
@@ -145,6 +146,7 @@ async def test_a_scheduler_without_the_extensions_gets_seldons_rpcs(
             ("b", agent_pb2.ModelEventMessage.LOADED),
         ]
         assert not client._batched
+        assert client._events is None  # AgentEventsAcked answered UNIMPLEMENTED: AgentEvent calls
 
 
 async def test_an_event_the_scheduler_did_not_take_is_sent_again_until_it_does(
@@ -158,3 +160,24 @@ async def test_an_event_the_scheduler_did_not_take_is_sent_again_until_it_does(
         event = await asyncio.wait_for(scheduler.next_event(), 10)
         assert (event.modelName, event.event) == ("a", agent_pb2.ModelEventMessage.LOADED)
         assert scheduler.refuse_events == 0  # refused twice, delivered the third time
+
+
+async def test_an_event_batch_not_acknowledged_on_the_stream_is_sent_again_until_it_is(
+    fake_scheduler: tuple[FakeScheduler, int], tmp_path: Path
+) -> None:
+    scheduler, port = fake_scheduler
+    scheduler.acked_events = True
+    # Taken but never answered (a dying connection), then refused: delivered the third time.
+    scheduler.ack_failures = ["end", "abort"]
+    async with sim_agent(sim_config(tmp_path, port)) as client:
+        await scheduler.next_subscription()
+        scheduler.push(load_op(model_version("a", 1, "gs://m")))
+        event = await asyncio.wait_for(scheduler.next_event(), 10)
+        assert (event.modelName, event.event) == ("a", agent_pb2.ModelEventMessage.LOADED)
+        assert scheduler.ack_failures == []
+        assert scheduler.acked_streams == 3  # each failure dropped the stream; a new one was opened
+        assert client._events is not None
+        scheduler.push(load_op(model_version("b", 1, "gs://m")))
+        event = await asyncio.wait_for(scheduler.next_event(), 10)
+        assert event.modelName == "b"
+        assert scheduler.acked_streams == 3  # the working stream is kept

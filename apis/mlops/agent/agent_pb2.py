@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from apis.mlops.scheduler import scheduler_pb2 as mlops_dot_scheduler_dot_scheduler__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17mlops/agent/agent.proto\x12\x12seldon.mlops.agent\x1a\x1fmlops/scheduler/scheduler.proto\"H\n\x0fModelEventBatch\x12\x35\n\x06\x65vents\x18\x01 \x03(\x0b\x32%.seldon.mlops.agent.ModelEventMessage\"T\n\x13ModelOperationBatch\x12=\n\noperations\x18\x01 \x03(\x0b\x32).seldon.mlops.agent.ModelOperationMessage\"\xaa\x03\n\x11ModelEventMessage\x12\x12\n\nserverName\x18\x01 \x01(\t\x12\x12\n\nreplicaIdx\x18\x02 \x01(\r\x12\x11\n\tmodelName\x18\x03 \x01(\t\x12\x14\n\x0cmodelVersion\x18\x04 \x01(\r\x12:\n\x05\x65vent\x18\x05 \x01(\x0e\x32+.seldon.mlops.agent.ModelEventMessage.Event\x12\x0f\n\x07message\x18\x06 \x01(\t\x12\x1c\n\x14\x61vailableMemoryBytes\x18\x07 \x01(\x04\x12=\n\x0bruntimeInfo\x18\x08 \x01(\x0b\x32(.seldon.mlops.scheduler.ModelRuntimeInfo\"\x99\x01\n\x05\x45vent\x12\x11\n\rUNKNOWN_EVENT\x10\x00\x12\x14\n\x10LOAD_FAIL_MEMORY\x10\x01\x12\n\n\x06LOADED\x10\x02\x12\x0f\n\x0bLOAD_FAILED\x10\x03\x12\x0c\n\x08UNLOADED\x10\x04\x12\x11\n\rUNLOAD_FAILED\x10\x05\x12\x0b\n\x07REMOVED\x10\x06\x12\x11\n\rREMOVE_FAILED\x10\x07\x12\t\n\x05RSYNC\x10\t\"\x14\n\x12ModelEventResponse\"\xed\x02\n\x1aModelScalingTriggerMessage\x12\x12\n\nserverName\x18\x01 \x01(\t\x12\x12\n\nreplicaIdx\x18\x02 \x01(\r\x12\x11\n\tmodelName\x18\x03 \x01(\t\x12\x14\n\x0cmodelVersion\x18\x04 \x01(\r\x12G\n\x07trigger\x18\x05 \x01(\x0e\x32\x36.seldon.mlops.agent.ModelScalingTriggerMessage.Trigger\x12\x0e\n\x06\x61mount\x18\x06 \x01(\r\x12L\n\x07metrics\x18\x07 \x03(\x0b\x32;.seldon.mlops.agent.ModelScalingTriggerMessage.MetricsEntry\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\r:\x02\x38\x01\"\'\n\x07Trigger\x12\x0c\n\x08SCALE_UP\x10\x00\x12\x0e\n\nSCALE_DOWN\x10\x01\"\x1d\n\x1bModelScalingTriggerResponse\";\n\x11\x41gentDrainRequest\x12\x12\n\nserverName\x18\x01 \x01(\t\x12\x12\n\nreplicaIdx\x18\x02 \x01(\r\"%\n\x12\x41gentDrainResponse\x12\x0f\n\x07success\x18\x01 \x01(\x08\"\xdf\x01\n\x15\x41gentSubscribeRequest\x12\x12\n\nserverName\x18\x01 \x01(\t\x12\x0e\n\x06shared\x18\x02 \x01(\x08\x12\x12\n\nreplicaIdx\x18\x03 \x01(\r\x12\x38\n\rreplicaConfig\x18\x04 \x01(\x0b\x32!.seldon.mlops.agent.ReplicaConfig\x12\x36\n\x0cloadedModels\x18\x05 \x03(\x0b\x32 .seldon.mlops.agent.ModelVersion\x12\x1c\n\x14\x61vailableMemoryBytes\x18\x06 \x01(\x04\"\xd4\x01\n\rReplicaConfig\x12\x14\n\x0cinferenceSvc\x18\x01 \x01(\t\x12\x19\n\x11inferenceHttpPort\x18\x02 \x01(\x05\x12\x19\n\x11inferenceGrpcPort\x18\x03 \x01(\x05\x12\x13\n\x0bmemoryBytes\x18\x04 \x01(\x04\x12\x14\n\x0c\x63\x61pabilities\x18\x05 \x03(\t\x12\x1c\n\x14overCommitPercentage\x18\x06 \x01(\r\x12\x16\n\x0ereloadHttpPort\x18\x64 \x01(\x05\x12\x16\n\x0ereloadGrpcPort\x18\x65 \x01(\x05\"\xf5\x01\n\x15ModelOperationMessage\x12\x46\n\toperation\x18\x01 \x01(\x0e\x32\x33.seldon.mlops.agent.ModelOperationMessage.Operation\x12\x36\n\x0cmodelVersion\x18\x02 \x01(\x0b\x32 .seldon.mlops.agent.ModelVersion\x12\x1a\n\x12\x61utoscalingEnabled\x18\x03 \x01(\x08\"@\n\tOperation\x12\x11\n\rUNKNOWN_EVENT\x10\x00\x12\x0e\n\nLOAD_MODEL\x10\x01\x12\x10\n\x0cUNLOAD_MODEL\x10\x02\"M\n\x0cModelVersion\x12,\n\x05model\x18\x01 \x01(\x0b\x32\x1d.seldon.mlops.scheduler.Model\x12\x0f\n\x07version\x18\x02 \x01(\r2\x80\x05\n\x0c\x41gentService\x12]\n\nAgentEvent\x12%.seldon.mlops.agent.ModelEventMessage\x1a&.seldon.mlops.agent.ModelEventResponse\"\x00\x12\x65\n\tSubscribe\x12).seldon.mlops.agent.AgentSubscribeRequest\x1a).seldon.mlops.agent.ModelOperationMessage\"\x00\x30\x01\x12z\n\x13ModelScalingTrigger\x12..seldon.mlops.agent.ModelScalingTriggerMessage\x1a/.seldon.mlops.agent.ModelScalingTriggerResponse\"\x00(\x01\x12]\n\nAgentDrain\x12%.seldon.mlops.agent.AgentDrainRequest\x1a&.seldon.mlops.agent.AgentDrainResponse\"\x00\x12j\n\x10SubscribeBatched\x12).seldon.mlops.agent.AgentSubscribeRequest\x1a\'.seldon.mlops.agent.ModelOperationBatch\"\x00\x30\x01\x12\x63\n\x10\x41gentEventStream\x12#.seldon.mlops.agent.ModelEventBatch\x1a&.seldon.mlops.agent.ModelEventResponse\"\x00(\x01\x42\x38Z6github.com/seldonio/seldon-core/apis/go/v2/mlops/agentb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17mlops/agent/agent.proto\x12\x12seldon.mlops.agent\x1a\x1fmlops/scheduler/scheduler.proto\"Z\n\x0fModelEventBatch\x12\x35\n\x06\x65vents\x18\x01 \x03(\x0b\x32%.seldon.mlops.agent.ModelEventMessage\x12\x10\n\x08sequence\x18\x02 \x01(\x04\"&\n\x12ModelEventBatchAck\x12\x10\n\x08sequence\x18\x01 \x01(\x04\"T\n\x13ModelOperationBatch\x12=\n\noperations\x18\x01 \x03(\x0b\x32).seldon.mlops.agent.ModelOperationMessage\"\xaa\x03\n\x11ModelEventMessage\x12\x12\n\nserverName\x18\x01 \x01(\t\x12\x12\n\nreplicaIdx\x18\x02 \x01(\r\x12\x11\n\tmodelName\x18\x03 \x01(\t\x12\x14\n\x0cmodelVersion\x18\x04 \x01(\r\x12:\n\x05\x65vent\x18\x05 \x01(\x0e\x32+.seldon.mlops.agent.ModelEventMessage.Event\x12\x0f\n\x07message\x18\x06 \x01(\t\x12\x1c\n\x14\x61vailableMemoryBytes\x18\x07 \x01(\x04\x12=\n\x0bruntimeInfo\x18\x08 \x01(\x0b\x32(.seldon.mlops.scheduler.ModelRuntimeInfo\"\x99\x01\n\x05\x45vent\x12\x11\n\rUNKNOWN_EVENT\x10\x00\x12\x14\n\x10LOAD_FAIL_MEMORY\x10\x01\x12\n\n\x06LOADED\x10\x02\x12\x0f\n\x0bLOAD_FAILED\x10\x03\x12\x0c\n\x08UNLOADED\x10\x04\x12\x11\n\rUNLOAD_FAILED\x10\x05\x12\x0b\n\x07REMOVED\x10\x06\x12\x11\n\rREMOVE_FAILED\x10\x07\x12\t\n\x05RSYNC\x10\t\"\x14\n\x12ModelEventResponse\"\xed\x02\n\x1aModelScalingTriggerMessage\x12\x12\n\nserverName\x18\x01 \x01(\t\x12\x12\n\nreplicaIdx\x18\x02 \x01(\r\x12\x11\n\tmodelName\x18\x03 \x01(\t\x12\x14\n\x0cmodelVersion\x18\x04 \x01(\r\x12G\n\x07trigger\x18\x05 \x01(\x0e\x32\x36.seldon.mlops.agent.ModelScalingTriggerMessage.Trigger\x12\x0e\n\x06\x61mount\x18\x06 \x01(\r\x12L\n\x07metrics\x18\x07 \x03(\x0b\x32;.seldon.mlops.agent.ModelScalingTriggerMessage.MetricsEntry\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\r:\x02\x38\x01\"\'\n\x07Trigger\x12\x0c\n\x08SCALE_UP\x10\x00\x12\x0e\n\nSCALE_DOWN\x10\x01\"\x1d\n\x1bModelScalingTriggerResponse\";\n\x11\x41gentDrainRequest\x12\x12\n\nserverName\x18\x01 \x01(\t\x12\x12\n\nreplicaIdx\x18\x02 \x01(\r\"%\n\x12\x41gentDrainResponse\x12\x0f\n\x07success\x18\x01 \x01(\x08\"\xdf\x01\n\x15\x41gentSubscribeRequest\x12\x12\n\nserverName\x18\x01 \x01(\t\x12\x0e\n\x06shared\x18\x02 \x01(\x08\x12\x12\n\nreplicaIdx\x18\x03 \x01(\r\x12\x38\n\rreplicaConfig\x18\x04 \x01(\x0b\x32!.seldon.mlops.agent.ReplicaConfig\x12\x36\n\x0cloadedModels\x18\x05 \x03(\x0b\x32 .seldon.mlops.agent.ModelVersion\x12\x1c\n\x14\x61vailableMemoryBytes\x18\x06 \x01(\x04\"\xd4\x01\n\rReplicaConfig\x12\x14\n\x0cinferenceSvc\x18\x01 \x01(\t\x12\x19\n\x11inferenceHttpPort\x18\x02 \x01(\x05\x12\x19\n\x11inferenceGrpcPort\x18\x03 \x01(\x05\x12\x13\n\x0bmemoryBytes\x18\x04 \x01(\x04\x12\x14\n\x0c\x63\x61pabilities\x18\x05 \x03(\t\x12\x1c\n\x14overCommitPercentage\x18\x06 \x01(\r\x12\x16\n\x0ereloadHttpPort\x18\x64 \x01(\x05\x12\x16\n\x0ereloadGrpcPort\x18\x65 \x01(\x05\"\xf5\x01\n\x15ModelOperationMessage\x12\x46\n\toperation\x18\x01 \x01(\x0e\x32\x33.seldon.mlops.agent.ModelOperationMessage.Operation\x12\x36\n\x0cmodelVersion\x18\x02 \x01(\x0b\x32 .seldon.mlops.agent.ModelVersion\x12\x1a\n\x12\x61utoscalingEnabled\x18\x03 \x01(\x08\"@\n\tOperation\x12\x11\n\rUNKNOWN_EVENT\x10\x00\x12\x0e\n\nLOAD_MODEL\x10\x01\x12\x10\n\x0cUNLOAD_MODEL\x10\x02\"M\n\x0cModelVersion\x12,\n\x05model\x18\x01 \x01(\x0b\x32\x1d.seldon.mlops.scheduler.Model\x12\x0f\n\x07version\x18\x02 \x01(\r2\xe7\x05\n\x0c\x41gentService\x12]\n\nAgentEvent\x12%.seldon.mlops.agent.ModelEventMessage\x1a&.seldon.mlops.agent.ModelEventResponse\"\x00\x12\x65\n\tSubscribe\x12).seldon.mlops.agent.AgentSubscribeRequest\x1a).seldon.mlops.agent.ModelOperationMessage\"\x00\x30\x01\x12z\n\x13ModelScalingTrigger\x12..seldon.mlops.agent.ModelScalingTriggerMessage\x1a/.seldon.mlops.agent.ModelScalingTriggerResponse\"\x00(\x01\x12]\n\nAgentDrain\x12%.seldon.mlops.agent.AgentDrainRequest\x1a&.seldon.mlops.agent.AgentDrainResponse\"\x00\x12j\n\x10SubscribeBatched\x12).seldon.mlops.agent.AgentSubscribeRequest\x1a\'.seldon.mlops.agent.ModelOperationBatch\"\x00\x30\x01\x12\x63\n\x10\x41gentEventStream\x12#.seldon.mlops.agent.ModelEventBatch\x1a&.seldon.mlops.agent.ModelEventResponse\"\x00(\x01\x12\x65\n\x10\x41gentEventsAcked\x12#.seldon.mlops.agent.ModelEventBatch\x1a&.seldon.mlops.agent.ModelEventBatchAck\"\x00(\x01\x30\x01\x42\x38Z6github.com/seldonio/seldon-core/apis/go/v2/mlops/agentb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,37 +36,39 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_MODELSCALINGTRIGGERMESSAGE_METRICSENTRY']._loaded_options = None
   _globals['_MODELSCALINGTRIGGERMESSAGE_METRICSENTRY']._serialized_options = b'8\001'
   _globals['_MODELEVENTBATCH']._serialized_start=80
-  _globals['_MODELEVENTBATCH']._serialized_end=152
-  _globals['_MODELOPERATIONBATCH']._serialized_start=154
-  _globals['_MODELOPERATIONBATCH']._serialized_end=238
-  _globals['_MODELEVENTMESSAGE']._serialized_start=241
-  _globals['_MODELEVENTMESSAGE']._serialized_end=667
-  _globals['_MODELEVENTMESSAGE_EVENT']._serialized_start=514
-  _globals['_MODELEVENTMESSAGE_EVENT']._serialized_end=667
-  _globals['_MODELEVENTRESPONSE']._serialized_start=669
-  _globals['_MODELEVENTRESPONSE']._serialized_end=689
-  _globals['_MODELSCALINGTRIGGERMESSAGE']._serialized_start=692
-  _globals['_MODELSCALINGTRIGGERMESSAGE']._serialized_end=1057
-  _globals['_MODELSCALINGTRIGGERMESSAGE_METRICSENTRY']._serialized_start=970
-  _globals['_MODELSCALINGTRIGGERMESSAGE_METRICSENTRY']._serialized_end=1016
-  _globals['_MODELSCALINGTRIGGERMESSAGE_TRIGGER']._serialized_start=1018
-  _globals['_MODELSCALINGTRIGGERMESSAGE_TRIGGER']._serialized_end=1057
-  _globals['_MODELSCALINGTRIGGERRESPONSE']._serialized_start=1059
-  _globals['_MODELSCALINGTRIGGERRESPONSE']._serialized_end=1088
-  _globals['_AGENTDRAINREQUEST']._serialized_start=1090
-  _globals['_AGENTDRAINREQUEST']._serialized_end=1149
-  _globals['_AGENTDRAINRESPONSE']._serialized_start=1151
-  _globals['_AGENTDRAINRESPONSE']._serialized_end=1188
-  _globals['_AGENTSUBSCRIBEREQUEST']._serialized_start=1191
-  _globals['_AGENTSUBSCRIBEREQUEST']._serialized_end=1414
-  _globals['_REPLICACONFIG']._serialized_start=1417
-  _globals['_REPLICACONFIG']._serialized_end=1629
-  _globals['_MODELOPERATIONMESSAGE']._serialized_start=1632
-  _globals['_MODELOPERATIONMESSAGE']._serialized_end=1877
-  _globals['_MODELOPERATIONMESSAGE_OPERATION']._serialized_start=1813
-  _globals['_MODELOPERATIONMESSAGE_OPERATION']._serialized_end=1877
-  _globals['_MODELVERSION']._serialized_start=1879
-  _globals['_MODELVERSION']._serialized_end=1956
-  _globals['_AGENTSERVICE']._serialized_start=1959
-  _globals['_AGENTSERVICE']._serialized_end=2599
+  _globals['_MODELEVENTBATCH']._serialized_end=170
+  _globals['_MODELEVENTBATCHACK']._serialized_start=172
+  _globals['_MODELEVENTBATCHACK']._serialized_end=210
+  _globals['_MODELOPERATIONBATCH']._serialized_start=212
+  _globals['_MODELOPERATIONBATCH']._serialized_end=296
+  _globals['_MODELEVENTMESSAGE']._serialized_start=299
+  _globals['_MODELEVENTMESSAGE']._serialized_end=725
+  _globals['_MODELEVENTMESSAGE_EVENT']._serialized_start=572
+  _globals['_MODELEVENTMESSAGE_EVENT']._serialized_end=725
+  _globals['_MODELEVENTRESPONSE']._serialized_start=727
+  _globals['_MODELEVENTRESPONSE']._serialized_end=747
+  _globals['_MODELSCALINGTRIGGERMESSAGE']._serialized_start=750
+  _globals['_MODELSCALINGTRIGGERMESSAGE']._serialized_end=1115
+  _globals['_MODELSCALINGTRIGGERMESSAGE_METRICSENTRY']._serialized_start=1028
+  _globals['_MODELSCALINGTRIGGERMESSAGE_METRICSENTRY']._serialized_end=1074
+  _globals['_MODELSCALINGTRIGGERMESSAGE_TRIGGER']._serialized_start=1076
+  _globals['_MODELSCALINGTRIGGERMESSAGE_TRIGGER']._serialized_end=1115
+  _globals['_MODELSCALINGTRIGGERRESPONSE']._serialized_start=1117
+  _globals['_MODELSCALINGTRIGGERRESPONSE']._serialized_end=1146
+  _globals['_AGENTDRAINREQUEST']._serialized_start=1148
+  _globals['_AGENTDRAINREQUEST']._serialized_end=1207
+  _globals['_AGENTDRAINRESPONSE']._serialized_start=1209
+  _globals['_AGENTDRAINRESPONSE']._serialized_end=1246
+  _globals['_AGENTSUBSCRIBEREQUEST']._serialized_start=1249
+  _globals['_AGENTSUBSCRIBEREQUEST']._serialized_end=1472
+  _globals['_REPLICACONFIG']._serialized_start=1475
+  _globals['_REPLICACONFIG']._serialized_end=1687
+  _globals['_MODELOPERATIONMESSAGE']._serialized_start=1690
+  _globals['_MODELOPERATIONMESSAGE']._serialized_end=1935
+  _globals['_MODELOPERATIONMESSAGE_OPERATION']._serialized_start=1871
+  _globals['_MODELOPERATIONMESSAGE_OPERATION']._serialized_end=1935
+  _globals['_MODELVERSION']._serialized_start=1937
+  _globals['_MODELVERSION']._serialized_end=2014
+  _globals['_AGENTSERVICE']._serialized_start=2017
+  _globals['_AGENTSERVICE']._serialized_end=2760
 # @@protoc_insertion_point(module_scope)

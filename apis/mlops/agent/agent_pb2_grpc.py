@@ -64,6 +64,11 @@ class AgentServiceStub:
                 request_serializer=mlops_dot_agent_dot_agent__pb2.ModelEventBatch.SerializeToString,
                 response_deserializer=mlops_dot_agent_dot_agent__pb2.ModelEventResponse.FromString,
                 _registered_method=True)
+        self.AgentEventsAcked = channel.stream_stream(
+                '/seldon.mlops.agent.AgentService/AgentEventsAcked',
+                request_serializer=mlops_dot_agent_dot_agent__pb2.ModelEventBatch.SerializeToString,
+                response_deserializer=mlops_dot_agent_dot_agent__pb2.ModelEventBatchAck.FromString,
+                _registered_method=True)
 
 
 class AgentServiceServicer:
@@ -116,6 +121,16 @@ class AgentServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def AgentEventsAcked(self, request_iterator, context):
+        """The agent's events on one long-lived stream, acknowledged: each batch carries a sequence
+        number and is applied, in order, before the scheduler answers with that number. A batch is
+        delivered when its answer arrives (as with one AgentEvent call per event, for two stream
+        messages per batch instead of a call per event); the agent sends it again otherwise.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AgentServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -148,6 +163,11 @@ def add_AgentServiceServicer_to_server(servicer, server):
                     servicer.AgentEventStream,
                     request_deserializer=mlops_dot_agent_dot_agent__pb2.ModelEventBatch.FromString,
                     response_serializer=mlops_dot_agent_dot_agent__pb2.ModelEventResponse.SerializeToString,
+            ),
+            'AgentEventsAcked': grpc.stream_stream_rpc_method_handler(
+                    servicer.AgentEventsAcked,
+                    request_deserializer=mlops_dot_agent_dot_agent__pb2.ModelEventBatch.FromString,
+                    response_serializer=mlops_dot_agent_dot_agent__pb2.ModelEventBatchAck.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -312,6 +332,33 @@ class AgentService:
             '/seldon.mlops.agent.AgentService/AgentEventStream',
             mlops_dot_agent_dot_agent__pb2.ModelEventBatch.SerializeToString,
             mlops_dot_agent_dot_agent__pb2.ModelEventResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AgentEventsAcked(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/seldon.mlops.agent.AgentService/AgentEventsAcked',
+            mlops_dot_agent_dot_agent__pb2.ModelEventBatch.SerializeToString,
+            mlops_dot_agent_dot_agent__pb2.ModelEventBatchAck.FromString,
             options,
             channel_credentials,
             insecure,

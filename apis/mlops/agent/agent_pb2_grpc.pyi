@@ -53,6 +53,12 @@ class AgentServiceStub:
     """The agent's events on one long-lived stream (opened once SubscribeBatched works), each
     message holding the events of one agent loop turn, applied in order.
     """
+    AgentEventsAcked: _grpc.StreamStreamMultiCallable[_agent_pb2.ModelEventBatch, _agent_pb2.ModelEventBatchAck]
+    """The agent's events on one long-lived stream, acknowledged: each batch carries a sequence
+    number and is applied, in order, before the scheduler answers with that number. A batch is
+    delivered when its answer arrives (as with one AgentEvent call per event, for two stream
+    messages per batch instead of a call per event); the agent sends it again otherwise.
+    """
 
 @_typing.type_check_only
 class AgentServiceAsyncStub(AgentServiceStub):
@@ -76,6 +82,12 @@ class AgentServiceAsyncStub(AgentServiceStub):
     AgentEventStream: _aio.StreamUnaryMultiCallable[_agent_pb2.ModelEventBatch, _agent_pb2.ModelEventResponse]  # type: ignore[assignment]
     """The agent's events on one long-lived stream (opened once SubscribeBatched works), each
     message holding the events of one agent loop turn, applied in order.
+    """
+    AgentEventsAcked: _aio.StreamStreamMultiCallable[_agent_pb2.ModelEventBatch, _agent_pb2.ModelEventBatchAck]  # type: ignore[assignment]
+    """The agent's events on one long-lived stream, acknowledged: each batch carries a sequence
+    number and is applied, in order, before the scheduler answers with that number. A batch is
+    delivered when its answer arrives (as with one AgentEvent call per event, for two stream
+    messages per batch instead of a call per event); the agent sends it again otherwise.
     """
 
 class AgentServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -133,6 +145,18 @@ class AgentServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_agent_pb2.ModelEventResponse, _abc.Awaitable[_agent_pb2.ModelEventResponse]]:
         """The agent's events on one long-lived stream (opened once SubscribeBatched works), each
         message holding the events of one agent loop turn, applied in order.
+        """
+
+    @_abc_1.abstractmethod
+    def AgentEventsAcked(
+        self,
+        request_iterator: _MaybeAsyncIterator[_agent_pb2.ModelEventBatch],
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_agent_pb2.ModelEventBatchAck], _abc.AsyncIterator[_agent_pb2.ModelEventBatchAck]]:
+        """The agent's events on one long-lived stream, acknowledged: each batch carries a sequence
+        number and is applied, in order, before the scheduler answers with that number. A batch is
+        delivered when its answer arrives (as with one AgentEvent call per event, for two stream
+        messages per batch instead of a call per event); the agent sends it again otherwise.
         """
 
 def add_AgentServiceServicer_to_server(servicer: AgentServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
