@@ -39,6 +39,11 @@ IN_FLIGHT = 64
 SAMPLE = 200
 CHANGES = 10
 BACK_TO_BACK = 200
+# The idle rate subtracted from an isolated change: the median of consecutive windows as long as a
+# change's own (0.5 s + its wall time), so a periodic job (the stuck-operation sweep, a load
+# report) counts as rarely as it lands in a change's window, not in proportion to one short sample.
+IDLE_WINDOWS = 20
+IDLE_WINDOW_S = 0.52
 XDS_RX = r"^cluster\.meshserve_xds\.upstream_cx_rx_bytes_total$"
 
 
@@ -63,6 +68,7 @@ class ScaleResult:
     steady_cpu_ms: float = 0.0  # per change over BACK_TO_BACK changes in a row
     steady_wall_ms: float = 0.0
     pass_started_s: float = 0.0  # last load → start of the confirming pass
+    idle_rates: list[float] = field(default_factory=list)  # scheduler CPU s/s per idle window
 
 
 @dataclass
@@ -227,9 +233,7 @@ async def _floor(work: Path, calls: int) -> Floor:
                     floor.intercepted_ms = per_call
                     continue
                 floor.per_call_ms = per_call
-                idle0, t_idle = server.cpu_seconds_precise(), time.monotonic()
-                await asyncio.sleep(1.0)
-                idle_rate = (server.cpu_seconds_precise() - idle0) / (time.monotonic() - t_idle)
+                idle_rate = median(await _idle_rates(server))
                 for k in range(CHANGES):
                     cpu0, t0 = server.cpu_seconds_precise(), time.monotonic()
                     await stub.LoadModel(
@@ -239,6 +243,16 @@ async def _floor(work: Path, calls: int) -> Floor:
                     raw = (server.cpu_seconds_precise() - cpu0) * 1000
                     floor.isolated_ms.append(max(0.0, raw - idle_rate * (time.monotonic() - t0) * 1000))
     return floor
+
+
+async def _idle_rates(process: Process) -> list[float]:
+    """CPU seconds per second over IDLE_WINDOWS consecutive windows of IDLE_WINDOW_S each."""
+    rates = []
+    for _ in range(IDLE_WINDOWS):
+        cpu0, t0 = process.cpu_seconds_precise(), time.monotonic()
+        await asyncio.sleep(IDLE_WINDOW_S)
+        rates.append((process.cpu_seconds_precise() - cpu0) / (time.monotonic() - t0))
+    return rates
 
 
 def _write_upstream(work: Path, port: int, admin: int) -> Path:
@@ -329,9 +343,8 @@ async def _changes(
     scheduler: Process,
 ) -> None:
     await asyncio.sleep(1.0)
-    idle0, t_idle = scheduler.cpu_seconds_precise(), time.monotonic()
-    await asyncio.sleep(2.0)
-    idle_rate = (scheduler.cpu_seconds_precise() - idle0) / (time.monotonic() - t_idle)
+    result.idle_rates = await _idle_rates(scheduler)
+    idle_rate = median(result.idle_rates)
     for k in range(CHANGES):
         name = f"extra{result.models}-{k}"
         rx0 = (await envoy_stats(session, mesh.admin, XDS_RX)).get(XDS_RX.strip("^$").replace("\\", ""), 0)
@@ -391,7 +404,36 @@ PROFILE = (
     "occupancy from the scheduler's index. Then: 12 ms from LoadModel to route, about 27 ms/s of "
     "scheduler CPU at idle, nearly all of it the load report, which still costs Envoy about 100 "
     "ms/s at a 1 s interval (O(clusters) on both sides; listing only the clusters a consumer needs "
-    "would remove it, decision 0015)."
+    "would remove it, decision 0015). "
+    "**One isolated change, message by message** (2026-12-02; 1,000 models, 250 isolated changes under "
+    "py-spy `-r 250 --nonblocking` plus per-thread CPU from `/proc/<pid>/task`, and a counting probe; a "
+    "separate run, not part of this bench): per change the scheduler receives LoadModel, one event "
+    "batch (LOADED), Envoy's CDS ACK and its scoped-route ACK, and sends the LoadModel reply, one LOAD, "
+    "the event batch's acknowledgement, one CDS response (the version's two clusters) and one "
+    "scoped-route response (its scope): one response per type is already the minimum (a delta xDS "
+    "response carries one type, and clusters go first so a scope never names an unknown cluster). "
+    "No status-stream message (no subscriber here; with one, three: Progressing, Loaded, Available), "
+    "no load report in the window, one fsynced commit (LoadModel answers after it) and one unsynced "
+    "timed commit (Loaded and Available together), three refreshes of the model. CPU per change, by "
+    "thread: event loop 4.5 ms, gRPC's event-engine threads 1.85 ms, gRPC's poller thread 0.28 ms, "
+    "the store's writer thread 0.88 ms (7.5 ms raw). Of the event loop's samples, 35 % are grpc.aio's "
+    "native glue (`Handle._run` own time, with protobuf (de)serialisation), 32 % waiting in and waking "
+    "from epoll (32 loop turns per change, 11 of them gRPC completion batches), 5 % futures grpc.aio "
+    "creates per operation, 7 % handing commits to the writer thread, and only about 10 % meshserve's "
+    "own logic (placement, the state machine, building the clusters and scope). So nearly all of an "
+    "isolated change is the fixed cost of its nine gRPC messages (an isolated no-op unary call alone "
+    "costs the 1.4 ms shown above; each stream message about 0.4 ms with its wake-ups) and of its two "
+    "commits (about 1.2 ms with the thread hand-offs). Changed then: the agent's event goes on an "
+    "acknowledged stream (`AgentEventsAcked`: a batch per message, answered with its sequence number "
+    "once applied; retried on any failure as the unary call was) instead of one `AgentEvent` call per "
+    "event, and the xDS writer yields responses directly instead of a task and `asyncio.wait` per "
+    "response: 41 → 32 loop turns and 2 → 1 RPC per change; side by side (two stacks, 1,000 and 2,000 "
+    "models, 40-60 alternating isolated changes) the isolated figure did not move beyond the noise "
+    "(paired median difference 0.0 and +0.15 ms), while the batch's CPU per model fell from 2.37 to "
+    "1.69 ms (2,000 models, the two stacks loaded one after the other). What is left to reach 5 ms "
+    "means fewer messages, not faster code: a cluster per model version costs the CDS response and "
+    "its ACK on every change (clusters shared per replica set, as measured in section 5, would leave "
+    "only the scope), and the unsynced commit could join the next fsynced one."
 )
 
 
@@ -437,6 +479,7 @@ def _tabulate(section: Section, results: list[ScaleResult], floor: Floor) -> Non
             f"CPU per change, {BACK_TO_BACK} in a row",
             "xDS bytes to Envoy, median",
             "LoadModel → route answers",
+            "idle CPU subtracted (median; mean, max)",
         ],
         caption=f"One more model at that size ({CHANGES} runs; reference: Seldon Core 2 rebuilds every "
         "route on each change, 27-36 ms at 10,000 models)",
@@ -450,6 +493,8 @@ def _tabulate(section: Section, results: list[ScaleResult], floor: Floor) -> Non
                 f"{r.steady_cpu_ms:.2f} ms ({r.steady_wall_ms:.1f} ms wall each)",
                 f"{median([float(b) for b in r.change_bytes]) / 1024:.1f} KB",
                 f"{median(r.change_wall_ms):.1f} ms",
+                f"{median(r.idle_rates) * 1000:.2f} ms/s "
+                f"({sum(r.idle_rates) * 1000 / len(r.idle_rates):.2f}, {max(r.idle_rates) * 1000:.2f})",
             ]
         )
     biggest = results[-1]
