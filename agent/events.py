@@ -38,9 +38,7 @@ class AckedEventStream:
         Raises ``grpc.aio.AioRpcError`` (UNIMPLEMENTED: a scheduler without this RPC),
         ``TimeoutError`` or :class:`NotAcknowledged`; the stream is then closed.
         """
-        if self._call is None:
-            self._call = self._stub.AgentEventsAcked()
-        call = self._call
+        call = self._call = self._call or self._open()
         self._sequence += 1
         sequence = self._sequence
         try:
@@ -50,9 +48,15 @@ class AckedEventStream:
         except BaseException:
             self.close()
             raise
-        if ack is grpc.aio.EOF or ack.sequence != sequence:
+        if not isinstance(ack, agent_pb2.ModelEventBatchAck) or ack.sequence != sequence:
             self.close()
             raise NotAcknowledged(f"the event stream ended before batch {sequence} was acknowledged")
+
+    def _open(self) -> grpc.aio.StreamStreamCall[Any, Any]:
+        # Called without an iterator, grpc.aio returns a call written to with ``write``; the
+        # generated stubs only know the iterator form.
+        call: grpc.aio.StreamStreamCall[Any, Any] = self._stub.AgentEventsAcked()  # type: ignore[call-arg,assignment]
+        return call
 
     def close(self) -> None:
         if self._call is not None:

@@ -174,15 +174,16 @@ class DeltaStream:
 
     async def responses(self) -> AsyncIterator[discovery_pb2.DeltaDiscoveryResponse]:
         """Responses as changes arrive, until :meth:`close`."""
-        while True:
+        while not self.closed():
             await self._wakeup.wait()
             self._wakeup.clear()
-            if self._closed:
-                return
             for response in self._drain():
-                yield response
-                if self._closed:
+                if self.closed():
                     return
+                yield response
+
+    def closed(self) -> bool:
+        return self._closed
 
     def _drain(self) -> Iterable[discovery_pb2.DeltaDiscoveryResponse]:
         dirty, self._dirty = self._dirty, {}
