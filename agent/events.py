@@ -38,13 +38,20 @@ class AckedEventStream:
         Raises ``grpc.aio.AioRpcError`` (UNIMPLEMENTED: a scheduler without this RPC),
         ``TimeoutError`` or :class:`NotAcknowledged`; the stream is then closed.
         """
-        call = self._call = self._call or self._open()
+        if self._call is None or self._call.done():
+            # A stream that ended while idle (the scheduler restarted) cannot be written: a new one.
+            self.close()
+            self._call = self._open()
+        call = self._call
         self._sequence += 1
         sequence = self._sequence
         try:
             async with asyncio.timeout(self._timeout_s):
                 await call.write(agent_pb2.ModelEventBatch(events=events, sequence=sequence))
                 ack = await call.read()
+        except asyncio.InvalidStateError as error:  # the call ended just before the write
+            self.close()
+            raise NotAcknowledged(f"the event stream ended before batch {sequence} was sent") from error
         except BaseException:
             self.close()
             raise

@@ -116,7 +116,8 @@ class FakeScheduler(agent_pb2_grpc.AgentServiceServicer):
     drains: asyncio.Queue[agent_pb2.AgentDrainRequest] = field(default_factory=asyncio.Queue)
     drained: asyncio.Event = field(default_factory=asyncio.Event)
     # AgentEventsAcked: off, it answers UNIMPLEMENTED (as Seldon); on, each scripted failure
-    # ("end": the stream ends without an answer, "abort": the call fails) is used up by one batch.
+    # ("end": the stream ends without an answer, "abort": the call fails, "answer-then-end": the
+    # stream ends after answering) is used up by one batch.
     acked_events: bool = False
     ack_failures: list[str] = field(default_factory=list)
     acked_streams: int = 0
@@ -184,6 +185,8 @@ class FakeScheduler(agent_pb2_grpc.AgentServiceServicer):
             for event in batch.events:
                 await self.events.put(event)
             yield agent_pb2.ModelEventBatchAck(sequence=batch.sequence)
+            if failure == "answer-then-end":
+                return  # the stream ends while the agent has nothing to send (a scheduler restart)
 
     def push(self, message: agent_pb2.ModelOperationMessage) -> None:
         """Send an operation down the most recent stream."""

@@ -181,3 +181,20 @@ async def test_an_event_batch_not_acknowledged_on_the_stream_is_sent_again_until
         event = await asyncio.wait_for(scheduler.next_event(), 10)
         assert event.modelName == "b"
         assert scheduler.acked_streams == 3  # the working stream is kept
+
+
+async def test_an_event_stream_that_ended_while_idle_is_replaced_before_the_next_batch(
+    fake_scheduler: tuple[FakeScheduler, int], tmp_path: Path
+) -> None:
+    scheduler, port = fake_scheduler
+    scheduler.acked_events = True
+    scheduler.ack_failures = ["answer-then-end"]
+    async with sim_agent(sim_config(tmp_path, port)):
+        await scheduler.next_subscription()
+        scheduler.push(load_op(model_version("a", 1, "gs://m")))
+        assert (await asyncio.wait_for(scheduler.next_event(), 10)).modelName == "a"
+        for _ in range(100):  # the agent sees the stream end
+            await asyncio.sleep(0.02)
+        scheduler.push(load_op(model_version("b", 1, "gs://m")))
+        assert (await asyncio.wait_for(scheduler.next_event(), 10)).modelName == "b"
+        assert scheduler.acked_streams == 2
