@@ -244,9 +244,8 @@ class AgentClient:
     async def _deliver(self, batch: list[agent_pb2.ModelEventMessage]) -> list[agent_pb2.ModelEventMessage]:
         """Send ``batch`` in order, acknowledged; returns what did not arrive.
 
-        Acknowledged on purpose: a write to the unacknowledged event stream (AgentEventStream) can
-        be taken by a connection that is already dying, and is then lost without a trace; events
-        must not be.
+        Acknowledged on purpose: a write to an unacknowledged stream can be taken by a connection
+        that is already dying, and is then lost without a trace; events must not be.
         """
         if self._events is not None:
             try:

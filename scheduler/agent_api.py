@@ -71,14 +71,6 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
         self._core.agent_event(request)
         return agent_pb2.ModelEventResponse()
 
-    async def AgentEventStream(
-        self, request_iterator: AsyncIterator[agent_pb2.ModelEventBatch], context: Context
-    ) -> agent_pb2.ModelEventResponse:
-        """An agent's events, a batch per message; ends when the agent closes its side."""
-        async for batch in request_iterator:
-            self._core.agent_events(batch.events)
-        return agent_pb2.ModelEventResponse()
-
     async def AgentEventsAcked(
         self, request_iterator: AsyncIterator[agent_pb2.ModelEventBatch], context: Context
     ) -> AsyncIterator[agent_pb2.ModelEventBatchAck]:

@@ -161,13 +161,6 @@ class FakeScheduler(agent_pb2_grpc.AgentServiceServicer):
         await context.abort(grpc.StatusCode.UNIMPLEMENTED, "not a meshserve scheduler")
         yield agent_pb2.ModelOperationBatch()  # type: ignore[unreachable]  # makes it a generator
 
-    async def AgentEventStream(
-        self,
-        request_iterator: AsyncIterator[agent_pb2.ModelEventBatch],
-        context: grpc.aio.ServicerContext[object, object],
-    ) -> agent_pb2.ModelEventResponse:
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "not a meshserve scheduler")
-
     async def AgentEventsAcked(
         self,
         request_iterator: AsyncIterator[agent_pb2.ModelEventBatch],

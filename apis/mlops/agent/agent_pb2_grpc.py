@@ -59,11 +59,6 @@ class AgentServiceStub:
                 request_serializer=mlops_dot_agent_dot_agent__pb2.AgentSubscribeRequest.SerializeToString,
                 response_deserializer=mlops_dot_agent_dot_agent__pb2.ModelOperationBatch.FromString,
                 _registered_method=True)
-        self.AgentEventStream = channel.stream_unary(
-                '/seldon.mlops.agent.AgentService/AgentEventStream',
-                request_serializer=mlops_dot_agent_dot_agent__pb2.ModelEventBatch.SerializeToString,
-                response_deserializer=mlops_dot_agent_dot_agent__pb2.ModelEventResponse.FromString,
-                _registered_method=True)
         self.AgentEventsAcked = channel.stream_stream(
                 '/seldon.mlops.agent.AgentService/AgentEventsAcked',
                 request_serializer=mlops_dot_agent_dot_agent__pb2.ModelEventBatch.SerializeToString,
@@ -113,14 +108,6 @@ class AgentServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
-    def AgentEventStream(self, request_iterator, context):
-        """The agent's events on one long-lived stream (opened once SubscribeBatched works), each
-        message holding the events of one agent loop turn, applied in order.
-        """
-        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
-        context.set_details('Method not implemented!')
-        raise NotImplementedError('Method not implemented!')
-
     def AgentEventsAcked(self, request_iterator, context):
         """The agent's events on one long-lived stream, acknowledged: each batch carries a sequence
         number and is applied, in order, before the scheduler answers with that number. A batch is
@@ -158,11 +145,6 @@ def add_AgentServiceServicer_to_server(servicer, server):
                     servicer.SubscribeBatched,
                     request_deserializer=mlops_dot_agent_dot_agent__pb2.AgentSubscribeRequest.FromString,
                     response_serializer=mlops_dot_agent_dot_agent__pb2.ModelOperationBatch.SerializeToString,
-            ),
-            'AgentEventStream': grpc.stream_unary_rpc_method_handler(
-                    servicer.AgentEventStream,
-                    request_deserializer=mlops_dot_agent_dot_agent__pb2.ModelEventBatch.FromString,
-                    response_serializer=mlops_dot_agent_dot_agent__pb2.ModelEventResponse.SerializeToString,
             ),
             'AgentEventsAcked': grpc.stream_stream_rpc_method_handler(
                     servicer.AgentEventsAcked,
@@ -305,33 +287,6 @@ class AgentService:
             '/seldon.mlops.agent.AgentService/SubscribeBatched',
             mlops_dot_agent_dot_agent__pb2.AgentSubscribeRequest.SerializeToString,
             mlops_dot_agent_dot_agent__pb2.ModelOperationBatch.FromString,
-            options,
-            channel_credentials,
-            insecure,
-            call_credentials,
-            compression,
-            wait_for_ready,
-            timeout,
-            metadata,
-            _registered_method=True)
-
-    @staticmethod
-    def AgentEventStream(request_iterator,
-            target,
-            options=(),
-            channel_credentials=None,
-            call_credentials=None,
-            insecure=False,
-            compression=None,
-            wait_for_ready=None,
-            timeout=None,
-            metadata=None):
-        return grpc.experimental.stream_unary(
-            request_iterator,
-            target,
-            '/seldon.mlops.agent.AgentService/AgentEventStream',
-            mlops_dot_agent_dot_agent__pb2.ModelEventBatch.SerializeToString,
-            mlops_dot_agent_dot_agent__pb2.ModelEventResponse.FromString,
             options,
             channel_credentials,
             insecure,

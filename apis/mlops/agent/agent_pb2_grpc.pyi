@@ -49,10 +49,6 @@ class AgentServiceStub:
 
     Subscribe, but each stream message carries every operation queued for the replica so far.
     """
-    AgentEventStream: _grpc.StreamUnaryMultiCallable[_agent_pb2.ModelEventBatch, _agent_pb2.ModelEventResponse]
-    """The agent's events on one long-lived stream (opened once SubscribeBatched works), each
-    message holding the events of one agent loop turn, applied in order.
-    """
     AgentEventsAcked: _grpc.StreamStreamMultiCallable[_agent_pb2.ModelEventBatch, _agent_pb2.ModelEventBatchAck]
     """The agent's events on one long-lived stream, acknowledged: each batch carries a sequence
     number and is applied, in order, before the scheduler answers with that number. A batch is
@@ -78,10 +74,6 @@ class AgentServiceAsyncStub(AgentServiceStub):
     UNIMPLEMENTED (Seldon, an older meshserve) gets Subscribe and one AgentEvent call per event.
 
     Subscribe, but each stream message carries every operation queued for the replica so far.
-    """
-    AgentEventStream: _aio.StreamUnaryMultiCallable[_agent_pb2.ModelEventBatch, _agent_pb2.ModelEventResponse]  # type: ignore[assignment]
-    """The agent's events on one long-lived stream (opened once SubscribeBatched works), each
-    message holding the events of one agent loop turn, applied in order.
     """
     AgentEventsAcked: _aio.StreamStreamMultiCallable[_agent_pb2.ModelEventBatch, _agent_pb2.ModelEventBatchAck]  # type: ignore[assignment]
     """The agent's events on one long-lived stream, acknowledged: each batch carries a sequence
@@ -135,16 +127,6 @@ class AgentServiceServicer(metaclass=_abc_1.ABCMeta):
         UNIMPLEMENTED (Seldon, an older meshserve) gets Subscribe and one AgentEvent call per event.
 
         Subscribe, but each stream message carries every operation queued for the replica so far.
-        """
-
-    @_abc_1.abstractmethod
-    def AgentEventStream(
-        self,
-        request_iterator: _MaybeAsyncIterator[_agent_pb2.ModelEventBatch],
-        context: _ServicerContext,
-    ) -> _typing.Union[_agent_pb2.ModelEventResponse, _abc.Awaitable[_agent_pb2.ModelEventResponse]]:
-        """The agent's events on one long-lived stream (opened once SubscribeBatched works), each
-        message holding the events of one agent loop turn, applied in order.
         """
 
     @_abc_1.abstractmethod
