@@ -208,6 +208,8 @@ class Runner:
             if answered is not None and not answered.done():
                 answered.set_result(message)
 
+        if from_topic:  # an async request: the run starts from what its topic holds
+            request = arrivals[0][1]
         try:
             async with asyncio.timeout(self._run_timeout):
                 if request is not None:
@@ -218,16 +220,6 @@ class Runner:
                         headers=headers,
                         observer=observer,
                         on_output=on_output,
-                        batch=running.batch,
-                    )
-                if arrivals[0][0] == pipeline.inputs_source:  # an async request from its topic
-                    request = arrivals[0][1]
-                    return await execute(
-                        running.topology,
-                        request,
-                        call_model=call_model,
-                        headers=headers,
-                        observer=observer,
                         batch=running.batch,
                     )
                 return await execute_external(
