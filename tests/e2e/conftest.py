@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import signal
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -98,6 +100,20 @@ async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 30, 
             return
         await asyncio.sleep(0.1)
     raise AssertionError(f"timed out waiting for {what or check}")
+
+
+async def kill_supervised(stack: Stack, name: str) -> tuple[float, int]:
+    """SIGKILL the real process ``name``; returns when it was killed and its old pid, once the
+    stack's supervisor has started it again."""
+    old_pid = stack.supervisor.pid(name)
+    os.kill(old_pid, signal.SIGKILL)
+    killed = time.monotonic()
+
+    async def restarted() -> bool:
+        return stack.supervisor.running(name) and stack.supervisor.pid(name) != old_pid
+
+    await eventually(restarted, timeout=30, what=f"the supervisor restarting {name}")
+    return killed, old_pid
 
 
 @contextlib.asynccontextmanager

@@ -14,14 +14,12 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import os
-import signal
 import time
 from pathlib import Path
 
 import aiohttp
 
-from tests.e2e.conftest import Stack, eventually, stack_config
+from tests.e2e.conftest import kill_supervised, stack_config
 from tests.e2e.pipeline_kafka import ONE_STEP, Probes, pipelines_stack, post
 from tests.e2e.test_engine_replicas import HANG_GRACE_S, Outcome, Traffic
 from tests.e2e.test_pipeline_engine import MODELS
@@ -76,7 +74,7 @@ async def test_the_embedded_broker_killed_under_traffic_is_back_and_every_kafka_
         workers = [asyncio.create_task(traffic.worker(send, stop)) for send in senders]
         try:
             await traffic.more(0.0, 10)
-            killed, old_pid = await kill_broker(stack)
+            killed, old_pid = await kill_supervised(stack, "kafka")
             after = Probes(stack, kafka, "after")
             recovered = await after.until_working(timeout=RECOVERY_BOUND_S + 30)
             await traffic.more(recovered, 10)
@@ -103,16 +101,3 @@ async def test_the_embedded_broker_killed_under_traffic_is_back_and_every_kafka_
         f"{ {path: round(at - killed, 1) for path, at in sorted(after.seen.items())} }"
     )
     assert took < REGRESSION_BOUND_S, f"recovery took {took:.1f} s; ~10 s expected (decision 0023)"
-
-
-async def kill_broker(stack: Stack) -> tuple[float, int]:
-    """SIGKILL the real Tansu process; returns when it was killed, after the supervisor restarted it."""
-    old_pid = stack.supervisor.pid("kafka")
-    os.kill(old_pid, signal.SIGKILL)
-    killed = time.monotonic()
-
-    async def restarted() -> bool:
-        return stack.supervisor.running("kafka") and stack.supervisor.pid("kafka") != old_pid
-
-    await eventually(restarted, timeout=30, what="the supervisor restarting the broker")
-    return killed, old_pid

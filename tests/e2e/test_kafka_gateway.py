@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -24,7 +23,15 @@ from apis.mlops.scheduler import scheduler_pb2
 from apis.v2_dataplane import v2_dataplane_pb2 as pb
 from stack.components import http_ok, kafka_components
 from stack.ports import free_ports
-from tests.e2e.conftest import IRIS_IN, Stack, eventually, iris_model, running_stack, stack_config
+from tests.e2e.conftest import (
+    IRIS_IN,
+    Stack,
+    eventually,
+    iris_model,
+    kill_supervised,
+    running_stack,
+    stack_config,
+)
 from tests.e2e.kafka_io import KafkaIO
 from tests.kafka_broker import TansuBroker
 
@@ -164,14 +171,7 @@ async def test_a_restarted_broker_gets_its_topics_back_and_requests_are_served_w
 ) -> None:
     kafka = kafka_of(kafka_stack)
     await kafka.wait_topics(INPUTS)
-    old_pid = kafka_stack.supervisor.pid("kafka")
-    os.kill(old_pid, signal.SIGKILL)
-    started = time.monotonic()
-
-    async def restarted() -> bool:
-        return kafka_stack.supervisor.running("kafka") and kafka_stack.supervisor.pid("kafka") != old_pid
-
-    await eventually(restarted, timeout=30, what="the supervisor restarting the broker")
+    started, _ = await kill_supervised(kafka_stack, "kafka")
     await kafka.wait_topics(INPUTS, OUTPUTS, ERRORS, timeout=30)
     await kafka.produce(INPUTS, iris_proto(), key=b"after-restart")
     answer = await kafka.read(OUTPUTS, b"after-restart", timeout=60)
