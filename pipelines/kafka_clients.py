@@ -9,7 +9,7 @@ after a listing says they are missing.
 A restarted in-memory broker (Tansu) has lost every topic, yet it stores what a client with stale
 metadata produces to a topic it does not know; once that topic is created again (by us, or by any
 client's metadata request) its offsets start at 0 and each new write collides with one of those
-leftover batches and fails, for as many writes as were left. :func:`keep_topics` therefore notices
+leftover batches and fails, for as many writes as were left. :meth:`TopicKeeper.keep` therefore notices
 the restart (the component's marker topic is gone: nothing but the component creates it) and
 deletes and recreates the component's topics, which clears the leftovers.
 
