@@ -19,6 +19,9 @@ MIB = 1024 * KIB
 MAX_NAME_LENGTH = 63
 # A capability/requirement tag such as "sklearn" or "mlserver-1.3.4".
 MAX_CAPABILITY_LENGTH = 128
+# Models one scheduler holds (unloaded ones included until their versions are gone): 3x the
+# 30,000 measured in docs/benchmarks.md (Envoy memory per model).
+MAX_MODELS = 100_000
 # Replica counts of a model (replicas, minReplicas, maxReplicas) or a server (expectedReplicas, ...).
 MAX_REPLICAS = 1_000
 # A model's requested memory (memoryBytes): 1 PiB, far above any real server.

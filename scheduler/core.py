@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable
 import structlog
 
 from apis import names
-from apis.limits import MAX_REPLICAS
+from apis.limits import MAX_MODELS, MAX_REPLICAS
 from apis.mlops.agent import agent_pb2
 from apis.mlops.scheduler import scheduler_pb2
 from apis.routing import Route, RouteSink
@@ -189,6 +189,8 @@ class Scheduler:
         name = model.meta.name
         record = self.models.get(name)
         if record is None:
+            if len(self.models) >= MAX_MODELS:
+                raise InvalidResource(f"model {name}: {MAX_MODELS} models are loaded already; the limit")
             record = self.models[name] = ModelRecord(name)
             first = model.meta.kubernetesMeta.generation if model.meta.HasField("kubernetesMeta") else 0
             record.versions.append(ModelVersion(max(1, first), model))

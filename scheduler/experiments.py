@@ -29,6 +29,7 @@ from experiments.model import Experiment, ResourceType
 from experiments.plan import Member, TrafficPlan, plan
 from scheduler.core import Scheduler
 from scheduler.errors import NotFound
+from scheduler.member_index import MemberIndex
 from scheduler.pipeline_records import PipelineStatus
 from scheduler.pipelines import Pipelines
 from scheduler.state import ModelState
@@ -47,6 +48,7 @@ def _decode(name: str, record: str) -> Experiment:
 
 # Persisted as Seldon's own Experiment message, so the record reads back through the same checks.
 EXPERIMENTS: ResourceKind[Experiment] = ResourceKind("experiments", _encode, _decode)
+MAX_EXPERIMENTS = 10_000  # running at once; each holds a route and a plan in memory
 
 
 class ExperimentNotFound(NotFound):
@@ -69,6 +71,9 @@ class Experiments:
         self._store = store
         self._pipelines = pipelines
         self.experiments: dict[str, Experiment] = {}
+        # (kind, resource) -> experiments routing to it, and -> the experiment it is the default of.
+        self._members: MemberIndex[tuple[ResourceType, str]] = MemberIndex()
+        self._defaults: MemberIndex[tuple[ResourceType, str]] = MemberIndex()
         self._plans: dict[str, TrafficPlan] = {}
         self._status: dict[str, Status] = {}
         self._listeners: list[Callable[[str], None]] = []
@@ -85,6 +90,8 @@ class Experiments:
     def restore(self) -> None:
         """Reload persisted experiments and publish their routes (before the xDS port opens)."""
         self.experiments = self._store.load_kind(EXPERIMENTS)
+        for experiment in self.experiments.values():
+            self._index(experiment)
         for name in sorted(self.experiments):
             self._replan(name)
         log.info("experiments restored", experiments=len(self.experiments))
@@ -97,18 +104,20 @@ class Experiments:
         self._check_member_kinds(experiment)
         kind = experiment.resource_type.kind
         if experiment.default is not None:
-            for other in self.experiments.values():
-                if (
-                    other.name != experiment.name
-                    and other.resource_type is experiment.resource_type
-                    and other.default == experiment.default
-                ):
-                    raise InvalidResource(
-                        f"{kind} {experiment.default} already in experiment {other.name} as a baseline: "
-                        f"a {kind} can only be the default of one experiment"
-                    )
+            others = self._defaults.owners((experiment.resource_type, experiment.default)) - {experiment.name}
+            for other in sorted(others):
+                raise InvalidResource(
+                    f"{kind} {experiment.default} already in experiment {other} as a baseline: "
+                    f"a {kind} can only be the default of one experiment"
+                )
+        if experiment.name not in self.experiments and len(self.experiments) >= MAX_EXPERIMENTS:
+            raise InvalidResource(
+                f"experiment {experiment.name}: {MAX_EXPERIMENTS} experiments are running already; "
+                "the limit (stop one first)"
+            )
         previous = self.experiments.get(experiment.name)
         self.experiments[experiment.name] = experiment
+        self._index(experiment)
         self._store.changed(EXPERIMENTS, experiment.name)
         log.info("experiment started", experiment=experiment.name, edit=previous is not None)
         self._replan(experiment.name, previous=previous)
@@ -118,6 +127,8 @@ class Experiments:
         experiment = self.experiments.pop(name, None)
         if experiment is None:
             raise ExperimentNotFound(f"experiment {name} not found")
+        self._members.remove(name)
+        self._defaults.remove(name)
         self._store.changed(EXPERIMENTS, name)
         log.info("experiment stopped", experiment=name)
         old = self._plans.pop(name, None)
@@ -240,17 +251,23 @@ class Experiments:
     def _takeover(self, member: str, kind: ResourceType) -> Route | None:
         """The route that replaces ``member``'s own endpoint while an experiment with it as
         default splits."""
-        for name, experiment in self.experiments.items():
-            if experiment.resource_type is kind and experiment.default == member:
-                current = self._plans.get(name)
-                route = experiment.default_route
-                return current.route(route) if current is not None and route is not None else None
+        for name in self._defaults.owners((kind, member)):  # at most one: a default of one experiment
+            experiment = self.experiments[name]
+            current = self._plans.get(name)
+            route = experiment.default_route
+            return current.route(route) if current is not None and route is not None else None
         return None
+
+    def _index(self, experiment: Experiment) -> None:
+        kind = experiment.resource_type
+        self._members.set(experiment.name, ((kind, member) for member in experiment.members))
+        default = () if experiment.default is None else ((kind, experiment.default),)
+        self._defaults.set(experiment.name, default)
 
     # -- reacting to the core -----------------------------------------------------------------------
 
     def _member_changed(self, member: str, kind: ResourceType) -> None:
-        touched = {n for n, e in self.experiments.items() if e.resource_type is kind and member in e.members}
+        touched = self._members.owners((kind, member))
         if not touched:
             return
         self._dirty |= touched

@@ -39,6 +39,7 @@ from pipelines.model import Pipeline
 from scheduler.core import Scheduler
 from scheduler.dataflow import CREATE, DELETE, DataflowEngines, EngineSession, Result
 from scheduler.errors import NotFound
+from scheduler.member_index import MemberIndex
 from scheduler.pipeline_placement import PipelinePlacement
 from scheduler.pipeline_records import (
     PipelineRecord,
@@ -79,6 +80,7 @@ class Pipelines:
         self._core = core
         self._store = store
         self.records: dict[str, PipelineRecord] = {}
+        self._users: MemberIndex[str] = MemberIndex()  # model -> pipelines whose latest version calls it
         self.engines = DataflowEngines(self._engines_changed)
         # ``gateway``: where Envoy reaches an engine that registered no gateway of its own
         # (decision 0020); None: no routes, and Ready needs the engines only.
@@ -94,6 +96,7 @@ class Pipelines:
         self.records = self._store.load_kind(PIPELINES)
         for record in self.records.values():
             latest = record.latest
+            self._users.set(record.name, latest.pipeline.models)
             for version in record.versions[:-1]:
                 if version.status is not S.PipelineTerminated:  # engines will get the latest only
                     version.set(S.PipelineTerminated, f"replaced by version {latest.number}")
@@ -125,6 +128,7 @@ class Pipelines:
         version = PipelineVersion(replace(spec, uid=new_uid(), version=number))
         record.versions.append(version)
         del record.versions[:-MAX_VERSIONS]
+        self._users.set(spec.name, version.pipeline.models)
         record.deleted = False
         log.info("pipeline loaded", pipeline=spec.name, version=number, steps=len(spec.steps))
         self._refresh(record)  # places it on its owners
@@ -248,9 +252,8 @@ class Pipelines:
                 self._refresh(record)
 
     def _model_changed(self, model: str) -> None:
-        for record in self.records.values():
-            if model in record.latest.pipeline.models:
-                self._refresh(record)
+        for name in sorted(self._users.owners(model)):
+            self._refresh(self.records[name])
 
     def _refresh(self, record: PipelineRecord, *, notify: bool = True) -> None:
         latest = record.latest
@@ -327,6 +330,7 @@ class Pipelines:
             )
         oldest = min(gone, key=lambda r: r.latest.timestamp)
         del self.records[oldest.name]
+        self._users.remove(oldest.name)
         self.engines.forget(oldest.name)
         self._store.changed(PIPELINES, oldest.name)
         self._notify(oldest.name)

@@ -57,6 +57,22 @@ async def test_identical_load_is_a_no_op(harness: Harness) -> None:
     assert harness.state("iris") is ModelState.ModelAvailable
 
 
+async def test_at_the_model_limit_a_new_model_is_refused_and_known_ones_still_change(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from scheduler import core
+
+    monkeypatch.setattr(core, "MAX_MODELS", 1)
+    link = await harness.connect()
+    await harness.load(model("iris"))
+    with pytest.raises(InvalidResource, match="1 models are loaded already"):
+        harness.scheduler.load_model(model("other"))
+    assert set(harness.scheduler.models) == {"iris"}
+    pending_ops(link)
+    await harness.load(model("iris", uri="gs://models/iris-v2"))
+    assert [v.number for v in harness.scheduler.models["iris"].versions] == [1, 2]
+
+
 async def test_deployment_change_rescales_in_place(harness: Harness) -> None:
     link0 = await harness.connect(idx=0)
     link1 = await harness.connect(idx=1)

@@ -109,6 +109,35 @@ async def test_one_default_per_experiment_and_nothing_changes_on_rejection(harne
     assert harness.experiments.experiments["ab"].candidates[0].weight == 50
 
 
+async def test_a_default_freed_by_an_edit_or_a_stop_can_be_another_experiments_default(
+    harness: Harness,
+) -> None:
+    await two_models(harness, "iris", "iris2")
+    harness.experiments.start(message(default="iris"))
+    harness.experiments.start(message(default="iris2"))  # ab edited: iris is free again
+    harness.experiments.start(message(name="other", default="iris"))
+    with pytest.raises(InvalidResource, match="already in experiment ab as a baseline"):
+        harness.experiments.start(message(name="third", default="iris2"))
+    harness.experiments.stop("ab")
+    harness.experiments.start(message(name="third", default="iris2"))
+    assert set(harness.experiments.experiments) == {"other", "third"}
+
+
+async def test_at_the_limit_new_experiments_are_refused_and_edits_still_apply(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from scheduler import experiments as module
+
+    monkeypatch.setattr(module, "MAX_EXPERIMENTS", 1)
+    await two_models(harness, "iris", "iris2")
+    harness.experiments.start(message())
+    with pytest.raises(InvalidResource, match="1 experiments are running already"):
+        harness.experiments.start(message(name="other"))
+    harness.experiments.start(message(default="iris2"))
+    assert set(harness.experiments.experiments) == {"ab"}
+    assert harness.experiments.experiments["ab"].default == "iris2"
+
+
 async def test_a_mirror_route_exists_only_while_the_mirror_is_ready(harness: Harness) -> None:
     await two_models(harness, "iris", "iris2")
     harness.experiments.start(message(default="iris", candidates=(("iris", 1),), mirror=("iris2", 100)))

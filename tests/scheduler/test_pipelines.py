@@ -124,6 +124,30 @@ async def test_a_pipeline_loaded_before_its_models_becomes_models_ready_when_the
     )
 
 
+async def test_a_model_change_refreshes_only_the_pipelines_whose_latest_version_calls_it(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pipelines = harness.pipelines
+    pipelines.load(chain("first"))
+    pipelines.load(scheduler_pb2.Pipeline(name="other", steps=[Step(name="unrelated")]))
+    refreshed: list[str] = []
+    refresh = pipelines._refresh
+
+    def spy(record: Any, **options: Any) -> None:
+        refreshed.append(record.name)
+        refresh(record, **options)
+
+    monkeypatch.setattr(pipelines, "_refresh", spy)
+    await harness.connect()
+    await models_available(harness, "tfsimple1")
+    assert set(refreshed) == {"first"}
+    pipelines.load(scheduler_pb2.Pipeline(name="first", steps=[Step(name="tfsimple1")]))
+    refreshed.clear()
+    await models_available(harness, "tfsimple2")
+    assert refreshed == [], "version 2 no longer calls tfsimple2"
+    assert state(pipelines, "first")[2]
+
+
 async def test_versions_same_spec_same_version_new_spec_new_version_old_one_replaced_once_ready(
     harness: Harness,
 ) -> None:
@@ -363,6 +387,9 @@ async def test_pipelines_are_persisted_and_restored_with_versions_uids_and_unloa
     assert state(second.pipelines, "gone")[0] is S.PipelineTerminated
     engine = second.pipelines.engine_subscribed("engine-0")
     assert drain(engine) == [("tfsimples", CREATE, 2)], "only live pipelines are sent"
+    await second.connect()
+    await models_available(second, "tfsimple1", "tfsimple2")
+    assert state(second.pipelines, "tfsimples")[2], "a restored pipeline follows its models"
     second.pipelines.engines.close()
     await second.scheduler.close()
 
