@@ -20,7 +20,7 @@ import grpc
 from apis.mlops.scheduler import scheduler_pb2, scheduler_pb2_grpc
 from apis.v2_dataplane import v2_dataplane_pb2_grpc
 from bench import envoys, loadgen, payloads
-from bench.loadgen import Result, median, paired_difference, paired_ratio
+from bench.loadgen import Result, median, median_interval, paired_difference, paired_ratio
 from bench.mesh import Mesh, bench_config, start_mesh
 from bench.procs import Process, Processes, processes, wait_for
 from bench.report import Goal, Section, Table
@@ -56,13 +56,15 @@ class Settings:
     open_clients: int = 4
     open_load_fraction: float = 0.25
     """Open-loop rate as a fraction of the static Envoy's closed-loop throughput."""
+    open_rounds: int = 24
+    """More rounds than the closed loop's: a p50 bound of 0.2 ms needs many pairs (``p50_goal``)."""
 
 
 Measure = Callable[[Target], Awaitable[Result]]
 
 
 async def run(work: Path, quick: bool = False) -> Section:
-    settings = Settings(rounds=2, seconds=2.0) if quick else Settings()
+    settings = Settings(rounds=2, seconds=2.0, open_rounds=2) if quick else Settings()
     started = time.monotonic()
     train.ensure_artifacts()
     section = Section(
@@ -78,9 +80,10 @@ async def run(work: Path, quick: bool = False) -> Section:
             f"per connection), {settings.seconds:g} s per run. Open loop: h2load at a fixed rate "
             f"({settings.open_clients} clients x `--rps`, total = {settings.open_load_fraction:.0%} of the "
             "static Envoy's closed-loop throughput), p50/p99 over every request of the run. "
-            f"{settings.rounds} interleaved rounds; medians shown. Ratios and differences against the static "
-            "Envoy are paired: each round's own (its runs are adjacent in time), then the median over "
-            "rounds."
+            f"{settings.rounds} interleaved rounds of closed loop, then {settings.open_rounds} of open loop; "
+            "medians shown. Ratios and differences against the static Envoy are paired: each round's own "
+            "(its runs are adjacent in time), then the median over rounds; a p50 bound is judged on the "
+            "90 % interval of that median."
         ),
         command="python -m bench --only dataplane",
     )
@@ -108,7 +111,7 @@ async def run(work: Path, quick: bool = False) -> Section:
             for proto in ("REST", "gRPC")
         }
         opened: dict[tuple[str, str], list[Result]] = {}
-        for round_no in range(settings.rounds):
+        for round_no in range(settings.open_rounds):
             order = targets[round_no % 3 :] + targets[: round_no % 3]
             for proto in ("REST", "gRPC"):
                 for target in order:
@@ -311,12 +314,25 @@ def paired_goals(
             f"{ratio:.3f}, median of each round's ratio ({', '.join(f'{r:.2f}' for r in ratios)})",
             ratio >= 0.97,
         ),
-        Goal(
-            f"{proto} p50 ≤ static Envoy + 0.2 ms{suffix}",
-            f"{delta:+.3f} ms, median of each round's difference ({', '.join(f'{d:+.2f}' for d in deltas)})",
-            delta <= 0.2,
-        ),
+        p50_goal(f"{proto} p50 ≤ static Envoy + 0.2 ms{suffix}", delta, deltas, bound=0.2),
     ]
+
+
+def p50_goal(text: str, delta: float, deltas: list[float], *, bound: float) -> Goal:
+    """A latency bound judged on the interval of the paired differences' median, not on the median
+    alone: per pair the open-loop p50 difference spreads by about ±0.5 ms on this machine, more
+    than the bound, so a median of a few pairs lands either side of it by chance. Met when the
+    whole interval is within the bound, not met when all of it is above."""
+    low, high = median_interval(deltas)
+    measured = (
+        f"{delta:+.3f} ms, 90 % interval [{low:+.3f}, {high:+.3f}], median of {len(deltas)} paired "
+        f"differences ({', '.join(f'{d:+.2f}' for d in deltas)})"
+    )
+    if high <= bound or low > bound:
+        return Goal(text, measured, high <= bound)
+    would = "met" if delta <= bound else "not met"
+    verdict = f"**inconclusive** (the interval spans the bound; the median: {would})"
+    return Goal(text, measured, None, verdict_text=verdict)
 
 
 def _tabulate(
@@ -390,8 +406,11 @@ def _tabulate(
             "(envoy/seldon.lua) buffering the whole request body and rewriting `model_name` in the "
             "protobuf frame to the versioned name before anything is sent upstream. The proxy-CPU column "
             "is the measured cost of that work, and throughput follows it because the proxy shares the "
-            "cores with MLServer. The fix to try for gRPC: avoid the body rewrite (e.g. a native Envoy "
-            "filter, or model servers that also answer to the unversioned name)."
+            "cores with MLServer. Bisected for gRPC (2026-12-02, ad hoc: static copies of meshserve's "
+            "listener with one feature removed at a time, 35 paired open-loop rounds each) without a "
+            "single cause: with the Lua filter removed, or with everything but the scoped routes "
+            "removed, the p50 stayed 0.1-0.3 ms above the static Envoy's, while an identical copy of the "
+            "static Envoy measured +0.01 ms (40 rounds: the pairing itself is unbiased)."
         )
     section.notes.append(
         "Run-to-run spread is large on this 2-core machine (see the individual runs): the generator, "
@@ -426,6 +445,7 @@ def _tabulate(
         "(of the machine's total).",
         "All processes (generator, Envoy, MLServer, scheduler, agent) share this machine's cores, so "
         "CPU spent by a proxy is CPU not available to MLServer: the throughput gap measures that too.",
-        f"{settings.rounds} rounds x {settings.seconds:g} s per run; open loop: h2load `--rps` per "
+        f"{settings.rounds} closed-loop and {settings.open_rounds} open-loop rounds x {settings.seconds:g} s "
+        "per run; open loop: h2load `--rps` per "
         f"client with {settings.open_clients} clients, one request in flight each.",
     ]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import resource
 import statistics
 import tempfile
@@ -203,6 +204,23 @@ def paired_difference(ours: list[float], baseline: list[float]) -> tuple[float, 
     """The median of each round's difference ours - baseline, and those differences (as above)."""
     differences = [a - b for a, b in zip(ours, baseline, strict=True)]
     return median(differences), differences
+
+
+def median_interval(values: list[float], confidence: float = 0.9) -> tuple[float, float]:
+    """A distribution-free interval for the median of ``values`` (the sign test's): the k-th smallest
+    and the k-th largest value, k the largest rank whose two tails together hold at most
+    ``1 - confidence`` of a Binomial(n, 1/2). Too few values for that: their whole range."""
+    ordered = sorted(values)
+    n = len(ordered)
+    tail, k = 0.0, 0
+    for rank in range(n // 2):
+        tail += math.comb(n, rank) / 2**n  # P(fewer than rank + 1 values below the median)
+        if 2 * tail > 1 - confidence:
+            break
+        k = rank + 1
+    if k == 0:
+        return ordered[0], ordered[-1]
+    return ordered[k - 1], ordered[n - k]
 
 
 def _children_cpu() -> float:
