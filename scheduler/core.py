@@ -190,7 +190,9 @@ class Scheduler:
         record = self.models.get(name)
         if record is None:
             if len(self.models) >= MAX_MODELS:
-                raise InvalidResource(f"model {name}: {MAX_MODELS} models are loaded already; the limit")
+                raise InvalidResource(
+                    f"model {name}: {MAX_MODELS} models are loaded already; the limit (unload one first)"
+                )
             record = self.models[name] = ModelRecord(name)
             first = model.meta.kubernetesMeta.generation if model.meta.HasField("kubernetesMeta") else 0
             record.versions.append(ModelVersion(max(1, first), model))

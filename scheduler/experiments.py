@@ -105,9 +105,9 @@ class Experiments:
         kind = experiment.resource_type.kind
         if experiment.default is not None:
             others = self._defaults.owners((experiment.resource_type, experiment.default)) - {experiment.name}
-            for other in sorted(others):
+            if others:
                 raise InvalidResource(
-                    f"{kind} {experiment.default} already in experiment {other} as a baseline: "
+                    f"{kind} {experiment.default} already in experiment {min(others)} as a baseline: "
                     f"a {kind} can only be the default of one experiment"
                 )
         if experiment.name not in self.experiments and len(self.experiments) >= MAX_EXPERIMENTS:
