@@ -74,6 +74,7 @@ class Experiments:
         # (kind, resource) -> experiments routing to it, and -> the experiment it is the default of.
         self._members: MemberIndex[tuple[ResourceType, str]] = MemberIndex()
         self._defaults: MemberIndex[tuple[ResourceType, str]] = MemberIndex()
+        self._routes: MemberIndex[str] = MemberIndex()  # route name -> experiments whose plan holds it
         self._plans: dict[str, TrafficPlan] = {}
         self._status: dict[str, Status] = {}
         self._listeners: list[Callable[[str], None]] = []
@@ -132,6 +133,7 @@ class Experiments:
         self._store.changed(EXPERIMENTS, name)
         log.info("experiment stopped", experiment=name)
         old = self._plans.pop(name, None)
+        self._routes.remove(name)
         self._status.pop(name, None)
         self._withdraw(old, keep=())
         if experiment.default is not None:
@@ -162,6 +164,7 @@ class Experiments:
         new = new or self._plan(name)
         old = self._plans.get(name)
         self._plans[name] = new
+        self._routes.set(name, (r.name for r in new.routes))
         for route in new.routes:
             if route.name != experiment.default_route:
                 self._core.routing.publish(route)
@@ -290,9 +293,8 @@ class Experiments:
         return plan(experiment, {member: self._member(experiment, member) for member in experiment.members})
 
     def _route_confirmed(self, route: str) -> None:
-        for name, current in self._plans.items():
-            if any(r.name == route for r in current.routes):
-                self._update_status(name)
+        for name in sorted(self._routes.owners(route)):
+            self._update_status(name)
 
     def _update_status(self, name: str) -> None:
         current = self._plans[name]
