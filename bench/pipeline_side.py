@@ -162,7 +162,7 @@ async def run_dataplane(work: Path, quick: bool = False) -> Section:
                 for pair in range(open_pairs):
                     # which target goes first alternates, so a trend within a state favours neither
                     order = list(targets) if (round_no + pair) % 2 == 0 else list(reversed(targets))
-                    await _measure_round(state, order, bodies, settings, rates, measured, pair < pairs)
+                    await _measure_round(state, order, bodies, settings, rates, measured, closed=pair < pairs)
                 for process in reversed(extra.values()):
                     group.stop(process)
     section = Section(
@@ -192,6 +192,7 @@ async def _measure_round(
     settings: dataplane.Settings,
     rates: dict[str, float],
     measured: Measured,
+    *,
     closed: bool,
 ) -> None:
     for proto in ("REST", "gRPC"):
