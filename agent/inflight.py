@@ -3,8 +3,9 @@
 Requests reach MLServer from Envoy directly (decision 0003): the agent sees neither their start nor
 their end. Two real signals stand in, both read only when an eviction must choose a victim:
 
-- **In flight**: Envoy's per-cluster gauge ``upstream_rq_active`` from its admin ``/stats``;
-  clusters are per model version (``iris_1_http``, ``iris_1_grpc``), so a non-zero gauge means a
+- **In flight**: Envoy's per-cluster gauge ``upstream_rq_active`` from its admin ``/stats``; a
+  model version on a replica with a reload listener (this agent's, when it overcommits) has
+  clusters of its own (``iris_1_http``, ``iris_1_grpc``; decision 0008), so a non-zero gauge means a
   request to that version is in flight (on some replica: the count is per cluster, which errs on
   the safe side). One admin URL per Envoy (``--envoy-admin-urls``; ``unix:<path>`` for a socket).
 - **Last used**: MLServer's own per-model request counters (its ``/metrics``, already read for the

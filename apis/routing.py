@@ -45,11 +45,19 @@ class Endpoint:
 
 @dataclass(frozen=True, slots=True)
 class Split:
-    """A slice of a route's traffic to one target, served by ``endpoints``."""
+    """A slice of a route's traffic to one target, served by ``endpoints``.
+
+    ``own_clusters``: the target's requests in flight are read per target, from the clusters'
+    own load (Envoy's load reports for the autoscaler, its ``upstream_rq_active`` gauge for an
+    overcommitted replica's eviction), so it gets clusters of its own. Otherwise it shares the
+    clusters of its replica set with every other target placed on exactly those replicas
+    (decision 0008): no per-target cluster costs Envoy memory or an extra xDS message.
+    """
 
     target: str  # the name the model server knows, e.g. "iris_1"
     weight: int  # millionths of the route's traffic
     endpoints: tuple[Endpoint, ...]
+    own_clusters: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,17 +11,16 @@ KB per model = (mem(N) - mem(0)) / N, for tcmalloc's ``allocated`` bytes (admin 
 the process RSS (``VmRSS``). Rounds are interleaved across variants; the table shows medians.
 
 Variants (``VARIANTS``):
-- ``baseline``: today's resources (clusters ``<model>_<version>_http`` / ``_grpc`` per model version,
-  one scope per model) and the bootstrap without its ``stats_config`` (as before decision 0008);
+- ``baseline``: clusters of its own per model version (``<model>_<version>_http`` / ``_grpc``, as a
+  model that autoscales or sits on an overcommitting replica gets), one scope per model, and the
+  bootstrap without its ``stats_config`` (as before decision 0008);
 - ``matcher``: the same resources, ``envoy/bootstrap.yaml`` as committed (its ``stats_matcher``
   inclusion list drops every per-cluster and per-route stat but a few such as ``upstream_rq_active``);
 - ``matcher+lazy``: the same + ``deferred_stat_options.enable_deferred_creation_stats`` and
   ``cluster_manager.enable_deferred_cluster_creation`` (stats and worker clusters made on first use);
-- ``shared``: clusters per endpoint set (``REPLICAS`` pairs in all) instead of per model version;
-  each model's routes keep their rewrite and Lua metadata, point at the endpoint set's cluster and
-  carry ``stat_prefix`` = the per-version cluster name they replace (per-model-version route stats);
-  bootstrap without ``stats_config``;
-- ``shared+matcher``: shared clusters and the committed bootstrap.
+- ``shared``: what every other model gets (``Split.own_clusters`` false): the clusters of its replica
+  set (``REPLICAS`` pairs in all), routes with ``stat_prefix`` per version; no ``stats_config``;
+- ``shared+matcher``: shared clusters and the committed bootstrap (the default, decision 0008).
 
 After the last round ``CHECKED`` variants are checked on the full-size Envoy: a REST request
 through Envoy by path only (Lua derives ``seldon-model``) reaches the upstream with the versioned
@@ -33,7 +32,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import json
 import statistics
 import string
@@ -47,15 +45,13 @@ import aiohttp
 import grpc
 import yaml
 from aiohttp import web
-from envoy.config.cluster.v3 import cluster_pb2
-from envoy.config.route.v3 import scoped_route_pb2
 from envoy.service.discovery.v3 import ads_pb2_grpc
 from google.protobuf.message import Message
 
 from apis.routing import WEIGHT_SCALE, Endpoint, Route, Split
 from bench import envoys
 from bench.procs import Process, processes, wait_for
-from bench.report import Section, Table
+from bench.report import Goal, Section, Table
 from stack.components import ENVOY_DIR
 from stack.config import StackConfig
 from stack.ports import free_ports
@@ -73,26 +69,26 @@ GOAL_KB = 20.0
 SETTLE_S = 2.0
 DELAY_HEADER = "x-bench-delay"
 SLOW_S = 4.0  # the slow request's time at the upstream: admin reads at 30,000 models take a while
-CHOSEN = "matcher"  # applied (decision 0008); shared clusters wait on a per-model in-flight signal
-CHECKED = (CHOSEN, "shared+matcher")
+CHOSEN = "shared+matcher"  # every model that needs no per-version load signal (decision 0008)
+CHECKED = ("matcher", CHOSEN)
 Upsert = tuple[str, str, Message]
 
 
 @dataclass(frozen=True)
 class Variant:
     key: str
-    shared: bool  # clusters per endpoint set; per-model-version route stats (stat_prefix)
+    shared: bool  # clusters per replica set, as the publisher builds them without own_clusters
     matcher: bool  # envoy/bootstrap.yaml's stats_config (its stats_matcher inclusion list)
     lazy: bool  # deferred stat creation + deferred cluster creation on workers
     what: str
 
 
 VARIANTS = (
-    Variant("baseline", False, False, False, "per-version clusters; bootstrap without stats_config (before)"),
-    Variant("matcher", False, True, False, "per-version clusters; `envoy/bootstrap.yaml` (stats matcher)"),
-    Variant("matcher+lazy", False, True, True, "per-version clusters; matcher + deferred stats/clusters"),
-    Variant("shared", True, False, False, "clusters per endpoint set, route `stat_prefix`; no stats_config"),
-    Variant("shared+matcher", True, True, False, "clusters per endpoint set, route `stat_prefix`; matcher"),
+    Variant("baseline", False, False, False, "clusters per version; bootstrap without stats_config (before)"),
+    Variant("matcher", False, True, False, "clusters per version (autoscaled or overcommitted); matcher"),
+    Variant("matcher+lazy", False, True, True, "clusters per version; matcher + deferred stats/clusters"),
+    Variant("shared", True, False, False, "clusters per replica set; no stats_config"),
+    Variant("shared+matcher", True, True, False, "clusters per replica set; the committed matcher"),
 )
 
 
@@ -138,58 +134,25 @@ def endpoints(upstream_ports: Sequence[int]) -> list[Endpoint]:
     return [Endpoint("127.0.0.1", port, port) for port in upstream_ports]
 
 
-def model_route(name: str, endpoint: Endpoint) -> Route:
-    return Route(name, (Split(f"{name}_1", WEIGHT_SCALE, (endpoint,)),))
+def model_route(name: str, endpoint: Endpoint, *, own: bool) -> Route:
+    return Route(name, (Split(f"{name}_1", WEIGHT_SCALE, (endpoint,), own_clusters=own),))
 
 
-def shared_target(replicas: Sequence[Endpoint]) -> str:
-    """Cluster key for an endpoint set: a digest of its sorted addresses (same set, same clusters)."""
-    key = ",".join(sorted(f"{e.host}:{e.http_port}:{e.grpc_port}" for e in replicas))
-    return "endpoints_" + hashlib.sha256(key.encode()).hexdigest()[:12]
-
-
-def shared_clusters(replicas: Sequence[Endpoint]) -> dict[str, cluster_pb2.Cluster]:
-    clusters = resources.clusters_for(shared_target(replicas), replicas)
-    for cluster in clusters.values():
-        # Every model on these replicas shares the cluster's circuit breakers (default 1,024 requests).
-        threshold = cluster.circuit_breakers.thresholds.add()
-        for limit in (threshold.max_connections, threshold.max_pending_requests, threshold.max_requests):
-            limit.value = 1 << 30
-    return clusters
-
-
-def shared_scope(route: Route) -> scoped_route_pb2.ScopedRouteConfiguration:
-    """The model's scope as today, pointed at the endpoint set's clusters, with per-version stats."""
-    scope = resources.scope_for(route)
-    targets = {s.target: shared_target(s.endpoints) for s in route.splits}
-    for host in scope.route_configuration.virtual_hosts:
-        for entry in host.routes:
-            per_version = entry.route.cluster  # <model>_<version>_http or _grpc
-            target, protocol = per_version.rsplit("_", 1)
-            entry.route.cluster = f"{targets[target]}_{protocol}"
-            entry.stat_prefix = per_version
-    return scope
-
-
-def model_upserts(names: Sequence[str], replicas: Sequence[Endpoint], *, shared: bool) -> list[Upsert]:
-    upserts: list[Upsert] = []
+def model_upserts(names: Sequence[str], replicas: Sequence[Endpoint], *, own: bool) -> list[Upsert]:
+    """Each model's scope and the clusters its split names, as the route publisher builds them
+    (clusters shared by a replica set appear once)."""
+    clusters: dict[str, Message] = {}
+    scopes: list[Upsert] = []
     for i, name in enumerate(names):
-        route = model_route(name, replicas[i % len(replicas)])
-        if not shared:
-            for split in route.splits:
-                clusters = resources.clusters_for(split.target, split.endpoints)
-                upserts += [(CLUSTER, n, c) for n, c in clusters.items()]
-            upserts.append((SCOPED_ROUTE, route.name, resources.scope_for(route)))
-        else:
-            upserts.append((SCOPED_ROUTE, route.name, shared_scope(route)))
-    if shared:
-        for endpoint in replicas:
-            upserts += [(CLUSTER, n, c) for n, c in shared_clusters([endpoint]).items()]
-    return upserts
+        route = model_route(name, replicas[i % len(replicas)], own=own)
+        for split in route.splits:
+            clusters.update(resources.split_clusters(split))
+        scopes.append((SCOPED_ROUTE, route.name, resources.scope_for(route)))
+    return [*((CLUSTER, n, c) for n, c in clusters.items()), *scopes]
 
 
-def expected_clusters(models: int, replicas: int, *, shared: bool) -> int:
-    return 2 * min(models, replicas) if shared else 2 * models
+def expected_clusters(models: int, replicas: int, *, own: bool) -> int:
+    return 2 * models if own else 2 * min(models, replicas)
 
 
 # -- bootstrap --------------------------------------------------------------------------------------
@@ -311,7 +274,7 @@ async def _one_run(
                     await _acked(xds, wanted, 900, f"{variant.key}: {models} models ACKed", envoy)
                     load_s = time.monotonic() - t0
                     clusters = await _stat(session, admin, "cluster_manager.active_clusters") - 1
-                    expected = expected_clusters(models, replicas, shared=variant.shared)
+                    expected = expected_clusters(models, replicas, own=not variant.shared)
                     if clusters != expected:
                         raise RuntimeError(
                             f"{variant.key}: {clusters} clusters in Envoy, expected {expected}"
@@ -423,8 +386,8 @@ async def run(work: Path, quick: bool = False, only: Sequence[str] = ()) -> Sect
     steps_of: dict[bool, list[tuple[int, list[Upsert]]]] = {}
     for shared in sorted({v.shared for v in variants}):
         steps_of[shared] = [
-            (sizes[0], model_upserts(names[: sizes[0]], replicas, shared=shared)),
-            (sizes[1], model_upserts(names[sizes[0] :], replicas, shared=shared)),
+            (sizes[0], model_upserts(names[: sizes[0]], replicas, own=not shared)),
+            (sizes[1], model_upserts(names[sizes[0] :], replicas, own=not shared)),
         ]
     runs: dict[str, list[Run]] = {v.key: [] for v in variants}
     checks: list[Check] = []
@@ -509,6 +472,19 @@ def _section(
             ]
         )
     section.tables.append(table)
+    if runs.get(CHOSEN):
+        chosen = runs[CHOSEN]
+        rss = statistics.median([r.kb_per_model(sizes[1], "rss") for r in chosen])
+        allocated = statistics.median([r.kb_per_model(sizes[1], "allocated") for r in chosen])
+        section.goals.append(
+            Goal(
+                f"Envoy memory per model at {sizes[1]:,} ≤ {GOAL_KB:.0f} KB (process RSS)",
+                f"{rss:.1f} KB RSS ({allocated:.1f} KB allocated) with clusters per replica set; "
+                f"a model that autoscales or sits on an overcommitting replica keeps clusters of "
+                f"its own (`matcher` row)",
+                rss <= GOAL_KB,
+            )
+        )
     for check in checks:
         section.notes.append(
             f"Check on `{check.variant}` at {sizes[1]:,} models: a REST request by path only answered "

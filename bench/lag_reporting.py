@@ -192,8 +192,11 @@ async def one_run(work: Path, variant: str, models: int, touched: int, window_s:
         address="127.0.0.1", port=envoy_port, lua_code=(ENVOY_DIR / "seldon.lua").read_text()
     )
     cache.apply(upserts=[(LISTENER, resources.LISTENER_NAME, listener)])
+    # Clusters of their own, as the models whose load is reported have (decision 0008).
     published = [
-        publisher.publish(Route(name, (Split(f"{name}_1", WEIGHT_SCALE, (replicas[i % REPLICAS],)),)))
+        publisher.publish(
+            Route(name, (Split(f"{name}_1", WEIGHT_SCALE, (replicas[i % REPLICAS],), own_clusters=True),))
+        )
         for i, name in enumerate(names)
     ]
     config = write_bootstrap(work, variant, admin_port=admin_port, xds_port=xds_port)

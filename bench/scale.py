@@ -45,13 +45,15 @@ BACK_TO_BACK = 200
 IDLE_WINDOWS = 20
 IDLE_WINDOW_S = 0.52
 XDS_RX = r"^cluster\.meshserve_xds\.upstream_cx_rx_bytes_total$"
+SCOPES_STAT = "http.seldon_http.scoped_rds.seldon_models.all_scopes"
+SCOPES = "^" + SCOPES_STAT.replace(".", r"\.") + "$"
 
 
 @dataclass
 class ScaleResult:
     models: int
     load_s: float = 0.0  # first LoadModel sent → last returned
-    clusters_s: float = 0.0  # last load → Envoy holds all 2N clusters
+    clusters_s: float = 0.0  # last load → Envoy holds all N scopes
     sample_s: float = 0.0  # last load → SAMPLE random models answer 200
     routable_s: float = 0.0  # last load → full pass of N requests all 200 (end of that pass)
     full_pass_s: float = 0.0  # how long the confirming full pass itself took
@@ -94,7 +96,8 @@ async def run(work: Path, quick: bool = False) -> Section:
             f"{envoys.ENVOY_CONCURRENCY}`) fed by the scheduler. Each size on a fresh scheduler and "
             f"Envoy: N LoadModel calls ({IN_FLIGHT} in flight), then wait until every route answers. "
             "*All routable*: a pass of N REST requests through Envoy, one per model, all 200 (taken "
-            "once the 2N clusters and a random sample answer), and Envoy's config dump lists N scopes. "
+            "once Envoy counts N scopes and a random sample answers), and Envoy's config dump lists "
+            "N scopes. "
             "Times are from the last LoadModel returning. Then one more model at that size, "
             f"{CHANGES} times: the scheduler's CPU for it (minus its idle rate) and the bytes Envoy "
             "received on the xDS stream (`cluster.meshserve_xds.upstream_cx_rx_bytes_total`)."
@@ -129,11 +132,11 @@ async def _one_size(work: Path, size: int) -> ScaleResult:
             result.load_s = last - t0
             print(f"   {size}: loaded in {result.load_s:.1f} s", flush=True)
 
-            async def clusters_ready() -> bool:
-                stats = await envoy_stats(session, mesh.admin, r"^cluster_manager\.active_clusters$")
-                return stats.get("cluster_manager.active_clusters", 0) >= 2 * size + 1
+            async def scopes_ready() -> bool:
+                stats = await envoy_stats(session, mesh.admin, SCOPES)
+                return stats.get(SCOPES_STAT, 0) >= size
 
-            await wait_for(clusters_ready, within=600, what=f"{2 * size} clusters in Envoy", interval=0.05)
+            await wait_for(scopes_ready, within=600, what=f"{size} scopes in Envoy", interval=0.05)
             result.clusters_s = time.monotonic() - last
             sample = random.Random(size).sample(names, min(SAMPLE, size))
 
@@ -443,7 +446,7 @@ def _tabulate(section: Section, results: list[ScaleResult], floor: Floor) -> Non
         [
             "models",
             "load calls (first → last)",
-            "last load → 2N clusters in Envoy",
+            "last load → N scopes in Envoy",
             f"→ {SAMPLE} sampled answer",
             "→ **all N answer** (end of the confirming pass)",
             "(that pass started at)",

@@ -5,8 +5,12 @@ Shape (see docs/architecture.md):
   *scoped routes* keyed on the ``seldon-model`` header, so a request finds its model's routes by
   hash lookup instead of scanning every model's routes, and a model change touches one resource;
 - one scope per model (``ScopedRouteConfiguration`` named after the model) with its routes inline;
-- clusters per model version, ``<model>_<version>_http`` and ``<model>_<version>_grpc`` (HTTP/2),
-  least-request balancing, endpoints = the model server replicas holding that version.
+- clusters per replica set, ``replicas_h<digest>_http`` and ``_grpc`` (HTTP/2), least-request
+  balancing, endpoints = those model server replicas, shared by every model version placed on
+  exactly them; a version whose load is read per version (``Split.own_clusters``: it autoscales,
+  or its replicas overcommit) has its own, ``<model>_<version>_http`` and ``_grpc``
+  (docs/decisions/0008). Either way each route carries ``stat_prefix`` ``<model>_<version>_http``
+  (``_grpc``), so Envoy's request stats stay per model version.
 
 Version splits use cumulative ``runtime_fraction`` matches instead of weighted clusters: Envoy draws
 one random value per request and tests the routes in order, so route *i* takes the slice
@@ -16,6 +20,7 @@ and metadata (the versioned name the gRPC body rewrite needs).
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 from collections.abc import Sequence
 
@@ -77,23 +82,49 @@ _ADS = config_source_pb2.ConfigSource(
 )
 
 
+# Limits of a cluster every model on a replica set shares (Envoy's defaults, 1,024 requests and
+# 3 concurrent retries, were sized for one model version per cluster).
+SHARED_MAX_REQUESTS = 65_536
+SHARED_MAX_RETRIES = 1_024
+_SHARED = "replicas_h"  # + hex digest: never a versioned name (<model>_<digits>)
+
+
 def cluster_names(target: str) -> tuple[str, str]:
     return f"{target}_http", f"{target}_grpc"
 
 
-def clusters_for(target: str, endpoints: Sequence[Endpoint]) -> dict[str, cluster_pb2.Cluster]:
-    """Both clusters of a target: model servers at priority 0, their agents' reload listeners (if
-    any) at priority 1, tried only on a retry after a model server's "no such model" (decision 0014)."""
-    http_name, grpc_name = cluster_names(target)
+def replica_set(endpoints: Sequence[Endpoint]) -> str:
+    """The shared clusters' stem for an endpoint set: a digest of its sorted endpoints, so the same
+    replicas always give the same clusters whatever the order or the model."""
+    key = "|".join(sorted(repr(e) for e in set(endpoints)))
+    return _SHARED + hashlib.blake2b(key.encode(), digest_size=8).hexdigest()
+
+
+def split_cluster_names(split: Split) -> tuple[str, str]:
+    """The (REST, gRPC) clusters a split's routes send to: its own or its replica set's."""
+    return cluster_names(split.target if split.own_clusters else replica_set(split.endpoints))
+
+
+def split_clusters(split: Split) -> dict[str, cluster_pb2.Cluster]:
+    if split.own_clusters:
+        return clusters_for(split.target, split.endpoints)
+    return clusters_for(replica_set(split.endpoints), split.endpoints, shared=True)
+
+
+def clusters_for(
+    stem: str, endpoints: Sequence[Endpoint], *, shared: bool = False
+) -> dict[str, cluster_pb2.Cluster]:
+    """Both clusters ``<stem>_http`` and ``<stem>_grpc``: model servers at priority 0, their agents'
+    reload listeners (if any) at priority 1, tried only on a retry after a model server's "no such
+    model" (decision 0014)."""
+    http_name, grpc_name = cluster_names(stem)
     http_reload = [(e.host, e.reload_http_port) for e in endpoints if e.reload_http_port]
     grpc_reload = [(e.host, e.reload_grpc_port) for e in endpoints if e.reload_grpc_port]
+    http_addresses = [(e.host, e.http_port) for e in endpoints]
+    grpc_addresses = [(e.host, e.grpc_port) for e in endpoints]
     return {
-        http_name: _cluster(
-            http_name, [(e.host, e.http_port) for e in endpoints], http2=False, reload=http_reload
-        ),
-        grpc_name: _cluster(
-            grpc_name, [(e.host, e.grpc_port) for e in endpoints], http2=True, reload=grpc_reload
-        ),
+        http_name: _cluster(http_name, http_addresses, http2=False, reload=http_reload, shared=shared),
+        grpc_name: _cluster(grpc_name, grpc_addresses, http2=True, reload=grpc_reload, shared=shared),
     }
 
 
@@ -103,6 +134,7 @@ def _cluster(
     *,
     http2: bool,
     reload: Sequence[tuple[str, int]] = (),
+    shared: bool = False,
 ) -> cluster_pb2.Cluster:
     static = all(_is_ip(host) for host, _ in [*addresses, *reload])
     priorities = [addresses, reload] if reload else [addresses]
@@ -128,6 +160,11 @@ def _cluster(
             ],
         ),
     )
+    if shared:
+        limits = cluster.circuit_breakers.thresholds.add()
+        for limit in (limits.max_connections, limits.max_pending_requests, limits.max_requests):
+            limit.value = SHARED_MAX_REQUESTS
+        limits.max_retries.value = SHARED_MAX_RETRIES
     if http2:
         options = http_protocol_options_pb2.HttpProtocolOptions(
             explicit_http_config=http_protocol_options_pb2.HttpProtocolOptions.ExplicitHttpConfig(
@@ -194,7 +231,7 @@ def _rest_route(
     *,
     prefix: str = REST_PREFIX,
 ) -> route_components_pb2.Route:
-    http_cluster, _ = cluster_names(split.target)
+    http_cluster, _ = split_cluster_names(split)
     entry = _route_entry(route, split, prefix, "_http", fraction, header)
     if prefix != REST_PREFIX:
         entry.name = route.name + "_pipeline_http" + ("_experiment" if header is not None else "")
@@ -217,7 +254,7 @@ def _grpc_route(
     fraction: int | None,
     header: route_components_pb2.HeaderMatcher | None,
 ) -> route_components_pb2.Route:
-    _, grpc_cluster = cluster_names(split.target)
+    _, grpc_cluster = split_cluster_names(split)
     entry = _route_entry(route, split, GRPC_PREFIX, "_grpc", fraction, header)
     entry.route.cluster = grpc_cluster
     # Read by envoy/seldon.lua, which rewrites model_name in the protobuf body to this name.
@@ -254,6 +291,9 @@ def _route_entry(
         action.request_mirror_policies.append(_mirror_policy(route.mirror, suffix))
     return route_components_pb2.Route(
         name=name,
+        # Per-version request stats (``vhost.seldon_service.route.<target>_http.*``), whichever
+        # cluster serves it; a pipeline's dot would split the stat name, so it becomes "_".
+        stat_prefix=split.target.replace(".", "_") + suffix,
         match=match,
         route=action,
         request_headers_to_remove=[INTERNAL_MODEL_HEADER],

@@ -2,8 +2,9 @@
 
 :class:`RoutePublisher` is the :class:`apis.routing.RouteSink` the scheduler publishes to. It turns
 each route into one scope plus the clusters of its targets and keeps clusters reference-counted:
-a cluster is built once per target and removed only when no route names it any more (an
-experiment's routes and a model's own route share their models' clusters).
+a cluster is built once per replica set (or per target that has clusters of its own) and removed
+only when no route names it any more (an experiment's routes and a model's own route, and every
+model on the same replicas, share clusters).
 
 ACKs flow one way: the publisher asks an :class:`AckQuorum` (the ADS server) whether every Envoy
 holds a publication's resource versions, each time the quorum reports ACKs for those names, and
@@ -82,11 +83,12 @@ class RoutePublisher:
         clusters = {
             name: cluster
             for split in route.splits
-            for name, cluster in resources.clusters_for(split.target, split.endpoints).items()
+            for name, cluster in resources.split_clusters(split).items()
         }
         now = frozenset(clusters)
         for split in route.splits:
-            self._locate(split.target, split.endpoints)
+            if split.own_clusters:
+                self._locate(split.target, split.endpoints)
         before = self._clusters_of.pop(route.name, frozenset())
         if now:
             self._clusters_of[route.name] = now
@@ -123,7 +125,8 @@ class RoutePublisher:
         self._targets[grpc_name] = ClusterTarget(target, {(e.host, e.grpc_port): e for e in endpoints})
 
     def locate(self, cluster: str) -> ClusterTarget | None:
-        """The model version and replicas a live cluster serves (None: not one of the routes')."""
+        """The model version and replicas a live cluster of its own serves (None: not one of the
+        routes', or a replica set's, shared by several versions)."""
         return self._targets.get(cluster)
 
     def users(self, cluster: str) -> frozenset[str]:

@@ -149,7 +149,8 @@ async def test_prometheus_reads_the_agent_the_scheduler_and_envoy(
         labels = f'model="{MODEL}",model_internal="{MODEL}_1",server="mlserver",server_replica="0"'
         rest = f'seldon_model_infer_total{{{labels},method_type="rest",code="200"}}'
         grpc = f'seldon_model_infer_total{{{labels},method_type="grpc",code="OK"}}'
-        envoy = f'envoy_cluster_upstream_rq_total{{envoy_cluster_name="{MODEL}_1_http"}}'
+        # Per model version whichever cluster serves it (own or its replica set's): the route's.
+        envoy = f'envoy_vhost_route_upstream_rq_total{{envoy_route="{MODEL}_1_http"}}'
         available = 'meshserve_scheduler_models{state="ModelAvailable"}'
 
         async def scraped() -> bool:

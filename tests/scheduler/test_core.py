@@ -426,11 +426,31 @@ async def test_a_route_envoy_rejects_fails_the_model_with_envoys_reason(harness:
     await harness.connect()
     await harness.load(model("iris"))
     await harness.report(Event.LOADED, "iris", 1)
-    harness.envoy.reject(CLUSTER, "iris_1_http", "cluster iris_1_http: bad endpoint")
+    (http,) = [name for name in harness.cache.live(CLUSTER) if name.endswith("_http")]
+    harness.envoy.reject(CLUSTER, http, f"cluster {http}: bad endpoint")
     await harness.settle()
     version = harness.version("iris")
     assert version.state is ModelState.ModelFailed
-    assert "Envoy rejected Cluster iris_1_http: cluster iris_1_http: bad endpoint" in version.reason
+    assert f"Envoy rejected Cluster {http}: cluster {http}: bad endpoint" in version.reason
+
+
+async def test_versions_share_their_replica_sets_clusters_unless_their_load_is_read_per_version(
+    harness: Harness,
+) -> None:
+    await harness.connect()
+    for name in ("a", "b"):
+        await harness.load(model(name))
+        await harness.make_available(name, 1)
+    scaled = model("c")
+    scaled.deploymentSpec.minReplicas, scaled.deploymentSpec.maxReplicas = 1, 2
+    await harness.load(scaled)
+    await harness.make_available("c", 1)
+    # a and b on the one replica: one shared pair; c can autoscale: clusters of its own.
+    assert sorted(n for n in harness.cache.live(CLUSTER) if not n.startswith("replicas_")) == [
+        "c_1_grpc",
+        "c_1_http",
+    ]
+    assert len(harness.cache.live(CLUSTER)) == 4
 
 
 async def test_old_terminated_versions_are_forgotten_beyond_a_few(harness: Harness) -> None:

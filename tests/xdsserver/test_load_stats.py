@@ -29,7 +29,7 @@ B = Endpoint("10.0.0.2", 8080, 9500)
 async def routes() -> AsyncIterator[RoutePublisher]:
     cache = ResourceCache()
     publisher = RoutePublisher(cache, FakeEnvoy(cache))
-    publisher.publish(Route("iris", (Split("iris_1", WEIGHT_SCALE, (A, B)),)))
+    publisher.publish(Route("iris", (Split("iris_1", WEIGHT_SCALE, (A, B), own_clusters=True),)))
     yield publisher
     publisher.close()
 

@@ -18,8 +18,8 @@ DNS = Endpoint("mlserver-0.svc", 9001, 9501)
 _H2 = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 
 
-def split(target: str, percent: int = 100, *endpoints: Endpoint) -> Split:
-    return Split(target, percent * WEIGHT_SCALE // 100, endpoints or (IP,))
+def split(target: str, percent: int = 100, *endpoints: Endpoint, own: bool = True) -> Split:
+    return Split(target, percent * WEIGHT_SCALE // 100, endpoints or (IP,), own_clusters=own)
 
 
 def routes_of(route: Route) -> list[route_components_pb2.Route]:
@@ -65,6 +65,38 @@ def test_ip_endpoints_make_a_static_cluster_and_host_names_a_dns_one() -> None:
     assert resources.clusters_for("m_1", [IP])["m_1_http"].type == cluster_pb2.Cluster.STATIC
     assert resources.clusters_for("m_1", [DNS])["m_1_http"].type == cluster_pb2.Cluster.STRICT_DNS
     assert resources.clusters_for("m_1", [IP, DNS])["m_1_grpc"].type == cluster_pb2.Cluster.STRICT_DNS
+
+
+def test_a_replica_set_names_its_shared_clusters_whatever_the_order_and_never_like_a_version() -> None:
+    stem = resources.replica_set([IP, DNS])
+    assert stem == resources.replica_set([DNS, IP]) != resources.replica_set([IP])
+    assert re.fullmatch(r"replicas_h[0-9a-f]{16}", stem)  # a versioned name ends in digits after "_"
+    assert resources.split_cluster_names(split("iris_1", 100, IP, DNS, own=False)) == (
+        f"{stem}_http",
+        f"{stem}_grpc",
+    )
+    assert resources.split_cluster_names(split("iris_1", 100, IP, DNS)) == ("iris_1_http", "iris_1_grpc")
+
+
+def test_shared_clusters_raise_the_limits_every_model_on_them_shares() -> None:
+    shared = resources.split_clusters(split("iris_1", own=False))
+    own = resources.split_clusters(split("iris_1"))
+    for cluster in shared.values():
+        (limits,) = cluster.circuit_breakers.thresholds
+        assert limits.max_requests.value == resources.SHARED_MAX_REQUESTS
+        assert limits.max_pending_requests.value == resources.SHARED_MAX_REQUESTS
+        assert limits.max_retries.value == resources.SHARED_MAX_RETRIES
+    assert not any(c.HasField("circuit_breakers") for c in own.values())  # Envoy's defaults
+
+
+def test_every_route_keeps_per_version_stats_whichever_cluster_serves_it() -> None:
+    for own in (True, False):
+        route = Route("iris", (split("iris_2", 50, own=own), split("iris_1", 50, own=own)))
+        prefixes = {(r.route.cluster.endswith("_grpc"), r.stat_prefix) for r in routes_of(route)}
+        assert {p for _, p in prefixes} == {"iris_1_http", "iris_1_grpc", "iris_2_http", "iris_2_grpc"}
+        assert all(grpc == prefix.endswith("_grpc") for grpc, prefix in prefixes)
+    pipeline = Route("p.pipeline", (split("p.pipeline", own=False),))
+    assert {r.stat_prefix for r in routes_of(pipeline)} == {"p_pipeline_http", "p_pipeline_grpc"}
 
 
 # -- scopes and routes -----------------------------------------------------------------------------

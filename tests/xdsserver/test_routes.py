@@ -13,10 +13,11 @@ from xdsserver.routes import RoutePublisher
 from xdsserver.types import CLUSTER, SCOPED_ROUTE
 
 IP = Endpoint("10.0.0.1", 9000, 9500)
+IP2 = Endpoint("10.0.0.2", 9000, 9500)
 
 
-def split(target: str, percent: int = 100) -> Split:
-    return Split(target, percent * WEIGHT_SCALE // 100, (IP,))
+def split(target: str, percent: int = 100, *, own: bool = True, on: tuple[Endpoint, ...] = (IP,)) -> Split:
+    return Split(target, percent * WEIGHT_SCALE // 100, on, own_clusters=own)
 
 
 def publisher() -> tuple[ResourceCache, FakeEnvoy, RoutePublisher]:
@@ -101,6 +102,36 @@ async def test_routes_of_other_models_are_untouched() -> None:
     version = cache.live(SCOPED_ROUTE)["a"].version
     routes.publish(Route("b"))
     assert set(cache.live(SCOPED_ROUTE)) == {"a"} and cache.live(SCOPED_ROUTE)["a"].version == version
+    routes.close()
+
+
+async def test_versions_on_the_same_replicas_share_one_pair_of_clusters_until_the_last_goes() -> None:
+    cache, _, routes = publisher()
+    routes.publish(Route("a", (split("a_1", own=False, on=(IP, IP2)),)))
+    routes.publish(Route("b", (split("b_1", own=False, on=(IP2, IP)),)))  # same set, other order
+    routes.publish(Route("c", (split("c_1", own=False, on=(IP2,)),)))
+    shared = set(cache.live(CLUSTER))
+    assert len(shared) == 4 and not any(name.startswith(("a_", "b_", "c_")) for name in shared)
+    pair = {n for n in shared if routes.users(n) == {"a", "b"}}
+    assert len(pair) == 2 and all(routes.locate(n) is None for n in shared)  # no one version's
+
+    routes.publish(Route("a"))
+    assert set(cache.live(CLUSTER)) == shared  # b still names the pair
+    routes.publish(Route("b"))
+    assert set(cache.live(CLUSTER)) == shared - pair
+    routes.close()
+
+
+async def test_a_version_moving_to_its_own_clusters_leaves_the_shared_pair_to_the_others() -> None:
+    cache, _, routes = publisher()
+    routes.publish(Route("a", (split("a_1", own=False),)))
+    routes.publish(Route("b", (split("b_1", own=False),)))
+    shared = set(cache.live(CLUSTER))
+    routes.publish(Route("a", (split("a_1", own=True),)))
+    assert set(cache.live(CLUSTER)) == shared | {"a_1_http", "a_1_grpc"}
+    assert routes.locate("a_1_http") is not None and routes.locate("a_1_http").target == "a_1"  # type: ignore[union-attr]
+    routes.publish(Route("b"))
+    assert set(cache.live(CLUSTER)) == {"a_1_http", "a_1_grpc"}
     routes.close()
 
 
