@@ -78,7 +78,13 @@ async def run_agent(
         )
         operator.residency.refresh_usage = usage.refresh
         if config.envoy_admin_urls:
-            operator.residency.add_in_flight_source(EnvoyInFlight(config.envoy_admin_urls, logger=log))
+            envoy = EnvoyInFlight(
+                config.envoy_admin_urls,
+                host=config.inference_host,
+                ports=(config.inference_http_port, config.inference_grpc_port),
+                logger=log,
+            )
+            operator.residency.add_in_flight_source(envoy)
         elif config.reload_enabled:
             log.warning("no --envoy-admin-urls: evictions see only the reload listener's requests in flight")
         gate = ReloadGate(operator.residency, max_in_flight=config.reload_max_in_flight, logger=log)

@@ -8,8 +8,7 @@ of one model never interleave.
 
 A model with requests in flight is never chosen for eviction. Requests reach MLServer from Envoy
 directly (decision 0003), so the agent asks whoever sees them (:class:`InFlightSource`): Envoy's
-per-cluster ``upstream_rq_active`` (a model on an overcommitting replica has clusters of its own,
-decision 0008) and its own reload forwarder.
+admin (agent/inflight.py: per-cluster and per-route counts) and its own reload forwarder.
 When a source cannot answer, nothing is evicted (the load fails with "no room" rather than risk a
 request). Decision 0014 has the alternatives and the remaining check-then-unload window.
 """

@@ -47,10 +47,9 @@ class Endpoint:
 class Split:
     """A slice of a route's traffic to one target, served by ``endpoints``.
 
-    ``own_clusters``: the target's requests in flight are read per target, from the clusters'
-    own load (Envoy's load reports for the autoscaler, its ``upstream_rq_active`` gauge for an
-    overcommitted replica's eviction), so it gets clusters of its own. Otherwise it shares the
-    clusters of its replica set with every other target placed on exactly those replicas
+    ``own_clusters``: the target's load is read per target from its clusters (Envoy's load
+    reports, for a model that can autoscale), so it gets clusters of its own. Otherwise it shares
+    the clusters of its replica set with every other target placed on exactly those replicas
     (decision 0008): no per-target cluster costs Envoy memory or an extra xDS message.
     """
 

@@ -135,21 +135,15 @@ def model_route(record: ModelRecord, servers: dict[str, Server]) -> Route:
     if not live:
         return Route(record.name)
     weights = millionths([len(e) for _, e in live])
-    # Its load is read per version when it can autoscale (load reports name its clusters) or
-    # a replica may evict it (the agent reads its clusters' in-flight gauge first): see Split.
+    # A model that can autoscale has its load reported per version, by its own clusters (Split).
     scales = autoscales(record.latest.spec.deploymentSpec)
     return Route(
         record.name,
         tuple(
-            Split(v.versioned_name, w, e, own_clusters=scales or _evicting(e))
+            Split(v.versioned_name, w, e, own_clusters=scales)
             for (v, e), w in zip(live, weights, strict=True)
         ),
     )
-
-
-def _evicting(endpoints: tuple[Endpoint, ...]) -> bool:
-    """Whether any of these replicas overcommits (it has a reload listener, decision 0014)."""
-    return any(e.reload_http_port or e.reload_grpc_port for e in endpoints)
 
 
 def _endpoints(version: ModelVersion, servers: dict[str, Server]) -> tuple[Endpoint, ...]:

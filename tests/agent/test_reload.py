@@ -10,7 +10,7 @@ import pytest
 import structlog
 
 from agent.debug import replica_status
-from agent.inflight import parse_active
+from agent.inflight import host_active, in_flight, parse_active, parse_routes
 from agent.locks import ModelLocks
 from agent.mlserver import MLServerClient
 from agent.reload import ReloadGate, Unavailable, is_versioned_name
@@ -90,6 +90,47 @@ def test_envoy_active_requests_are_summed_per_model_version() -> None:
         "cluster.other_3_http.upstream_rq_active: 0\n"
     )
     assert parse_active(text) == {"iris_1": 3, "other_3": 0}  # not a model cluster: left out
+
+
+ROUTE_STATS = (
+    "vhost.seldon_service.route.iris_1_http.upstream_rq_completed: 5\n"
+    "vhost.seldon_service.route.iris_1_http.upstream_rq_total: 7\n"
+    "vhost.seldon_service.route.iris_1_grpc.upstream_rq_total: 1\n"
+    "vhost.seldon_service.route.idle_2_http.upstream_rq_completed: 4\n"
+    "vhost.seldon_service.route.idle_2_http.upstream_rq_total: 4\n"
+    "cluster.own_1_http.upstream_rq_active: 1\n"
+    "vhost.seldon_service.route.own_1_http.upstream_rq_total: 9\n"
+)
+
+
+def clusters_text(active: int, host: str = "10.0.0.1") -> str:
+    return (
+        f"replicas_h00ff_http::{host}:8080::cx_active::1\n"
+        f"replicas_h00ff_http::{host}:8080::rq_active::{active}\n"
+        "replicas_h00ff_grpc::10.0.0.2:9500::rq_active::3\n"  # another replica's
+        "meshserve_xds::127.0.0.1:9004::rq_active::1\n"
+    )
+
+
+def test_routes_sent_minus_completed_never_goes_below_zero() -> None:
+    assert parse_routes(ROUTE_STATS) == {"iris_1": 3, "idle_2": 0, "own_1": 9}
+    assert parse_routes("vhost.seldon_service.route.x_1_http.upstream_rq_completed: 2\n") == {"x_1": 0}
+
+
+def test_a_busy_replica_reads_its_shared_versions_from_their_routes_and_own_ones_exactly() -> None:
+    counts = in_flight(ROUTE_STATS, clusters_text(active=2), "10.0.0.1", (8080, 9500))
+    assert counts == {"iris_1": 3, "idle_2": 0, "own_1": 1}
+
+
+def test_an_idle_replica_has_nothing_in_flight_whatever_its_routes_leaked() -> None:
+    # iris_1's routes say 3 (an abandoned request never completes), but no request is open here.
+    assert in_flight(ROUTE_STATS, clusters_text(active=0), "10.0.0.1", (8080, 9500)) == {"own_1": 1}
+
+
+def test_a_replica_envoy_does_not_list_by_address_is_never_taken_for_idle() -> None:
+    assert host_active(clusters_text(active=0, host="mlserver-0.svc"), "10.0.0.1", (8080,)) is None
+    counts = in_flight(ROUTE_STATS, clusters_text(active=0, host="mlserver-0.svc"), "10.0.0.1", (8080,))
+    assert counts["iris_1"] == 3
 
 
 def test_replica_status_lists_in_memory_and_evicted_models() -> None:

@@ -171,17 +171,30 @@ async def test_a_model_with_a_request_in_flight_is_not_evicted(
 
     call = asyncio.create_task(slow_call())
     await eventually(lambda: envoy_active(stack, "slow_1_http"), what="the slow request to be in flight")
+    # slow shares its replica's clusters: the agent reads it from its route while the replica is busy.
+    assert not await envoy_has_cluster(stack, "slow_1_http")
     await load_all(stack, ["third"])  # needs room: the least recently used model is busy
     status = await replica_status(stack)
     assert "slow_1" in in_memory(status) and evicted(status) == {"fast_1"}, status
     assert await call == 200
 
 
-async def envoy_active(stack: Stack, cluster: str) -> bool:
-    url = f"http://127.0.0.1:{stack.config.envoy_admin_port}/stats?filter=^cluster\\.{cluster}\\.upstream_rq_active$"
-    async with stack.http.get(url) as response:
-        text = await response.text()
-    return text.strip().endswith(": 1")
+async def envoy_active(stack: Stack, route: str) -> bool:
+    """Whether Envoy has sent a request on ``route`` (its stat_prefix) that has not completed."""
+    prefix = f"vhost.seldon_service.route.{route}.upstream_rq_"
+    text = await envoy_stats(stack, "^" + prefix.replace(".", "\\.") + "(total|completed)$")
+    counts = dict(line.split(": ") for line in text.strip().splitlines())
+    return int(counts.get(prefix + "total", 0)) - int(counts.get(prefix + "completed", 0)) == 1
+
+
+async def envoy_has_cluster(stack: Stack, cluster: str) -> bool:
+    return bool((await envoy_stats(stack, f"^cluster\\.{cluster}\\.upstream_rq_active$")).strip())
+
+
+async def envoy_stats(stack: Stack, pattern: str) -> str:
+    url = f"http://127.0.0.1:{stack.config.envoy_admin_port}/stats"
+    async with stack.http.get(url, params={"filter": pattern}) as response:
+        return await response.text()
 
 
 async def test_a_hundred_models_on_room_for_ten(tmp_path_factory: pytest.TempPathFactory) -> None:

@@ -1,10 +1,10 @@
 """Clusters shared per replica set, with real Envoy and MLServer (docs/decisions/0008).
 
-A Server whose agent does not overcommit (``SELDON_OVERCOMMIT_PERCENTAGE: "0"``) serves two models:
-both route through one pair of clusters for that replica, over REST, gRPC and an experiment split
-between them, each keeping its own request stats (the route's ``stat_prefix``). The pair goes only
-with the last model on it. A model on the stack's default server (10 % overcommit: its agent reads
-per-version in-flight gauges before evicting) keeps clusters of its own.
+A second Server (one replica) serves two models: both route through one pair of clusters for that
+replica, over REST, gRPC and an experiment split between them, each keeping its own request stats
+(the route's ``stat_prefix``). The pair goes only with the last model on it. A model that can
+autoscale (``minReplicas``/``maxReplicas``: Envoy reports its load per version) keeps clusters of its
+own.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ spec:
       - name: agent
         env:
           - {{name: SELDON_OVERCOMMIT_PERCENTAGE, value: "0"}}
-"""
+"""  # overcommit makes no difference to the clusters; 0 keeps it out of this test's way
 SHARED = ("sa", "sb")
 OWN = "own"
 
@@ -88,7 +88,9 @@ async def test_models_on_one_replica_share_its_clusters_and_keep_their_own_stats
     stack = server
     for name in SHARED:
         await load(stack, iris_model(name, server=SERVER))
-    await load(stack, iris_model(OWN))
+    scaled = iris_model(OWN)
+    scaled.deploymentSpec.minReplicas = scaled.deploymentSpec.maxReplicas = 1
+    await load(stack, scaled)
     try:
         for name in (*SHARED, OWN):
             await stack.wait_state(name, "ModelAvailable", timeout=120)

@@ -214,15 +214,44 @@ def test_grpc_route_tells_the_lua_filter_the_internal_model() -> None:
     assert fields["internal_model"].string_value == "iris_1"
 
 
-def test_routes_set_the_internal_model_and_echo_the_route_header() -> None:
-    for r in routes_of(Route("iris", (split("iris_1"),))):
-        assert [(h.header.key, h.header.value) for h in r.request_headers_to_add] == [
-            ("seldon-internal-model", "iris_1")
-        ]
-        assert list(r.request_headers_to_remove) == ["seldon-internal-model"]
-        assert [(h.header.key, h.header.value) for h in r.response_headers_to_add] == [
-            ("x-seldon-route", ":iris_1:")
-        ]
+def named(holder: route_components_pb2.Route | route_components_pb2.VirtualHost) -> tuple[object, ...]:
+    """(internal model set, removed first, route header echoed) of a route or virtual host."""
+    return (
+        [(h.header.key, h.header.value) for h in holder.request_headers_to_add],
+        list(holder.request_headers_to_remove),
+        [(h.header.key, h.header.value) for h in holder.response_headers_to_add],
+    )
+
+
+def test_one_target_is_named_once_on_the_virtual_host() -> None:
+    host = resources.scope_for(Route("iris", (split("iris_1"),))).route_configuration.virtual_hosts[0]
+    assert named(host) == (
+        [("seldon-internal-model", "iris_1")],
+        ["seldon-internal-model"],
+        [("x-seldon-route", ":iris_1:")],
+    )
+    assert all(named(r) == ([], [], []) for r in host.routes)
+
+
+def test_with_several_targets_each_route_names_its_own() -> None:
+    route = Route("iris", (split("iris_2", 50), split("iris_1", 50)))
+    host = resources.scope_for(route).route_configuration.virtual_hosts[0]
+    assert named(host) == ([], [], [])
+    for r in host.routes:
+        target = r.stat_prefix.rsplit("_", 1)[0]
+        assert named(r) == (
+            [("seldon-internal-model", target)],
+            ["seldon-internal-model"],
+            [("x-seldon-route", f":{target}:")],
+        )
+
+
+def test_the_retry_policy_is_the_virtual_hosts_for_every_route() -> None:
+    one, two = (split("iris_1"),), (split("iris_2", 50), split("iris_1", 50))
+    for route in (Route("iris", one), Route("iris", two)):
+        host = resources.scope_for(route).route_configuration.virtual_hosts[0]
+        assert host.retry_policy.num_retries.value == 3 and "reset" in host.retry_policy.retry_on
+        assert not any(r.route.HasField("retry_policy") for r in host.routes)
 
 
 def test_listener_scopes_routes_by_the_model_header_and_runs_lua_before_the_router() -> None:
