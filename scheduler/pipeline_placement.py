@@ -128,7 +128,10 @@ class PipelinePlacement:
             return Route(name)
         endpoints = sorted({self._endpoint(self.engines.sessions[n]) for n in engines}, key=_endpoint_key)
         # The target names the pipeline: its clusters, the gRPC model name and the path Envoy sends.
-        return Route(name, (Split(name, WEIGHT_SCALE, tuple(endpoints)),))
+        # Clusters of its own: a pipeline moves between engines as they join and leave, and an
+        # own cluster takes the new gateways in place, where a switch to another replica set's
+        # clusters failed requests under traffic (tests/e2e/test_engine_replicas.py).
+        return Route(name, (Split(name, WEIGHT_SCALE, tuple(endpoints), own_clusters=True),))
 
     def _endpoint(self, session: EngineSession) -> Endpoint:
         assert self._gateway is not None
