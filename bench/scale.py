@@ -437,9 +437,11 @@ PROFILE = (
     "meant fewer messages, not faster code. **Clusters shared per replica set** (decision 0008, "
     "revised; 2026-12-02): a model placed on replicas that already serve another adds its scope and "
     "no cluster, so an isolated change sends one xDS response (and gets one ACK) instead of two: "
-    "2.3 → 1.3 KB on the stream; in the runs before and after, the isolated change went from 6.93 "
-    "to 6.16 ms (their no-op floors: 1.99 and 2.38 ms), the batch's Envoy peak RSS at 10,000 models "
-    "from 739 to 251 MiB. Still left: the unsynced commit could join the next fsynced one."
+    "2.3 → 1.3 KB on the stream, and the batch's Envoy peak RSS at 10,000 models fell from 739 to "
+    "about 250 MiB. The isolated change's CPU did not move beyond this figure's run-to-run spread "
+    "(6.93 ms in the last run before; 6.16, 6.97 and 7.57 ms in three runs after, their no-op floors "
+    "2.13 to 2.38 ms): two messages of nine (a response and its ACK) are below what ten isolated "
+    "changes resolve. Still left: the unsynced commit could join the next fsynced one."
 )
 
 
