@@ -185,7 +185,12 @@ def scope_for(route: Route) -> scoped_route_pb2.ScopedRouteConfiguration:
             fragments=[scoped_route_pb2.ScopedRouteConfiguration.Key.Fragment(string_key=route.name)]
         ),
         route_configuration=route_pb2.RouteConfiguration(
-            name=f"model_{route.name}", virtual_hosts=[_virtual_host(route)]
+            name=f"model_{route.name}",
+            virtual_hosts=[_virtual_host(route)],
+            # Envoy may ACK a new cluster before it has warmed; an inline route table is checked
+            # against warmed clusters only, and would be refused for good ("unknown cluster").
+            # The publisher sends a scope only after its clusters' ACK (xdsserver/routes.py).
+            validate_clusters=wrappers_pb2.BoolValue(value=False),
         ),
     )
 

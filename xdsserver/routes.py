@@ -55,18 +55,32 @@ class ClusterTarget:
     by_address: dict[tuple[str, int], Endpoint]
 
 
+@dataclass(frozen=True, slots=True)
+class _Switch:
+    """The second step of a publication whose clusters Envoy did not hold yet: the route itself,
+    and the clusters it stopped naming (removed with it)."""
+
+    route: Route
+    unused: list[str]
+
+
 @dataclass(eq=False, slots=True)
 class _Publication:
     route: str
     requirements: list[Requirement]
     future: asyncio.Future[None]
+    then: _Switch | None = None  # set while only the clusters are out
 
 
 class RoutePublisher:
     """Keeps the cache's clusters and scopes equal to the published routes; completes their futures.
 
-    Make-before-break within one change is left to the stream server's send order (clusters before
-    scopes, cluster removals last); this class only computes resources and reference counts.
+    Make-before-break: a route's scope goes out only once every Envoy holds the clusters it names.
+    A route switched to a cluster Envoy's workers do not have yet answers 503 ("no healthy
+    upstream") until they do, which a target moving to another replica set's clusters would hit
+    under traffic (tests/e2e/test_engine_replicas.py). So a publication whose clusters are new or
+    changed sends them first and its scope (with the removal of clusters nothing names any more)
+    after their ACK; one whose clusters Envoy holds already sends its scope at once.
     """
 
     def __init__(self, cache: ResourceCache, quorum: AckQuorum) -> None:
@@ -95,17 +109,28 @@ class RoutePublisher:
         for name in now - before:
             self._users.setdefault(name, set()).add(route.name)
         unused = [name for name in before - now if self._release(name, route.name)]
+        previous = self._waiting.get(route.name)
+        if previous is not None and previous.then is not None:  # superseded before its switch
+            unused += [n for n in previous.then.unused if n not in self._users and n not in unused]
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        held = self._cache.apply(upserts=[(CLUSTER, name, cluster) for name, cluster in clusters.items()])
+        if not self._quorum.acked(held):
+            return self._wait(route.name, held, future, then=_Switch(route, unused))
+        return self._switch(route, unused, future)
+
+    def _switch(self, route: Route, unused: list[str], future: asyncio.Future[None]) -> asyncio.Future[None]:
+        """The route's scope (or its removal) and the removal of the clusters it stopped naming."""
         scope: list[tuple[str, str, Message]] = (
             [(SCOPED_ROUTE, route.name, resources.scope_for(route))] if route.splits else []
         )
         requirements = self._cache.apply(
-            upserts=[*((CLUSTER, name, cluster) for name, cluster in clusters.items()), *scope],
+            upserts=scope,
             removals=[
                 *([] if route.splits else [(SCOPED_ROUTE, route.name)]),
                 *((CLUSTER, n) for n in unused),
             ],
         )
-        return self._wait(route.name, requirements)
+        return self._wait(route.name, requirements, future)
 
     def _release(self, cluster: str, route: str) -> bool:
         """Drop one route's use of a cluster; True when nothing uses it any more."""
@@ -135,13 +160,20 @@ class RoutePublisher:
 
     # -- ACKs ---------------------------------------------------------------------------------------
 
-    def _wait(self, route: str, requirements: list[Requirement]) -> asyncio.Future[None]:
-        self._forget(self._waiting.pop(route, None))
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    def _wait(
+        self,
+        route: str,
+        requirements: list[Requirement],
+        future: asyncio.Future[None],
+        then: _Switch | None = None,
+    ) -> asyncio.Future[None]:
+        earlier = self._waiting.pop(route, None)
+        if earlier is not None and earlier.future is not future:
+            self._forget(earlier)
         if self._quorum.acked(requirements):
             future.set_result(None)
             return future
-        publication = _Publication(route, requirements, future)
+        publication = _Publication(route, requirements, future, then)
         self._waiting[route] = publication
         for requirement in requirements:
             self._by_resource.setdefault((requirement.type_url, requirement.name), set()).add(publication)
@@ -166,7 +198,10 @@ class RoutePublisher:
             ):
                 del self._waiting[publication.route]
                 self._forget_index(publication)
-                publication.future.set_result(None)
+                if publication.then is not None:  # its clusters are out: now the route itself
+                    self._switch(publication.then.route, publication.then.unused, publication.future)
+                else:
+                    publication.future.set_result(None)
 
     def _forget_index(self, publication: _Publication) -> None:
         for requirement in publication.requirements:

@@ -107,6 +107,9 @@ def test_scope_is_keyed_on_the_model_name_with_inline_routes() -> None:
     assert scope.name == "iris"
     assert [f.string_key for f in scope.key.fragments] == ["iris"]
     assert scope.route_configuration.name == "model_iris"
+    # Not refused while a new cluster warms after its ACK (the scope follows its clusters' ACK).
+    assert scope.route_configuration.validate_clusters.value is False
+    assert scope.route_configuration.HasField("validate_clusters")
 
 
 def test_single_split_has_one_rest_and_one_grpc_route_without_fractions() -> None:

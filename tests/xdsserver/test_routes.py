@@ -31,11 +31,33 @@ async def settle() -> None:
         await asyncio.sleep(0)
 
 
-async def test_publish_puts_clusters_and_the_scope_in_the_cache() -> None:
-    cache, _, routes = publisher()
-    routes.publish(Route("iris", (split("iris_1"),)))
+async def test_the_scope_goes_out_once_envoy_holds_its_new_clusters() -> None:
+    cache, envoy, routes = publisher()
+    held = routes.publish(Route("iris", (split("iris_1"),)))
     assert set(cache.live(CLUSTER)) == {"iris_1_http", "iris_1_grpc"}
-    assert set(cache.live(SCOPED_ROUTE)) == {"iris"}
+    assert cache.live(SCOPED_ROUTE) == {}  # make-before-break: not before Envoy has the clusters
+    envoy.sync()
+    assert set(cache.live(SCOPED_ROUTE)) == {"iris"} and held.done()
+    # Clusters Envoy holds already: the scope goes out at once.
+    routes.publish(Route("iris2", (split("iris2_1", own=False),)))
+    envoy.sync()
+    routes.publish(Route("iris3", (split("iris3_1", own=False),)))
+    assert "iris3" in cache.live(SCOPED_ROUTE)
+    routes.close()
+
+
+async def test_a_moving_target_keeps_its_old_clusters_until_the_new_ones_are_held() -> None:
+    cache, envoy, routes = publisher()
+    routes.publish(Route("iris", (split("iris_1", own=False, on=(IP,)),)))
+    envoy.sync()
+    old = set(cache.live(CLUSTER))
+    scope = cache.live(SCOPED_ROUTE)["iris"].version
+    moved = routes.publish(Route("iris", (split("iris_1", own=False, on=(IP, IP2)),)))
+    assert old < set(cache.live(CLUSTER)) and cache.live(SCOPED_ROUTE)["iris"].version == scope
+    envoy.sync()  # the new pair is held: the scope switches, the old pair goes
+    assert cache.live(SCOPED_ROUTE)["iris"].version != scope and not old & set(cache.live(CLUSTER))
+    envoy.sync()
+    assert moved.done() and not moved.cancelled()
     routes.close()
 
 
@@ -62,9 +84,10 @@ async def test_publishing_again_supersedes_the_earlier_future() -> None:
 
 
 async def test_a_cluster_named_by_two_routes_stays_until_both_drop_it() -> None:
-    cache, _, routes = publisher()
+    cache, envoy, routes = publisher()
     routes.publish(Route("iris", (split("iris_1"),)))
     routes.publish(Route("ab.experiment", (split("iris_1", 50), split("iris-b_1", 50))))
+    envoy.sync()
     assert routes.users("iris_1_http") == {"iris", "ab.experiment"}
 
     routes.publish(Route("ab.experiment"))  # the experiment's route goes
@@ -77,9 +100,10 @@ async def test_a_cluster_named_by_two_routes_stays_until_both_drop_it() -> None:
 
 
 async def test_dropping_a_version_removes_its_clusters() -> None:
-    cache, _, routes = publisher()
+    cache, envoy, routes = publisher()
     routes.publish(Route("iris", (split("iris_2", 50), split("iris_1", 50))))
     routes.publish(Route("iris", (split("iris_2"),)))
+    envoy.sync()
     assert set(cache.live(CLUSTER)) == {"iris_2_http", "iris_2_grpc"}
     routes.close()
 
@@ -96,9 +120,10 @@ async def test_a_removal_completes_once_envoy_dropped_the_route() -> None:
 
 
 async def test_routes_of_other_models_are_untouched() -> None:
-    cache, _, routes = publisher()
+    cache, envoy, routes = publisher()
     routes.publish(Route("a", (split("a_1"),)))
     routes.publish(Route("b", (split("b_1"),)))
+    envoy.sync()
     version = cache.live(SCOPED_ROUTE)["a"].version
     routes.publish(Route("b"))
     assert set(cache.live(SCOPED_ROUTE)) == {"a"} and cache.live(SCOPED_ROUTE)["a"].version == version
