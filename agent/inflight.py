@@ -5,8 +5,9 @@ their end. Real signals stand in, all read only when an eviction must choose a v
 
 - **In flight**, from each Envoy's admin (``--envoy-admin-urls``; ``unix:<path>`` for a socket), by
   the clusters that serve a model version (decision 0008):
-  - a version with clusters of its own (``iris_1_http``, ``iris_1_grpc``: it autoscales) has an exact
-    gauge, ``cluster.iris_1_http.upstream_rq_active``;
+  - a version with clusters of its own (``iris_1_http``, ``iris_1_grpc``: it autoscales, or it is on
+    an overcommitting replica, which today is every version an agent may evict) has an exact gauge,
+    ``cluster.iris_1_http.upstream_rq_active``;
   - a version that shares its replica set's clusters has its routes' counters,
     ``vhost.seldon_service.route.iris_1_http.upstream_rq_total`` minus ``upstream_rq_completed``.
     That difference is never below the requests in flight, but a request the client abandoned (or

@@ -48,7 +48,8 @@ class Split:
     """A slice of a route's traffic to one target, served by ``endpoints``.
 
     ``own_clusters``: the target's load is read per target from its clusters (Envoy's load
-    reports, for a model that can autoscale), so it gets clusters of its own. Otherwise it shares
+    reports for a model that can autoscale, the in-flight gauge an overcommitting agent reads
+    before it evicts), so it gets clusters of its own. Otherwise it shares
     the clusters of its replica set with every other target placed on exactly those replicas
     (decision 0008): no per-target cluster costs Envoy memory or an extra xDS message.
     """

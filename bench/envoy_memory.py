@@ -12,7 +12,7 @@ the process RSS (``VmRSS``). Rounds are interleaved across variants; the table s
 
 Variants (``VARIANTS``):
 - ``baseline``: clusters of its own per model version (``<model>_<version>_http`` / ``_grpc``, as a
-  model that can autoscale gets), one scope per model, and the
+  model that can autoscale or sits on an overcommitting replica gets), one scope per model, and the
   bootstrap without its ``stats_config`` (as before decision 0008);
 - ``matcher``: the same resources, ``envoy/bootstrap.yaml`` as committed (its ``stats_matcher``
   inclusion list drops every per-cluster and per-route stat but a few such as ``upstream_rq_active``);
@@ -85,7 +85,7 @@ class Variant:
 
 VARIANTS = (
     Variant("baseline", False, False, False, "clusters per version; bootstrap without stats_config (before)"),
-    Variant("matcher", False, True, False, "clusters per version (a model that can autoscale); matcher"),
+    Variant("matcher", False, True, False, "clusters per version (autoscaled or overcommitted); matcher"),
     Variant("matcher+lazy", False, True, True, "clusters per version; matcher + deferred stats/clusters"),
     Variant("shared", True, False, False, "clusters per replica set; no stats_config"),
     Variant("shared+matcher", True, True, False, "clusters per replica set; the committed matcher"),
@@ -482,7 +482,8 @@ def _section(
             Goal(
                 f"Envoy memory per model at {sizes[1]:,} ≤ {GOAL_KB:.0f} KB (process RSS)",
                 f"{rss:.1f} KB RSS ({allocated:.1f} KB allocated) with clusters per replica set; "
-                "a model that can autoscale keeps clusters of its own (`matcher` row)",
+                "a model that can autoscale or sits on an overcommitting replica keeps clusters of "
+                "its own (`matcher` row)",
                 rss <= GOAL_KB,
             )
         )

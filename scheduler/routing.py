@@ -135,15 +135,21 @@ def model_route(record: ModelRecord, servers: dict[str, Server]) -> Route:
     if not live:
         return Route(record.name)
     weights = millionths([len(e) for _, e in live])
-    # A model that can autoscale has its load reported per version, by its own clusters (Split).
+    # Clusters of its own where its load is read per version (Split): it can autoscale (load
+    # reports), or a replica may evict it (the agent's exact in-flight gauge; decision 0008).
     scales = autoscales(record.latest.spec.deploymentSpec)
     return Route(
         record.name,
         tuple(
-            Split(v.versioned_name, w, e, own_clusters=scales)
+            Split(v.versioned_name, w, e, own_clusters=scales or _evicting(e))
             for (v, e), w in zip(live, weights, strict=True)
         ),
     )
+
+
+def _evicting(endpoints: tuple[Endpoint, ...]) -> bool:
+    """Whether any of these replicas overcommits (it has a reload listener, decision 0014)."""
+    return any(e.reload_http_port or e.reload_grpc_port for e in endpoints)
 
 
 def _endpoints(version: ModelVersion, servers: dict[str, Server]) -> tuple[Endpoint, ...]:
