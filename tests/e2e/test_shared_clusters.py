@@ -1,10 +1,10 @@
 """Clusters shared per replica set, with real Envoy and MLServer (docs/decisions/0008).
 
-A second Server (one replica) serves two models: both route through one pair of clusters for that
-replica, over REST, gRPC and an experiment split between them, each keeping its own request stats
-(the route's ``stat_prefix``). The pair goes only with the last model on it. A model that can
-autoscale (``minReplicas``/``maxReplicas``: Envoy reports its load per version) keeps clusters of its
-own.
+A second Server (one replica, no overcommit) serves two models: both route through one pair of
+clusters for that replica, over REST, gRPC and an experiment split between them, each keeping its
+own request stats (the route's ``stat_prefix``). The pair goes only with the last model on it. A
+model that can autoscale (``minReplicas``/``maxReplicas``: Envoy reports its load per version)
+keeps clusters of its own.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ spec:
       - name: agent
         env:
           - {{name: SELDON_OVERCOMMIT_PERCENTAGE, value: "0"}}
-"""  # overcommit makes no difference to the clusters; 0 keeps it out of this test's way
+"""  # overcommit 0: a replica that overcommits keeps per-version clusters (decision 0008)
 SHARED = ("sa", "sb")
 OWN = "own"
 
