@@ -19,7 +19,7 @@ default serves alone (Seldon's fallback); a mirror that is not ready is left out
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from apis.routing import WEIGHT_SCALE, MirrorPolicy, Route, Split, millionths
 from experiments.model import Experiment
@@ -94,10 +94,9 @@ def _splits(experiment: Experiment, members: Mapping[str, Member]) -> tuple[Spli
         assert route is not None  # checked by the caller: every candidate is routable
         parts += [(split, share * split.weight) for split in route.splits]
     weights = millionths([weight for _, weight in parts])
+    # replace(): a split keeps its clusters (own or its replica set's), already held by Envoy.
     return tuple(
-        Split(split.target, weight, split.endpoints)
-        for (split, _), weight in zip(parts, weights, strict=True)
-        if weight > 0
+        replace(split, weight=weight) for (split, _), weight in zip(parts, weights, strict=True) if weight > 0
     )
 
 

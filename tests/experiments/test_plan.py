@@ -34,6 +34,15 @@ def test_candidate_shares_are_split_again_over_their_versions() -> None:
     assert result.route("iris") is None  # no default: nothing taken over
 
 
+def test_an_experiment_routes_each_candidate_through_the_clusters_its_own_route_uses() -> None:
+    experiment = Experiment("ab", (Candidate("iris", 1), Candidate("iris2", 1)))
+    scaled = Member(True, "", Route("iris", (Split("iris_1", WEIGHT_SCALE, (A,), own_clusters=True),)))
+    result = plan(experiment, {"iris": scaled, "iris2": own("iris2", (1, WEIGHT_SCALE))})
+    route = result.route("ab.experiment")
+    assert route is not None
+    assert {s.target: s.own_clusters for s in route.splits} == {"iris_1": True, "iris2_1": False}
+
+
 def test_a_default_is_taken_over_with_the_same_split() -> None:
     experiment = Experiment("ab", (Candidate("iris", 30), Candidate("iris2", 70)), default="iris")
     members = {"iris": own("iris", (1, WEIGHT_SCALE)), "iris2": own("iris2", (1, WEIGHT_SCALE))}
