@@ -20,24 +20,16 @@ import pytest
 from tests.e2e.conftest import Stack, eventually, iris_model
 from tests.e2e.test_cli import cli
 from tests.e2e.test_experiments import experiment, grpc_route, routes, start_active, stop
+from tests.e2e.test_scheduling import declare, server_yaml
 from tests.e2e.test_serving_path import load, unload
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
 SERVER = "shared-replicas"
-MANIFEST = f"""\
-apiVersion: mlops.seldon.io/v1alpha1
-kind: Server
-metadata: {{name: {SERVER}}}
-spec:
-  serverConfig: mlserver
-  replicas: 1
-  podSpec:
-    containers:
-      - name: agent
-        env:
-          - {{name: SELDON_OVERCOMMIT_PERCENTAGE, value: "0"}}
-"""  # overcommit 0: a replica that overcommits keeps per-version clusters (decision 0008)
+# Overcommit 0: a replica that overcommits keeps per-version clusters (decision 0008).
+NO_OVERCOMMIT = {
+    "containers": [{"name": "agent", "env": [{"name": "SELDON_OVERCOMMIT_PERCENTAGE", "value": "0"}]}]
+}
 SHARED = ("sa", "sb")
 OWN = "own"
 
@@ -45,11 +37,8 @@ OWN = "own"
 @pytest.fixture(scope="module")
 async def server(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Stack]:
     manifest = tmp_path_factory.mktemp("shared") / "server.yaml"
-    manifest.write_text(MANIFEST)
-    loaded = await cli(stack, "server", "load", "-f", str(manifest), "--home", str(stack.config.home))
-    assert loaded.returncode == 0, loaded.stderr
-    waited = await cli(stack, "server", "status", SERVER, "-w", "--wait-timeout", "90")
-    assert waited.returncode == 0, waited.stderr
+    manifest.write_text(server_yaml(SERVER, serverConfig="mlserver", replicas=1, podSpec=NO_OVERCOMMIT))
+    await declare(stack, manifest, SERVER)
     yield stack
     unloaded = await cli(stack, "server", "unload", SERVER)
     assert unloaded.returncode == 0, unloaded.stderr
