@@ -38,6 +38,10 @@ class AckQuorum(Protocol):
         """Whether every connected Envoy (and at least the configured minimum) holds these."""
         ...
 
+    def held(self, requirements: Iterable[Requirement]) -> bool:
+        """Whether every connected Envoy holds these; True when none is connected."""
+        ...
+
     def on_ack(self, listener: AckListener) -> Callable[[], None]:
         """Call ``listener`` after every ACK and every connect/disconnect; returns an unsubscribe."""
         ...
@@ -114,7 +118,10 @@ class RoutePublisher:
             unused += [n for n in previous.then.unused if n not in self._users and n not in unused]
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         held = self._cache.apply(upserts=[(CLUSTER, name, cluster) for name, cluster in clusters.items()])
-        if not self._quorum.acked(held):
+        # Staged only while some Envoy lacks the clusters: with none connected (a restarted
+        # scheduler restoring) a withheld scope would be missing from a reconnecting Envoy's first
+        # scopes, which removes the scope it still serves from (HTTP 404 until the switch).
+        if not self._quorum.held(held):
             return self._wait(route.name, held, future, then=_Switch(route, unused))
         return self._switch(route, unused, future)
 
@@ -170,7 +177,7 @@ class RoutePublisher:
         earlier = self._waiting.pop(route, None)
         if earlier is not None and earlier.future is not future:
             self._forget(earlier)
-        if self._quorum.acked(requirements):
+        if then is None and self._quorum.acked(requirements):
             future.set_result(None)
             return future
         publication = _Publication(route, requirements, future, then)
@@ -193,12 +200,12 @@ class RoutePublisher:
             for key in names:
                 candidates |= self._by_resource.get(key, set())
         for publication in candidates:
-            if self._waiting.get(publication.route) is publication and self._quorum.acked(
-                publication.requirements
-            ):
+            staged = publication.then is not None
+            check = self._quorum.held if staged else self._quorum.acked
+            if self._waiting.get(publication.route) is publication and check(publication.requirements):
                 del self._waiting[publication.route]
                 self._forget_index(publication)
-                if publication.then is not None:  # its clusters are out: now the route itself
+                if publication.then is not None:  # its clusters are held: now the route itself
                     self._switch(publication.then.route, publication.then.unused, publication.future)
                 else:
                     publication.future.set_result(None)

@@ -71,10 +71,18 @@ class XdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignor
         wanted = list(requirements)
         if not wanted:
             return True
-        streams = [s for s in self._streams if s.node_id and not s.stuck]
+        streams = self._quorum_streams()
         if len(streams) < self._min_envoys:
             return False
         return all(s.holds(r) for s in streams for r in wanted)
+
+    def held(self, requirements: Iterable[Requirement]) -> bool:
+        """True when every connected Envoy holds every version (vacuously, with none connected)."""
+        wanted = list(requirements)
+        return all(s.holds(r) for s in self._quorum_streams() for r in wanted)
+
+    def _quorum_streams(self) -> list[DeltaStream]:
+        return [s for s in self._streams if s.node_id and not s.stuck]
 
     def _notify_reject(self, type_url: str, name: str, message: str) -> None:
         for listener in list(self._reject_listeners):

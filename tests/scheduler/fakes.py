@@ -70,6 +70,9 @@ class FakeEnvoy:
     def acked(self, requirements: Iterable[Requirement]) -> bool:
         return all(self._holds(r) for r in requirements)
 
+    def held(self, requirements: Iterable[Requirement]) -> bool:
+        return self.acked(requirements)  # one Envoy, always connected
+
     def _holds(self, requirement: Requirement) -> bool:
         held = self._held.get(requirement.type_url, {}).get(requirement.name)
         if requirement.removed:

@@ -13,11 +13,12 @@ from envoy.config.route.v3 import route_pb2, scoped_route_pb2
 from envoy.service.discovery.v3 import discovery_pb2
 from google.protobuf.message import Message
 
+from apis.routing import WEIGHT_SCALE, Endpoint, Route, Split
 from tests.scheduler.fakes import WAIT_S, wait_until
 from xdsserver import server as xds
 from xdsserver import stream as xds_stream
 from xdsserver.cache import Requirement, ResourceCache
-from xdsserver.routes import AckedNames
+from xdsserver.routes import AckedNames, RoutePublisher
 from xdsserver.server import XdsServer
 from xdsserver.stream import DeltaStream
 from xdsserver.types import CLUSTER, LISTENER, ROUTE, SCOPED_ROUTE
@@ -302,6 +303,27 @@ def test_nothing_to_wait_for_is_acked_even_without_envoys() -> None:
     server = XdsServer(ResourceCache())
     assert server.acked([])
     assert not server.acked([Requirement(CLUSTER, "a", 1)])
+
+
+def test_without_envoys_everything_counts_as_held_but_nothing_as_acked() -> None:
+    server = XdsServer(ResourceCache())
+    assert server.held([Requirement(CLUSTER, "a", 1)])
+    assert not server.acked([Requirement(CLUSTER, "a", 1)])
+
+
+async def test_a_restarted_scheduler_keeps_the_scopes_a_reconnecting_envoy_serves_from() -> None:
+    # Restored before any Envoy connects: scopes go out with their clusters, not after their ACK,
+    # or the reconnecting Envoy's first scopes would remove the ones it still answers with (404).
+    cache = ResourceCache()
+    server = XdsServer(cache)
+    routes = RoutePublisher(cache, server)
+    routes.publish(Route("iris", (Split("iris_1", WEIGHT_SCALE, (Endpoint("10.0.0.1", 9000, 9500),)),)))
+    envoy = EnvoyClient(server)
+    envoy.send(request(SCOPED_ROUTE, initial={"iris": "earlier-run-7"}))
+    response = await envoy.expect_response()
+    assert [r.name for r in response.resources] == ["iris"] and not response.removed_resources
+    routes.close()
+    await envoy.close()
 
 
 async def test_connected_envoy_acks_through_the_grpc_stream() -> None:
