@@ -239,20 +239,20 @@ def server_replica(
 
     host = config.host
     taken = config.ports()  # chosen for the stack's own processes, which may not have bound them yet
-    if not ports.agent_metrics:
-        ports = dataclasses.replace(ports, agent_metrics=free_ports(1, avoid=taken)[0])
-    if not (ports.reload_http and ports.reload_grpc and ports.agent_debug):
-        reload_http, reload_grpc, agent_debug = free_ports(3, avoid=taken)
-        ports = dataclasses.replace(
-            ports, reload_http=reload_http, reload_grpc=reload_grpc, agent_debug=agent_debug
-        )
+    # The missing ports in one call that avoids the ones chosen already: nothing has bound those
+    # yet either, and the kernel may offer one again (an agent's reload listener once got its
+    # MLServer's HTTP port and the replica never started).
+    missing = [f.name for f in dataclasses.fields(ports) if not getattr(ports, f.name)]
+    if missing:
+        fresh = free_ports(len(missing), avoid={*taken, *dataclasses.astuple(ports)})
+        ports = dataclasses.replace(ports, **dict(zip(missing, fresh, strict=True)))
     mlserver_name, agent_name = replica_names(config, server, idx)
     repository = models_dir(config, server, idx)
     repository.mkdir(parents=True, exist_ok=True)
     group = f"replica {server}/{idx}"
 
     def rebind() -> list[Component]:
-        fresh = ReplicaPorts(*free_ports(4, avoid=taken))
+        fresh = ReplicaPorts(*free_ports(3, avoid=taken))
         return server_replica(config, fresh, server=server, idx=idx, spec=spec)
 
     return [

@@ -29,6 +29,7 @@ from stack.server_spec import read_replica_spec, server_spec_file
 
 log = structlog.get_logger("meshserve.stack.controller")
 RECONNECT_SECONDS = 1.0
+MAX_RETRY_SECONDS = 30.0
 NOTIFY_TIMEOUT_SECONDS = 10.0
 
 
@@ -123,14 +124,21 @@ class ServerController:
             )
 
     async def _reconcile_until_stable(self, server: str) -> None:
+        """Apply the newest status until it is applied; a failure (a replica that did not start)
+        is retried, backing off up to ``MAX_RETRY_SECONDS``, as no new status may ever come."""
         applied = None
+        failures = 0
         while (status := self._latest[server]) is not applied:
             applied = status
             try:
                 await self._reconcile(status)
-            except Exception:  # keep the controller alive; the next status retries
-                log.exception("reconcile failed", server=server)
-                await asyncio.sleep(RECONNECT_SECONDS)
+                failures = 0
+            except Exception:  # keep the controller alive and try again
+                failures += 1
+                delay = min(RECONNECT_SECONDS * 2 ** (failures - 1), MAX_RETRY_SECONDS)
+                log.exception("reconcile failed; retrying", server=server, retry_in=delay)
+                await asyncio.sleep(delay)
+                applied = None
 
     async def _reconcile(self, status: scheduler_pb2.ServerStatusResponse) -> None:
         if status.expectedReplicas < 0:
