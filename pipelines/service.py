@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import gc
 import os
 import signal
 import sys
@@ -25,7 +24,7 @@ from typing import Protocol, TypeVar
 import structlog
 from aiokafka.errors import KafkaError
 
-from apis import settings
+from apis import runtime, settings
 from apis.exits import FATAL_CONFIG
 from apis.kafka import KafkaConfig, KafkaConfigError, KafkaFlags
 from apis.logs import LEVELS, configure_logging
@@ -113,13 +112,12 @@ def serve(
     what: str,
     fast_loop: bool = False,
 ) -> None:
-    """Run ``run(config, kafka)`` until SIGTERM/SIGINT, then exit; ``fast_loop``: uvloop if installed."""
+    """Run ``run(config, kafka)`` until SIGTERM/SIGINT, then exit; ``fast_loop``: apis.runtime's
+    loop (uvloop, fewer collections)."""
     configure_logging(config.log_level)
-    factory = _uvloop_factory() if fast_loop else None
-    if fast_loop:
-        _fewer_collections()
-    with contextlib.suppress(KeyboardInterrupt), asyncio.Runner(loop_factory=factory) as runner:
-        sys.exit(runner.run(_until_signal(run(config, kafka), what)))
+    running = _until_signal(run(config, kafka), what)
+    with contextlib.suppress(KeyboardInterrupt):
+        sys.exit(runtime.run(running) if fast_loop else asyncio.run(running))
 
 
 async def _until_signal(running: Awaitable[None], what: str) -> int:
@@ -136,26 +134,3 @@ async def _until_signal(running: Awaitable[None], what: str) -> int:
         log.error(f"{what} cannot start", error=str(error))
         return FATAL_CONFIG
     return 0
-
-
-GC_YOUNG_THRESHOLD = 20_000  # allocations between young collections (Python's default: 700)
-
-
-def _fewer_collections() -> None:
-    """Collect the young generation less often, and never scan what was imported at start.
-
-    A request allocates hundreds of short-lived container objects (headers, tensors, protobuf
-    messages) that reference counting frees; at the default threshold the cycle collector ran every
-    few requests and took a few percent of the engine's CPU, finding nothing to free.
-    """
-    gc.freeze()
-    gc.set_threshold(GC_YOUNG_THRESHOLD, *gc.get_threshold()[1:])
-
-
-def _uvloop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
-    """uvloop's event loop when installed (its transports cost less per request), else asyncio's."""
-    try:
-        import uvloop
-    except ImportError:
-        return None
-    return uvloop.new_event_loop

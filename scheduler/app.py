@@ -20,6 +20,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry
 
+from apis import runtime
 from apis.limits import GRPC_RECEIVE_LIMIT
 from apis.logs import configure_logging
 from apis.mlops.agent import agent_pb2, agent_pb2_grpc
@@ -258,4 +259,4 @@ def main(argv: list[str] | None = None) -> None:
     config = parse_args(argv)
     configure_logging(config.log_level)
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(serve(config))
+        runtime.run(serve(config))
