@@ -1,21 +1,29 @@
-"""How a long-running meshserve process runs its event loop (the scheduler, the dataflow engine).
+"""How a long-running meshserve process runs its event loop and gRPC (the scheduler, the engine).
 
-Contract: a process's ``main`` calls :func:`run` once, instead of ``asyncio.run``. Measured on this
-machine (docs/benchmarks.md, figure 3): uvloop's loop and fewer young-generation collections take
-about a tenth off the scheduler's CPU per isolated change, which is nearly all gRPC wake-ups and
-short-lived protobuf objects.
+Contract: a process's ``main`` calls :func:`run` once, instead of ``asyncio.run``; a gRPC server
+process calls :func:`fewer_grpc_thread_hops` before anything imports ``grpc``. Measured on this
+machine side by side (docs/benchmarks.md, figure 3; decision 0029): uvloop's loop and fewer
+young-generation collections take about 0.6 ms, and the poller-served listener about 1 ms more,
+off the scheduler's CPU per isolated change, which is nearly all gRPC wake-ups and short-lived
+protobuf objects.
 """
 
 from __future__ import annotations
 
 import asyncio
 import gc
+import os
+import sys
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
 T = TypeVar("T")
 
 GC_YOUNG_THRESHOLD = 20_000  # allocations between young collections (Python's default: 700)
+# gRPC core's accepted connections on its own poller instead of the EventEngine listener, whose
+# reads hop between its thread pool's threads: a no-op unary call costs the server about 1.1 ms of
+# CPU instead of 1.5-1.8 ms when it arrives alone (measured with bench/grpc_floor.py).
+GRPC_EXPERIMENTS = "-event_engine_listener"
 
 
 def run(main: Coroutine[Any, Any, T]) -> T:
@@ -23,6 +31,14 @@ def run(main: Coroutine[Any, Any, T]) -> T:
     fewer_collections()
     with asyncio.Runner(loop_factory=fast_loop_factory()) as runner:
         return runner.run(main)
+
+
+def fewer_grpc_thread_hops() -> None:
+    """Set :data:`GRPC_EXPERIMENTS` unless the operator set their own; gRPC reads it once, on
+    import, so this raises if ``grpc`` is imported already (the setting would silently not apply)."""
+    if "grpc" in sys.modules:
+        raise RuntimeError("fewer_grpc_thread_hops() must run before grpc is imported")
+    os.environ.setdefault("GRPC_EXPERIMENTS", GRPC_EXPERIMENTS)
 
 
 def fewer_collections() -> None:

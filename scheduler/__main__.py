@@ -1,10 +1,14 @@
 import sys
 
-import structlog
+from apis import runtime
 
-from apis.exits import FATAL_CONFIG
-from scheduler.app import main
-from scheduler.store import StoreError
+runtime.fewer_grpc_thread_hops()  # before scheduler.app imports grpc
+
+import structlog  # noqa: E402
+
+from apis.exits import FATAL_CONFIG  # noqa: E402
+from scheduler.app import main  # noqa: E402
+from scheduler.store import StoreError  # noqa: E402
 
 try:
     main()
