@@ -441,7 +441,12 @@ PROFILE = (
     "about 250 MiB. The isolated change's CPU did not move beyond this figure's run-to-run spread "
     "(6.93 ms in the last run before; 6.16, 6.97 and 7.57 ms in three runs after, their no-op floors "
     "2.13 to 2.38 ms): two messages of nine (a response and its ACK) are below what ten isolated "
-    "changes resolve. Still left: the unsynced commit could join the next fsynced one."
+    "changes resolve. Still left: the unsynced commit could join the next fsynced one. "
+    "**Cheaper messages** (decision 0029; 2026-12-02): gRPC core's poller serves the scheduler's "
+    "accepted connections instead of the EventEngine listener (whose reads hop between its pool's "
+    "threads), and the scheduler runs on uvloop with fewer young-generation collections. Side by side "
+    "(two stacks, 2,000 models each, 80 alternating isolated changes): 1.27 ms less per isolated "
+    "change (paired median; interquartile 0.63 to 1.78 ms less), 5.80 → 4.67 ms median."
 )
 
 
