@@ -200,13 +200,13 @@ class RoutePublisher:
             for key in names:
                 candidates |= self._by_resource.get(key, set())
         for publication in candidates:
-            staged = publication.then is not None
-            check = self._quorum.held if staged else self._quorum.acked
+            then = publication.then  # set: only its clusters are out, waiting to be held
+            check = self._quorum.acked if then is None else self._quorum.held
             if self._waiting.get(publication.route) is publication and check(publication.requirements):
                 del self._waiting[publication.route]
                 self._forget_index(publication)
-                if publication.then is not None:  # its clusters are held: now the route itself
-                    self._switch(publication.then.route, publication.then.unused, publication.future)
+                if then is not None:  # its clusters are held: now the route itself
+                    self._switch(then.route, then.unused, publication.future)
                 else:
                     publication.future.set_result(None)
 

@@ -71,10 +71,7 @@ class XdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignor
         wanted = list(requirements)
         if not wanted:
             return True
-        streams = self._quorum_streams()
-        if len(streams) < self._min_envoys:
-            return False
-        return all(s.holds(r) for s in streams for r in wanted)
+        return len(self._quorum_streams()) >= self._min_envoys and self.held(wanted)
 
     def held(self, requirements: Iterable[Requirement]) -> bool:
         """True when every connected Envoy holds every version (vacuously, with none connected)."""
