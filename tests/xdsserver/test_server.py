@@ -148,9 +148,9 @@ def test_ack_of_an_older_version_does_not_hold_the_newer_one() -> None:
     stream.handle_request(request(CLUSTER))
     [first] = drain(stream)
     [newer] = cache.apply(upserts=[resource(CLUSTER, "a", tag="-v2")])
-    [second] = drain(stream)
     ack(stream, first)
     assert not stream.holds(newer)
+    [second] = drain(stream)
     ack(stream, second)
     assert stream.holds(newer)
 
@@ -159,10 +159,58 @@ def test_changes_between_sends_coalesce_into_one_response_per_type() -> None:
     cache = ResourceCache()
     stream, _ = new_stream(cache)
     stream.handle_request(request(CLUSTER))
-    drain(stream)
+    [first] = drain(stream)
+    ack(stream, first)
     cache.apply(upserts=[resource(CLUSTER, "a")])
     cache.apply(upserts=[resource(CLUSTER, "b")])
     assert summary(drain(stream)) == [("Cluster", ["a", "b"], [])]
+
+
+def test_changes_wait_for_envoys_answer_to_the_response_of_their_type() -> None:
+    cache = ResourceCache()
+    stream, _ = new_stream(cache)
+    stream.handle_request(request(CLUSTER))
+    stream.handle_request(request(SCOPED_ROUTE))
+    first_clusters, first_scopes = drain(stream)
+    cache.apply(upserts=[resource(CLUSTER, "a")])
+    cache.apply(upserts=[resource(CLUSTER, "b")])
+    assert drain(stream) == []  # one response of a type unanswered at a time
+    ack(stream, first_scopes)
+    assert drain(stream) == []  # the scopes' answer does not release clusters
+    ack(stream, first_clusters)
+    assert summary(drain(stream)) == [("Cluster", ["a", "b"], [])]  # a burst, one response
+
+
+def test_a_nack_also_releases_the_changes_that_waited() -> None:
+    cache = ResourceCache()
+    stream, _ = new_stream(cache)
+    stream.handle_request(request(CLUSTER))
+    ack(stream, drain(stream)[0])
+    cache.apply(upserts=[resource(CLUSTER, "a")])
+    [sent] = drain(stream)
+    cache.apply(upserts=[resource(CLUSTER, "b")])
+    stream.handle_request(request(CLUSTER, nonce=sent.nonce, error="cluster a: invalid"))
+    assert summary(drain(stream)) == [("Cluster", ["b"], [])]
+
+
+def test_scopes_wait_while_clusters_wait_and_removals_go_after_them() -> None:
+    cache = ResourceCache()
+    cache.apply(upserts=[resource(CLUSTER, "old"), resource(SCOPED_ROUTE, "iris")])
+    stream, _ = new_stream(cache)
+    stream.handle_request(request(CLUSTER))
+    stream.handle_request(request(SCOPED_ROUTE))
+    clusters, scopes = drain(stream)
+    ack(stream, scopes)
+    # A new cluster and the scope naming it, while Envoy has not answered the clusters yet.
+    cache.apply(upserts=[resource(CLUSTER, "new"), resource(SCOPED_ROUTE, "iris", tag="-new")])
+    cache.apply(removals=[(CLUSTER, "old")])
+    assert drain(stream) == []  # the scope waits with its cluster
+    ack(stream, clusters)
+    first = drain(stream)
+    assert summary(first) == [("Cluster", ["new"], []), ("ScopedRouteConfiguration", ["iris"], [])]
+    for response in first:
+        ack(stream, response)
+    assert summary(drain(stream)) == [("Cluster", [], ["old"])]  # after the scope, never before
 
 
 def test_updates_go_out_make_before_break() -> None:
@@ -171,7 +219,8 @@ def test_updates_go_out_make_before_break() -> None:
     stream, _ = new_stream(cache)
     for type_url in (ROUTE, SCOPED_ROUTE, LISTENER, CLUSTER):
         stream.handle_request(request(type_url, subscribe=("r",) if type_url == ROUTE else ()))
-    drain(stream)
+    for response in drain(stream):
+        ack(stream, response)
     cache.apply(
         upserts=[
             resource(ROUTE, "r"),
@@ -181,13 +230,16 @@ def test_updates_go_out_make_before_break() -> None:
         ],
         removals=[(CLUSTER, "old"), (SCOPED_ROUTE, "gone")],
     )
-    assert summary(drain(stream)) == [
+    updates = drain(stream)
+    assert summary(updates) == [
         ("Cluster", ["new"], []),
         ("Listener", ["seldon_http"], []),
         ("ScopedRouteConfiguration", ["iris"], ["gone"]),
         ("RouteConfiguration", ["r"], []),
-        ("Cluster", [], ["old"]),
     ]
+    for response in updates:
+        ack(stream, response)
+    assert summary(drain(stream)) == [("Cluster", [], ["old"])]  # once Envoy answered the rest
 
 
 def test_named_subscription_only_gets_the_names_asked_for() -> None:
@@ -219,7 +271,10 @@ def test_reconnecting_envoy_keeps_current_versions_and_gets_the_rest() -> None:
     held = {"current": "p-1", "stale": "p-2", "gone": "p-9"}
     stream.handle_request(request(CLUSTER, initial=held))
     assert stream.holds(current)
-    assert summary(drain(stream)) == [("Cluster", ["stale"], []), ("Cluster", [], ["gone"])]
+    [stale] = drain(stream)
+    assert summary([stale]) == [("Cluster", ["stale"], [])]
+    ack(stream, stale)
+    assert summary(drain(stream)) == [("Cluster", [], ["gone"])]
 
 
 def test_versions_from_another_scheduler_run_are_resent() -> None:
@@ -347,8 +402,10 @@ async def test_stream_sends_later_cache_changes() -> None:
     cache = ResourceCache()
     envoy = EnvoyClient(XdsServer(cache))
     envoy.send(request(CLUSTER))
-    assert not (await envoy.expect_response()).resources
+    first = await envoy.expect_response()
+    assert not first.resources
     cache.apply(upserts=[resource(CLUSTER, "late")])
+    envoy.send(request(CLUSTER, nonce=first.nonce))
     assert [r.name for r in (await envoy.expect_response()).resources] == ["late"]
     await envoy.close()
 
