@@ -39,6 +39,7 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
         link = self._core.agent_connected(request, agent_id(context))
         try:
             while (operation := await link.outbox.get()) is not None:
+                await self._core.committing()
                 yield operation
         finally:
             self._core.agent_disconnected(link)
@@ -46,7 +47,8 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
     async def SubscribeBatched(
         self, request: agent_pb2.AgentSubscribeRequest, context: Context
     ) -> AsyncIterator[agent_pb2.ModelOperationBatch]:
-        """Subscribe, with every operation queued so far in one stream message."""
+        """Subscribe, with every operation queued so far in one stream message, sent once the
+        changes that queued them are durable (what queues meanwhile waits for the next one)."""
         link = self._core.agent_connected(request, agent_id(context))
         try:
             while (operation := await link.outbox.get()) is not None:
@@ -59,6 +61,7 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
                         closed = True
                         break
                     batch.operations.append(queued)
+                await self._core.committing()
                 yield batch
                 if closed:
                     return

@@ -85,6 +85,14 @@ class Scheduler:
         event-loop turn (group commit); returns once it is committed (the API awaits this)."""
         await self._store.group_commit()
 
+    async def committing(self) -> None:
+        """Wait for the durable commit asked for or in flight, if any (:meth:`StateStore.committing`).
+
+        Agent operations wait for it: an agent never loads a model whose LoadModel a crash could
+        still undo, and the operations of concurrent calls leave together, one message per agent
+        instead of one per model (decision 0031)."""
+        await self._store.committing()
+
     def restore(self) -> None:
         """Reload persisted state and re-publish its routes, before Envoy or any agent connects.
 

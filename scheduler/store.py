@@ -158,6 +158,7 @@ class StateStore:
         # Callers waiting for the next background commit, and the one in flight (at most one).
         self._group: asyncio.Future[None] | None = None
         self._writing: asyncio.Future[None] | None = None
+        self._committing: asyncio.Future[None] | None = None  # the group of a durable write in flight
         # Held while a transaction runs on the connection, by the writer thread or a sync flush.
         self._write_lock = threading.Lock()
         self._writer: concurrent.futures.ThreadPoolExecutor | None = None
@@ -236,6 +237,15 @@ class StateStore:
         # Shielded: one caller being cancelled must not cancel the commit the others wait for.
         await asyncio.shield(self._group)
 
+    async def committing(self) -> None:
+        """Return once the durable commit asked for or in flight now (if any) has ended, committed or
+        not; at once when there is none. Later commits are not waited for, so a caller never waits
+        for more than about two commits however busy the API is."""
+        pending = self._group or self._committing
+        if pending is not None:
+            with contextlib.suppress(Exception):  # its failure is its callers' to report
+                await asyncio.shield(pending)
+
     def _start_group(self) -> None:
         group, self._group = self._group, None
         if group is not None:
@@ -260,6 +270,7 @@ class StateStore:
             self._write_lock.release()
             raise
         self._writing = writing
+        self._committing = group if durable else None
         writing.add_done_callback(functools.partial(self._written, group, batch))
 
     def _commit_released(self, batch: _Batch) -> None:
@@ -270,7 +281,7 @@ class StateStore:
             self._write_lock.release()
 
     def _written(self, group: asyncio.Future[None] | None, batch: _Batch, done: asyncio.Future[None]) -> None:
-        self._writing = None
+        self._writing = self._committing = None
         error = done.exception() if not done.cancelled() else asyncio.CancelledError()
         if error is not None:
             self._restore(batch)

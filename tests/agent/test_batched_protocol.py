@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -20,11 +21,13 @@ import structlog
 from agent.client import AgentClient
 from agent.config import AgentConfig
 from agent.simulate import SimulatedOperator, SimulatedState
-from apis.mlops.agent import agent_pb2
+from apis.mlops.agent import agent_pb2, agent_pb2_grpc
 from apis.mlops.scheduler import scheduler_pb2, scheduler_pb2_grpc
 from scheduler.app import SchedulerApp, SchedulerConfig
 from stack.ports import free_ports
 from tests.agent.agent_protos import load_op, model_version
+from tests.scheduler.fakes import model, subscribe
+from tests.scheduler.test_store import Flaky, flaky  # noqa: F401 - fixture
 
 if TYPE_CHECKING:
     from tests.agent.conftest import FakeScheduler
@@ -130,6 +133,44 @@ async def test_operations_and_events_are_batched_with_the_real_scheduler(
         assert states == {f"m{i}": ["Loaded"] for i in range(MODELS)}
         assert client._batched  # the extensions were used, not the fallback
         assert client._events is not None
+
+
+async def test_operations_go_out_once_the_loads_that_caused_them_are_durable_and_together(
+    flaky: Flaky,  # noqa: F811 - the fixture
+    app: SchedulerApp,
+) -> None:
+    flaky.commit_delay = 0.1  # a slow disk: the LOADs must still wait for it
+    assert app.config.state_dir is not None
+    database = app.config.state_dir / "scheduler.db"
+    messages: list[list[str]] = []
+    async with (
+        grpc.aio.insecure_channel(f"127.0.0.1:{app.config.agent_port}") as agent_channel,
+        grpc.aio.insecure_channel(f"127.0.0.1:{app.config.scheduler_port}") as channel,
+    ):
+        operations = agent_pb2_grpc.AgentServiceStub(agent_channel).SubscribeBatched(subscribe())
+        stub = scheduler_pb2_grpc.SchedulerStub(channel)
+        for _ in range(200):
+            if app.core.servers.get("mlserver") and app.core.servers["mlserver"].replicas:
+                break
+            await asyncio.sleep(0.02)
+        loads = asyncio.gather(
+            *(
+                stub.LoadModel(scheduler_pb2.LoadModelRequest(model=model(f"m{i}", memory=1000)))
+                for i in range(MODELS)
+            )
+        )
+        async for message in operations:
+            names = [op.modelVersion.model.meta.name for op in message.operations]
+            with contextlib.closing(sqlite3.connect(database)) as db:  # what a crash would keep
+                stored = {row[0] for row in db.execute("SELECT name FROM models")}
+            assert set(names) <= stored, "an operation went out before its load was durable"
+            messages.append(names)
+            if sum(map(len, messages)) == MODELS:
+                break
+        await loads
+        operations.cancel()
+    assert sorted(n for names in messages for n in names) == sorted(f"m{i}" for i in range(MODELS))
+    assert len(messages) <= MODELS // 3  # the loads of a commit share a message
 
 
 async def test_a_scheduler_without_the_extensions_gets_seldons_rpcs(

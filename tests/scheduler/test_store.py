@@ -16,7 +16,7 @@ import sqlite3
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -185,6 +185,8 @@ class Flaky:
 
     fail_commit: bool = False
     commits: int = 0
+    commit_delay: float = 0.0  # seconds each COMMIT takes (a slow disk)
+    committed_at: list[float] = field(default_factory=list)  # time.monotonic() after each COMMIT
 
 
 @pytest.fixture
@@ -197,6 +199,10 @@ def flaky(monkeypatch: pytest.MonkeyPatch) -> Flaky:
                 if control.fail_commit:
                     raise sqlite3.OperationalError("disk I/O error (simulated)")
                 control.commits += 1
+                time.sleep(control.commit_delay)
+                cursor = super().execute(sql, parameters)
+                control.committed_at.append(time.monotonic())
+                return cursor
             return super().execute(sql, parameters)
 
     monkeypatch.setattr(sqlite3, "connect", functools.partial(sqlite3.connect, factory=Connection))
