@@ -8,7 +8,7 @@ import structlog  # noqa: E402
 
 from apis.exits import FATAL_CONFIG  # noqa: E402
 from scheduler.app import main  # noqa: E402
-from scheduler.store import StoreError  # noqa: E402
+from scheduler.store_schema import StoreError  # noqa: E402
 
 try:
     main()

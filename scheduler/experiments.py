@@ -33,7 +33,8 @@ from scheduler.member_index import MemberIndex
 from scheduler.pipeline_records import PipelineStatus
 from scheduler.pipelines import Pipelines
 from scheduler.state import ModelState
-from scheduler.store import ResourceKind, StateStore
+from scheduler.store import StateStore
+from scheduler.store_schema import ResourceKind
 
 log = structlog.get_logger("meshserve.scheduler.experiments")
 

@@ -49,7 +49,8 @@ from scheduler.pipeline_records import (
     encode_pipeline,
 )
 from scheduler.state import ModelState
-from scheduler.store import ResourceKind, StateStore
+from scheduler.store import StateStore
+from scheduler.store_schema import ResourceKind
 
 log = structlog.get_logger("meshserve.scheduler.pipelines")
 

@@ -19,7 +19,8 @@ What is durable when:
   be lost. One commit is in flight at a time, so commits land in the order they were encoded. These
   commits are durable across power loss (``synchronous=FULL``: the WAL is fsynced, and with it
   every earlier timed batch); timed batches use ``NORMAL`` (no fsync; safe against a crash of the
-  scheduler, not of the machine). docs/benchmarks.md has the cost.
+  scheduler, not of the machine). docs/benchmarks.md has the cost. ``committing`` waits for the
+  durable commit asked for or in flight, if any: agent operations wait for it (decision 0031).
 * A damaged file (or one that is not a meshserve database) is refused on open with
   :class:`StateCorruptError`, one message saying what to do; ``python -m scheduler`` then exits
   with :data:`apis.exits.FATAL_CONFIG`, which the local stack's supervisor does not restart.
@@ -27,22 +28,7 @@ What is durable when:
   flush; a failed timed flush retries after ``RETRY_DELAY``.
 * ``close`` flushes, then closes.
 
-Schema: each kind has its own table ``<kind>(name TEXT PRIMARY KEY, record TEXT NOT NULL)``, one
-self-describing text record (JSON) per object. The schema version lives in ``meta`` under the key
-``schema``; :data:`MIGRATIONS` is the ordered, append-only list of steps from an empty file to the
-current version. Opening a database applies the missing steps in one transaction; a database
-written by a newer meshserve (a version this code does not know) is refused with
-:class:`SchemaTooNewError`. Never edit or reorder a released migration: add one.
-
-Adding a kind (experiments, pipelines, ...) takes two steps:
-
-1. append ``Migration(N + 1, "experiments", (kind_table("experiments"),))`` to :data:`MIGRATIONS`;
-2. define ``EXPERIMENTS = ResourceKind("experiments", encode, decode)`` and, where the live objects
-   are kept, ``store.register(EXPERIMENTS, lambda: self.experiments)``; then call
-   ``store.changed(EXPERIMENTS, name)`` on every change and ``store.load_kind(EXPERIMENTS)`` on start.
-
-An older database simply gains the empty table; an older scheduler refuses the newer file rather
-than silently dropping what it cannot read.
+The schema (one table per kind) and its migrations are in :mod:`scheduler.store_schema`.
 
 Contract: one owner (:class:`scheduler.core.Scheduler`) calls ``register``/``bind``, ``changed``
 and ``flush`` on the event loop; ``load``/``load_kind`` are called once, before serving.
@@ -56,10 +42,10 @@ import contextlib
 import functools
 import sqlite3
 import threading
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Generic, TypeVar
+from typing import Any, TypeVar
 
 import structlog
 
@@ -68,71 +54,22 @@ from scheduler.state import (
     ModelRecord,
     Server,
 )
+from scheduler.store_schema import (
+    MIGRATIONS,
+    Migration,
+    ResourceKind,
+    StoreError,
+    corrupt,
+    has_table,
+    open_database,
+    transaction,
+)
 
 FLUSH_DELAY = 0.05  # seconds between the first change and the batch that writes it
 RETRY_DELAY = 1.0  # seconds before a failed timed flush is tried again
 
 log = structlog.get_logger("meshserve.scheduler.store")
 T = TypeVar("T")
-
-
-class StoreError(RuntimeError):
-    """The state database cannot be used as asked."""
-
-
-class SchemaTooNewError(StoreError):
-    """The database was written by a newer meshserve, with a schema this code does not know."""
-
-
-class StateCorruptError(StoreError):
-    """The database file is damaged or not a meshserve state database: restarting cannot help."""
-
-
-def _corrupt(path: Path, what: str) -> StateCorruptError:
-    return StateCorruptError(
-        f"state database {path} is corrupt ({what}); move it aside to start with no models or servers "
-        f"(mv {path} {path}.corrupt), or restore a backup, then start the scheduler again"
-    )
-
-
-# -- kinds and migrations ------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ResourceKind(Generic[T]):
-    """One kind of persisted object: its table (``name``) and its text (de)serialisation."""
-
-    name: str
-    encode: Callable[[T], str]
-    decode: Callable[[str, str], T]  # (object name, record) -> object
-
-    def __post_init__(self) -> None:
-        # The name is spliced into SQL as a table name.
-        if not self.name.isidentifier():
-            raise ValueError(f"kind name must be an identifier, not {self.name!r}")
-
-
-@dataclass(frozen=True)
-class Migration:
-    """One schema step; ``version`` is the schema a database has once it is applied."""
-
-    version: int
-    description: str
-    statements: tuple[str, ...]
-
-
-def kind_table(kind: str) -> str:
-    """The DDL of a kind's table (every kind has this shape)."""
-    return f"CREATE TABLE IF NOT EXISTS {kind} (name TEXT PRIMARY KEY, record TEXT NOT NULL)"
-
-
-# Append-only. Version 1 is the schema meshserve shipped first (IF NOT EXISTS: such files exist).
-MIGRATIONS: tuple[Migration, ...] = (
-    Migration(1, "models and servers", (kind_table("models"), kind_table("servers"))),
-    Migration(2, "experiments", (kind_table("experiments"),)),
-    Migration(3, "pipelines", (kind_table("pipelines"),)),
-)
-SCHEMA_VERSION = MIGRATIONS[-1].version
 
 
 # -- the store -----------------------------------------------------------------------------------------
@@ -152,7 +89,7 @@ class StateStore:
         """Open (creating or migrating) the database at ``path``; ``None`` keeps nothing (tests,
         throwaway runs). ``migrations`` is for tests of future schemas."""
         self._path = path
-        self._db = None if path is None else _open(path, migrations)
+        self._db = None if path is None else open_database(path, migrations)
         self._bindings: dict[str, _Binding] = {}
         self._timer: asyncio.TimerHandle | None = None
         # Callers waiting for the next background commit, and the one in flight (at most one).
@@ -175,7 +112,7 @@ class StateStore:
         bound = self._bindings.get(kind.name)
         if bound is not None and bound.kind != kind:
             raise StoreError(f"two different kinds are named {kind.name!r}")
-        if self._db is not None and not _has_table(self._db, kind.name):
+        if self._db is not None and not has_table(self._db, kind.name):
             raise StoreError(f"kind {kind.name!r} has no table: add a migration creating it")
         if bound is None:
             self._bindings[kind.name] = _Binding(kind, current)
@@ -324,7 +261,7 @@ class StateStore:
         """One transaction (any thread, holding the write lock)."""
         assert self._db is not None
         self._synchronous("FULL" if batch.durable else "NORMAL")
-        with _transaction(self._db) as db:
+        with transaction(self._db) as db:
             for write in batch.writes:
                 db.executemany(f"INSERT OR REPLACE INTO {write.table} VALUES (?, ?)", write.rows)
                 db.executemany(f"DELETE FROM {write.table} WHERE name = ?", write.gone)
@@ -358,13 +295,13 @@ class StateStore:
         try:
             rows = self._db.execute(f"SELECT name, record FROM {kind.name}").fetchall()
         except sqlite3.DatabaseError as error:
-            raise _corrupt(self._path or Path(), str(error)) from error
+            raise corrupt(self._path or Path(), str(error)) from error
         loaded = {}
         for name, record in rows:
             try:
                 loaded[name] = kind.decode(name, record)
             except Exception as error:  # any decoding failure means a damaged record
-                raise _corrupt(self._path or Path(), f"{kind.name} record {name!r}: {error!r}") from error
+                raise corrupt(self._path or Path(), f"{kind.name} record {name!r}: {error!r}") from error
         return loaded
 
     def load(self) -> tuple[dict[str, ModelRecord], dict[str, Server]]:
@@ -423,86 +360,6 @@ def _encode(bound: _Binding, names: set[str]) -> _Write:
     rows = [(name, encode(obj)) for name in names if (obj := current.get(name)) is not None]
     gone = [(name,) for name in names if name not in current]
     return _Write(bound, names, bound.kind.name, rows, gone)
-
-
-# -- opening and migrating -----------------------------------------------------------------------------
-
-
-def _open(path: Path, migrations: Sequence[Migration]) -> sqlite3.Connection:
-    _check_numbering(migrations)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # Autocommit mode: transactions are explicit (_transaction), never implicit.
-    # Used by one thread at a time (StateStore's write lock), not always the one that opened it.
-    db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-    try:
-        db.execute("PRAGMA journal_mode=WAL")
-        db.execute("PRAGMA synchronous=NORMAL")
-        # Damage anywhere in the file is found now, with one clear message, not mid-restore.
-        problems = [row[0] for row in db.execute("PRAGMA quick_check(3)")]
-        if problems != ["ok"]:
-            raise _corrupt(path, "; ".join(problems))
-        _migrate(db, path, migrations)
-    except sqlite3.OperationalError as error:  # locked, unreadable, disk full: not damage, but fatal
-        db.close()
-        raise StoreError(f"cannot use state database {path}: {error}") from error
-    except sqlite3.DatabaseError as error:  # "file is not a database", "disk image is malformed"
-        db.close()
-        raise _corrupt(path, str(error)) from error
-    except BaseException:
-        db.close()
-        raise
-    return db
-
-
-def _check_numbering(migrations: Sequence[Migration]) -> None:
-    numbers = [m.version for m in migrations]
-    if numbers != list(range(1, len(numbers) + 1)):
-        raise ValueError(f"migrations must be numbered 1, 2, 3, ... in order, not {numbers}")
-
-
-def _migrate(db: sqlite3.Connection, path: Path, migrations: Sequence[Migration]) -> None:
-    """Bring the database to the last migration's version, all in one transaction."""
-    known = len(migrations)
-    with _transaction(db):
-        db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
-        found = _schema_version(db)
-        if found > known:
-            raise SchemaTooNewError(
-                f"state database {path} has schema version {found}, but this meshserve knows versions "
-                f"up to {known}: it was written by a newer meshserve; run that one, or use another "
-                "--state-dir"
-            )
-        for migration in migrations[found:]:
-            for statement in migration.statements:
-                db.execute(statement)
-        if found < known:
-            db.execute("INSERT OR REPLACE INTO meta VALUES ('schema', ?)", (str(known),))
-            log.info("state database migrated", path=str(path), from_version=found, to_version=known)
-
-
-def _schema_version(db: sqlite3.Connection) -> int:
-    row = db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
-    return 0 if row is None else int(row[0])
-
-
-def _has_table(db: sqlite3.Connection, table: str) -> bool:
-    query = "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?"
-    return db.execute(query, (table,)).fetchone() is not None
-
-
-@contextlib.contextmanager
-def _transaction(db: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
-    # IMMEDIATE: take the write lock up front, so two openers cannot both migrate.
-    db.execute("BEGIN IMMEDIATE")
-    try:
-        yield db
-        db.execute("COMMIT")
-    except BaseException:
-        # A failed COMMIT leaves the transaction open; a dead connection cannot roll back at all.
-        with contextlib.suppress(sqlite3.Error):
-            if db.in_transaction:
-                db.execute("ROLLBACK")
-        raise
 
 
 MODELS: ResourceKind[ModelRecord] = ResourceKind("models", records.encode_model, records.decode_model)

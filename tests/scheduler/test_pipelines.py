@@ -17,7 +17,8 @@ from apis.validation import InvalidResource
 from scheduler.dataflow import CREATE, DELETE, EngineSession
 from scheduler.pipeline_records import PipelineStatus, decode_pipeline, encode_pipeline, pipeline_status
 from scheduler.pipelines import CREATED, PIPELINES, PipelineNotFound, Pipelines
-from scheduler.store import MIGRATIONS, SCHEMA_VERSION, StateStore
+from scheduler.store import StateStore
+from scheduler.store_schema import MIGRATIONS, SCHEMA_VERSION
 from tests.scheduler.fakes import Harness, model
 from tests.scheduler.test_store import _schema_version, _v1_database, sample_models, sample_servers
 

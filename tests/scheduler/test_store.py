@@ -34,14 +34,13 @@ from scheduler.state import (
     Server,
     ServerReplica,
 )
-from scheduler.store import (
-    FLUSH_DELAY,
+from scheduler.store import FLUSH_DELAY, StateStore
+from scheduler.store_schema import (
     MIGRATIONS,
     SCHEMA_VERSION,
     Migration,
     ResourceKind,
     SchemaTooNewError,
-    StateStore,
     StoreError,
     kind_table,
 )

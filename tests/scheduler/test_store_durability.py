@@ -14,7 +14,8 @@ from typing import Any
 import pytest
 
 from apis.exits import FATAL_CONFIG
-from scheduler.store import FLUSH_DELAY, StateCorruptError, StateStore
+from scheduler.store import FLUSH_DELAY, StateStore
+from scheduler.store_schema import StateCorruptError
 from tests.scheduler.test_store import REPO, _bound
 
 
