@@ -42,8 +42,9 @@ from scheduler.pipelines import Pipelines
 from scheduler.policies import load_policy
 from scheduler.server_scaling import ScalingSettings
 from scheduler.store import StateStore
-from xdsserver import resources
 from xdsserver.cache import ResourceCache
+from xdsserver.clusters import loopback_clusters
+from xdsserver.listener import LISTENER_NAME, data_plane_listener
 from xdsserver.load_stats import EMPTY_INTERVAL_S, LoadStatsServer
 from xdsserver.report_scope import ReportScope
 from xdsserver.routes import RoutePublisher
@@ -135,15 +136,15 @@ class SchedulerApp:
         self.experiments.restore()
         listen = config.envoy_listen_address
         loopback = "127.0.0.1" if listen in ("0.0.0.0", "::", "") else listen
-        listener = resources.listener(
+        listener = data_plane_listener(
             address=listen, port=config.envoy_http_port, lua_code=config.lua_file.read_text()
         )
         self.cache.apply(
             upserts=[
-                (LISTENER, resources.LISTENER_NAME, listener),
+                (LISTENER, LISTENER_NAME, listener),
                 *(
                     (CLUSTER, name, cluster)
-                    for name, cluster in resources.loopback_clusters(
+                    for name, cluster in loopback_clusters(
                         address=loopback, port=config.envoy_http_port
                     ).items()
                 ),

@@ -3,8 +3,9 @@
 Transport-free: gRPC servicers (``scheduler/api.py``, ``scheduler/agent_api.py``) only convert
 messages and call in here. Everything runs on one event loop, so state is mutated without locks;
 nothing here awaits while holding a half-updated model. The parts it ties together each have one
-job and call nothing back: the state machine (``lifecycle``), route plans (``routing``), agent
-membership (``membership``), placement (``placement``) and the store (``store``).
+job and call nothing back: the state machine (``lifecycle``), LoadModel revisions (``revisions``),
+route plans (``routing``), agent membership (``membership``), the operations sent to agents and
+their answers (``agent_operations``), placement (``placement``) and the store (``store``).
 """
 
 from __future__ import annotations
@@ -21,19 +22,19 @@ from apis.mlops.agent import agent_pb2
 from apis.mlops.scheduler import scheduler_pb2
 from apis.routing import Route, RouteSink
 from apis.validation import InvalidResource, validate_model, validate_name, validate_server
-from scheduler import autoscaling, lifecycle, scheduling
+from scheduler import lifecycle, revisions, scheduling
+from scheduler.agent_operations import AgentOperations
 from scheduler.errors import NotFound
-from scheduler.membership import AgentLink, Membership, operation
-from scheduler.placement import PlacementPolicy, Policy, required_memory
-from scheduler.routing import Routing, model_route, replica_endpoint
+from scheduler.listeners import Listeners
+from scheduler.membership import AgentLink, Membership
+from scheduler.placement import PlacementPolicy, Policy
+from scheduler.revisions import Revision
+from scheduler.routing import Routing, model_route
 from scheduler.server_scaling import ScalingRequest, ScalingSettings, ServerScaler
-from scheduler.state import LoadedIndex, ModelRecord, ModelVersion, ReplicaState, Server, ServerReplica
+from scheduler.state import LoadedIndex, ModelRecord, ReplicaState, Server
 from scheduler.store import StateStore
 
 log = structlog.get_logger("meshserve.scheduler")
-
-Event = agent_pb2.ModelEventMessage
-Operation = agent_pb2.ModelOperationMessage
 
 __all__ = ["AgentLink", "ModelNotFound", "Scheduler"]
 
@@ -60,13 +61,14 @@ class Scheduler:
     ) -> None:
         self._routing = Routing(sink, self._route_confirmed, self._route_rejected)
         self._members = Membership(grace_seconds=agent_grace_seconds, on_expired=self._replica_expired)
+        self._agents = AgentOperations(self._members, self._routing)
         self._policy = policy or Policy()
         self.models: dict[str, ModelRecord] = {}
         self._loaded = LoadedIndex()
-        self._model_listeners: list[Callable[[str], None]] = []
-        self._server_listeners: list[Callable[[str], None]] = []
-        self._route_listeners: list[Callable[[str], None]] = []
-        self._scaling_listeners: list[Callable[[ScalingRequest], None]] = []
+        self._model_listeners = Listeners[str]()
+        self._server_listeners = Listeners[str]()
+        self._route_listeners = Listeners[str]()
+        self._scaling_listeners = Listeners[ScalingRequest]()
         self._scaler = ServerScaler(server_scaling or ScalingSettings())
         self._override: Callable[[str], Route | None] = lambda _: None
         self._store = store or StateStore(None)
@@ -149,8 +151,7 @@ class Scheduler:
 
     def on_route_confirmed(self, listener: Callable[[str], None]) -> Callable[[], None]:
         """``listener(route name)`` after every Envoy ACKed a route's latest plan."""
-        self._route_listeners.append(listener)
-        return lambda: self._route_listeners.remove(listener)
+        return self._route_listeners.add(listener)
 
     def loaded_per_replica(self, server: str) -> dict[int, int]:
         """How many model versions each replica of ``server`` holds (loading to unloading)."""
@@ -159,28 +160,23 @@ class Scheduler:
     # -- listeners (status streams) ----------------------------------------------------------------
 
     def on_model_change(self, listener: Callable[[str], None]) -> Callable[[], None]:
-        self._model_listeners.append(listener)
-        return lambda: self._model_listeners.remove(listener)
+        return self._model_listeners.add(listener)
 
     def on_server_change(self, listener: Callable[[str], None]) -> Callable[[], None]:
-        self._server_listeners.append(listener)
-        return lambda: self._server_listeners.remove(listener)
+        return self._server_listeners.add(listener)
 
     def on_scaling_request(self, listener: Callable[[ScalingRequest], None]) -> Callable[[], None]:
         """``listener(request)`` whenever the scheduler asks for a server's replica count to change."""
-        self._scaling_listeners.append(listener)
-        return lambda: self._scaling_listeners.remove(listener)
+        return self._scaling_listeners.add(listener)
 
     def _model_changed(self, name: str) -> None:
         self._store.model_changed(name)
-        for listener in list(self._model_listeners):
-            listener(name)
+        self._model_listeners.notify(name)
 
     def _server_changed(self, name: str, *, persist: bool = True) -> None:
         if persist:
             self._store.server_changed(name)
-        for listener in list(self._server_listeners):
-            listener(name)
+        self._server_listeners.notify(name)
 
     # -- model API ---------------------------------------------------------------------------------
 
@@ -193,7 +189,7 @@ class Scheduler:
             raise InvalidResource(
                 f"model is pinned to server {pinned!r}, which does not exist (servers: {known})"
             )
-        model = lifecycle.normalised(model)
+        model = revisions.normalised(model)
         name = model.meta.name
         record = self.models.get(name)
         if record is None:
@@ -201,29 +197,16 @@ class Scheduler:
                 raise InvalidResource(
                     f"model {name}: {MAX_MODELS} models are loaded already; the limit (unload one first)"
                 )
-            record = self.models[name] = ModelRecord(name)
-            first = model.meta.kubernetesMeta.generation if model.meta.HasField("kubernetesMeta") else 0
-            record.versions.append(ModelVersion(max(1, first), model))
-        elif record.deleted or not lifecycle.same_model_spec(record.latest.spec, model):
-            scaled = None if record.deleted else self._carried_scale(record.latest, model)
-            record.deleted = False
-            record.versions.append(ModelVersion(record.latest.number + 1, model, scaled_replicas=scaled))
-        elif record.latest.spec.deploymentSpec != model.deploymentSpec:
-            record.latest.scaled_replicas = self._carried_scale(record.latest, model)
-            record.latest.spec.deploymentSpec.CopyFrom(model.deploymentSpec)
-        elif record.latest.spec.meta != model.meta:
-            record.latest.spec.meta.CopyFrom(model.meta)
-            self._model_changed(name)
-            return
+            record = self.models[name] = revisions.new_record(model)
         else:
-            return  # identical: loading twice is a no-op
+            revision = revisions.revise(record, model)
+            if revision is Revision.UNCHANGED:
+                return  # identical: loading twice is a no-op
+            if revision is Revision.METADATA:
+                self._model_changed(name)
+                return
         log.debug("model accepted", model=name, version=record.latest.number)
         self._schedule(record)
-
-    @staticmethod
-    def _carried_scale(current: ModelVersion, model: scheduler_pb2.Model) -> int | None:
-        old, new = current.spec.deploymentSpec, model.deploymentSpec
-        return autoscaling.carried_scale(current.scaled_replicas, old, new)
 
     def scale_model(self, name: str, replicas: int) -> None:
         """The autoscaler's replica count for a model: kept beside its spec (which stays as the
@@ -263,15 +246,8 @@ class Scheduler:
         for notify in declared:
             validate_server(notify)
         for notify in declared:
-            server = self.servers.setdefault(notify.name, Server(notify.name))
-            server.expected_replicas = notify.expectedReplicas
-            server.min_replicas, server.max_replicas = notify.minReplicas, notify.maxReplicas
-            server.shared = notify.shared
+            server = self._members.declare(notify)
             log.info("server declared", server=notify.name, replicas=notify.expectedReplicas)
-            for replica in server.replicas.values():
-                # A draining agent is leaving even if the new count would keep its replica (a
-                # scale-up declared while it drains): nothing may be placed on it again.
-                replica.retiring = replica.draining or server.is_retiring(replica.idx)
             self._move_off_retiring(server)
             self._members.forget_if_empty(server)
             self._server_changed(notify.name)
@@ -313,24 +289,7 @@ class Scheduler:
         (a load: ModelFailed with the reason; an unload: UnloadFailed), so no replica waits forever."""
         since = (time.time() if now is None else now) - deadline_s
         for record in list(self.models.values()):
-            stuck = lifecycle.stuck_replicas(record, since)
-            for version, idx, resent in stuck:
-                loading = version.replicas[idx].state is not ReplicaState.Unloading
-                if resent:
-                    failed = ReplicaState.LoadFailed if loading else ReplicaState.UnloadFailed
-                    version.set_replica(idx, failed, f"no answer from the agent within {deadline_s:g}s")
-                    continue
-                server = self.servers.get(version.server)
-                replica = server.replicas.get(idx) if server is not None else None
-                if loading and replica is not None:
-                    self._send_load(version, replica)
-                elif not loading:
-                    self._send_unload(version, idx)
-                if version.replicas[idx].state in lifecycle.AWAITING_AGENT:
-                    state = version.replicas[idx].state
-                    version.set_replica(idx, state, f"{lifecycle.RESENT} {deadline_s:g}s")
-            if stuck:
-                log.warning("operations without an answer", model=record.name, replicas=len(stuck))
+            if self._agents.resend_stuck(record, since, deadline_s):
                 self._refresh(record)
 
     def scale_servers(self) -> list[ScalingRequest]:
@@ -339,19 +298,14 @@ class Scheduler:
         requests = self._scaler.decide(self.servers.values(), self.models.values(), self._loaded.per_replica)
         for request in requests:
             log.info("server scaling request", **vars(request))
-            for listener in list(self._scaling_listeners):
-                listener(request)
+            self._scaling_listeners.notify(request)
         return requests
 
     # -- agent membership --------------------------------------------------------------------------
 
     def agent_connected(self, request: agent_pb2.AgentSubscribeRequest, identity: str = "") -> AgentLink:
         link, replica = self._members.connect(request, identity)
-        reported = {(m.model.meta.name, m.version) for m in request.loadedModels}
-        unwanted, touched = lifecycle.adopt(self.models, replica.server, replica.idx, reported)
-        for name, number in unwanted:
-            link.send(operation(Operation.UNLOAD_MODEL, name, number, None))
-        for record in touched:
+        for record in self._agents.adopt(self.models, link, replica, request):
             self._refresh(record)
         self._server_changed(link.server)
         self._retry_unsatisfied()
@@ -362,14 +316,11 @@ class Scheduler:
 
     def _replica_expired(self, server: str, idx: int) -> None:
         for record in list(self.models.values()):
-            touched = False
-            for version in record.versions:
-                if version.server == server and idx in version.replicas:
-                    del version.replicas[idx]
-                    touched = True
-            if touched and record.deleted:
+            if not lifecycle.forget_replica(record, server, idx):
+                continue
+            if record.deleted:
                 self._refresh(record)
-            elif touched:
+            else:
                 self._schedule(record)
         self._server_changed(server)
         self._retry_unsatisfied()
@@ -379,32 +330,14 @@ class Scheduler:
 
     def agent_events(self, events: Iterable[agent_pb2.ModelEventMessage]) -> None:
         """Apply agents' events in order, then refresh each model they touched once."""
-        touched: dict[str, ModelRecord] = {}
-        servers: dict[str, None] = {}
-        freed = False
-        for event in events:
-            applied = self._apply_event(event, servers)
-            if applied is not None:
-                record, outcome = applied
-                touched[record.name] = record
-                freed |= outcome is ReplicaState.Unloaded
-        for server in servers:
+        applied = self._agents.apply_events(self.models, events)
+        for server in applied.servers:
             # Free memory is re-reported by the agent on reconnect: not worth a write per event.
             self._server_changed(server, persist=False)
-        for record in touched.values():
+        for record in applied.touched.values():
             self._refresh(record)
-        if freed:
+        if applied.freed:
             self._retry_unsatisfied()  # memory was freed
-
-    def _apply_event(
-        self, event: agent_pb2.ModelEventMessage, servers: dict[str, None]
-    ) -> tuple[ModelRecord, ReplicaState] | None:
-        """One event's replica transition (no refresh); None when it is unknown or stale."""
-        replica = self._members.replica(event.serverName, event.replicaIdx)
-        if replica is not None:
-            replica.available_memory = event.availableMemoryBytes
-            servers[event.serverName] = None
-        return lifecycle.apply_event(self.models, replica, event)
 
     # -- Envoy -------------------------------------------------------------------------------------
 
@@ -415,44 +348,23 @@ class Scheduler:
             record = self.models.get(model)
             if record is not None:
                 self._refresh(record)
-        for listener in list(self._route_listeners):
-            listener(name)
+        self._route_listeners.notify(name)
 
     def _route_rejected(self, name: str, route: Route, reason: str) -> None:
         """An Envoy refused ``route``: its new replicas cannot serve; the model says why."""
         log.warning("route rejected by envoy", route=name, reason=reason)
         for model in sorted({names.model_of(target) for target in route.targets}):
             record = self.models.get(model)
-            if record is None:
-                continue
-            for version in record.versions:
-                if version.versioned_name in route.targets:
-                    for idx in version.replicas_in(ReplicaState.Loaded):
-                        version.set_replica(idx, ReplicaState.LoadedUnavailable, reason)
-            self._refresh(record)
-
-    def _settle_routes(self, record: ModelRecord) -> None:
-        """Replicas Envoy routes to become Available; replicas no route reaches are unloaded."""
-        for version in record.versions:
-            server = self.servers.get(version.server)
-            for idx in version.replicas_in(*lifecycle.AWAITING_CONFIRMATION):
-                if server is None or idx not in server.replicas:
-                    if version.replicas[idx].state is ReplicaState.UnloadEnvoyRequested:
-                        self._send_unload(version, idx)  # the replica is gone
-                    continue
-                endpoint, target = replica_endpoint(server, idx), version.versioned_name
-                if version.replicas[idx].state is ReplicaState.UnloadEnvoyRequested:
-                    if not self._routing.routes_to(target, endpoint):
-                        self._send_unload(version, idx)
-                elif self._routing.held_routes_to(target, endpoint):
-                    version.set_replica(idx, ReplicaState.Available)
+            if record is not None:
+                lifecycle.route_refused(record, route.targets, reason)
+                self._refresh(record)
 
     # -- scheduling --------------------------------------------------------------------------------
 
     def _schedule(self, record: ModelRecord) -> None:
         if not record.deleted:
             for version, replica in scheduling.place(record, self.servers, self._policy):
-                self._send_load(version, replica)
+                self._agents.send_load(version, replica)
         self._refresh(record)
 
     def _retry_unsatisfied(self) -> None:
@@ -460,37 +372,16 @@ class Scheduler:
         for record in scheduling.unsatisfied(list(self.models.values())):
             self._schedule(record)
 
-    def _send_load(self, version: ModelVersion, replica: ServerReplica) -> None:
-        link = self._members.link(replica.server, replica.idx)
-        version.set_replica(replica.idx, ReplicaState.LoadRequested)
-        replica.reservations[version.versioned_name] = required_memory(version)
-        if link is None:
-            version.set_replica(replica.idx, ReplicaState.LoadFailed, "agent is not connected")
-            return
-        link.send(operation(Operation.LOAD_MODEL, version.name, version.number, version.spec))
-        version.set_replica(replica.idx, ReplicaState.Loading)
-
-    def _send_unload(self, version: ModelVersion, idx: int) -> None:
-        link = self._members.link(version.server, idx)
-        if link is None and self._members.replica(version.server, idx) is not None:
-            return  # its agent is away (grace period): on re-subscribing it is told to unload it
-        if link is None:
-            # The replica is gone; nothing to unload.
-            version.set_replica(idx, ReplicaState.Unloaded, "agent is not connected")
-            return
-        link.send(operation(Operation.UNLOAD_MODEL, version.name, version.number, version.spec))
-        version.set_replica(idx, ReplicaState.Unloading)
-
     # -- routes and states -------------------------------------------------------------------------
 
     def _refresh(self, record: ModelRecord) -> None:
         """Recompute states, retire superseded versions, publish the route, notify listeners."""
-        self._settle_routes(record)  # what Envoy holds may already make a version Available
+        self._agents.settle_routes(record)  # what Envoy holds may already make a version Available
         lifecycle.update_states(record)
         lifecycle.retire_superseded(record)
         override = None if record.deleted else self._override(record.name)
         self._routing.publish(override or model_route(record, self.servers))
-        self._settle_routes(record)  # replicas that no route reaches any more can go now
+        self._agents.settle_routes(record)  # replicas that no route reaches any more can go now
         lifecycle.update_states(record)
         lifecycle.prune_terminated(record)
         self._loaded.update(record)

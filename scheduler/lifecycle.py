@@ -16,7 +16,6 @@ from collections.abc import Mapping
 import structlog
 
 from apis.mlops.agent import agent_pb2
-from apis.mlops.scheduler import scheduler_pb2
 from scheduler.state import ModelRecord, ModelState, ModelVersion, ReplicaState, ServerReplica
 
 log = structlog.get_logger("meshserve.scheduler.lifecycle")
@@ -188,6 +187,14 @@ def retire_superseded(record: ModelRecord) -> None:
                 version.set_replica(idx, ReplicaState.UnloadEnvoyRequested)
 
 
+def route_refused(record: ModelRecord, targets: frozenset[str], reason: str) -> None:
+    """An Envoy refused a route naming ``targets``: their Loaded replicas cannot serve, and say why."""
+    for version in record.versions:
+        if version.versioned_name in targets:
+            for idx in version.replicas_in(ReplicaState.Loaded):
+                version.set_replica(idx, ReplicaState.LoadedUnavailable, reason)
+
+
 def replacements_ready(version: ModelVersion) -> bool:
     """Draining replicas may go: the others finished loading and at least one is Available."""
     if not version.replicas_in(ReplicaState.Draining):
@@ -248,19 +255,12 @@ def adopt(
     return unwanted, touched
 
 
-def normalised(model: scheduler_pb2.Model) -> scheduler_pb2.Model:
-    copy = scheduler_pb2.Model()
-    copy.CopyFrom(model)
-    if not copy.HasField("deploymentSpec"):
-        copy.deploymentSpec.replicas = 1
-    return copy
-
-
-def same_model_spec(current: scheduler_pb2.Model, new: scheduler_pb2.Model) -> bool:
-    """Equal model specs, ignoring the runtime info the agent reported (as Seldon does)."""
-    a, b = scheduler_pb2.ModelSpec(), scheduler_pb2.ModelSpec()
-    a.CopyFrom(current.modelSpec)
-    b.CopyFrom(new.modelSpec)
-    a.ClearField("modelRuntimeInfo")
-    b.ClearField("modelRuntimeInfo")
-    return a == b
+def forget_replica(record: ModelRecord, server: str, idx: int) -> bool:
+    """A replica that is gone (its agent's grace period ran out) holds none of ``record``'s
+    versions any more; True when it held some."""
+    held = False
+    for version in record.versions:
+        if version.server == server and idx in version.replicas:
+            del version.replicas[idx]
+            held = True
+    return held

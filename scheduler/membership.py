@@ -123,6 +123,18 @@ class Membership:
             replica.connected = False
         self._expire_later(link.server, link.idx, link.generation)
 
+    def declare(self, notify: scheduler_pb2.ServerNotify) -> Server:
+        """Apply a server's declared replica counts and sharing; replicas it no longer wants retire."""
+        server = self.servers.setdefault(notify.name, Server(notify.name))
+        server.expected_replicas = notify.expectedReplicas
+        server.min_replicas, server.max_replicas = notify.minReplicas, notify.maxReplicas
+        server.shared = notify.shared
+        for replica in server.replicas.values():
+            # A draining agent is leaving even if the new count would keep its replica (a
+            # scale-up declared while it drains): nothing may be placed on it again.
+            replica.retiring = replica.draining or server.is_retiring(replica.idx)
+        return server
+
     def forget_if_empty(self, server: Server) -> None:
         if not server.replicas and server.expected_replicas <= 0 and self.servers.get(server.name) is server:
             del self.servers[server.name]
