@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterable
 
 import structlog
 
-from xdsserver import resources
+from xdsserver.clusters import cluster_names
 
 log = structlog.get_logger("meshserve.xds.load")
 
@@ -74,5 +74,5 @@ class ReportScope:
             if len(names) >= MAX_SCOPED_CLUSTERS:
                 log.warning("load report scope truncated", clusters_kept=MAX_SCOPED_CLUSTERS)
                 break
-            names.extend(resources.cluster_names(target))
+            names.extend(cluster_names(target))
         return tuple(names)

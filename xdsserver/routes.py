@@ -24,6 +24,7 @@ from google.protobuf.message import Message
 from apis.routing import Endpoint, Route, RouteRejected, RouteSink
 from xdsserver import resources
 from xdsserver.cache import Requirement, ResourceCache
+from xdsserver.clusters import cluster_names, split_clusters
 from xdsserver.types import CLUSTER, SCOPED_ROUTE
 
 # Names an ACK covered, as (type URL, resource name); None: the set of Envoys changed.
@@ -99,9 +100,7 @@ class RoutePublisher:
 
     def publish(self, route: Route) -> asyncio.Future[None]:
         clusters = {
-            name: cluster
-            for split in route.splits
-            for name, cluster in resources.split_clusters(split).items()
+            name: cluster for split in route.splits for name, cluster in split_clusters(split).items()
         }
         now = frozenset(clusters)
         for split in route.splits:
@@ -152,7 +151,7 @@ class RoutePublisher:
         return True
 
     def _locate(self, target: str, endpoints: tuple[Endpoint, ...]) -> None:
-        http_name, grpc_name = resources.cluster_names(target)
+        http_name, grpc_name = cluster_names(target)
         self._targets[http_name] = ClusterTarget(target, {(e.host, e.http_port): e for e in endpoints})
         self._targets[grpc_name] = ClusterTarget(target, {(e.host, e.grpc_port): e for e in endpoints})
 

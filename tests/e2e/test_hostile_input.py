@@ -19,7 +19,7 @@ from apis import limits
 from apis.mlops.scheduler import scheduler_pb2
 from apis.v2_dataplane import v2_dataplane_pb2
 from tests.e2e.conftest import IRIS_IN, Stack, iris_model
-from xdsserver.resources import NOT_INFERENCE
+from xdsserver.listener import NOT_INFERENCE
 
 MODEL = "hostile-iris"
 VERSIONED = f"{MODEL}_1"

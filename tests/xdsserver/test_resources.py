@@ -12,6 +12,15 @@ from envoy.type.v3 import percent_pb2
 
 from apis.routing import WEIGHT_SCALE, Endpoint, Route, Split
 from xdsserver import resources
+from xdsserver.clusters import (
+    SHARED_MAX_REQUESTS,
+    SHARED_MAX_RETRIES,
+    clusters_for,
+    replica_set,
+    split_cluster_names,
+    split_clusters,
+)
+from xdsserver.listener import data_plane_listener
 
 IP = Endpoint("10.0.0.1", 9000, 9500)
 DNS = Endpoint("mlserver-0.svc", 9001, 9501)
@@ -41,7 +50,7 @@ def fractions(route: Route) -> list[tuple[str, int | None]]:
 
 
 def test_each_version_gets_an_http_and_a_grpc_cluster() -> None:
-    clusters = resources.clusters_for("iris_1", [IP])
+    clusters = clusters_for("iris_1", [IP])
     assert set(clusters) == {"iris_1_http", "iris_1_grpc"}
     http, grpc = clusters["iris_1_http"], clusters["iris_1_grpc"]
     assert [
@@ -54,7 +63,7 @@ def test_each_version_gets_an_http_and_a_grpc_cluster() -> None:
 
 
 def test_grpc_cluster_speaks_http2_and_http_cluster_does_not() -> None:
-    clusters = resources.clusters_for("iris_1", [IP])
+    clusters = clusters_for("iris_1", [IP])
     assert _H2 not in clusters["iris_1_http"].typed_extension_protocol_options
     options = http_protocol_options_pb2.HttpProtocolOptions()
     assert clusters["iris_1_grpc"].typed_extension_protocol_options[_H2].Unpack(options)
@@ -62,30 +71,30 @@ def test_grpc_cluster_speaks_http2_and_http_cluster_does_not() -> None:
 
 
 def test_ip_endpoints_make_a_static_cluster_and_host_names_a_dns_one() -> None:
-    assert resources.clusters_for("m_1", [IP])["m_1_http"].type == cluster_pb2.Cluster.STATIC
-    assert resources.clusters_for("m_1", [DNS])["m_1_http"].type == cluster_pb2.Cluster.STRICT_DNS
-    assert resources.clusters_for("m_1", [IP, DNS])["m_1_grpc"].type == cluster_pb2.Cluster.STRICT_DNS
+    assert clusters_for("m_1", [IP])["m_1_http"].type == cluster_pb2.Cluster.STATIC
+    assert clusters_for("m_1", [DNS])["m_1_http"].type == cluster_pb2.Cluster.STRICT_DNS
+    assert clusters_for("m_1", [IP, DNS])["m_1_grpc"].type == cluster_pb2.Cluster.STRICT_DNS
 
 
 def test_a_replica_set_names_its_shared_clusters_whatever_the_order_and_never_like_a_version() -> None:
-    stem = resources.replica_set([IP, DNS])
-    assert stem == resources.replica_set([DNS, IP]) != resources.replica_set([IP])
+    stem = replica_set([IP, DNS])
+    assert stem == replica_set([DNS, IP]) != replica_set([IP])
     assert re.fullmatch(r"replicas_h[0-9a-f]{16}", stem)  # a versioned name ends in digits after "_"
-    assert resources.split_cluster_names(split("iris_1", 100, IP, DNS, own=False)) == (
+    assert split_cluster_names(split("iris_1", 100, IP, DNS, own=False)) == (
         f"{stem}_http",
         f"{stem}_grpc",
     )
-    assert resources.split_cluster_names(split("iris_1", 100, IP, DNS)) == ("iris_1_http", "iris_1_grpc")
+    assert split_cluster_names(split("iris_1", 100, IP, DNS)) == ("iris_1_http", "iris_1_grpc")
 
 
 def test_shared_clusters_raise_the_limits_every_model_on_them_shares() -> None:
-    shared = resources.split_clusters(split("iris_1", own=False))
-    own = resources.split_clusters(split("iris_1"))
+    shared = split_clusters(split("iris_1", own=False))
+    own = split_clusters(split("iris_1"))
     for cluster in shared.values():
         (limits,) = cluster.circuit_breakers.thresholds
-        assert limits.max_requests.value == resources.SHARED_MAX_REQUESTS
-        assert limits.max_pending_requests.value == resources.SHARED_MAX_REQUESTS
-        assert limits.max_retries.value == resources.SHARED_MAX_RETRIES
+        assert limits.max_requests.value == SHARED_MAX_REQUESTS
+        assert limits.max_pending_requests.value == SHARED_MAX_REQUESTS
+        assert limits.max_retries.value == SHARED_MAX_RETRIES
     assert not any(c.HasField("circuit_breakers") for c in own.values())  # Envoy's defaults
 
 
@@ -258,7 +267,7 @@ def test_the_retry_policy_is_the_virtual_hosts_for_every_route() -> None:
 
 
 def test_listener_scopes_routes_by_the_model_header_and_runs_lua_before_the_router() -> None:
-    listener = resources.listener(address="0.0.0.0", port=9000, lua_code="-- lua")
+    listener = data_plane_listener(address="0.0.0.0", port=9000, lua_code="-- lua")
     assert listener.name == "seldon_http"
     manager = hcm.HttpConnectionManager()
     assert listener.filter_chains[0].filters[0].typed_config.Unpack(manager)

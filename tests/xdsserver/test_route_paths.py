@@ -15,13 +15,14 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import http_con
 
 from apis.routing import WEIGHT_SCALE, Endpoint, Route, Split
 from xdsserver import resources
+from xdsserver.listener import data_plane_listener, inference_only
 
 ROUTE = Route("iris", (Split("iris_1", WEIGHT_SCALE, (Endpoint("127.0.0.1", 8080, 9500),)),))
 
 
 def _permissions() -> list[str]:
     """The allow-list as it reaches Envoy: REST regex first, then the exact gRPC paths."""
-    policy = resources.inference_only().rules.policies["inference-only"]
+    policy = inference_only().rules.policies["inference-only"]
     found: list[str] = []
     for permission in policy.permissions:
         matcher = permission.url_path.path
@@ -104,7 +105,7 @@ def test_other_grpc_methods_miss_the_grpc_route(path: str) -> None:
 
 
 def test_the_listener_refuses_everything_else_before_any_route() -> None:
-    listener = resources.listener(address="127.0.0.1", port=9000, lua_code="")
+    listener = data_plane_listener(address="127.0.0.1", port=9000, lua_code="")
     manager = hcm.HttpConnectionManager()
     assert listener.filter_chains[0].filters[0].typed_config.Unpack(manager)
     assert manager.http_filters[0].name == "envoy.filters.http.rbac"
