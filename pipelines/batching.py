@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
-from pipelines.model import MAX_BATCH_SIZE, Batch
+from pipelines.parts import MAX_BATCH_SIZE, Batch
 from pipelines.tensors import Message, Tensor, flat_data
 
 T = TypeVar("T")

@@ -26,7 +26,8 @@ from aiokafka.errors import KafkaError
 
 from apis import runtime, settings
 from apis.exits import FATAL_CONFIG
-from apis.kafka import KafkaConfig, KafkaConfigError, KafkaFlags
+from apis.kafka import KafkaConfig, KafkaConfigError
+from apis.kafka_flags import KafkaFlags
 from apis.logs import LEVELS, configure_logging
 from apis.settings import flag
 from apis.tls import ClientTls

@@ -1,6 +1,6 @@
 """Every message of every run, written to its topic without the run waiting for Kafka (decision 0020).
 
-:class:`TopicWriter` takes records synchronously (the executor's :class:`pipelines.topology.Observer`
+:class:`TopicWriter` takes records synchronously (the executor's :class:`pipelines.executor.Observer`
 calls it on the run's task) into a bounded queue; one task encodes them (protobuf, off the request's
 critical path: the answer leaves before its audit copies are encoded) and hands them to the producer
 in order, so a request's messages keep their order on each partition (same key, same partition).
@@ -36,9 +36,9 @@ from apis.kafka import (
     INFER_TYPE_HEADER,
     PIPELINE_HEADER,
     InferType,
-    Topics,
     propagated,
 )
+from apis.kafka_topics import Topics
 from apis.v2_dataplane import v2_dataplane_pb2 as pb
 from pipelines.engine.batches import Encoded, Headers, send_burst
 from pipelines.engine.codec import message_to_request, message_to_response
@@ -193,7 +193,7 @@ class TopicWriter:
 
 
 class RunObserver:
-    """One run's :class:`pipelines.topology.Observer`: each message to its topic, keyed by request id."""
+    """One run's :class:`pipelines.executor.Observer`: each message to its topic, keyed by request id."""
 
     def __init__(
         self, writer: TopicWriter, pipeline: str, request_id: str, headers: Headers, *, skip_inputs: bool

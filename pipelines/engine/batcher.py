@@ -1,7 +1,7 @@
 """The engine's batched steps: many runs' messages gathered into one model call (decision 0024).
 
 One :class:`StepBatcher` per batched step of each loaded pipeline. A run hands it the step's joined
-input (:class:`pipelines.topology.BatchSink`) and goes on without waiting; the batcher holds it in a
+input (:class:`pipelines.executor.BatchSink`) and goes on without waiting; the batcher holds it in a
 :class:`pipelines.batching.BatchBuffer` and, once the batch is full (or its ``windowMs`` ends),
 calls the model through Envoy on a task of its own. The stacked request and the model's answer are
 written to ``model.<step>.inputs|outputs`` keyed by the request that completed the batch (its
@@ -25,7 +25,7 @@ from apis.names import REQUEST_ID_HEADER
 from pipelines.batching import BatchBuffer, Batched, BatchMismatch
 from pipelines.engine.audit import TopicWriter
 from pipelines.engine.models import EnvoyModels, ModelCallFailed
-from pipelines.model import Batch
+from pipelines.parts import Batch
 from pipelines.references import Direction, Source
 from pipelines.tensors import Message
 
@@ -56,7 +56,7 @@ class StepBatcher:
         return len(self._buffer)
 
     def offer(self, step: str, tensors: Message, headers: Mapping[str, str]) -> None:
-        """A run's message for the step (the run's :class:`pipelines.topology.BatchSink`)."""
+        """A run's message for the step (the run's :class:`pipelines.executor.BatchSink`)."""
         request_id = headers.get(REQUEST_ID_HEADER, "")
         if self._closed:  # a run of a version replaced (or unloaded) while it ran
             message = f"pipeline {self._pipeline}: step {step}: not batched, the pipeline version is gone"

@@ -1,6 +1,6 @@
 """The dataflow engine's settings: ``python -m pipelines.engine`` flags, env ``MESHSERVE_ENGINE_*``.
 
-The ``--kafka-*`` flags come from :class:`apis.kafka.KafkaFlags` (shared with ``meshserve up``), the
+The ``--kafka-*`` flags come from :class:`apis.kafka_flags.KafkaFlags` (shared with ``meshserve up``), the
 scheduler, Envoy, log and TLS flags from :class:`pipelines.service.ServiceFlags`; the rest say
 where the gateway listens and the bounds of its work.
 """

@@ -1,6 +1,6 @@
 """Runs requests through the pipelines this engine holds: synchronous ones, and those Kafka brings.
 
-One :class:`Runner` per engine process. A run is :func:`pipelines.topology.execute` with the
+One :class:`Runner` per engine process. A run is :func:`pipelines.executor.execute` with the
 engine's Envoy client as model caller and a :class:`pipelines.engine.audit.RunObserver`, so every
 input and output of every step lands on its topic while the run itself never waits for Kafka.
 
@@ -32,10 +32,11 @@ from apis.names import REQUEST_ID_HEADER
 from pipelines.engine.audit import TopicWriter
 from pipelines.engine.batcher import StepBatcher
 from pipelines.engine.models import EnvoyModels
+from pipelines.executor import RunResult, execute, execute_external
 from pipelines.model import Pipeline
 from pipelines.references import Source
 from pipelines.tensors import Message
-from pipelines.topology import PipelineRunError, RunResult, Topology, execute, execute_external
+from pipelines.topology import PipelineRunError, Topology
 
 log = structlog.get_logger("meshserve.pipelines.engine")
 
@@ -63,7 +64,7 @@ class Running:
     batchers: Mapping[str, StepBatcher] = field(default_factory=dict)  # step name -> its batcher
 
     def batch(self, step: str, tensors: Message, headers: Mapping[str, str]) -> None:
-        """The runs' :class:`pipelines.topology.BatchSink`: to the step's batcher."""
+        """The runs' :class:`pipelines.executor.BatchSink`: to the step's batcher."""
         self.batchers[step].offer(step, tensors, headers)
 
     async def close(self) -> None:

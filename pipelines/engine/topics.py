@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from apis.kafka import PIPELINE_HEADER, Topics
+from apis.kafka import PIPELINE_HEADER
+from apis.kafka_topics import Topics
 from apis.validation import InvalidResource, validate_name
 from pipelines.references import Direction, Source
 

@@ -1,7 +1,7 @@
 """The model gateway's settings: ``python -m pipelines.modelgateway`` flags, env ``MESHSERVE_MODELGATEWAY_*``.
 
 The ``--kafka-*`` flags (and ``--kafka-config``, the reference's kafka.json) come from
-:class:`apis.kafka.KafkaFlags`, shared with ``meshserve up``; the scheduler, Envoy, log and TLS
+:class:`apis.kafka_flags.KafkaFlags`, shared with ``meshserve up``; the scheduler, Envoy, log and TLS
 flags from :class:`pipelines.service.ServiceFlags`; the rest name the replica and say how much
 work runs at once.
 """

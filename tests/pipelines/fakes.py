@@ -17,7 +17,7 @@ from pipelines.references import Source
 from pipelines.tensors import Message, Tensor, find
 
 if TYPE_CHECKING:
-    from pipelines.topology import ModelCaller, Observer
+    from pipelines.executor import ModelCaller, Observer
 
 Model = Callable[[Message], Awaitable[Message | None]]
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from pipelines.batching import BatchBuffer, BatchMismatch, stack_rows
-from pipelines.model import MAX_BATCH_SIZE, Batch
+from pipelines.parts import MAX_BATCH_SIZE, Batch
 from pipelines.tensors import Message, Tensor
 
 

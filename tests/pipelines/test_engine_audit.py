@@ -8,7 +8,8 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
-from apis.kafka import INFER_TYPE_HEADER, InferType, Topics
+from apis.kafka import INFER_TYPE_HEADER, InferType
+from apis.kafka_topics import Topics
 from apis.v2_dataplane import v2_dataplane_pb2 as pb
 from pipelines.engine import audit
 from pipelines.engine.audit import TopicWriter

@@ -10,12 +10,13 @@ from typing import Any, cast
 import pytest
 from prometheus_client import CollectorRegistry
 
-from apis.kafka import ERROR_HEADER, PIPELINE_HEADER, Topics
+from apis.kafka import ERROR_HEADER, PIPELINE_HEADER
+from apis.kafka_topics import Topics
 from pipelines.engine import batcher as batcher_module
 from pipelines.engine.audit import Record, TopicWriter
 from pipelines.engine.batcher import StepBatcher
 from pipelines.engine.models import EnvoyModels, Fault, ModelCallFailed
-from pipelines.model import Batch
+from pipelines.parts import Batch
 from pipelines.tensors import Message, Tensor
 
 TOPICS = Topics("seldon", "default")

@@ -8,7 +8,7 @@ import grpc
 import pytest
 from aiohttp import web
 
-from apis.kafka import Topics
+from apis.kafka_topics import Topics
 from apis.v2_dataplane import v2_dataplane_pb2 as pb
 from pipelines.engine.codec import (
     message_to_request,

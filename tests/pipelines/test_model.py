@@ -8,8 +8,9 @@ import pytest
 
 from apis.mlops.scheduler import scheduler_pb2
 from apis.validation import InvalidResource
-from pipelines import model
-from pipelines.model import Batch, JoinType, Pipeline
+from pipelines import model, validation
+from pipelines.model import Pipeline
+from pipelines.parts import Batch, JoinType
 from pipelines.references import Direction, Reference, Source
 
 
@@ -186,4 +187,4 @@ def test_a_long_cycle_is_named_in_the_datas_direction() -> None:
 
 
 def test_limits_are_the_documented_ones() -> None:
-    assert (model.MAX_STEPS, model.MAX_JOIN_WINDOW_MS, model.MAX_STEP_REVISITS) == (256, 600_000, 10_000)
+    assert (model.MAX_STEPS, validation.MAX_JOIN_WINDOW_MS, model.MAX_STEP_REVISITS) == (256, 600_000, 10_000)

@@ -8,18 +8,11 @@ from pathlib import Path
 import pytest
 
 from apis import manifests
+from pipelines.executor import execute, execute_external
 from pipelines.model import Pipeline
 from pipelines.references import Direction, Source
 from pipelines.tensors import Message, Tensor
-from pipelines.topology import (
-    NoOutput,
-    RevisitLimitExceeded,
-    RunState,
-    StepFailed,
-    Topology,
-    execute,
-    execute_external,
-)
+from pipelines.topology import NoOutput, RevisitLimitExceeded, RunState, StepFailed, Topology
 from tests.pipelines.fakes import (
     Models,
     Recorder,
