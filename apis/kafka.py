@@ -1,7 +1,8 @@
 """The one Kafka configuration every component shares, and the names it puts on Kafka.
 
-Config (docs/decisions/0018): :class:`KafkaConfig` is validated and bounded when built. It comes
-from a file in the reference's ``kafka.json`` shape (JSON or YAML, :func:`load_file`)::
+Config (docs/decisions/0018): :class:`KafkaConfig` is validated and bounded when built. It is read
+in the reference's ``kafka.json`` shape (JSON or YAML; ``apis.kafka_flags`` loads the file and
+applies a process's ``--kafka-*`` flags over it)::
 
     {"bootstrap.servers": "127.0.0.1:9092", "topicPrefix": "seldon", "namespace": "default",
      "consumerGroupIdPrefix": "", "topics": {"numPartitions": 1, "replicationFactor": 1},
@@ -10,20 +11,17 @@ from a file in the reference's ``kafka.json`` shape (JSON or YAML, :func:`load_f
      "ssl.certificate.location": "/secrets/tls.crt", "ssl.key.location": "/secrets/tls.key",
      "consumer": {"auto.offset.reset": "earliest"}, "producer": {"linger.ms": "0"}}
 
-and/or from a process's ``--kafka-*`` flags (:class:`KafkaFlags`, the ``apis.settings`` rule), which
-win over the file. Secrets never sit in the config or on a command line: the SASL password is read
-from a file. Producer and consumer settings use Kafka's own names; an unknown one is refused by name
-rather than ignored.
+Secrets never sit in the config or on a command line: the SASL password is read from a file.
+Producer and consumer settings use Kafka's own names; an unknown one is refused by name rather than
+ignored.
 
-Names (seldon-reference-implementation.md §7.1): :class:`Topics` builds
-``<prefix>.<namespace>.model.<m>.inputs|outputs``, ``….pipeline.<p>.inputs|outputs`` and
-``….errors.errors`` from names checked by full match first; :func:`consumer_group` gives a model's
-consumer group ``[<groupPrefix>-]<namespace>-seldon-modelgateway-<bucket>``.
+Names (seldon-reference-implementation.md §7.1): message header names; topic names come from
+``apis.kafka_topics`` (:attr:`KafkaConfig.topics`); :func:`consumer_group` gives a model's consumer
+group ``[<groupPrefix>-]<namespace>-seldon-modelgateway-<bucket>``.
 """
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -32,10 +30,9 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-import yaml
-
+from apis.kafka_topics import Topics
 from apis.limits import KIB, MIB
-from apis.settings import flag, int_within, non_negative_int
+from apis.settings import int_within
 from apis.validation import InvalidResource, validate_name
 
 # -- header names (seldon-pipelines.md §5.3, seldon-reference-implementation.md §7.1) --------------
@@ -67,7 +64,6 @@ def propagated(name: str) -> bool:
 
 # -- bounds ----------------------------------------------------------------------------------------
 
-MAX_CONFIG_FILE_BYTES = 1 * MIB
 MAX_BOOTSTRAP_SERVERS = 32
 MAX_PARTITIONS = 1_024
 MAX_REPLICATION_FACTOR = 16
@@ -75,7 +71,6 @@ MAX_PREFIX_LENGTH = 64
 MAX_MESSAGE_BYTES = 1_024 * MIB  # the reference's default message.max.bytes is 1e9
 MAX_MILLISECONDS = 3_600_000
 MAX_CONSUMERS = 1_000
-MAX_TOPIC_LENGTH = 249  # Kafka's own limit on a topic name
 
 _HOST_PORT = re.compile(
     r"(?P<host>[A-Za-z0-9]([A-Za-z0-9.-]{0,252}[A-Za-z0-9])?|\[[0-9A-Fa-f:.]+\]):(?P<port>\d{1,5})"
@@ -369,135 +364,7 @@ def _shown(value: Any) -> str:
     return str(value).lower() if isinstance(value, bool) else str(value)
 
 
-def load_file(path: Path) -> dict[str, Any]:
-    """A ``kafka.json`` (or YAML) file's mapping; raises :class:`KafkaConfigError` naming the file."""
-    try:
-        with path.open("rb") as file:
-            data = file.read(MAX_CONFIG_FILE_BYTES + 1)
-    except OSError as exc:
-        raise KafkaConfigError(f"cannot read Kafka config {path}: {exc.strerror or exc}") from exc
-    if len(data) > MAX_CONFIG_FILE_BYTES:
-        raise KafkaConfigError(f"Kafka config {path} is larger than {MAX_CONFIG_FILE_BYTES} bytes")
-    try:
-        raw = yaml.safe_load(data.decode())  # JSON is YAML
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        raise KafkaConfigError(f"Kafka config {path} is neither JSON nor YAML: {exc}") from exc
-    if not isinstance(raw, dict):
-        raise KafkaConfigError(f"Kafka config {path} must hold a mapping")
-    return raw
-
-
-def save_file(config: KafkaConfig, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(config.to_mapping(), indent=2))
-
-
-# -- flags -----------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class KafkaFlags:
-    """The ``--kafka-*`` flags a process with Kafka takes (its config dataclass inherits them).
-
-    Each given flag overrides the file's value (``--kafka-config``); empty/0 means "not given".
-    Paths are kept as text so a process config holding them saves as JSON.
-    """
-
-    kafka_config: str = field(default="", metadata=flag("a kafka.json/YAML file (the reference's shape)"))
-    kafka_bootstrap: str = field(default="", metadata=flag("Kafka's bootstrap servers, HOST:PORT[,...]"))
-    kafka_security_protocol: str = field(
-        default="", metadata=flag(f"one of {', '.join(SecurityProtocol)} (default PLAINTEXT)")
-    )
-    kafka_sasl_mechanism: str = field(default="", metadata=flag(f"one of {', '.join(SaslMechanism)}"))
-    kafka_sasl_username: str = field(default="", metadata=flag("the SASL user"))
-    kafka_sasl_password_file: str = field(default="", metadata=flag("a file holding the SASL password"))
-    kafka_tls_ca: str = field(default="", metadata=flag("CA (PEM) the brokers' certificates chain to"))
-    kafka_tls_cert: str = field(default="", metadata=flag("client certificate (PEM) for mutual TLS"))
-    kafka_tls_key: str = field(default="", metadata=flag("its private key (PEM)"))
-    kafka_topic_prefix: str = field(default="", metadata=flag("topic prefix (default seldon)"))
-    kafka_namespace: str = field(default="", metadata=flag("namespace in topic names (default default)"))
-    kafka_partitions: int = field(
-        default=0, metadata=flag("partitions of each topic created (default 1)", parse=non_negative_int)
-    )
-    kafka_replication_factor: int = field(
-        default=0,
-        metadata=flag("replication factor of each topic created (default 1)", parse=non_negative_int),
-    )
-
-    def kafka_settings(self, *, bootstrap: str = "") -> KafkaConfig:
-        """The file (if any) overridden by the flags given; ``bootstrap`` is the caller's fallback."""
-        raw: dict[str, Any] = load_file(Path(self.kafka_config)) if self.kafka_config else {}
-        flags = {
-            "bootstrap.servers": self.kafka_bootstrap,
-            "security.protocol": self.kafka_security_protocol,
-            "sasl.mechanism": self.kafka_sasl_mechanism,
-            "sasl.username": self.kafka_sasl_username,
-            "sasl.password.file": self.kafka_sasl_password_file,
-            "ssl.ca.location": self.kafka_tls_ca,
-            "ssl.certificate.location": self.kafka_tls_cert,
-            "ssl.key.location": self.kafka_tls_key,
-            "topicPrefix": self.kafka_topic_prefix,
-            "namespace": self.kafka_namespace,
-        }
-        raw.update({key: value for key, value in flags.items() if value})
-        if bootstrap and "bootstrap.servers" not in raw:
-            raw["bootstrap.servers"] = bootstrap
-        topics = dict(raw.get("topics") or {})
-        if self.kafka_partitions:
-            topics["numPartitions"] = self.kafka_partitions
-        if self.kafka_replication_factor:
-            topics["replicationFactor"] = self.kafka_replication_factor
-        if topics:
-            raw["topics"] = topics
-        return KafkaConfig.from_mapping(raw)
-
-
-# -- names -----------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Topics:
-    """Topic names of one prefix and namespace; every name is checked before it becomes a topic."""
-
-    prefix: str
-    namespace: str
-
-    def model_inputs(self, model: str) -> str:
-        return self._topic("model", validate_name(model), "inputs")
-
-    def model_outputs(self, model: str) -> str:
-        return self._topic("model", validate_name(model), "outputs")
-
-    def pipeline_inputs(self, pipeline: str) -> str:
-        return self._topic("pipeline", validate_name(pipeline, kind="pipeline"), "inputs")
-
-    def pipeline_outputs(self, pipeline: str) -> str:
-        return self._topic("pipeline", validate_name(pipeline, kind="pipeline"), "outputs")
-
-    @property
-    def errors(self) -> str:
-        return self._topic("errors", "errors")
-
-    def marker(self, component: str) -> str:
-        """A topic only ``component`` creates and nothing writes: gone means the broker lost its state."""
-        return self._topic("meshserve", "marker", validate_name(component))
-
-    def model_of_input(self, topic: str) -> str | None:
-        """The model whose input topic ``topic`` is, or None."""
-        head = f"{self.prefix}.{self.namespace}.model."
-        if not (topic.startswith(head) and topic.endswith(".inputs")):
-            return None
-        name = topic[len(head) : -len(".inputs")]
-        try:
-            return validate_name(name)
-        except InvalidResource:
-            return None
-
-    def _topic(self, *parts: str) -> str:
-        topic = ".".join((self.prefix, self.namespace, *parts))
-        if len(topic) > MAX_TOPIC_LENGTH:
-            raise InvalidResource(f"topic {topic[:80]}... is longer than Kafka's {MAX_TOPIC_LENGTH}")
-        return topic
+# -- consumer groups -------------------------------------------------------------------------------
 
 
 def fnv32a(text: str) -> int:

@@ -25,8 +25,8 @@ from bench.mesh import Mesh, bench_config, start_mesh
 from bench.procs import Process, Processes, processes, wait_for
 from bench.report import Goal, Section, Table
 from samples import train
-from stack.components import port_open
 from stack.ports import free_ports
+from stack.probes import port_open
 
 
 @dataclass(frozen=True)

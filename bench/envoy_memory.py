@@ -1,14 +1,15 @@
 """Figure 5 - Envoy memory per model: 10,000 and 30,000 models in a real Envoy, variants side by side.
 
 Lean path (no scheduler, no agents): an in-process :class:`xdsserver.server.XdsServer` over a
-:class:`xdsserver.cache.ResourceCache` that this module fills directly with the resources
-``xdsserver.resources`` builds for each model (one version, one replica out of ``REPLICAS``), or a
-variant of them. For each variant, a fresh Envoy (``--concurrency 1``, the benchmarks' flags) gets the
-data-plane listener; then its memory is read (``mem(0)``); then the models in two steps (to
-``SIZES[0]`` then ``SIZES[1]``), each time waiting until Envoy has ACKed every resource on the
-delta-xDS stream and ``cluster_manager.active_clusters`` counts them, then reading its memory again.
-KB per model = (mem(N) - mem(0)) / N, for tcmalloc's ``allocated`` bytes (admin ``/memory``) and for
-the process RSS (``VmRSS``). Rounds are interleaved across variants; the table shows medians.
+:class:`xdsserver.cache.ResourceCache` that this module fills directly with the clusters and scopes
+``xdsserver.clusters`` and ``xdsserver.resources`` build for each model (one version, one replica out
+of ``REPLICAS``), or a variant of them. For each variant, a fresh Envoy (``--concurrency 1``, the
+benchmarks' flags) gets the data-plane listener; then its memory is read (``mem(0)``); then the models
+in two steps (to ``SIZES[0]`` then ``SIZES[1]``), each time waiting until Envoy has ACKed every
+resource on the delta-xDS stream and ``cluster_manager.active_clusters`` counts them, then reading its
+memory again. KB per model = (mem(N) - mem(0)) / N, for tcmalloc's ``allocated`` bytes (admin
+``/memory``) and for the process RSS (``VmRSS``). Rounds are interleaved across variants; the table
+shows medians.
 
 Variants (``VARIANTS``):
 - ``baseline``: clusters of its own per model version (``<model>_<version>_http`` / ``_grpc``, as a
@@ -52,11 +53,13 @@ from apis.routing import WEIGHT_SCALE, Endpoint, Route, Split
 from bench import envoys
 from bench.procs import Process, processes, wait_for
 from bench.report import Goal, Section, Table
-from stack.components import ENVOY_DIR
 from stack.config import StackConfig
+from stack.envoy_bootstrap import ENVOY_DIR
 from stack.ports import free_ports
 from xdsserver import resources
 from xdsserver.cache import Requirement, ResourceCache
+from xdsserver.clusters import split_clusters
+from xdsserver.listener import LISTENER_NAME, data_plane_listener
 from xdsserver.server import XdsServer
 from xdsserver.types import CLUSTER, LISTENER, SCOPED_ROUTE
 
@@ -146,7 +149,7 @@ def model_upserts(names: Sequence[str], replicas: Sequence[Endpoint], *, own: bo
     for i, name in enumerate(names):
         route = model_route(name, replicas[i % len(replicas)], own=own)
         for split in route.splits:
-            clusters.update(resources.split_clusters(split))
+            clusters.update(split_clusters(split))
         scopes.append((SCOPED_ROUTE, route.name, resources.scope_for(route)))
     return [*((CLUSTER, n, c) for n, c in clusters.items()), *scopes]
 
@@ -255,7 +258,7 @@ async def _one_run(
     ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(xds, server)
     xds_port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
-    wanted = cache.apply(upserts=[(LISTENER, resources.LISTENER_NAME, listener)])
+    wanted = cache.apply(upserts=[(LISTENER, LISTENER_NAME, listener)])
     admin_port = free_ports(1)[0]
     admin = f"http://127.0.0.1:{admin_port}"
     config_path = _write_bootstrap(work, variant, admin_port=admin_port, xds_port=xds_port)
@@ -383,7 +386,7 @@ async def run(work: Path, quick: bool = False, only: Sequence[str] = ()) -> Sect
     replicas = endpoints(ports[:REPLICAS])
     envoy_port = ports[REPLICAS]
     lua = (ENVOY_DIR / "seldon.lua").read_text()
-    listener = resources.listener(address="127.0.0.1", port=envoy_port, lua_code=lua)
+    listener = data_plane_listener(address="127.0.0.1", port=envoy_port, lua_code=lua)
     names = [f"m{i:05d}" for i in range(sizes[-1])]
     steps_of: dict[bool, list[tuple[int, list[Upsert]]]] = {}
     for shared in sorted({v.shared for v in variants}):

@@ -42,8 +42,9 @@ from bench.mesh import Mesh, bench_config, start_components, start_mesh
 from bench.procs import CLOCK_TICKS, Process, Processes, processes, wait_for
 from bench.report import Goal, Section, Table
 from samples import train
-from stack.components import ReplicaPorts, port_open, server_replica
+from stack.components import ReplicaPorts, server_replica
 from stack.ports import free_ports
+from stack.probes import port_open
 from stack.server_spec import default_spec
 
 PLAIN = "iris"  # a plain model: no experiment on it

@@ -51,11 +51,11 @@ from bench import envoys
 from bench.procs import Process, processes, wait_for
 from bench.report import Goal, Section, Table
 from scheduler.load import LoadView
-from stack.components import ENVOY_DIR, XDS_CLUSTER
 from stack.config import StackConfig
+from stack.envoy_bootstrap import ENVOY_DIR, XDS_CLUSTER
 from stack.ports import free_ports
-from xdsserver import resources
 from xdsserver.cache import ResourceCache
+from xdsserver.listener import LISTENER_NAME, data_plane_listener
 from xdsserver.load_stats import EMPTY_INTERVAL_S, LoadStatsServer
 from xdsserver.report_scope import ReportScope
 from xdsserver.routes import RoutePublisher
@@ -188,10 +188,10 @@ async def one_run(work: Path, variant: str, models: int, touched: int, window_s:
     server.add_generic_rpc_handlers([metrics_sink(sink)])
     xds_port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
-    listener = resources.listener(
+    listener = data_plane_listener(
         address="127.0.0.1", port=envoy_port, lua_code=(ENVOY_DIR / "seldon.lua").read_text()
     )
-    cache.apply(upserts=[(LISTENER, resources.LISTENER_NAME, listener)])
+    cache.apply(upserts=[(LISTENER, LISTENER_NAME, listener)])
     # Clusters of their own, as the models whose load is reported have (decision 0008).
     published = [
         publisher.publish(

@@ -15,8 +15,9 @@ import aiohttp
 
 from bench.envoys import envoy_argv
 from bench.procs import Process, Processes, wait_for
-from stack.components import Component, components, write_envoy_bootstrap
+from stack.components import Component, components
 from stack.config import StackConfig
+from stack.envoy_bootstrap import write_envoy_bootstrap
 
 
 def bench_config(home: Path, **overrides: object) -> StackConfig:

@@ -31,8 +31,8 @@ from bench.loadgen import median, read_log
 from bench.mesh import Mesh, bench_config, envoy_stats, start_mesh
 from bench.procs import Process, Processes, processes, wait_for
 from bench.report import Goal, Section, Table
-from stack.components import port_open
 from stack.ports import free_ports
+from stack.probes import port_open
 
 REPLICAS = 4
 IN_FLIGHT = 64

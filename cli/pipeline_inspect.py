@@ -8,7 +8,7 @@ every step's ``model.<step>.inputs`` then ``.outputs`` (steps in name order), th
 
 Which messages: the newest ``--offset`` of each topic (default 1: the last request), or, with
 ``--request-id``, that request's messages among the newest ``--offset`` of each partition (default
-:data:`REQUEST_SEARCH_WINDOW`). Kafka comes from ``--kafka-*`` flags (apis.kafka.KafkaFlags, env
+:data:`REQUEST_SEARCH_WINDOW`). Kafka comes from ``--kafka-*`` flags (apis.kafka_flags.KafkaFlags, env
 ``MESHSERVE_CLI_KAFKA_*``), else the local stack's ``$MESHSERVE_HOME/kafka.json``.
 """
 
@@ -23,7 +23,9 @@ from typing import Any
 from rich.markup import escape
 
 from apis import settings
-from apis.kafka import KafkaConfig, KafkaConfigError, KafkaFlags, Topics
+from apis.kafka import KafkaConfig, KafkaConfigError
+from apis.kafka_flags import KafkaFlags
+from apis.kafka_topics import Topics
 from apis.mlops.scheduler import scheduler_pb2
 from cli import kafka_messages
 from cli.config import ENV_PREFIX

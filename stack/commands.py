@@ -19,10 +19,11 @@ from rich.table import Table
 
 from apis import settings
 from apis.kafka import KafkaConfigError
-from stack import components as probes
+from stack import probes
 from stack.config import StackConfig, default_home, port_defaults
 from stack.demo import DemoError, load_models
-from stack.supervisor import run, terminate_group
+from stack.processes import terminate_group
+from stack.supervisor import run
 
 START_TIMEOUT = 300.0
 console = Console(stderr=True)

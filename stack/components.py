@@ -2,34 +2,21 @@
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
-import ipaddress
-import os
 import signal
-import socket
-import string
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import aiohttp
-import grpc
-import yaml
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-
-from apis.kafka import save_file
-from apis.mlops.scheduler import scheduler_pb2, scheduler_pb2_grpc
-from apis.tls import ClientTls, channel
+from apis.kafka_flags import save_file
+from apis.tls import ClientTls
 from stack import tls
 from stack.config import StackConfig
+from stack.envoy_bootstrap import envoy_admin_url, write_envoy_bootstrap
+from stack.probes import grpc_healthy, http_ok, port_open, replica_registered
 from stack.server_spec import ReplicaSpec, default_spec
-from stack.tls import StackTls
 
-ENVOY_DIR = Path(__file__).resolve().parent.parent / "envoy"
 ReadyCheck = Callable[[], Awaitable[bool]]
-XDS_CLUSTER = "meshserve_xds"  # envoy/bootstrap.yaml's static cluster for the scheduler's xDS
-LRS_CLUSTER = "meshserve_lrs"  # the same address, a connection of its own for load reports
 
 
 @dataclass(frozen=True)
@@ -315,91 +302,6 @@ def server_replica(
     ]
 
 
-def envoy_admin_url(config: StackConfig) -> str:
-    """Where agents read Envoy's in-flight requests per model (agent/inflight.py)."""
-    socket_path = config.envoy_admin_socket
-    if socket_path is not None:
-        return f"unix:{socket_path}"
-    return f"http://{config.host}:{config.envoy_admin_port}"
-
-
-def write_envoy_bootstrap(config: StackConfig) -> Path:
-    template = string.Template((ENVOY_DIR / "bootstrap.yaml").read_text())
-    path = config.home / "envoy.yaml"
-    text = template.substitute(
-        node_id=f"meshserve-{config.http_port}",
-        admin_address=config.host,
-        admin_port=config.envoy_admin_port,
-        xds_host=config.host,
-        xds_port=config.xds_port,
-    )
-    if config.tls:
-        text = _with_tls(text, config)
-    path.write_text(text)
-    return path
-
-
-def _with_tls(text: str, config: StackConfig) -> str:
-    """The rendered bootstrap with ``--tls``'s two changes (the template's placeholders stay the same):
-    the scheduler's clusters (xDS, load reports) speak mutual TLS with Envoy's client certificate,
-    and admin is a unix socket only this user can open (docs/security.md)."""
-    bootstrap = yaml.safe_load(text)
-    files = config.tls_files
-    host = config.host
-    san_type = "IP_ADDRESS" if _is_ip(host) else "DNS"
-    clusters = bootstrap["static_resources"]["clusters"]
-    scheduler = [c for c in clusters if c["name"] in (XDS_CLUSTER, LRS_CLUSTER)]
-    if len(scheduler) != 2:
-        raise ValueError(f"Envoy's bootstrap must define the clusters {XDS_CLUSTER} and {LRS_CLUSTER}")
-    for cluster in scheduler:
-        cluster["transport_socket"] = _client_tls(files, san_type, host)
-    admin_socket = config.envoy_admin_socket
-    assert admin_socket is not None  # set whenever tls is
-    private_folder(admin_socket.parent)
-    admin_socket.unlink(missing_ok=True)  # left by an Envoy that was killed
-    bootstrap["admin"]["address"] = {"pipe": {"path": str(admin_socket), "mode": 0o600}}
-    return str(yaml.safe_dump(bootstrap, sort_keys=False))
-
-
-def _client_tls(files: StackTls, san_type: str, host: str) -> dict[str, object]:
-    """Envoy's side of mutual TLS to the scheduler: its client certificate, the stack's CA."""
-    return {
-        "name": "envoy.transport_sockets.tls",
-        "typed_config": {
-            "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
-            "common_tls_context": {
-                "alpn_protocols": ["h2"],
-                "tls_certificates": [
-                    {
-                        "certificate_chain": {"filename": str(files.cert("envoy"))},
-                        "private_key": {"filename": str(files.key("envoy"))},
-                    }
-                ],
-                "validation_context": {
-                    "trusted_ca": {"filename": str(files.ca)},
-                    "match_typed_subject_alt_names": [{"san_type": san_type, "matcher": {"exact": host}}],
-                },
-            },
-        },
-    }
-
-
-def private_folder(folder: Path) -> None:
-    """``folder`` exists, is ours and only we can enter it (the admin socket's home)."""
-    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-    if folder.stat().st_uid != os.getuid():
-        raise PermissionError(f"{folder} belongs to another user; refusing to put Envoy's admin socket there")
-    os.chmod(folder, 0o700)
-
-
-def _is_ip(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True
-
-
 def scheduler_tls_flags(config: StackConfig) -> list[str]:
     if not config.tls:
         return []
@@ -416,77 +318,3 @@ def client_tls_flags(client: ClientTls | None) -> list[str]:
     if client is None:
         return []
     return [f"--tls-ca={client.ca}", f"--tls-cert={client.cert}", f"--tls-key={client.key}"]
-
-
-def child_env(component: Component) -> dict[str, str]:
-    return {**os.environ, "PYTHONUNBUFFERED": "1", **component.env}
-
-
-# -- readiness probes ------------------------------------------------------------------------------
-
-
-def port_free(host: str, port: int) -> bool:
-    """Nothing listens on ``port`` (SO_REUSEADDR, as servers bind: a TIME_WAIT socket is no owner)."""
-    with socket.socket() as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            probe.bind((host, port))
-        except OSError:
-            return False
-    return True
-
-
-async def port_open(host: str, port: int) -> bool:
-    try:
-        _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), 1.0)
-    except (OSError, TimeoutError):
-        return False
-    writer.close()
-    await writer.wait_closed()
-    return True
-
-
-async def http_ok(url: str, unix_socket: Path | None = None) -> bool:
-    """``url`` answers 200 (through ``unix_socket`` when given: Envoy's admin with ``--tls``)."""
-    connector = aiohttp.UnixConnector(path=str(unix_socket)) if unix_socket else None
-    try:
-        async with (
-            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2), connector=connector) as session,
-            session.get(url) as response,
-        ):
-            return response.status == 200
-    except (aiohttp.ClientError, TimeoutError):
-        return False
-
-
-async def grpc_healthy(target: str, *, tls: ClientTls | None = None) -> bool:
-    async with channel(target, tls) as grpc_channel:
-        try:
-            reply = await health_pb2_grpc.HealthStub(grpc_channel).Check(
-                health_pb2.HealthCheckRequest(), timeout=2
-            )
-        except grpc.aio.AioRpcError:
-            return False
-    return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
-
-
-async def server_registered(target: str, server: str, *, tls: ClientTls | None = None) -> bool:
-    return await replica_registered(target, server, None, tls=tls)
-
-
-async def replica_registered(
-    target: str, server: str, idx: int | None, *, tls: ClientTls | None = None
-) -> bool:
-    """The scheduler knows a connected replica of ``server`` (``idx``, or any)."""
-    async with channel(target, tls) as grpc_channel:
-        stub = scheduler_pb2_grpc.SchedulerStub(grpc_channel)
-        try:
-            async for status in stub.ServerStatus(
-                scheduler_pb2.ServerStatusRequest(subscriberName="meshserve-stack", name=server), timeout=2
-            ):
-                return any(idx is None or r.replicaIdx == idx for r in status.resources) and (
-                    status.availableReplicas > 0
-                )
-        except grpc.aio.AioRpcError:
-            return False
-    return False

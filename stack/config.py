@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from apis.kafka import KafkaConfig, KafkaFlags, load_file
+from apis.kafka import KafkaConfig
+from apis.kafka_flags import KafkaFlags, load_file
 from apis.limits import MAX_LAG_THRESHOLD, MAX_SCALING_WINDOW_S
 from apis.logs import LEVELS
 from apis.names import DEFAULT_CAPABILITIES

@@ -33,37 +33,27 @@ import json
 import os
 import signal
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
 
 import structlog
 
 from apis.exits import FATAL_CONFIG
-from stack.components import Component, child_env, components, port_free
+from stack.components import Component, components
 from stack.config import StackConfig
 from stack.controller import ServerController
+from stack.probes import port_free
+from stack.processes import Running, last_error, log_says_bind_failed, spawn, terminate, terminate_group
 
 log = structlog.get_logger("meshserve.stack")
 
 RESTART_BACKOFF_INITIAL = 0.5
 RESTART_BACKOFF_MAX = 10.0
 DEPENDENT_STOP_GRACE = 5.0
-# How a process's log says it could not listen (uvicorn/MLServer, grpc in the scheduler, Envoy).
-BIND_FAILURES = ("address already in use", "errno 98", "cannot listen on", "cannot bind")
-LOG_TAIL_BYTES = 16_384
 
 
 class StackError(RuntimeError):
     pass
-
-
-@dataclass
-class Running:
-    component: Component
-    process: asyncio.subprocess.Process
-    log_file: IO[bytes]
-    started: float = field(default_factory=time.monotonic)
 
 
 @dataclass
@@ -141,7 +131,7 @@ class Supervisor:
             self._write_state()
             return
         self._changed.set()
-        await _terminate(running, grace)
+        await terminate(running, grace)
         log.info("component stopped", component=name)
         self._write_state()
 
@@ -183,18 +173,9 @@ class Supervisor:
         return rebound
 
     async def _spawn(self, component: Component) -> None:
-        log_file = self._log_path(component.name).open("ab")
-        process = await asyncio.create_subprocess_exec(
-            *component.argv,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=log_file,
-            stderr=asyncio.subprocess.STDOUT,
-            env=child_env(component),
-            cwd=self.config.home,
-            start_new_session=True,
-        )
+        running = await spawn(component, self._log_path(component.name), cwd=self.config.home)
         self._failed.pop(component.name, None)
-        self._running[component.name] = Running(component, process, log_file)
+        self._running[component.name] = running
         self._write_state()  # at once: `meshserve down` must find it even if we are killed now
 
     async def _wait_ready(self, component: Component) -> None:
@@ -202,7 +183,7 @@ class Supervisor:
         deadline = time.monotonic() + component.ready_timeout
         while time.monotonic() < deadline:
             if running.process.returncode is not None:
-                last = _last_error(self._log_path(component.name))
+                last = last_error(self._log_path(component.name))
                 raise StackError(
                     f"{component.name} exited with code {running.process.returncode}"
                     + (f" ({last})" if last else "")
@@ -267,7 +248,7 @@ class Supervisor:
         restarts = self._restarts.setdefault(unit, Restarts())
         if time.monotonic() - dead.started >= self.config.healthy_seconds:
             restarts.count, restarts.delay = 0, RESTART_BACKOFF_INITIAL
-        bind_failed = _bind_failed(self._log_path(name))
+        bind_failed = log_says_bind_failed(self._log_path(name))
         while True:
             reason = self._give_up_reason(name, code, restarts)
             if reason is not None:
@@ -291,7 +272,7 @@ class Supervisor:
             members = pair if moving and pair[0].rebind is not None else pair[:1]
             for member in members[1:]:  # the agent restarts with its MLServer's new ports
                 if (running := self._running.get(member.name)) is not None:
-                    await _terminate(running, DEPENDENT_STOP_GRACE, member.stop_at_once)
+                    await terminate(running, DEPENDENT_STOP_GRACE, member.stop_at_once)
             try:
                 await self._start_unit(members, wait_last=False, bind_failed=bind_failed)
                 return
@@ -300,8 +281,8 @@ class Supervisor:
                 name, code = self._first_exited(members)
                 for member in members:
                     if (running := self._running.get(member.name)) is not None:
-                        await _terminate(running, DEPENDENT_STOP_GRACE, member.stop_at_once)
-                bind_failed = _bind_failed(self._log_path(name)) or "is in use" in str(error)
+                        await terminate(running, DEPENDENT_STOP_GRACE, member.stop_at_once)
+                bind_failed = log_says_bind_failed(self._log_path(name)) or "is in use" in str(error)
 
     def _from(self, component: Component) -> list[Component]:
         """``component`` and the members of its unit started after it, in start order."""
@@ -320,7 +301,7 @@ class Supervisor:
     def _give_up_reason(self, name: str, code: int | None, restarts: Restarts) -> str | None:
         logs = f"logs/{name}.log"
         if code == FATAL_CONFIG:
-            last = _last_error(self._log_path(name))
+            last = last_error(self._log_path(name))
             said = f": {last}" if last else ""
             return f"fatal configuration or state error (exit {code}){said}; see {logs}"
         if restarts.count >= self.config.restart_limit:
@@ -352,7 +333,7 @@ class Supervisor:
         await asyncio.gather(*self._recovering.values(), return_exceptions=True)
         for name in reversed(list(self._running)):
             running = self._running[name]
-            await _terminate(running, grace, running.component.stop_at_once)
+            await terminate(running, grace, running.component.stop_at_once)
             log.info("component stopped", component=name)
         self._running.clear()
         with contextlib.suppress(FileNotFoundError):
@@ -393,50 +374,6 @@ def _units(planned: list[Component]) -> list[list[Component]]:
     for component in planned:
         units.setdefault(component.unit, []).append(component)
     return list(units.values())
-
-
-def _log_tail(path: Path) -> str:
-    try:
-        with path.open("rb") as file:
-            file.seek(max(0, file.seek(0, os.SEEK_END) - LOG_TAIL_BYTES))
-            return file.read().decode(errors="replace")
-    except OSError:
-        return ""
-
-
-def _bind_failed(path: Path) -> bool:
-    tail = _log_tail(path).lower()
-    return any(marker in tail for marker in BIND_FAILURES)
-
-
-def _last_error(path: Path) -> str:
-    """The last line of a log that reads like an error (the one clear message a process died with)."""
-    for line in reversed(_log_tail(path).splitlines()):
-        lowered = line.lower()
-        if "error" in lowered or "fatal" in lowered or "critical" in lowered:
-            return line.strip()[:300]
-    return ""
-
-
-async def _terminate(running: Running, grace: float, signum: signal.Signals = signal.SIGTERM) -> None:
-    """``signum``, then SIGKILL after ``grace``; the group is killed and the log closed even when
-    the caller is cancelled half-way (the stack stopping while a replica is being removed)."""
-    try:
-        terminate_group(running.process.pid, signum)
-        try:
-            await asyncio.wait_for(running.process.wait(), grace)
-        except TimeoutError:
-            terminate_group(running.process.pid, signal.SIGKILL)
-            await running.process.wait()
-    finally:
-        # Children the component left behind in its group (e.g. MLServer workers).
-        terminate_group(running.process.pid, signal.SIGKILL)
-        running.log_file.close()
-
-
-def terminate_group(pid: int, signum: signal.Signals) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pid, signum)
 
 
 async def run(config: StackConfig, on_ready: asyncio.Event | None = None) -> int:

@@ -9,18 +9,16 @@ import pytest
 from apis.kafka import (
     KafkaConfig,
     KafkaConfigError,
-    KafkaFlags,
     SaslMechanism,
     SecurityProtocol,
-    Topics,
     consumer_bucket,
     consumer_group,
     fnv32a,
-    load_file,
     parse_bootstrap,
     propagated,
-    save_file,
 )
+from apis.kafka_flags import KafkaFlags, load_file, save_file
+from apis.kafka_topics import Topics
 from apis.validation import InvalidResource
 
 # The reference's default kafka.json (seldon-pipelines.md §5.4).

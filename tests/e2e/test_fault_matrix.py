@@ -31,9 +31,9 @@ import pytest
 
 from apis.mlops.scheduler import scheduler_pb2, scheduler_pb2_grpc
 from apis.v2_dataplane import v2_dataplane_pb2_grpc
-from stack.components import grpc_healthy
 from stack.config import StackConfig, port_defaults
 from stack.ports import free_ports
+from stack.probes import grpc_healthy
 from stack.supervisor import Supervisor
 from tests.e2e.conftest import Stack, eventually, iris_model, running_stack, stack_config
 from tests.e2e.test_local_stack import alive, meshserve, processes_under

@@ -18,11 +18,12 @@ from pathlib import Path
 
 import pytest
 
-from apis.kafka import load_file
+from apis.kafka_flags import load_file
 from apis.mlops.scheduler import scheduler_pb2
 from apis.v2_dataplane import v2_dataplane_pb2 as pb
-from stack.components import http_ok, kafka_components
+from stack.components import kafka_components
 from stack.ports import free_ports
+from stack.probes import http_ok
 from tests.e2e.conftest import (
     IRIS_IN,
     Stack,

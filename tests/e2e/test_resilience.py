@@ -17,7 +17,7 @@ import pytest
 from google.protobuf import json_format
 
 from apis.mlops.scheduler import scheduler_pb2
-from stack.components import grpc_healthy
+from stack.probes import grpc_healthy
 from tests.e2e.conftest import IRIS_IN, Stack, eventually, iris_model, running_stack, stack_config
 from tests.e2e.test_serving_path import load, unload
 from tests.e2e.traffic import Traffic, assert_served, envoy_resynced, traffic, xds_connections

@@ -22,7 +22,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from apis.mlops.scheduler import scheduler_pb2
 from apis.tls import ClientTls
-from stack.components import port_open
+from stack.probes import port_open
 from stack.tls import StackTls
 from stack.tls import ensure as make_certificates
 from tests.e2e.conftest import Stack, iris_model, running_stack, stack_config

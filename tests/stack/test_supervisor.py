@@ -19,9 +19,10 @@ import pytest
 
 from apis.exits import FATAL_CONFIG
 from stack import commands
-from stack.components import Component, port_open
+from stack.components import Component
 from stack.config import StackConfig
 from stack.ports import free_ports
+from stack.probes import port_open
 from stack.supervisor import Supervisor
 
 PY = sys.executable

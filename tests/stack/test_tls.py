@@ -23,8 +23,9 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from agent.config import parse_config
 from apis import tls
 from scheduler.config import parse_args as scheduler_args
-from stack.components import ENVOY_DIR, components, scheduler_tls_flags, write_envoy_bootstrap
+from stack.components import components, scheduler_tls_flags
 from stack.config import StackConfig
+from stack.envoy_bootstrap import ENVOY_DIR, write_envoy_bootstrap
 from stack.ports import free_ports
 from stack.tls import CLIENTS, SERVER, StackTls, ensure
 
