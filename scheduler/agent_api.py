@@ -47,11 +47,12 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
     async def SubscribeBatched(
         self, request: agent_pb2.AgentSubscribeRequest, context: Context
     ) -> AsyncIterator[agent_pb2.ModelOperationBatch]:
-        """Subscribe, with every operation queued so far in one stream message, sent once the
-        changes that queued them are durable (what queues meanwhile waits for the next one)."""
+        """Subscribe: once the commit in flight (if any) has ended (:meth:`Scheduler.committing`),
+        every operation queued so far in one stream message."""
         link = self._core.agent_connected(request, agent_id(context))
         try:
             while (operation := await link.outbox.get()) is not None:
+                await self._core.committing()  # what queues meanwhile joins this message
                 batch = agent_pb2.ModelOperationBatch()
                 batch.operations.append(operation)
                 closed = False
@@ -61,7 +62,6 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
                         closed = True
                         break
                     batch.operations.append(queued)
-                await self._core.committing()
                 yield batch
                 if closed:
                     return

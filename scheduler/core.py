@@ -88,11 +88,11 @@ class Scheduler:
         await self._store.group_commit()
 
     async def committing(self) -> None:
-        """Wait for the durable commit asked for or in flight, if any (:meth:`StateStore.committing`).
+        """Wait for the durable commit in flight, if any (:meth:`StateStore.committing`).
 
-        Agent operations wait for it: an agent never loads a model whose LoadModel a crash could
-        still undo, and the operations of concurrent calls leave together, one message per agent
-        instead of one per model (decision 0031)."""
+        Agent operations wait for it: in a burst of API calls a commit is nearly always in flight,
+        so the operations of concurrent calls leave together, one message per agent instead of one
+        per model; after a quiet spell nothing is in flight and they leave at once (decision 0031)."""
         await self._store.committing()
 
     def restore(self) -> None:

@@ -20,7 +20,7 @@ What is durable when:
   commits are durable across power loss (``synchronous=FULL``: the WAL is fsynced, and with it
   every earlier timed batch); timed batches use ``NORMAL`` (no fsync; safe against a crash of the
   scheduler, not of the machine). docs/benchmarks.md has the cost. ``committing`` waits for the
-  durable commit asked for or in flight, if any: agent operations wait for it (decision 0031).
+  durable commit in flight, if any: agent operations wait for it (decision 0031).
 * A damaged file (or one that is not a meshserve database) is refused on open with
   :class:`StateCorruptError`, one message saying what to do; ``python -m scheduler`` then exits
   with :data:`apis.exits.FATAL_CONFIG`, which the local stack's supervisor does not restart.
@@ -175,10 +175,10 @@ class StateStore:
         await asyncio.shield(self._group)
 
     async def committing(self) -> None:
-        """Return once the durable commit asked for or in flight now (if any) has ended, committed or
-        not; at once when there is none. Later commits are not waited for, so a caller never waits
-        for more than about two commits however busy the API is."""
-        pending = self._group or self._committing
+        """Return once the durable commit in flight now (if any) has ended, committed or not; at once
+        when none is. Later commits are not waited for, so a caller never waits for more than one
+        commit however busy the API is."""
+        pending = self._committing
         if pending is not None:
             with contextlib.suppress(Exception):  # its failure is its callers' to report
                 await asyncio.shield(pending)

@@ -103,19 +103,19 @@ async def test_callers_arriving_during_a_commit_share_the_next_one(
     store.close()
 
 
-async def test_committing_waits_for_the_commit_asked_for_and_not_for_later_ones(
+async def test_committing_waits_for_the_commit_in_flight_and_not_for_later_ones(
     tmp_path: Path,
     flaky: Flaky,  # noqa: F811
 ) -> None:
     path = tmp_path / "scheduler.db"
     store, models, _servers = _bound(path)
     first_name, second_name = list(models)[:2]
-    await asyncio.wait_for(store.committing(), 0.05)  # nothing asked for: at once
+    await asyncio.wait_for(store.committing(), 0.05)  # nothing in flight: at once
     flaky.commit_delay = 0.2
     store.model_changed(first_name)
     first = asyncio.create_task(store.group_commit())
-    waiter = asyncio.create_task(store.committing())
     await asyncio.sleep(0.05)  # the first commit is in flight
+    waiter = asyncio.create_task(store.committing())
     store.model_changed(second_name)
     second = asyncio.create_task(store.group_commit())  # asked for behind it
     await waiter
@@ -131,8 +131,10 @@ async def test_committing_returns_when_the_commit_failed_and_its_callers_hear_of
     path = tmp_path / "scheduler.db"
     store, models, _servers = _bound(path)
     flaky.fail_commit = True
+    flaky.commit_delay = 0.1
     store.model_changed(next(iter(models)))
     call = asyncio.create_task(store.group_commit())
+    await asyncio.sleep(0.05)  # in flight
     await store.committing()
     with pytest.raises(sqlite3.OperationalError):
         await call
