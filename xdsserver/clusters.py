@@ -8,6 +8,7 @@ own, ``<model>_<version>_http`` and ``_grpc`` (docs/decisions/0008).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import ipaddress
 from collections.abc import Sequence
@@ -37,6 +38,11 @@ def cluster_names(target: str) -> tuple[str, str]:
 def replica_set(endpoints: Sequence[Endpoint]) -> str:
     """The shared clusters' stem for an endpoint set: a digest of its sorted endpoints, so the same
     replicas always give the same clusters whatever the order or the model."""
+    return _replica_set(tuple(endpoints))
+
+
+@functools.lru_cache(maxsize=4096)  # asked again for every model on the same replicas
+def _replica_set(endpoints: tuple[Endpoint, ...]) -> str:
     key = "|".join(sorted(repr(e) for e in set(endpoints)))
     return _SHARED + hashlib.blake2b(key.encode(), digest_size=8).hexdigest()
 

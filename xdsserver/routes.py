@@ -24,7 +24,7 @@ from google.protobuf.message import Message
 from apis.routing import Endpoint, Route, RouteRejected, RouteSink
 from xdsserver import resources
 from xdsserver.cache import Requirement, ResourceCache
-from xdsserver.clusters import cluster_names, split_clusters
+from xdsserver.clusters import cluster_names, clusters_for, replica_set
 from xdsserver.types import CLUSTER, SCOPED_ROUTE
 
 # Names an ACK covered, as (type URL, resource name); None: the set of Envoys changed.
@@ -99,10 +99,8 @@ class RoutePublisher:
         self._unsubscribe = [quorum.on_ack(self._acked), quorum.on_reject(self._rejected)]
 
     def publish(self, route: Route) -> asyncio.Future[None]:
-        clusters = {
-            name: cluster for split in route.splits for name, cluster in split_clusters(split).items()
-        }
-        now = frozenset(clusters)
+        clusters, reused = self._clusters(route)
+        now = frozenset(clusters) | {requirement.name for requirement in reused}
         for split in route.splits:
             if split.own_clusters:
                 self._locate(split.target, split.endpoints)
@@ -116,13 +114,35 @@ class RoutePublisher:
         if previous is not None and previous.then is not None:  # superseded before its switch
             unused += [n for n in previous.then.unused if n not in self._users and n not in unused]
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        held = self._cache.apply(upserts=[(CLUSTER, name, cluster) for name, cluster in clusters.items()])
+        held = reused + self._cache.apply(
+            upserts=[(CLUSTER, name, cluster) for name, cluster in clusters.items()]
+        )
         # Staged only while some Envoy lacks the clusters: with none connected (a restarted
         # scheduler restoring) a withheld scope would be missing from a reconnecting Envoy's first
         # scopes, which removes the scope it still serves from (HTTP 404 until the switch).
         if not self._quorum.held(held):
             return self._wait(route.name, held, future, then=_Switch(route, unused))
         return self._switch(route, unused, future)
+
+    def _clusters(self, route: Route) -> tuple[dict[str, Message], list[Requirement]]:
+        """The clusters a route names: built, or reused as they are in the cache (a replica set's).
+
+        A replica set's clusters are named by a digest of all they are built from, so ones in the
+        cache are current: rebuilding and re-encoding them for every model placed on the same
+        replicas was about a tenth of the scheduler's CPU in a 10,000-model batch."""
+        built: dict[str, Message] = {}
+        reused: list[Requirement] = []
+        for split in route.splits:
+            if split.own_clusters:
+                built.update(clusters_for(split.target, split.endpoints))
+                continue
+            stem = replica_set(split.endpoints)
+            entries = {name: self._cache.get(CLUSTER, name) for name in cluster_names(stem)}
+            if all(e is not None and e.resource is not None for e in entries.values()):
+                reused += [Requirement(CLUSTER, n, e.version) for n, e in entries.items() if e is not None]
+            else:
+                built.update(clusters_for(stem, split.endpoints, shared=True))
+        return built, reused
 
     def _switch(self, route: Route, unused: list[str], future: asyncio.Future[None]) -> asyncio.Future[None]:
         """The route's scope (or its removal) and the removal of the clusters it stopped naming."""

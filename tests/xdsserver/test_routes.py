@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import pytest
 
 from apis.routing import WEIGHT_SCALE, Endpoint, InvalidWeights, Route, Split, millionths
 from tests.scheduler.fakes import FakeEnvoy
+from xdsserver import clusters
+from xdsserver import routes as xds_routes
 from xdsserver.cache import ResourceCache
 from xdsserver.routes import RoutePublisher
 from xdsserver.types import CLUSTER, SCOPED_ROUTE
@@ -157,6 +160,32 @@ async def test_a_version_moving_to_its_own_clusters_leaves_the_shared_pair_to_th
     assert routes.locate("a_1_http") is not None and routes.locate("a_1_http").target == "a_1"  # type: ignore[union-attr]
     routes.publish(Route("b"))
     assert set(cache.live(CLUSTER)) == {"a_1_http", "a_1_grpc"}
+    routes.close()
+
+
+async def test_a_replica_sets_clusters_in_the_cache_are_reused_not_rebuilt(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    cache, envoy, routes = publisher()
+    built: list[str] = []
+    build = clusters.clusters_for
+
+    def counting(stem: str, *args: Any, **kwargs: Any) -> Any:
+        built.append(stem)
+        return build(stem, *args, **kwargs)
+
+    monkeypatch.setattr(xds_routes, "clusters_for", counting)
+    routes.publish(Route("a", (split("a_1", own=False),)))
+    envoy.sync()
+    versions = {name: entry.version for name, entry in cache.live(CLUSTER).items()}
+    held = routes.publish(Route("b", (split("b_1", own=False),)))
+    envoy.sync()
+    assert len(built) == 1  # built for the first model only
+    assert {name: entry.version for name, entry in cache.live(CLUSTER).items()} == versions
+    assert held.done() and not held.cancelled()
+    assert routes.users(next(iter(versions))) == {"a", "b"}  # still counted for both
+    routes.publish(Route("c", (split("c_1", own=False, on=(IP, IP2)),)))
+    assert len(built) == 2  # another replica set: built
     routes.close()
 
 
