@@ -76,6 +76,8 @@ def positive_int(text: str) -> int:
 
 @dataclass(frozen=True, slots=True)
 class AgentConfig:
+    """Every setting of one agent (frozen); each field is a flag and an environment variable."""
+
     models_dir: Path = field(
         metadata=flag("MLServer's model repository root; the agent owns everything inside it", parse=_folder)
     )

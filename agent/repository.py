@@ -37,6 +37,10 @@ class NotOwned(AgentError):
 
 
 class LocalRepository:
+    """The models dir: claims it, prepares each model version's folder (staged, then moved into
+    place), keeps the marker a restarted agent adopts from, and lists and removes folders (the
+    layout is in the module docstring)."""
+
     def __init__(
         self, root: Path, *, policy: FetchPolicy | None = None, envoy_url: str = "http://127.0.0.1:9000"
     ) -> None:

@@ -113,6 +113,9 @@ async def execute_external(
 
 
 class _Run:
+    """One request's run through a topology: starts each step whose inputs are ready, feeds its
+    output to what follows, and ends with the pipeline's output, an error or nothing (no output)."""
+
     def __init__(
         self,
         topology: Topology,

@@ -35,6 +35,9 @@ MAX_UID_LENGTH = 64
 
 @dataclass(frozen=True, slots=True)
 class Pipeline:
+    """One version of a pipeline as the engine runs it: steps, input and output stages, limits;
+    read and checked from Seldon's proto (:meth:`from_proto`), written back (:meth:`to_proto`)."""
+
     name: str
     steps: tuple[Step, ...]  # sorted by name
     output: Output | None = None

@@ -51,6 +51,8 @@ SCALING_WINDOW = seconds_up_to(MAX_SCALING_WINDOW_S)
 
 @dataclass(frozen=True)
 class SchedulerConfig:
+    """Every setting of the scheduler (frozen); each field is a flag and an environment variable."""
+
     host: str = field(default="127.0.0.1", metadata=flag("address the three gRPC servers bind to"))
     scheduler_port: int = field(default=9004, metadata=flag("Scheduler API (seldon.mlops.scheduler)"))
     agent_port: int = field(default=9005, metadata=flag("AgentService, which agents subscribe to"))

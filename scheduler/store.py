@@ -85,6 +85,9 @@ class _Binding:
 
 
 class StateStore:
+    """The scheduler's persistent state: registered kinds, dirty names, timed and group commits
+    on one writer thread, and loading on start (the rules are in the module docstring)."""
+
     def __init__(self, path: Path | None, *, migrations: Sequence[Migration] = MIGRATIONS) -> None:
         """Open (creating or migrating) the database at ``path``; ``None`` keeps nothing (tests,
         throwaway runs). ``migrations`` is for tests of future schemas."""

@@ -48,6 +48,9 @@ def default_home() -> Path:
 
 @dataclass(frozen=True)
 class StackConfig(KafkaFlags):
+    """Every setting of the local stack (frozen): its home folder, each process's loopback ports,
+    Kafka, TLS and the default server; the fields with metadata are ``meshserve up``'s flags."""
+
     home: Path = field(default_factory=default_home, metadata=NOT_A_FLAG)
     host: str = field(default="127.0.0.1", metadata=NOT_A_FLAG)  # the local stack binds to loopback only
     http_port: int = field(default=9000, metadata=flag("Envoy's data plane"))

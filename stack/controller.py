@@ -47,6 +47,9 @@ class Processes(Protocol):
 
 
 class ServerController:
+    """Keeps each declared server's replicas running: follows the scheduler's server status and
+    starts or retires MLServer + agent pairs to match it (the rules are in the module docstring)."""
+
     def __init__(self, supervisor: Processes) -> None:
         self._supervisor = supervisor
         self._config = supervisor.config

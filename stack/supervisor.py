@@ -65,6 +65,9 @@ class Restarts:
 
 
 class Supervisor:
+    """Starts the stack's components in order, records their pids, restarts the ones that crash
+    (a server replica as one unit) and stops them all (the rules are in the module docstring)."""
+
     def __init__(self, config: StackConfig) -> None:
         self.config = config
         self._running: dict[str, Running] = {}
