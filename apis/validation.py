@@ -227,17 +227,23 @@ def parse_overcommit_percent(value: object) -> int:
     return percent
 
 
+def is_ip_address(host: str) -> bool:
+    """Whether ``host`` is an IPv4 or IPv6 address (not a hostname)."""
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
 def validate_host(host: str, *, what: str = "host") -> str:
     """A bare hostname (RFC 1123) or an IPv4/IPv6 address: no scheme, port, path or spaces."""
     if not host:
         raise InvalidResource(f"{what} is empty")
     if len(host) > MAX_HOSTNAME_LENGTH:
         raise InvalidResource(f"{what} is {len(host)} characters long; the limit is {MAX_HOSTNAME_LENGTH}")
-    try:
-        ipaddress.ip_address(host)
+    if is_ip_address(host):
         return host
-    except ValueError:
-        pass
     labels = host[:-1].split(".") if host.endswith(".") else host.split(".")
     valid = all(len(label) <= MAX_NAME_LENGTH and _HOST_LABEL.fullmatch(label) for label in labels)
     # A numeric last label is no hostname but a malformed IP address such as 999.1.1.1.

@@ -3,13 +3,13 @@ stack's ports, and with ``--tls`` mutual TLS to the scheduler and a private admi
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import string
 from pathlib import Path
 
 import yaml
 
+from apis.validation import is_ip_address
 from stack.config import StackConfig
 from stack.tls import StackTls
 
@@ -49,7 +49,7 @@ def _with_tls(text: str, config: StackConfig) -> str:
     bootstrap = yaml.safe_load(text)
     files = config.tls_files
     host = config.host
-    san_type = "IP_ADDRESS" if _is_ip(host) else "DNS"
+    san_type = "IP_ADDRESS" if is_ip_address(host) else "DNS"
     clusters = bootstrap["static_resources"]["clusters"]
     scheduler = [c for c in clusters if c["name"] in (XDS_CLUSTER, LRS_CLUSTER)]
     if len(scheduler) != 2:
@@ -93,11 +93,3 @@ def private_folder(folder: Path) -> None:
     if folder.stat().st_uid != os.getuid():
         raise PermissionError(f"{folder} belongs to another user; refusing to put Envoy's admin socket there")
     os.chmod(folder, 0o700)
-
-
-def _is_ip(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True

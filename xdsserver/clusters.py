@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import ipaddress
 from collections.abc import Sequence
 
 from envoy.config.cluster.v3 import cluster_pb2
@@ -20,6 +19,7 @@ from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
 from google.protobuf import duration_pb2
 
 from apis.routing import Endpoint, Split
+from apis.validation import is_ip_address
 
 # Mirrored copies re-enter the data-plane listener through these (``_http`` / ``_grpc``).
 LOOPBACK_CLUSTER = "meshserve_loopback"
@@ -83,7 +83,7 @@ def _cluster(
     reload: Sequence[tuple[str, int]] = (),
     shared: bool = False,
 ) -> cluster_pb2.Cluster:
-    static = all(_is_ip(host) for host, _ in [*addresses, *reload])
+    static = all(is_ip_address(host) for host, _ in [*addresses, *reload])
     priorities = [addresses, reload] if reload else [addresses]
     cluster = cluster_pb2.Cluster(
         name=name,
@@ -135,11 +135,3 @@ def loopback_clusters(*, address: str, port: int) -> dict[str, cluster_pb2.Clust
 def socket_address(host: str, port: int) -> address_pb2.Address:
     """A TCP address: an endpoint's here, the listener's bind address (xdsserver/listener.py)."""
     return address_pb2.Address(socket_address=address_pb2.SocketAddress(address=host, port_value=port))
-
-
-def _is_ip(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True
