@@ -24,7 +24,7 @@ from google.protobuf.message import Message
 from apis.routing import Endpoint, Route, RouteRejected, RouteSink
 from xdsserver import resources
 from xdsserver.cache import Requirement, ResourceCache
-from xdsserver.clusters import cluster_names, clusters_for, replica_set
+from xdsserver.clusters import cluster_names, split_cluster_names, split_clusters
 from xdsserver.types import CLUSTER, SCOPED_ROUTE
 
 # Names an ACK covered, as (type URL, resource name); None: the set of Envoys changed.
@@ -133,15 +133,13 @@ class RoutePublisher:
         built: dict[str, Message] = {}
         reused: list[Requirement] = []
         for split in route.splits:
-            if split.own_clusters:
-                built.update(clusters_for(split.target, split.endpoints))
-                continue
-            stem = replica_set(split.endpoints)
-            entries = {name: self._cache.get(CLUSTER, name) for name in cluster_names(stem)}
-            if all(e is not None and e.resource is not None for e in entries.values()):
+            entries = {name: self._cache.get(CLUSTER, name) for name in split_cluster_names(split)}
+            if not split.own_clusters and all(
+                e is not None and e.resource is not None for e in entries.values()
+            ):
                 reused += [Requirement(CLUSTER, n, e.version) for n, e in entries.items() if e is not None]
             else:
-                built.update(clusters_for(stem, split.endpoints, shared=True))
+                built.update(split_clusters(split))
         return built, reused
 
     def _switch(self, route: Route, unused: list[str], future: asyncio.Future[None]) -> asyncio.Future[None]:

@@ -10,7 +10,6 @@ import pytest
 from apis.routing import WEIGHT_SCALE, Endpoint, InvalidWeights, Route, Split, millionths
 from tests.scheduler.fakes import FakeEnvoy
 from xdsserver import clusters
-from xdsserver import routes as xds_routes
 from xdsserver.cache import ResourceCache
 from xdsserver.routes import RoutePublisher
 from xdsserver.types import CLUSTER, SCOPED_ROUTE
@@ -174,7 +173,7 @@ async def test_a_replica_sets_clusters_in_the_cache_are_reused_not_rebuilt(
         built.append(stem)
         return build(stem, *args, **kwargs)
 
-    monkeypatch.setattr(xds_routes, "clusters_for", counting)
+    monkeypatch.setattr(clusters, "clusters_for", counting)  # what split_clusters builds with
     routes.publish(Route("a", (split("a_1", own=False),)))
     envoy.sync()
     versions = {name: entry.version for name, entry in cache.live(CLUSTER).items()}
