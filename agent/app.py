@@ -23,6 +23,7 @@ from agent.state import ReplicaState
 from agent.watch import MLServerWatcher
 from apis import tls
 from apis.limits import GRPC_RECEIVE_LIMIT
+from apis.runtime import NO_BDP_PROBE
 
 
 async def run_agent(
@@ -93,7 +94,7 @@ async def run_agent(
         async with tls.channel(
             config.scheduler_address,
             config.scheduler_tls,
-            options=[GRPC_RECEIVE_LIMIT],
+            options=[GRPC_RECEIVE_LIMIT, NO_BDP_PROBE],
             interceptors=[AgentIdentity(new_agent_id())],
         ) as channel:
             client = AgentClient(

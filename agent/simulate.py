@@ -19,6 +19,7 @@ from agent.operations import Event, ModelOperator, Outcome
 from agent.state import ReplicaState, model_cost, versioned_name
 from apis.limits import GRPC_RECEIVE_LIMIT
 from apis.mlops.agent import agent_pb2
+from apis.runtime import NO_BDP_PROBE
 
 
 class SimulatedState(ReplicaState):
@@ -78,7 +79,7 @@ async def run_simulated_agent(config: AgentConfig, *, logger: FilteringBoundLogg
     )
     identity = AgentIdentity(new_agent_id())
     async with grpc.aio.insecure_channel(
-        config.scheduler_address, options=[GRPC_RECEIVE_LIMIT], interceptors=[identity]
+        config.scheduler_address, options=[GRPC_RECEIVE_LIMIT, NO_BDP_PROBE], interceptors=[identity]
     ) as channel:
         client = AgentClient(config=config, channel=channel, operator=operator, state=state, logger=log)
         await client.run()

@@ -1,7 +1,8 @@
 """How a long-running meshserve process runs its event loop and gRPC (the scheduler, the engine).
 
 Contract: a process's ``main`` calls :func:`run` once, instead of ``asyncio.run``; a gRPC server
-process calls :func:`fewer_grpc_thread_hops` before anything imports ``grpc``. Measured on this
+process calls :func:`fewer_grpc_thread_hops` before anything imports ``grpc``; the scheduler's
+servers and the agents' channels to them pass :data:`NO_BDP_PROBE`. Measured on this
 machine side by side (docs/benchmarks.md, figure 3; decision 0029): uvloop's loop and fewer
 young-generation collections take about 0.6 ms, and the poller-served listener about 1 ms more,
 off the scheduler's CPU per isolated change, which is nearly all gRPC wake-ups and short-lived
@@ -24,6 +25,12 @@ GC_YOUNG_THRESHOLD = 20_000  # allocations between young collections (Python's d
 # reads hop between its thread pool's threads: a no-op unary call costs the server about 1.1 ms of
 # CPU instead of 1.5-1.8 ms when it arrives alone (measured with bench/grpc_floor.py).
 GRPC_EXPERIMENTS = "-event_engine_listener"
+# gRPC's BDP probe (a PING after received data, sizing flow-control windows for bulk transfers)
+# arms timers on gRPC's EventEngine, whose idle pool threads then poll with a backoff (15 ms, x1.3)
+# for the next second: about 0.5 ms of the scheduler's CPU per isolated change (decision 0032).
+# Control-plane messages are small, and without the probe large ones still cross loopback as fast.
+# For the scheduler's servers and the long-lived channels that talk to them, not the data plane.
+NO_BDP_PROBE: tuple[str, int] = ("grpc.http2.bdp_probe", 0)
 
 
 def run(main: Coroutine[Any, Any, T]) -> T:

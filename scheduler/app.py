@@ -196,6 +196,7 @@ class SchedulerApp:
                 GRPC_RECEIVE_LIMIT,
                 ("grpc.keepalive_permit_without_calls", 1),
                 ("grpc.http2.min_ping_interval_without_data_ms", 5000),
+                runtime.NO_BDP_PROBE,
             ],
         )
         address = f"{self.config.host}:{port}"

@@ -26,6 +26,7 @@ from apis.engine_gateway import gateway_metadata
 from apis.limits import GRPC_RECEIVE_LIMIT
 from apis.mlops.chainer import chainer_pb2, chainer_pb2_grpc
 from apis.mlops.scheduler import scheduler_pb2, scheduler_pb2_grpc
+from apis.runtime import NO_BDP_PROBE
 from apis.tls import ClientTls, channel
 from apis.validation import InvalidResource
 from pipelines.model import Pipeline
@@ -54,7 +55,7 @@ async def _reconnecting(
     delay = RECONNECT_MIN_SECONDS
     while True:
         try:
-            async with channel(target, tls, options=[GRPC_RECEIVE_LIMIT]) as grpc_channel:
+            async with channel(target, tls, options=[GRPC_RECEIVE_LIMIT, NO_BDP_PROBE]) as grpc_channel:
                 await follow(grpc_channel)
         except grpc.aio.AioRpcError as error:
             log.info(f"{what} stream ended; reconnecting", code=error.code().name, after=delay)

@@ -16,6 +16,7 @@ import structlog
 
 from apis.limits import GRPC_RECEIVE_LIMIT
 from apis.mlops.scheduler import scheduler_pb2, scheduler_pb2_grpc
+from apis.runtime import NO_BDP_PROBE
 from apis.tls import ClientTls, channel
 from pipelines.modelgateway.config import SUBSCRIBER_NAME
 from pipelines.modelgateway.gateway import ModelGateway
@@ -60,7 +61,9 @@ class SchedulerFollower:
         delay = RECONNECT_MIN_SECONDS
         while True:
             try:
-                async with channel(self._target, self._tls, options=[GRPC_RECEIVE_LIMIT]) as grpc_channel:
+                async with channel(
+                    self._target, self._tls, options=[GRPC_RECEIVE_LIMIT, NO_BDP_PROBE]
+                ) as grpc_channel:
                     await self._follow(scheduler_pb2_grpc.SchedulerStub(grpc_channel))
             except grpc.aio.AioRpcError as error:
                 if self.synced:
