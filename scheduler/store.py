@@ -10,7 +10,9 @@ What is durable when:
 * ``changed`` (and ``model_changed``/``server_changed``) only marks a name dirty; one transaction
   writes every dirty name of every kind ``FLUSH_DELAY`` later, so a burst of 10,000 loads is not
   10,000 commits. A crash inside that window loses those changes; they are agent-reported state,
-  which agents report again when they reconnect.
+  which agents report again when they reconnect. A batch of a few names (an isolated change)
+  commits on the event loop, with no fsync and no WAL checkpoint; larger ones, and one after every
+  ``INLINE_COMMITS_PER_CHECKPOINT`` inline ones, go to the writer thread (decision 0033).
 * ``flush`` writes everything dirty now and returns once it is committed. ``group_commit`` is
   its asynchronous form, a group commit: the rows are encoded on the event loop, committed by one
   writer thread, and every caller that arrives while a commit is in flight joins the next one
@@ -67,6 +69,13 @@ from scheduler.store_schema import (
 
 FLUSH_DELAY = 0.05  # seconds between the first change and the batch that writes it
 RETRY_DELAY = 1.0  # seconds before a failed timed flush is tried again
+# A timed batch of at most this many names commits on the event loop: without an fsync or a
+# checkpoint it costs less there than the hand-off to the writer thread and back (decision 0033).
+INLINE_NAMES = 8
+# Inline commits never checkpoint the WAL; after this many in a row the next timed batch goes to the
+# writer thread, whose commits do (SQLite's default threshold), so the WAL stays bounded.
+INLINE_COMMITS_PER_CHECKPOINT = 256
+AUTOCHECKPOINT_PAGES = 1000  # SQLite's default
 
 log = structlog.get_logger("meshserve.scheduler.store")
 T = TypeVar("T")
@@ -86,7 +95,8 @@ class _Binding:
 
 class StateStore:
     """The scheduler's persistent state: registered kinds, dirty names, timed and group commits
-    on one writer thread, and loading on start (the rules are in the module docstring)."""
+    (on one writer thread, small timed ones inline), and loading on start (the rules are in the
+    module docstring)."""
 
     def __init__(self, path: Path | None, *, migrations: Sequence[Migration] = MIGRATIONS) -> None:
         """Open (creating or migrating) the database at ``path``; ``None`` keeps nothing (tests,
@@ -103,6 +113,8 @@ class StateStore:
         self._write_lock = threading.Lock()
         self._writer: concurrent.futures.ThreadPoolExecutor | None = None
         self._sync_level = "NORMAL"  # _open's
+        self._autocheckpoint = AUTOCHECKPOINT_PAGES  # _open's (SQLite's default)
+        self._inline_commits = 0  # since the last commit that may checkpoint
         self._unsynced = False  # a commit since the last synchronous=FULL one
         self.register(MODELS, dict)
         self.register(SERVERS, dict)
@@ -260,10 +272,14 @@ class StateStore:
         for write in batch.writes:
             write.bound.dirty |= write.names
 
-    def _commit(self, batch: _Batch) -> None:
-        """One transaction (any thread, holding the write lock)."""
+    def _commit(self, batch: _Batch, *, checkpoint: bool = True) -> None:
+        """One transaction (any thread, holding the write lock); ``checkpoint``: SQLite may then
+        checkpoint the WAL (an fsync of the database file: not on the event loop)."""
         assert self._db is not None
         self._synchronous("FULL" if batch.durable else "NORMAL")
+        self._set_autocheckpoint(AUTOCHECKPOINT_PAGES if checkpoint else 0)
+        if checkpoint:
+            self._inline_commits = 0
         with transaction(self._db) as db:
             for write in batch.writes:
                 db.executemany(f"INSERT OR REPLACE INTO {write.table} VALUES (?, ?)", write.rows)
@@ -277,6 +293,11 @@ class StateStore:
             self._db.execute(f"PRAGMA synchronous={level}")  # outside a transaction, as SQLite requires
             self._sync_level = level
 
+    def _set_autocheckpoint(self, pages: int) -> None:
+        if self._db is not None and pages != self._autocheckpoint:
+            self._db.execute(f"PRAGMA wal_autocheckpoint={pages}")
+            self._autocheckpoint = pages
+
     def _schedule_flush(self, delay: float) -> None:
         if self._timer is None:
             self._timer = asyncio.get_running_loop().call_later(delay, self._timed_flush)
@@ -286,7 +307,29 @@ class StateStore:
         if self._writing is not None or self._group is not None:
             self._schedule_flush(FLUSH_DELAY)  # a commit is in flight or next: try after it
             return
-        self._start_write(None, durable=False)
+        dirty = sum(len(bound.dirty) for bound in self._bindings.values())
+        if dirty <= INLINE_NAMES and self._inline_commits < INLINE_COMMITS_PER_CHECKPOINT:
+            self._commit_inline()
+        else:
+            self._start_write(None, durable=False)
+
+    def _commit_inline(self) -> None:
+        """A small timed batch, committed here on the event loop (nothing is in flight)."""
+        try:
+            batch = self._take(durable=False)
+            if batch is None:
+                return
+            with self._write_lock:
+                try:
+                    self._commit(batch, checkpoint=False)
+                except BaseException:
+                    self._restore(batch)
+                    raise
+        except Exception as error:  # noqa: BLE001 - retried, as a failed background flush is
+            log.warning("state flush failed, will retry", error=str(error), retry_in=RETRY_DELAY)
+            self._schedule_flush(RETRY_DELAY)
+            return
+        self._inline_commits += 1
 
     # -- reads -------------------------------------------------------------------------------------
 

@@ -357,10 +357,12 @@ async def test_a_failed_statement_keeps_its_dirty_records(tmp_path: Path) -> Non
     store.close()
 
 
+@pytest.mark.parametrize("inline_names", [8, 0], ids=["on the event loop", "on the writer thread"])
 async def test_a_failed_timed_flush_is_retried(
-    tmp_path: Path, flaky: Flaky, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, flaky: Flaky, monkeypatch: pytest.MonkeyPatch, inline_names: int
 ) -> None:
     monkeypatch.setattr(store_module, "RETRY_DELAY", 0.1)
+    monkeypatch.setattr(store_module, "INLINE_NAMES", inline_names)
     path = tmp_path / "scheduler.db"
     store, models, servers = _bound(path)
     before = flaky.commits

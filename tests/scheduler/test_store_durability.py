@@ -1,4 +1,5 @@
-"""Issue 8 item 8: API commits are fsynced (synchronous=FULL), timed batches are not; a corrupt state
+"""Issue 8 item 8: API commits are fsynced (synchronous=FULL), timed batches are not; small timed
+batches commit on the event loop and never checkpoint there (decision 0033); a corrupt state
 database stops the scheduler with one clear message and exit code FATAL_CONFIG."""
 
 from __future__ import annotations
@@ -8,15 +9,17 @@ import functools
 import sqlite3
 import subprocess
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from apis.exits import FATAL_CONFIG
+from scheduler import store as store_module
 from scheduler.store import FLUSH_DELAY, StateStore
 from scheduler.store_schema import StateCorruptError
-from tests.scheduler.test_store import REPO, _bound
+from tests.scheduler.test_store import REPO, _bound, _stored
 
 
 @pytest.fixture
@@ -53,6 +56,55 @@ async def test_api_commits_are_full_and_timed_batches_normal(
     store.model_changed(next(iter(models)))
     await store.group_commit()
     assert synchronous_at_commit == [1, 2, 2]
+    store.close()
+
+
+@pytest.fixture
+def commits(monkeypatch: pytest.MonkeyPatch) -> list[tuple[bool, int]]:
+    """Per COMMIT: whether it ran on the event loop's thread, and the WAL's auto-checkpoint pages."""
+    seen: list[tuple[bool, int]] = []
+
+    class Connection(sqlite3.Connection):
+        def execute(self, sql: str, parameters: Any = (), /) -> sqlite3.Cursor:
+            if sql == "COMMIT":
+                pages = super().execute("PRAGMA wal_autocheckpoint").fetchone()[0]
+                seen.append((threading.current_thread() is threading.main_thread(), pages))
+            return super().execute(sql, parameters)
+
+    monkeypatch.setattr(sqlite3, "connect", functools.partial(sqlite3.connect, factory=Connection))
+    return seen
+
+
+async def test_a_small_timed_batch_commits_on_the_loop_and_a_large_one_on_the_writer_thread(
+    tmp_path: Path, commits: list[tuple[bool, int]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(store_module, "INLINE_NAMES", 2)
+    store, models, _ = _bound(tmp_path / "scheduler.db")
+    commits.clear()  # the migration's
+
+    store.model_changed("iris")
+    await asyncio.sleep(FLUSH_DELAY * 4)
+    assert commits == [(True, 0)], "inline, and no checkpoint (its fsync) on the event loop"
+
+    for name in models:  # three names: more than INLINE_NAMES
+        store.model_changed(name)
+    await asyncio.sleep(FLUSH_DELAY * 4)
+    assert commits[1:] == [(False, store_module.AUTOCHECKPOINT_PAGES)]
+    store.close()
+    assert _stored(tmp_path / "scheduler.db")[0] == models
+
+
+async def test_after_a_run_of_inline_commits_the_writer_thread_commits_and_checkpoints(
+    tmp_path: Path, commits: list[tuple[bool, int]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(store_module, "INLINE_COMMITS_PER_CHECKPOINT", 2)
+    store, _, _ = _bound(tmp_path / "scheduler.db")
+    commits.clear()
+
+    for _ in range(4):
+        store.model_changed("iris")
+        await asyncio.sleep(FLUSH_DELAY * 3)
+    assert [on_loop for on_loop, _ in commits] == [True, True, False, True]
     store.close()
 
 
