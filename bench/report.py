@@ -10,6 +10,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bench.loadgen import median, median_interval
+
 
 @dataclass
 class Table:
@@ -39,6 +41,22 @@ class Goal:
         if self.verdict_text:
             return self.verdict_text
         return "not measured" if self.met is None else ("**met**" if self.met else "**not met**")
+
+
+def interval_goal(text: str, measured: str, values: Sequence[float], *, bound: float) -> Goal:
+    """An upper ``bound`` on the median of ``values``, judged on that median's 90 % interval: met
+    when the whole interval is within the bound, not met when all of it is above, inconclusive
+    otherwise (this machine's noise moves a median of a few samples either side by chance)."""
+    low, high = median_interval(list(values))
+    if high <= bound or low > bound:
+        return Goal(text, measured, high <= bound)
+    would = "met" if median(list(values)) <= bound else "not met"
+    return Goal(
+        text,
+        measured,
+        None,
+        verdict_text=f"**inconclusive** (the interval spans the bound; the median: {would})",
+    )
 
 
 @dataclass
