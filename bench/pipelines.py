@@ -276,6 +276,13 @@ async def run(work: Path, quick: bool = False) -> Section:
             "the model call the client would make anyway.",
             "The chain's calls/s: wrk sends tfsimple1's and tfsimple2's requests in turn, and two "
             "requests count as one call.",
+            "The Kafka-driven path waits in fetches: the embedded broker (Tansu) answers a long-poll "
+            "fetch when its wait runs out, not when a record arrives, so each hop takes about half of "
+            "`fetch.max.wait.ms` (aiokafka's default 500 ms; one hop measured alone: 240 ms p50 at "
+            "500 ms, 39 ms at 100 ms, 6 ms at 10 ms). A Kafka cluster answers at once. Tried on "
+            "2026-12-02: 20 ms for every consumer of the stack raised the pipeline components' idle "
+            "CPU from 19.7 to 250 ms/s (`pipeline-idle`), so the stack keeps the default; set "
+            "`consumer.fetch.max.wait.ms` in kafka.json to trade idle CPU for this path's latency.",
         ],
         seconds=time.monotonic() - started,
     )
