@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import os
 import signal
 import sys
@@ -85,9 +86,13 @@ class Traffic:
         try:
             url = f"{self.stack.url}/v2/pipelines/{self.pipeline}/infer"
             async with self.stack.http.post(url, json=body, headers=headers, timeout=timeout) as response:
-                payload = await response.json(content_type=None)
+                text = await response.text()
+                answered = f"{response.status} {dict(response.headers)} {text[:300]!r}"
                 if response.status != 200:
-                    return Outcome(sent, "rest", False, False, f"{response.status} {payload}")
+                    return Outcome(sent, "rest", False, False, answered)
+                payload = json.loads(text)
+        except json.JSONDecodeError as error:
+            return Outcome(sent, "rest", False, False, f"{error!r}: {answered}")
         except (TimeoutError, OSError, ValueError, aiohttp.ClientError) as error:
             return Outcome(sent, "rest", False, False, repr(error))
         got = [o["data"] for o in payload["outputs"]]
