@@ -37,7 +37,7 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 # `make test` measures the Pythons the stack starts (pyproject's [tool.coverage.run] patch). MLServer
 # runs none of our code, yet traced it served more than twice as slowly (the 100-model overcommit
-# test: 42 s without, 90 s with), so the stacks tests start run it unmeasured.
+# test: 42 s without, 90 s with), so the stacks that tests start run it unmeasured.
 _COVERAGE_ENV = "COVERAGE_PROCESS_CONFIG"
 
 

@@ -204,9 +204,9 @@ async def test_a_pipeline_moves_to_a_joining_engine_and_back_when_it_is_killed(
     traffic = Traffic(rstack, name, [], itertools.count(1))
 
     # Ready follows Envoy's ACK of the route, and an ACK means the update was accepted, not that
-    # Envoy's worker threads use it yet (they take it up on their next loop turn: the xDS protocol
-    # docs say so): a call in between would meet Envoy's empty "no route" 404. The move is what is
-    # tested here, so traffic starts once Envoy has answered one call.
+    # Envoy's worker threads use it yet (envoyproxy/envoy PR 39891 clarifies the xDS docs so): a
+    # call in between would meet Envoy's empty "no route" 404. The move is what is tested here, so
+    # traffic starts once Envoy has answered one call.
     async def served_through_envoy() -> bool:
         return (await traffic.rest(0)).ok
 
