@@ -87,12 +87,12 @@ class Traffic:
             url = f"{self.stack.url}/v2/pipelines/{self.pipeline}/infer"
             async with self.stack.http.post(url, json=body, headers=headers, timeout=timeout) as response:
                 text = await response.text()
-                answered = f"{response.status} {dict(response.headers)} {text[:300]!r}"
                 if response.status != 200:
-                    return Outcome(sent, "rest", False, False, answered)
-                payload = json.loads(text)
-        except json.JSONDecodeError as error:
-            return Outcome(sent, "rest", False, False, f"{error!r}: {answered}")
+                    return Outcome(sent, "rest", False, False, answered(response, text))
+                try:
+                    payload = json.loads(text)
+                except json.JSONDecodeError as error:
+                    return Outcome(sent, "rest", False, False, f"{error!r}: {answered(response, text)}")
         except (TimeoutError, OSError, ValueError, aiohttp.ClientError) as error:
             return Outcome(sent, "rest", False, False, repr(error))
         got = [o["data"] for o in payload["outputs"]]
@@ -134,6 +134,11 @@ class Traffic:
                 return
             await asyncio.sleep(0.05)
         raise AssertionError(f"traffic stalled: {len(self.since(after))} answers after {after}")
+
+
+def answered(response: aiohttp.ClientResponse, text: str) -> str:
+    """What a failed call was answered with: enough to tell Envoy's own reply from a gateway's."""
+    return f"{response.status} {dict(response.headers)} {text[:300]!r}"
 
 
 async def gateway_ready(port: int, name: str, stack: Stack) -> int:
