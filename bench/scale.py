@@ -38,6 +38,9 @@ REPLICAS = 4
 IN_FLIGHT = 64
 SAMPLE = 200
 CHANGES = 30
+# The batch at the biggest size is run this many times (each on a fresh scheduler and Envoy, each
+# followed by a no-op floor batch): one batch's CPU moved by ±10 % between runs on this machine.
+BATCH_ROUNDS = 5
 BACK_TO_BACK = 200
 # The idle rate subtracted from an isolated change: the median of consecutive windows as long as a
 # change's own (0.5 s + its wall time), so a periodic job (the stuck-operation sweep, a load
@@ -59,6 +62,7 @@ class ScaleResult:
     full_pass_s: float = 0.0  # how long the confirming full pass itself took
     dump_scopes: int = 0
     sched_cpu_s: float = 0.0
+    batch_cpu_s: float = 0.0  # scheduler CPU from the first load until the sampled models answer
     sched_rss: int = 0
     envoy_cpu_s: float = 0.0
     envoy_rss: int = 0
@@ -77,7 +81,8 @@ class Floor:
     """A no-op unary LoadModel (``bench/grpc_floor.py``), driven like the scheduler's batch."""
 
     calls: int
-    per_call_ms: float = 0.0  # bare grpc.aio server
+    per_call_ms: float = 0.0  # bare grpc.aio server (the first round)
+    rounds_ms: list[float] = field(default_factory=list)  # the same, one per batch round
     intercepted_ms: float = 0.0  # the same, behind the scheduler's StatusMapping interceptor
     isolated_ms: list[float] = field(default_factory=list)  # one call on an idle server
 
@@ -107,7 +112,13 @@ async def run(work: Path, quick: bool = False) -> Section:
     for size in sizes:
         results.append(await _one_size(work / f"n{size}", size))
     floor = await _floor(work / "floor", sizes[-1])
-    _tabulate(section, results, floor)
+    batches = [results[-1].batch_cpu_s * 1000 / sizes[-1]]
+    floor.rounds_ms.append(floor.per_call_ms)
+    for k in range(1, 1 if quick else BATCH_ROUNDS):
+        batches.append(await _batch_only(work / f"batch{k}", sizes[-1]))
+        floor.rounds_ms.append(await _floor_batch(work / f"floor{k}", sizes[-1]))
+        print(f"   batch round {k + 1}: {batches[-1]:.3f} ms per model (floor {floor.rounds_ms[-1]:.3f})")
+    _tabulate(section, results, floor, batches)
     section.seconds = time.monotonic() - started
     return section
 
@@ -145,6 +156,7 @@ async def _one_size(work: Path, size: int) -> ScaleResult:
 
             await wait_for(sample_ok, within=600, what="sampled models answer", interval=0.05)
             result.sample_s = time.monotonic() - last
+            result.batch_cpu_s = scheduler.cpu_seconds() - cpu0
             while True:
                 pass_started = time.monotonic()
                 result.pass_started_s = pass_started - last
@@ -163,6 +175,47 @@ async def _one_size(work: Path, size: int) -> ScaleResult:
             print(f"   {size}: routable {result.routable_s:.2f} s after the last load", flush=True)
             await _changes(result, stub, session, mesh, scheduler)
     return result
+
+
+async def _batch_only(work: Path, size: int) -> float:
+    """One more batch of ``size`` loads on a fresh scheduler and Envoy: the scheduler's CPU per
+    model (ms) from the first load until a sample of the models answers through Envoy."""
+    with processes(work / "logs") as group:
+        mesh, _ = await _start(group, work)
+        scheduler = mesh.procs["scheduler"]
+        names = [f"b{size}-{i:05d}" for i in range(size)]
+        async with (
+            grpc.aio.insecure_channel(mesh.scheduler_address) as channel,
+            aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=32)) as session,
+        ):
+            cpu0 = scheduler.cpu_seconds()
+            await _load_all(scheduler_pb2_grpc.SchedulerStub(channel), names)
+
+            async def sample_ok() -> bool:
+                stats = await envoy_stats(session, mesh.admin, SCOPES)
+                if stats.get(SCOPES_STAT, 0) < size:
+                    return False
+                sample = random.Random(size).sample(names, min(SAMPLE, size))
+                return all(await asyncio.gather(*(_routes(session, mesh, n) for n in sample)))
+
+            await wait_for(sample_ok, within=600, what="sampled models answer", interval=0.05)
+            return (scheduler.cpu_seconds() - cpu0) * 1000 / size
+
+
+async def _floor_batch(work: Path, calls: int) -> float:
+    """The no-op floor's batch alone (as :func:`_floor` measures it): CPU per call, ms."""
+    names = [f"floor-{i:05d}" for i in range(calls)]
+    with processes(work / "logs") as group:
+        (port,) = free_ports(1)
+        server = group.start("grpc-floor", [sys.executable, "-m", "bench.grpc_floor", f"--port={port}"])
+        listening = functools.partial(port_open, "127.0.0.1", port)
+        await wait_for(listening, within=30, what="no-op gRPC server", alive=[server])
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub = scheduler_pb2_grpc.SchedulerStub(channel)
+            await _load_all(stub, names[:200])  # warm up, as _floor does
+            cpu0 = server.cpu_seconds_precise()
+            await _load_all(stub, names)
+            return (server.cpu_seconds_precise() - cpu0) * 1000 / calls
 
 
 async def _start(group: Processes, work: Path) -> tuple[Mesh, list[Process]]:
@@ -470,11 +523,28 @@ PROFILE = (
     "Available) now runs on the event loop without fsync or checkpoint: side by side (two stacks, "
     "2,000 models each) 0.47, 0.62 and 0.35 ms less per change in three runs of 80-100 alternating "
     "changes (paired medians; an A/A run of the same harness: 0.07). Tried and dropped: a second "
-    "SQLite connection so that no PRAGMA is switched per commit (no difference, 80 pairs)."
+    "SQLite connection so that no PRAGMA is switched per commit (no difference, 80 pairs). "
+    "**The batch, message by message** (2026-12-03; 10,000 models on a fresh stack as in this bench, "
+    "counted in an instrumented run, per-thread CPU from `/proc/<pid>/task`, py-spy `--native` on "
+    "the event loop; separate runs, not part of this bench): the 10,000 LoadModel calls came with "
+    "2,510 operation messages to the agents (4.0 operations each), 2,500 event batches back (4.0 "
+    "events each) and as many acknowledgements, about 1,000 xDS responses (8.7 resources each) and "
+    "their ACKs, and 1,200 fsynced commits writing 25,800 rows (2.6 per model). So every message "
+    "kind but LoadModel itself is batched about fourfold or more, and the unary LoadModel (fixed by "
+    "scheduler.proto) is one call per model. Of 5.4-5.6 s of scheduler CPU: the event loop 4.4 s, "
+    "gRPC's poller thread 0.5 s, the store's writer thread 0.5 s. Of the event loop's samples, about "
+    "half are outside any meshserve frame: `sendmsg` 14 % (grpc.aio writes each message inline, a "
+    "loopback send being the receiver's TCP work too), epoll 8 %, eventfd writes waking gRPC's poller "
+    "4 %, the rest gRPC's glue and protobuf; the other half is meshserve's Python, spread thin: "
+    "`_refresh` 23 % (building the scope 9 %), the LoadModel use case 9 %, encoding and handing off "
+    "commits 8 %, placement 2.5 %, validation 2 %, the interceptors 2 %. No function owns more than "
+    "5 %. Tried: caching the interceptors' wrapped handlers per method (no change, 1.01 x over 4 "
+    "paired batches). Reaching 0.5 ms with a margin needs cutting about a fifth of all this, not one "
+    "hot spot."
 )
 
 
-def _tabulate(section: Section, results: list[ScaleResult], floor: Floor) -> None:
+def _tabulate(section: Section, results: list[ScaleResult], floor: Floor, batches: list[float]) -> None:
     mib = 1024 * 1024
     table = Table(
         [
@@ -535,7 +605,9 @@ def _tabulate(section: Section, results: list[ScaleResult], floor: Floor) -> Non
             ]
         )
     biggest = results[-1]
-    per_model = biggest.sched_cpu_s * 1000 / biggest.models
+    per_model = median(batches)
+    ratio = median([b / f for b, f in zip(batches, floor.rounds_ms, strict=True)])
+    rounds = ", ".join(f"{b:.2f}" for b in batches)
     floors = Table(
         ["server", "CPU per LoadModel, batch", "ratio", "one isolated call, median"],
         [
@@ -552,9 +624,10 @@ def _tabulate(section: Section, results: list[ScaleResult], floor: Floor) -> Non
                 "",
             ],
             [
-                f"meshserve scheduler, {biggest.models:,}-model batch (everything per model)",
+                f"meshserve scheduler, {biggest.models:,}-model batch (everything per model; median of "
+                f"{len(batches)} batches, each with its own floor batch)",
                 f"{per_model:.3f} ms",
-                f"{per_model / floor.per_call_ms:.2f}",
+                f"{ratio:.2f}",
                 f"{median(biggest.change_cpu_ms):.2f} ms (isolated change)",
             ],
         ],
@@ -570,11 +643,13 @@ def _tabulate(section: Section, results: list[ScaleResult], floor: Floor) -> Non
             f"{biggest.sched_cpu_s:.1f} s for the batch (reference: 0.41 s in-process, no Envoy)",
             biggest.routable_s <= 10 and biggest.dump_scopes >= biggest.models,
         ),
-        Goal(
+        interval_goal(
             f"scheduler CPU per model in the {biggest.models:,}-model batch ≤ 0.5 ms",
-            f"{per_model:.2f} ms = {per_model / floor.per_call_ms:.1f} x a no-op unary LoadModel on a bare "
-            f"grpc.aio server ({floor.per_call_ms:.2f} ms, same run)",
-            per_model <= 0.5,
+            f"{per_model:.2f} ms, median of {len(batches)} batches ({rounds}) = {ratio:.1f} x a no-op "
+            f"unary LoadModel on a bare grpc.aio server (median {median(floor.rounds_ms):.2f} ms, "
+            "each batch paired with one)",
+            batches,
+            bound=0.5,
         ),
         interval_goal(
             f"one change at {biggest.models:,}: ≤ 5 ms scheduler CPU",
@@ -594,9 +669,10 @@ def _tabulate(section: Section, results: list[ScaleResult], floor: Floor) -> Non
     section.notes.append(
         f"The batch itself: {biggest.models:,} LoadModel calls took {biggest.load_s:.1f} s "
         f"({biggest.models / max(biggest.load_s, 1e-9):,.0f} models/s) and {biggest.sched_cpu_s:.1f} s of "
-        f"scheduler CPU ({per_model:.2f} ms per model, every RPC, agent event, xDS push and ACK "
-        f"included; {per_model / floor.per_call_ms:.1f} x the {floor.per_call_ms:.2f} ms a no-op unary "
-        "LoadModel costs a bare grpc.aio server in the same run), against the reference's 0.41 s for "
+        "scheduler CPU until the confirming pass ended; per model, from the first load until a sample "
+        f"of the models answered, {len(batches)} batches on fresh stacks took {rounds} ms (median "
+        f"{per_model:.2f} ms: every RPC, agent event, xDS push and ACK included; {ratio:.1f} x the no-op "
+        "unary LoadModel a bare grpc.aio server costs, batch by batch), against the reference's 0.41 s for "
         "the processor alone "
         "in-process: loading is CPU-bound in the scheduler, and routes kept pace with it (Envoy was "
         "at most the time shown behind the last load). The same per-change costs listed in the "
