@@ -203,7 +203,7 @@ async def _batch_only(work: Path, size: int) -> float:
 
 
 async def _floor_batch(work: Path, calls: int) -> float:
-    """The no-op floor's batch alone (as :func:`_floor` measures it): CPU per call, ms."""
+    """The no-op floor's batch alone, as :func:`_floor` measures it: CPU per call, ms."""
     names = [f"floor-{i:05d}" for i in range(calls)]
     with processes(work / "logs") as group:
         (port,) = free_ports(1)
@@ -211,11 +211,17 @@ async def _floor_batch(work: Path, calls: int) -> float:
         listening = functools.partial(port_open, "127.0.0.1", port)
         await wait_for(listening, within=30, what="no-op gRPC server", alive=[server])
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-            stub = scheduler_pb2_grpc.SchedulerStub(channel)
-            await _load_all(stub, names[:200])  # warm up, as _floor does
-            cpu0 = server.cpu_seconds_precise()
-            await _load_all(stub, names)
-            return (server.cpu_seconds_precise() - cpu0) * 1000 / calls
+            return await _per_call_ms(scheduler_pb2_grpc.SchedulerStub(channel), server, names)
+
+
+async def _per_call_ms(
+    stub: scheduler_pb2_grpc.SchedulerAsyncStub, server: Process, names: list[str]
+) -> float:
+    """The server's CPU per LoadModel over ``names``, after a warm-up (connection, first calls)."""
+    await _load_all(stub, names[:200])
+    cpu0 = server.cpu_seconds_precise()
+    await _load_all(stub, names)
+    return (server.cpu_seconds_precise() - cpu0) * 1000 / len(names)
 
 
 async def _start(group: Processes, work: Path) -> tuple[Mesh, list[Process]]:
@@ -280,10 +286,7 @@ async def _floor(work: Path, calls: int) -> Floor:
             await wait_for(listening, within=30, what="no-op gRPC server", alive=[server])
             async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
                 stub = scheduler_pb2_grpc.SchedulerStub(channel)
-                await _load_all(stub, names[:200])  # warm up: connection, first calls
-                cpu0 = server.cpu_seconds_precise()
-                await _load_all(stub, names)
-                per_call = (server.cpu_seconds_precise() - cpu0) * 1000 / calls
+                per_call = await _per_call_ms(stub, server, names)
                 if intercepted:
                     floor.intercepted_ms = per_call
                     continue
