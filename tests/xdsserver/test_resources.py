@@ -278,3 +278,19 @@ def test_listener_scopes_routes_by_the_model_header_and_runs_lua_before_the_rout
         "envoy.filters.http.lua",
         "envoy.filters.http.router",
     ]
+
+
+def test_a_one_target_scope_is_the_scope_built_field_by_field() -> None:
+    """The copied template (the fast path for nearly every model) builds exactly what the general
+    builder does, whatever the names, clusters and endpoints; routes of other shapes are built."""
+    routes = [
+        Route("iris", (split("iris_1"),)),
+        Route("iris", (split("iris_12", 100, IP, DNS, own=False),)),
+        Route("a-much-longer-model-name-0123456789", (split("a-much-longer-model-name-0123456789_7"),)),
+        Route("ab.experiment", (split("iris_3", own=False),)),
+        Route("iris", (split("iris_2"),)),  # the same name again: nothing is left of the one before
+    ]
+    for route in routes:
+        assert resources.scope_for(route) == resources._built_scope(route), route
+    assert resources.scope_for(routes[0]).name == "iris"
+    assert resources._one_target_scope("iris", routes[-1].splits[0]) != resources.scope_for(routes[0])
