@@ -542,8 +542,10 @@ PROFILE = (
     "`_refresh` 23 % (building the scope 9 %), the LoadModel use case 9 %, encoding and handing off "
     "commits 8 %, placement 2.5 %, validation 2 %, the interceptors 2 %. No function owns more than "
     "5 %. Tried: caching the interceptors' wrapped handlers per method (no change, 1.01 x over 4 "
-    "paired batches). Reaching 0.5 ms with a margin needs cutting about a fifth of all this, not one "
-    "hot spot."
+    "paired batches). Changed: a one-target scope is a copied template with its names filled in "
+    "(26 -> 7 us a scope; side by side 0.95 x the batch's CPU per model, median of 6 paired "
+    "batches). Reaching 0.5 ms with a margin needs cutting about a fifth of all this, not one hot "
+    "spot."
 )
 
 
