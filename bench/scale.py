@@ -142,19 +142,9 @@ async def _one_size(work: Path, size: int) -> ScaleResult:
             result.load_s = last - t0
             print(f"   {size}: loaded in {result.load_s:.1f} s", flush=True)
 
-            async def scopes_ready() -> bool:
-                stats = await envoy_stats(session, mesh.admin, SCOPES)
-                return stats.get(SCOPES_STAT, 0) >= size
-
-            await wait_for(scopes_ready, within=600, what=f"{size} scopes in Envoy", interval=0.05)
+            await _until_scopes(session, mesh, size)
             result.clusters_s = time.monotonic() - last
-            sample = random.Random(size).sample(names, min(SAMPLE, size))
-
-            async def sample_ok() -> bool:
-                answers = await asyncio.gather(*(_routes(session, mesh, n) for n in sample))
-                return all(answers)
-
-            await wait_for(sample_ok, within=600, what="sampled models answer", interval=0.05)
+            await _until_sample_answers(session, mesh, names)
             result.sample_s = time.monotonic() - last
             result.batch_cpu_s = scheduler.cpu_seconds() - cpu0
             while True:
@@ -190,16 +180,29 @@ async def _batch_only(work: Path, size: int) -> float:
         ):
             cpu0 = scheduler.cpu_seconds()
             await _load_all(scheduler_pb2_grpc.SchedulerStub(channel), names)
-
-            async def sample_ok() -> bool:
-                stats = await envoy_stats(session, mesh.admin, SCOPES)
-                if stats.get(SCOPES_STAT, 0) < size:
-                    return False
-                sample = random.Random(size).sample(names, min(SAMPLE, size))
-                return all(await asyncio.gather(*(_routes(session, mesh, n) for n in sample)))
-
-            await wait_for(sample_ok, within=600, what="sampled models answer", interval=0.05)
+            await _until_scopes(session, mesh, size)
+            await _until_sample_answers(session, mesh, names)
             return (scheduler.cpu_seconds() - cpu0) * 1000 / size
+
+
+async def _until_scopes(session: aiohttp.ClientSession, mesh: Mesh, count: int) -> None:
+    """Wait until Envoy counts ``count`` scopes."""
+
+    async def held() -> bool:
+        stats = await envoy_stats(session, mesh.admin, SCOPES)
+        return stats.get(SCOPES_STAT, 0) >= count
+
+    await wait_for(held, within=600, what=f"{count} scopes in Envoy", interval=0.05)
+
+
+async def _until_sample_answers(session: aiohttp.ClientSession, mesh: Mesh, names: list[str]) -> None:
+    """Wait until a random sample of ``names`` (the same for the same names) answers 200 through Envoy."""
+    sample = random.Random(len(names)).sample(names, min(SAMPLE, len(names)))
+
+    async def answered() -> bool:
+        return all(await asyncio.gather(*(_routes(session, mesh, n) for n in sample)))
+
+    await wait_for(answered, within=600, what="sampled models answer", interval=0.05)
 
 
 async def _floor_batch(work: Path, calls: int) -> float:
@@ -618,13 +621,15 @@ def _tabulate(section: Section, results: list[ScaleResult], floor: Floor, batche
         ["server", "CPU per LoadModel, batch", "ratio", "one isolated call, median"],
         [
             [
-                "no-op LoadModel, bare grpc.aio (`bench/grpc_floor.py`)",
-                f"{floor.per_call_ms:.3f} ms",
+                f"no-op LoadModel, bare grpc.aio (`bench/grpc_floor.py`; median of {len(floor.rounds_ms)} "
+                "batches)",
+                f"{median(floor.rounds_ms):.3f} ms",
                 "1.0",
                 f"{median(floor.isolated_ms):.2f} ms",
             ],
             [
-                "the same behind the scheduler's `StatusMapping` interceptor",
+                "the same behind the scheduler's `StatusMapping` interceptor (against the first of "
+                "those batches, run beside it)",
                 f"{floor.intercepted_ms:.3f} ms",
                 f"{floor.intercepted_ms / floor.per_call_ms:.2f}",
                 "",

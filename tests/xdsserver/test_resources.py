@@ -282,7 +282,7 @@ def test_listener_scopes_routes_by_the_model_header_and_runs_lua_before_the_rout
 
 def test_a_one_target_scope_is_the_scope_built_field_by_field() -> None:
     """The copied template (the fast path for nearly every model) builds exactly what the general
-    builder does, whatever the names, clusters and endpoints; routes of other shapes are built."""
+    builder does, whatever the names, clusters and endpoints."""
     routes = [
         Route("iris", (split("iris_1"),)),
         Route("iris", (split("iris_12", 100, IP, DNS, own=False),)),
