@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import cast
 
 import pytest
@@ -23,7 +23,8 @@ from xdsserver.server import XdsServer
 from xdsserver.stream import DeltaStream
 from xdsserver.types import CLUSTER, LISTENER, ROUTE, SCOPED_ROUTE
 
-_MESSAGES: dict[str, type[Message]] = {
+# Callable, not type[Message]: protobuf's stubs give the Message base no field keywords.
+_MESSAGES: dict[str, Callable[..., Message]] = {
     CLUSTER: cluster_pb2.Cluster,
     LISTENER: listener_pb2.Listener,
     SCOPED_ROUTE: scoped_route_pb2.ScopedRouteConfiguration,
