@@ -378,11 +378,13 @@ class Scheduler:
         """Recompute states, retire superseded versions, publish the route, notify listeners."""
         self._agents.settle_routes(record)  # what Envoy holds may already make a version Available
         lifecycle.update_states(record)
-        lifecycle.retire_superseded(record)
+        retired = lifecycle.retire_superseded(record)
         override = None if record.deleted else self._override(record.name)
-        self._routing.publish(override or model_route(record, self.servers))
-        self._agents.settle_routes(record)  # replicas that no route reaches any more can go now
-        lifecycle.update_states(record)
+        if self._routing.publish(override or model_route(record, self.servers)) or retired:
+            # Replicas that no route reaches any more can go now. With no new plan and nothing
+            # retired, the settle above already saw all there is (most refreshes in a burst).
+            self._agents.settle_routes(record)
+            lifecycle.update_states(record)
         lifecycle.prune_terminated(record)
         self._loaded.update(record)
         if record.deleted and all(not v.active_replicas() for v in record.versions):

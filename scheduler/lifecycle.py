@@ -172,19 +172,23 @@ def prune_terminated(record: ModelRecord) -> None:
         record.versions.remove(version)
 
 
-def retire_superseded(record: ModelRecord) -> None:
+def retire_superseded(record: ModelRecord) -> bool:
     """Mark what may leave the route: drained replicas whose replacements are up, and (once the
-    latest version is Available) every older version's replicas."""
+    latest version is Available) every older version's replicas. True when it marked any."""
     latest = record.latest
+    marked = False
     if replacements_ready(latest):
         for idx in latest.replicas_in(ReplicaState.Draining):
             latest.set_replica(idx, ReplicaState.UnloadEnvoyRequested)
+            marked = True
     if record.deleted or latest.state is not ModelState.ModelAvailable:
-        return
+        return marked
     for version in record.versions[:-1]:
         for idx in version.active_replicas():
             if version.replicas[idx].state in RETIRABLE:
                 version.set_replica(idx, ReplicaState.UnloadEnvoyRequested)
+                marked = True
+    return marked
 
 
 def route_refused(record: ModelRecord, targets: frozenset[str], reason: str) -> None:

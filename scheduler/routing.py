@@ -55,20 +55,22 @@ class Routing:
         state = self._routes.get(name)
         return state.held if state is not None else None
 
-    def publish(self, route: Route) -> None:
-        """Make ``route`` the plan for its name; a plan equal to the latest one is not resent."""
+    def publish(self, route: Route) -> bool:
+        """Make ``route`` the plan for its name; a plan equal to the latest one is not resent.
+        True when a new plan went out."""
         state = self._routes.setdefault(route.name, _RouteState())
         latest = state.pending[-1] if state.pending else state.held
         if latest == route or (latest is None and not route.splits):
             if latest is None:
                 del self._routes[route.name]
-            return
+            return False
         state.pending.append(route)
         for target in route.targets:
             self._naming.setdefault(target, set()).add(route.name)
         future = self._sink.publish(route)
         state.future = future
         future.add_done_callback(lambda done: self._confirmed(route.name, route, done))
+        return True
 
     def routes_to(self, target: str, endpoint: Endpoint) -> bool:
         """Whether any route Envoy may hold (held or pending) sends ``target`` to ``endpoint``."""

@@ -81,9 +81,9 @@ async def test_only_the_latest_publication_confirms() -> None:
 
 async def test_an_unchanged_plan_is_not_published_again() -> None:
     sink, plans, _ = routing()
-    plans.publish(route("iris", ("iris_1", A)))
-    plans.publish(route("iris", ("iris_1", A)))
-    plans.publish(Route("gone"))  # removing what was never published publishes nothing
+    assert plans.publish(route("iris", ("iris_1", A))) is True
+    assert plans.publish(route("iris", ("iris_1", A))) is False
+    assert plans.publish(Route("gone")) is False  # removing what was never published publishes nothing
     assert len(sink.published) == 1
 
 
