@@ -65,6 +65,9 @@ class Scheduler:
         self._policy = policy or Policy()
         self.models: dict[str, ModelRecord] = {}
         self._loaded = LoadedIndex()
+        # Models that may lack a placement (every change ends in _refresh, which adds the model): a
+        # retry checks these, not all models (a scan per event batch is O(models) per unload).
+        self._retry_candidates: dict[str, None] = {}
         self._model_listeners = Listeners[str]()
         self._server_listeners = Listeners[str]()
         self._route_listeners = Listeners[str]()
@@ -105,6 +108,7 @@ class Scheduler:
         self._members.restored()
         for record in self.models.values():
             self._loaded.update(record)
+            self._retry_candidates[record.name] = None
             self._routing.publish(model_route(record, self.servers))
         log.info("state restored", models=len(self.models), servers=len(self.servers))
 
@@ -368,8 +372,13 @@ class Scheduler:
         self._refresh(record)
 
     def _retry_unsatisfied(self) -> None:
-        """Retry models that failed to schedule or lack replicas (capacity may have appeared)."""
-        for record in scheduling.unsatisfied(list(self.models.values())):
+        """Retry models that failed to schedule or lack replicas (capacity may have appeared).
+
+        Only the models changed since the last retry, and those still unsatisfied then, can be:
+        a retried model is refreshed, and so checked again next time while it stays unsatisfied."""
+        candidates = [self.models[name] for name in self._retry_candidates if name in self.models]
+        self._retry_candidates.clear()
+        for record in scheduling.unsatisfied(candidates):
             self._schedule(record)
 
     # -- routes and states -------------------------------------------------------------------------
@@ -387,9 +396,11 @@ class Scheduler:
             lifecycle.update_states(record)
         lifecycle.prune_terminated(record)
         self._loaded.update(record)
+        self._retry_candidates[record.name] = None
         if record.deleted and all(not v.active_replicas() for v in record.versions):
             del self.models[record.name]
             self._loaded.forget(record.name)
+            self._retry_candidates.pop(record.name, None)
             log.info("model removed", model=record.name)
         self._model_changed(record.name)
 
