@@ -74,6 +74,9 @@ class ScaleResult:
     steady_wall_ms: float = 0.0
     pass_started_s: float = 0.0  # last load → start of the confirming pass
     idle_rates: list[float] = field(default_factory=list)  # scheduler CPU s/s per idle window
+    unloaded: int = 0  # models unloaded after the changes (half of N)
+    unload_s: float = 0.0  # first UnloadModel sent → Envoy holds only the rest and the scheduler idles
+    unload_cpu_ms: float = 0.0  # scheduler CPU per unloaded model over that time
 
 
 @dataclass
@@ -164,6 +167,7 @@ async def _one_size(work: Path, size: int) -> ScaleResult:
             result.dump_scopes = await _dump_scopes(session, mesh)
             print(f"   {size}: routable {result.routable_s:.2f} s after the last load", flush=True)
             await _changes(result, stub, session, mesh, scheduler)
+            await _unload_half(result, stub, session, mesh, scheduler, names)
     return result
 
 
@@ -432,6 +436,44 @@ async def _changes(
     result.steady_wall_ms = (time.monotonic() - t0) * 1000 / BACK_TO_BACK
 
 
+async def _unload_half(
+    result: ScaleResult,
+    stub: scheduler_pb2_grpc.SchedulerAsyncStub,
+    session: aiohttp.ClientSession,
+    mesh: Mesh,
+    scheduler: Process,
+    names: list[str],
+) -> None:
+    """Unload half of the batch (IN_FLIGHT calls at a time): the scheduler's CPU per unload, from the
+    first call until Envoy holds only the other scopes and the scheduler is idle again (the agents'
+    UNLOADED events applied)."""
+    gone = names[: len(names) // 2]
+    left = (await envoy_stats(session, mesh.admin, SCOPES)).get(SCOPES_STAT, 0) - len(gone)
+    queue = iter(gone)
+
+    async def worker() -> None:
+        for name in queue:
+            request = scheduler_pb2.UnloadModelRequest(model=scheduler_pb2.ModelReference(name=name))
+            await stub.UnloadModel(request, timeout=60)
+
+    cpu0, t0 = scheduler.cpu_seconds_precise(), time.monotonic()
+    await asyncio.gather(*(worker() for _ in range(IN_FLIGHT)))
+
+    async def scopes_left() -> bool:
+        return (await envoy_stats(session, mesh.admin, SCOPES)).get(SCOPES_STAT, 0) <= left
+
+    await wait_for(scopes_left, within=600, what=f"{left} scopes left in Envoy", interval=0.05)
+    idle = 2 * median(result.idle_rates) + 0.02  # CPU s/s below which the scheduler is done
+    while True:
+        cpu, t = scheduler.cpu_seconds_precise(), time.monotonic()
+        await asyncio.sleep(0.25)
+        if (scheduler.cpu_seconds_precise() - cpu) / (time.monotonic() - t) <= idle:
+            break
+    result.unloaded = len(gone)
+    result.unload_s = t - t0
+    result.unload_cpu_ms = (cpu - cpu0) * 1000 / len(gone)
+
+
 PROFILE = (
     "**Profile (where a model's CPU goes).** py-spy (`record -r 200 --nonblocking`, a separate run of "
     "this batch at 5,000 models on this machine, not part of this bench), the event-loop thread's "
@@ -646,7 +688,17 @@ def _tabulate(section: Section, results: list[ScaleResult], floor: Floor, batche
         f"({IN_FLIGHT} in flight, same client and requests); isolated: {CHANGES} single calls, "
         "each measured over the same 0.5 s window as an isolated change, idle rate subtracted",
     )
-    section.tables += [table, changes, floors]
+    unloads = Table(
+        ["models", "unloaded", "first UnloadModel → settled", "scheduler CPU per unload"],
+        [
+            [f"{r.models:,}", f"{r.unloaded:,}", f"{r.unload_s:.2f} s", f"{r.unload_cpu_ms:.2f} ms"]
+            for r in results
+        ],
+        caption=f"Unloading half of the N models ({IN_FLIGHT} in flight) until Envoy holds only the other "
+        "half and the scheduler idles: the CPU per unload stays flat as N grows (it grew with N while "
+        "every freed replica re-checked every model)",
+    )
+    section.tables += [table, changes, floors, unloads]
     section.goals += [
         Goal(
             f"all {biggest.models:,} routable ≤ 10 s after the last load",
