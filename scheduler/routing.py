@@ -164,11 +164,4 @@ def _endpoints(version: ModelVersion, servers: dict[str, Server]) -> tuple[Endpo
 
 
 def replica_endpoint(server: Server, idx: int) -> Endpoint:
-    config = server.replicas[idx].config
-    return Endpoint(
-        config.inferenceSvc,
-        config.inferenceHttpPort,
-        config.inferenceGrpcPort,
-        reload_http_port=config.reloadHttpPort,
-        reload_grpc_port=config.reloadGrpcPort,
-    )
+    return server.replicas[idx].endpoint

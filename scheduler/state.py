@@ -7,6 +7,7 @@ State names follow the proto enums by *name* (``ModelReplicaStatus.ModelReplicaS
 
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -14,6 +15,7 @@ from enum import StrEnum
 from apis.mlops.agent import agent_pb2
 from apis.mlops.scheduler import scheduler_pb2
 from apis.names import versioned_name
+from apis.routing import Endpoint
 
 
 class ReplicaState(StrEnum):
@@ -153,9 +155,23 @@ class ServerReplica:
     # Connection generation: a reconnecting agent replaces the old stream; events of the old one are ignored.
     generation: int = 0
 
-    @property
+    # Cached: the config is what the agent registered with, fixed for this object (a reconnecting
+    # agent gets a new one), and placement and every route read these for each model.
+    @functools.cached_property
     def capabilities(self) -> frozenset[str]:
         return frozenset(c.strip() for c in self.config.capabilities)
+
+    @functools.cached_property
+    def endpoint(self) -> Endpoint:
+        """Where Envoy reaches this replica's model server."""
+        config = self.config
+        return Endpoint(
+            config.inferenceSvc,
+            config.inferenceHttpPort,
+            config.inferenceGrpcPort,
+            reload_http_port=config.reloadHttpPort,
+            reload_grpc_port=config.reloadGrpcPort,
+        )
 
     @property
     def reserved_memory(self) -> int:

@@ -304,11 +304,12 @@ async def test_a_released_replica_retries_only_the_models_changed_since_the_last
         return unsatisfied(records)
 
     monkeypatch.setattr(scheduling, "unsatisfied", counting)
+    await harness.load(model("m5", memory=10, uri="gs://models/iris-v2"))  # m5 changes
     await harness.unload("m1")
     await harness.envoy_applies()
     await harness.report(Event.UNLOADED, "m1", 1)
-    assert checked == [0]  # m1 is gone, and the 38 models untouched since the last retry are not read
     assert "m1" not in harness.scheduler.models
+    assert checked == [1]  # m5 alone: m1 is gone, the 37 models untouched since the last retry are not read
 
 
 async def test_unloading_a_model_before_it_loaded_releases_its_memory(harness: Harness) -> None:
