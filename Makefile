@@ -10,8 +10,8 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 
-$(STAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/pip install --quiet -e '.[server,dev]'
+$(STAMP): pyproject.toml constraints.txt | $(BIN)/python
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[server,dev]'
 	@# xds-protos ships old copies of OpenTelemetry's generated protos that break MLServer's
 	@# tracing import; put opentelemetry-proto's own files back (docs/decisions/0002).
 	$(BIN)/pip install --quiet --force-reinstall --no-deps \
