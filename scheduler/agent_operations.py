@@ -18,7 +18,7 @@ from apis.mlops.agent import agent_pb2
 from scheduler import lifecycle
 from scheduler.membership import AgentLink, Membership, operation
 from scheduler.placement import required_memory
-from scheduler.routing import Routing, replica_endpoint
+from scheduler.routing import Routing
 from scheduler.state import ModelRecord, ModelVersion, ReplicaState, ServerReplica
 
 log = structlog.get_logger("meshserve.scheduler")
@@ -130,7 +130,7 @@ class AgentOperations:
                     if version.replicas[idx].state is ReplicaState.UnloadEnvoyRequested:
                         self.send_unload(version, idx)  # the replica is gone
                     continue
-                endpoint, target = replica_endpoint(server, idx), version.versioned_name
+                endpoint, target = server.replicas[idx].endpoint, version.versioned_name
                 if version.replicas[idx].state is ReplicaState.UnloadEnvoyRequested:
                     if not self._routing.routes_to(target, endpoint):
                         self.send_unload(version, idx)

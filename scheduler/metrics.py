@@ -26,7 +26,6 @@ from apis.metrics_server import MetricsServer
 from scheduler.core import Scheduler
 from scheduler.experiments import Experiments
 from scheduler.load import LoadView
-from scheduler.routing import replica_endpoint
 from scheduler.state import ModelState, ReplicaState
 
 log = structlog.get_logger("meshserve.scheduler.metrics")
@@ -219,9 +218,9 @@ class SchedulerMetrics(Collector):
         for target, count in sorted(load.in_flight().items()):
             model.add_metric([target], count)
         replicas = {
-            replica_endpoint(server, idx): (name, str(idx))
+            replica.endpoint: (name, str(idx))
             for name, server in self._core.servers.items()
-            for idx in server.replicas
+            for idx, replica in server.replicas.items()
         }
         replica = GaugeMetricFamily(
             "meshserve_scheduler_replica_requests_in_flight",

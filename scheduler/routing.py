@@ -158,10 +158,5 @@ def _endpoints(version: ModelVersion, servers: dict[str, Server]) -> tuple[Endpo
     server = servers.get(version.server)
     if server is None:
         return ()
-    return tuple(
-        replica_endpoint(server, idx) for idx in version.replicas_in(*ROUTABLE) if idx in server.replicas
-    )
-
-
-def replica_endpoint(server: Server, idx: int) -> Endpoint:
-    return server.replicas[idx].endpoint
+    replicas = server.replicas
+    return tuple(replicas[idx].endpoint for idx in version.replicas_in(*ROUTABLE) if idx in replicas)

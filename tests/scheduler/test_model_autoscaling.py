@@ -18,7 +18,6 @@ from scheduler.autoscaling import Thresholds
 from scheduler.config import SchedulerConfig, parse_args
 from scheduler.core import ModelNotFound
 from scheduler.model_autoscaling import ModelAutoscaling, autoscaled_targets
-from scheduler.routing import replica_endpoint
 from scheduler.state import ModelRecord, ModelState, ModelVersion, ReplicaState
 from scheduler.status import model_status
 from scheduler.store import StateStore
@@ -164,7 +163,7 @@ FAST = Thresholds(in_flight_per_replica=5, scale_up_window_s=2, idle_window_s=4,
 
 def load_of(harness: Harness, in_flight: dict[int, int], interval_s: float = 1.0) -> LoadReport:
     server = harness.scheduler.servers["mlserver"]
-    loads = tuple(ReplicaLoad("iris_1", replica_endpoint(server, i), n, 0) for i, n in in_flight.items())
+    loads = tuple(ReplicaLoad("iris_1", server.replicas[i].endpoint, n, 0) for i, n in in_flight.items())
     return LoadReport("envoy-a", interval_s, loads)
 
 
