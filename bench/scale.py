@@ -19,6 +19,7 @@ import random
 import sys
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -335,13 +336,20 @@ def _write_uris(work: Path, mesh: Mesh, names: list[str]) -> tuple[Path, Path, P
 
 
 async def _load_all(stub: scheduler_pb2_grpc.SchedulerAsyncStub, names: list[str]) -> None:
+    async def load(name: str) -> None:
+        request = scheduler_pb2.LoadModelRequest(model=payloads.model(name, memory_bytes=1000))
+        await stub.LoadModel(request, timeout=60)
+
+    await _in_flight(names, load)
+
+
+async def _in_flight(names: list[str], call: Callable[[str], Awaitable[None]]) -> None:
+    """``call`` each name, IN_FLIGHT at a time."""
     queue = iter(names)
 
     async def worker() -> None:
         for name in queue:
-            await stub.LoadModel(
-                scheduler_pb2.LoadModelRequest(model=payloads.model(name, memory_bytes=1000)), timeout=60
-            )
+            await call(name)
 
     await asyncio.gather(*(worker() for _ in range(IN_FLIGHT)))
 
@@ -449,15 +457,13 @@ async def _unload_half(
     UNLOADED events applied)."""
     gone = names[: len(names) // 2]
     left = (await envoy_stats(session, mesh.admin, SCOPES)).get(SCOPES_STAT, 0) - len(gone)
-    queue = iter(gone)
 
-    async def worker() -> None:
-        for name in queue:
-            request = scheduler_pb2.UnloadModelRequest(model=scheduler_pb2.ModelReference(name=name))
-            await stub.UnloadModel(request, timeout=60)
+    async def unload(name: str) -> None:
+        request = scheduler_pb2.UnloadModelRequest(model=scheduler_pb2.ModelReference(name=name))
+        await stub.UnloadModel(request, timeout=60)
 
     cpu0, t0 = scheduler.cpu_seconds_precise(), time.monotonic()
-    await asyncio.gather(*(worker() for _ in range(IN_FLIGHT)))
+    await _in_flight(gone, unload)
 
     async def scopes_left() -> bool:
         return (await envoy_stats(session, mesh.admin, SCOPES)).get(SCOPES_STAT, 0) <= left
