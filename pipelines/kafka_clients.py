@@ -33,12 +33,14 @@ from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 from aiokafka.protocol.group import LeaveGroupRequest
 
 from apis.kafka import KafkaConfig
+from pipelines.fetch_pacing import FetchPacing
 
 log = structlog.get_logger("meshserve.pipelines.kafka")
 
 # How soon a client notices topics that appeared or vanished (a restarted in-memory broker).
 METADATA_MAX_AGE_MS = 5_000
 TOPIC_CREATE_TIMEOUT_MS = 60_000
+AIOKAFKA_FETCH_MAX_WAIT_MS = 500  # aiokafka's default, when kafka.json sets no fetch.max.wait.ms
 
 
 def common_options(config: KafkaConfig) -> dict[str, Any]:
@@ -108,7 +110,21 @@ def producer(config: KafkaConfig) -> AIOKafkaProducer:
 
 
 class Consumer(AIOKafkaConsumer):  # type: ignore[misc]  # aiokafka is untyped
-    """aiokafka's consumer, leaving its group when stopped at generation 0 too (module docstring)."""
+    """aiokafka's consumer, leaving its group when stopped at generation 0 too (module docstring),
+    whose fetches wait briefly at the broker while records flow (:mod:`pipelines.fetch_pacing`)."""
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)
+        self._pacing = FetchPacing(options.get("fetch_max_wait_ms", AIOKAFKA_FETCH_MAX_WAIT_MS))
+
+    async def getmany(self, *partitions: Any, timeout_ms: int = 0, max_records: int | None = None) -> Any:
+        batches = await super().getmany(*partitions, timeout_ms=timeout_ms, max_records=max_records)
+        fetcher = getattr(self, "_fetcher", None)
+        if fetcher is not None:
+            # aiokafka's fetcher reads this (private) attribute for each fetch request it builds;
+            # tests/pipelines/test_fetch_pacing.py checks on a real broker that it takes effect.
+            fetcher._fetch_max_wait_ms = self._pacing.after_poll(bool(batches))
+        return batches
 
     async def stop(self) -> None:
         coordinator = getattr(self, "_coordinator", None)
