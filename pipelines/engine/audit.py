@@ -12,7 +12,9 @@ one record batch per topic partition (:mod:`pipelines.engine.batches`), so it le
 request rather than one each: each step of a request adds four records, and a produce request per
 record cost more CPU (engine, broker and the consumers it wakes) than the run itself; so did
 ``send`` per record, so a burst's batches are built without it. Acknowledged writes
-(:meth:`TopicWriter.write_now`, async requests) do not wait for a gathering.
+(:meth:`TopicWriter.write_now`, async requests) do not wait for a gathering, and neither does an
+answer: the output of a run fed from Kafka (its caller reads it from the outputs topic) and an
+error record end the gathering at once, taking the copies queued so far along.
 
 Copies of calls the engine made itself carry :data:`apis.kafka.AUDIT_HEADER`, so the model gateway
 and this engine's own input consumers do not execute them a second time.
@@ -49,7 +51,7 @@ from pipelines.tensors import InvalidTensor, Message
 log = structlog.get_logger("meshserve.pipelines.engine")
 MAX_QUEUED = 10_000
 MAX_BURST = 1_000  # records handed to the producer at once
-GATHER_SECONDS = 0.05  # how long audit records wait to leave together (copies only, never answers)
+GATHER_SECONDS = 0.05  # how long audit copies wait to leave together (an answer ends the wait)
 _REQUEST = (INFER_TYPE_HEADER, str(InferType.PROTO_REQUEST).encode())
 _RESPONSE = (INFER_TYPE_HEADER, str(InferType.PROTO_RESPONSE).encode())
 
@@ -109,6 +111,7 @@ class TopicWriter:
         self.topics = topics
         self._engine = engine
         self._queue: asyncio.Queue[Record] = asyncio.Queue(MAX_QUEUED)
+        self._answer_queued = asyncio.Event()  # ends the gathering: a caller waits for that record
         self._producer: AIOKafkaProducer | None = None
         self.records = Counter(
             "meshserve_engine_audit_records",
@@ -123,8 +126,12 @@ class TopicWriter:
         try:
             while True:
                 burst = [await self._queue.get()]
-                if self._queue.qsize() < MAX_BURST:
-                    await asyncio.sleep(GATHER_SECONDS)
+                if self._queue.qsize() < MAX_BURST and not self._answer_queued.is_set():
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._answer_queued.wait(), GATHER_SECONDS)
+                # Cleared before the queue is drained: an answer queued after this leaves in this
+                # burst or sets the event for the next one; none waits a gathering.
+                self._answer_queued.clear()
                 while not self._queue.empty() and len(burst) < MAX_BURST:
                     burst.append(self._queue.get_nowait())
                 done: dict[tuple[object, ...], bytes] = {}
@@ -150,28 +157,43 @@ class TopicWriter:
         await producer.send_and_wait(topic, value, key=key.encode(), headers=headers)
 
     def observer(
-        self, pipeline: str, request_id: str, headers: Mapping[str, str], *, inputs_written: bool = False
+        self,
+        pipeline: str,
+        request_id: str,
+        headers: Mapping[str, str],
+        *,
+        inputs_written: bool = False,
+        answers_on_topic: bool = False,
     ) -> RunObserver:
-        """``inputs_written``: the pipeline's inputs came from its topic; they are not written again."""
+        """``inputs_written``: the pipeline's inputs came from its topic; they are not written again.
+        ``answers_on_topic``: the run was fed from Kafka, so its output record is its caller's answer."""
         marked = kafka_headers(pipeline, headers, audit=self._engine)
-        return RunObserver(self, pipeline, request_id, marked, skip_inputs=inputs_written)
+        return RunObserver(
+            self, pipeline, request_id, marked, skip_inputs=inputs_written, answers=answers_on_topic
+        )
 
     def error(
         self, pipeline: str, step: str | None, message: str, request_id: str, headers: Mapping[str, str]
     ) -> None:
         failed = kafka_headers(pipeline, headers)
         failed.append((ERROR_HEADER, (step or pipeline).encode()))
-        self.put(self.topics.errors, request_id, message.encode(), failed)
+        self.put_record(
+            Record(self.topics.errors, request_id.encode(), failed, message.encode()), answer=True
+        )
 
     def put(self, topic: str, key: str, value: bytes, headers: Headers) -> None:
         self.put_record(Record(topic, key.encode(), headers, value))
 
-    def put_record(self, record: Record) -> None:
+    def put_record(self, record: Record, *, answer: bool = False) -> None:
+        """``answer``: someone waits to read this record, so the gathering ends now."""
         try:
             self._queue.put_nowait(record)
         except asyncio.QueueFull:
             self.records.labels("dropped").inc()
             log.warning("audit queue full; a message is not written", topic=record.topic, key=record.key[:64])
+            return
+        if answer:
+            self._answer_queued.set()
 
     def _unencodable(self, record: Record, error: InvalidTensor) -> None:
         self.records.labels("unencodable").inc()
@@ -196,10 +218,18 @@ class RunObserver:
     """One run's :class:`pipelines.executor.Observer`: each message to its topic, keyed by request id."""
 
     def __init__(
-        self, writer: TopicWriter, pipeline: str, request_id: str, headers: Headers, *, skip_inputs: bool
+        self,
+        writer: TopicWriter,
+        pipeline: str,
+        request_id: str,
+        headers: Headers,
+        *,
+        skip_inputs: bool,
+        answers: bool = False,
     ) -> None:
         self._writer = writer
         self._skip = Source(pipeline, None, Direction.INPUTS) if skip_inputs else None
+        self._answer = Source(pipeline, None, Direction.OUTPUTS) if answers else None
         self._pipeline = pipeline
         self._key = request_id.encode()
         self._headers = headers
@@ -210,4 +240,5 @@ class RunObserver:
         kind = _REQUEST if source.direction is Direction.INPUTS else _RESPONSE
         topic = topic_of(self._writer.topics, source)
         headers = [*self._headers, kind]
-        self._writer.put_record(Record(topic, self._key, headers, message=message, source=source))
+        record = Record(topic, self._key, headers, message=message, source=source)
+        self._writer.put_record(record, answer=source == self._answer)

@@ -197,7 +197,9 @@ class Runner:
         # A request from the pipeline's own input topic is there already; inputs joined from other
         # pipelines' data (spec.input) are written like a synchronous request's.
         from_topic = request is None and arrivals[0][0] == pipeline.inputs_source
-        observer = self.writer.observer(pipeline.name, request_id, headers, inputs_written=from_topic)
+        observer = self.writer.observer(
+            pipeline.name, request_id, headers, inputs_written=from_topic, answers_on_topic=answered is None
+        )
 
         async def call_model(model: str, tensors: Message, headers: Mapping[str, str]) -> Message | None:
             output, route = await self._models.call(model, tensors, headers)

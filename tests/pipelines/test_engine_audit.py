@@ -119,6 +119,41 @@ async def test_a_runs_records_are_encoded_by_the_writer_and_leave_in_one_burst()
     assert all(dict(sent[3])["meshserve-audit"] == b"engine-0" for sent in producer.sent)
 
 
+async def test_copies_wait_for_the_gathering_and_an_answer_ends_it_taking_them_along(
+    monkeypatch: Any,
+) -> None:
+    # A run fed from Kafka is answered on its pipeline's outputs topic: that record must not wait
+    # the gathering meant for copies (it cost the Kafka-driven path 50 ms a request).
+    monkeypatch.setattr(audit, "GATHER_SECONDS", 30.0)
+    writer = TopicWriter(Topics("seldon", "default"), "engine-0", CollectorRegistry())
+    producer = RecordingProducer()
+    task = asyncio.create_task(writer.run(producer))
+    try:
+        synchronous = writer.observer("p", "sync", {})  # answered over HTTP/gRPC: all copies
+        synchronous.record(Source("p", None, Direction.OUTPUTS), OUTPUT)
+        fed = writer.observer("p", "async", {}, inputs_written=True, answers_on_topic=True)
+        fed.record(Source("p", "m", Direction.OUTPUTS), OUTPUT)  # a step's output: a copy
+        await asyncio.sleep(0.05)
+        assert producer.sent == []  # still gathering
+        fed.record(Source("p", None, Direction.OUTPUTS), OUTPUT)  # the async caller's answer
+        await _until(lambda: len(producer.sent) == 3, seconds=5)
+        # An error record is an answer too, whichever path the run came by.
+        writer.error("p", "m", "step m failed", "sync-2", {})
+        await _until(lambda: len(producer.sent) == 4, seconds=5)
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    # One burst, one batch per topic partition (each partition keeps its order), then the error.
+    burst = producer.sent[:3]
+    assert [sent[1] for sent in burst if sent[0] == "seldon.default.pipeline.p.outputs"] == [
+        b"sync",
+        b"async",
+    ]
+    assert [sent[1] for sent in burst if sent[0] == "seldon.default.model.m.outputs"] == [b"async"]
+    assert (producer.sent[3][0], producer.sent[3][1]) == ("seldon.default.errors.errors", b"sync-2")
+
+
 async def test_unencodable_and_overflowing_records_are_counted_not_lost_silently(monkeypatch: Any) -> None:
     monkeypatch.setattr(audit, "MAX_QUEUED", 2)
     writer = TopicWriter(Topics("seldon", "default"), "engine-0", CollectorRegistry())
