@@ -16,34 +16,10 @@ from agent.config import AgentConfig
 from agent.identity import AgentIdentity, new_agent_id
 from agent.log import get_logger
 from agent.operations import Event, ModelOperator, Outcome
-from agent.state import ReplicaState, model_cost, versioned_name
+from agent.state import ReplicaState, versioned_name
 from apis.limits import GRPC_RECEIVE_LIMIT
 from apis.mlops.agent import agent_pb2
 from apis.runtime import NO_BDP_PROBE
-
-
-class SimulatedState(ReplicaState):
-    """ReplicaState with a running total, so reporting free memory is O(1) at 10,000 models."""
-
-    def __init__(self, *, memory_bytes: int, overcommit_percentage: int) -> None:
-        super().__init__(memory_bytes=memory_bytes, overcommit_percentage=overcommit_percentage)
-        self._used = 0
-
-    def available_bytes(self) -> int:
-        return max(0, self.capacity_bytes - self._used)
-
-    def add(self, model_version: agent_pb2.ModelVersion, *, resident: bool = True) -> None:
-        previous = self.get(versioned_name(model_version))
-        if previous is not None:
-            self._used -= model_cost(previous)
-        super().add(model_version, resident=resident)
-        self._used += model_cost(model_version)
-
-    def remove(self, name: str) -> agent_pb2.ModelVersion | None:
-        removed = super().remove(name)
-        if removed is not None:
-            self._used -= model_cost(removed)
-        return removed
 
 
 class SimulatedOperator(ModelOperator):
@@ -69,9 +45,7 @@ class SimulatedOperator(ModelOperator):
 async def run_simulated_agent(config: AgentConfig, *, logger: FilteringBoundLogger | None = None) -> None:
     """Follow the scheduler until cancelled, acknowledging every operation immediately."""
     log = logger or get_logger()
-    state = SimulatedState(
-        memory_bytes=config.memory_bytes, overcommit_percentage=config.overcommit_percentage
-    )
+    state = ReplicaState(memory_bytes=config.memory_bytes, overcommit_percentage=config.overcommit_percentage)
     operator = SimulatedOperator(state=state, logger=log)
     log.info(
         "simulated replica",

@@ -43,6 +43,7 @@ class ReplicaState:
         self._assigned: dict[str, agent_pb2.ModelVersion] = {}
         self._resident: set[str] = set()
         self._resident_bytes = 0  # kept as it changes: has_room() runs on every load
+        self._assigned_bytes = 0  # likewise: every event reports the free memory
         self._last_used: dict[str, float] = {}  # wall-clock seconds, for ReplicaStatus and LRU
         self.reserved = 0
         self.evictions = 0  # seldon_cache_evict_count
@@ -54,8 +55,7 @@ class ReplicaState:
         return self.memory_bytes + self.memory_bytes * self.overcommit_percentage // 100
 
     def available_bytes(self) -> int:
-        used = sum(model_cost(model_version) for model_version in self._assigned.values())
-        return max(0, self.capacity_bytes - used)
+        return max(0, self.capacity_bytes - self._assigned_bytes)
 
     def resident_bytes(self) -> int:
         return self._resident_bytes
@@ -71,7 +71,11 @@ class ReplicaState:
         copy.CopyFrom(model_version)
         name = versioned_name(model_version)
         self.set_evicted(name)  # a replaced entry's bytes leave with it
+        replaced = self._assigned.get(name)
+        if replaced is not None:
+            self._assigned_bytes -= model_cost(replaced)
         self._assigned[name] = copy
+        self._assigned_bytes += model_cost(copy)
         self._last_used.setdefault(name, self._clock())
         if resident:
             self.set_resident(name)
@@ -79,7 +83,10 @@ class ReplicaState:
     def remove(self, name: str) -> agent_pb2.ModelVersion | None:
         self.set_evicted(name)
         self._last_used.pop(name, None)
-        return self._assigned.pop(name, None)
+        removed = self._assigned.pop(name, None)
+        if removed is not None:
+            self._assigned_bytes -= model_cost(removed)
+        return removed
 
     def get(self, name: str) -> agent_pb2.ModelVersion | None:
         return self._assigned.get(name)

@@ -18,9 +18,10 @@ import grpc
 import pytest
 import structlog
 
+from agent import state as replica
 from agent.client import AgentClient
 from agent.config import AgentConfig
-from agent.simulate import SimulatedOperator, SimulatedState
+from agent.simulate import SimulatedOperator
 from apis.mlops.agent import agent_pb2, agent_pb2_grpc
 from apis.mlops.scheduler import scheduler_pb2, scheduler_pb2_grpc
 from scheduler.app import SchedulerApp, SchedulerConfig
@@ -49,7 +50,7 @@ def sim_config(tmp_path: Path, port: int) -> AgentConfig:
 @contextlib.asynccontextmanager
 async def sim_agent(config: AgentConfig) -> AsyncIterator[AgentClient]:
     log = structlog.get_logger()
-    state = SimulatedState(memory_bytes=config.memory_bytes, overcommit_percentage=0)
+    state = replica.ReplicaState(memory_bytes=config.memory_bytes, overcommit_percentage=0)
     async with grpc.aio.insecure_channel(config.scheduler_address) as channel:
         client = AgentClient(
             config=config,

@@ -24,6 +24,20 @@ def test_available_memory(memory: int, overcommit: int, costs: list[int | None],
     assert state.available_bytes() == expected
 
 
+def test_a_model_added_again_with_another_size_is_counted_once_at_its_new_size() -> None:
+    # The free memory is kept as models come and go (every event reports it), not summed each time.
+    state = ReplicaState(memory_bytes=1000, overcommit_percentage=0)
+    state.add(model_version("iris", 1, "/x", memory_bytes=100))
+    state.add(model_version("iris", 1, "/x", memory_bytes=300))
+    state.add(model_version("wine", 1, "/x", memory_bytes=200))
+    assert state.available_bytes() == 500
+    state.set_evicted("wine_1")  # evicted models stay assigned: still counted
+    assert state.available_bytes() == 500
+    state.remove("iris_1")
+    state.remove("iris_1")
+    assert state.available_bytes() == 800
+
+
 def test_add_and_remove() -> None:
     state = ReplicaState(memory_bytes=1000, overcommit_percentage=0)
     iris = model_version("iris", 2, "/x", memory_bytes=100)
