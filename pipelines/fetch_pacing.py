@@ -7,7 +7,7 @@ costs idle CPU in every component instead (20 ms: 19.7 → 250 ms/s, docs/benchm
 follows the traffic: once a poll returned records, the next fetches wait at most ``BUSY_WAIT_MS``,
 and once nothing has arrived for ``BUSY_HOLD_S`` they wait the configured time again. Under traffic
 a hop costs about half the short wait; at idle the fetch rate is what it was; the first record
-after an idle spell still waits as before (decision 0035).
+after an idle spell may still wait up to the configured time (decision 0035).
 """
 
 from __future__ import annotations
