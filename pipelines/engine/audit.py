@@ -177,12 +177,10 @@ class TopicWriter:
     ) -> None:
         failed = kafka_headers(pipeline, headers)
         failed.append((ERROR_HEADER, (step or pipeline).encode()))
-        self.put_record(
-            Record(self.topics.errors, request_id.encode(), failed, message.encode()), answer=True
-        )
+        self.put(self.topics.errors, request_id, message.encode(), failed, answer=True)
 
-    def put(self, topic: str, key: str, value: bytes, headers: Headers) -> None:
-        self.put_record(Record(topic, key.encode(), headers, value))
+    def put(self, topic: str, key: str, value: bytes, headers: Headers, *, answer: bool = False) -> None:
+        self.put_record(Record(topic, key.encode(), headers, value), answer=answer)
 
     def put_record(self, record: Record, *, answer: bool = False) -> None:
         """``answer``: someone waits to read this record, so the gathering ends now."""

@@ -82,6 +82,25 @@ class KafkaIO:
         return False
 
 
+async def round_trips(
+    producer: AIOKafkaProducer, reader: AIOKafkaConsumer, topic: str, value: bytes, count: int, *, key: str
+) -> list[float]:
+    """Seconds from producing each of ``count`` records (keyed ``<key>-<n>``) to ``topic`` until
+    ``reader`` (assigned already) returns a record with that key; one at a time."""
+    latencies = []
+    for index in range(count):
+        wanted = f"{key}-{index}".encode()
+        started = time.perf_counter()
+        await producer.send_and_wait(topic, value, key=wanted)
+        async with asyncio.timeout(30):
+            while not any(
+                r.key == wanted for batch in (await reader.getmany(timeout_ms=1_000)).values() for r in batch
+            ):
+                pass
+        latencies.append(time.perf_counter() - started)
+    return latencies
+
+
 @asynccontextmanager
 async def _consumer(bootstrap: str) -> AsyncIterator[AIOKafkaConsumer]:
     consumer = AIOKafkaConsumer(

@@ -23,7 +23,7 @@ from multidict import CIMultiDict
 from apis.mlops.scheduler import scheduler_pb2
 from apis.v2_dataplane import v2_dataplane_pb2 as pb
 from tests.e2e.conftest import Stack, running_stack, stack_config
-from tests.e2e.kafka_io import KafkaIO
+from tests.e2e.kafka_io import KafkaIO, round_trips
 
 MODELS = Path(__file__).parent / "pipeline_models"
 SAMPLE_RUNTIMES = Path(__file__).parents[2] / "samples" / "models" / "runtimes"
@@ -315,19 +315,14 @@ async def test_requests_produced_in_a_row_are_answered_on_the_topic_without_the_
         outputs = TopicPartition("seldon.default.pipeline.tfsimple.outputs", 0)
         reader.assign([outputs])
         await reader.seek_to_end(outputs)
-        latencies = []
-        for index in range(8):
-            key = f"in-a-row-{index}".encode()
-            started = time.perf_counter()
-            await producer.send_and_wait(
-                "seldon.default.pipeline.tfsimple.inputs", request.SerializeToString(), key=key
-            )
-            async with asyncio.timeout(30):
-                while not any(
-                    r.key == key for batch in (await reader.getmany(timeout_ms=1_000)).values() for r in batch
-                ):
-                    pass
-            latencies.append(time.perf_counter() - started)
+        latencies = await round_trips(
+            producer,
+            reader,
+            "seldon.default.pipeline.tfsimple.inputs",
+            request.SerializeToString(),
+            8,
+            key="in-a-row",
+        )
     finally:
         await producer.stop()
         await reader.stop()

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import asyncio
 import statistics
-import time
 
 from aiokafka import AIOKafkaProducer, TopicPartition
 
 from apis.kafka import KafkaConfig
 from pipelines import kafka_clients
 from pipelines.fetch_pacing import BUSY_HOLD_S, BUSY_WAIT_MS, FetchPacing
+from tests.e2e.kafka_io import round_trips
 from tests.kafka_broker import TansuBroker
 
 
@@ -59,14 +58,7 @@ async def test_records_in_a_row_reach_a_consumer_of_the_embedded_broker_without_
         partition = TopicPartition("paced", 0)
         consumer.assign([partition])
         await consumer.seek_to_end(partition)
-        latencies = []
-        for index in range(8):
-            started = time.perf_counter()
-            await producer.send_and_wait("paced", b"%d" % index)
-            async with asyncio.timeout(10):
-                while not await consumer.getmany(timeout_ms=1_000):
-                    pass
-            latencies.append(time.perf_counter() - started)
+        latencies = await round_trips(producer, consumer, "paced", b"x", 8, key="paced")
         assert consumer._fetcher._fetch_max_wait_ms == BUSY_WAIT_MS
         # Unpaced, each of these is uniform over 0-500 ms; paced, each takes a few ms.
         assert statistics.median(latencies[1:]) < 0.1, latencies
