@@ -83,10 +83,19 @@ class KafkaIO:
 
 
 async def round_trips(
-    producer: AIOKafkaProducer, reader: AIOKafkaConsumer, topic: str, value: bytes, count: int, *, key: str
+    producer: AIOKafkaProducer,
+    reader: AIOKafkaConsumer,
+    topic: str,
+    answers: TopicPartition,
+    value: bytes,
+    count: int,
+    *,
+    key: str,
 ) -> list[float]:
     """Seconds from producing each of ``count`` records (keyed ``<key>-<n>``) to ``topic`` until
-    ``reader`` (assigned already) returns a record with that key; one at a time."""
+    ``reader`` returns a record with that key from ``answers`` (read from its end); one at a time."""
+    reader.assign([answers])
+    await reader.seek_to_end(answers)
     latencies = []
     for index in range(count):
         wanted = f"{key}-{index}".encode()

@@ -312,13 +312,11 @@ async def test_requests_produced_in_a_row_are_answered_on_the_topic_without_the_
     await producer.start()
     await reader.start()
     try:
-        outputs = TopicPartition("seldon.default.pipeline.tfsimple.outputs", 0)
-        reader.assign([outputs])
-        await reader.seek_to_end(outputs)
         latencies = await round_trips(
             producer,
             reader,
             "seldon.default.pipeline.tfsimple.inputs",
+            TopicPartition("seldon.default.pipeline.tfsimple.outputs", 0),
             request.SerializeToString(),
             8,
             key="in-a-row",

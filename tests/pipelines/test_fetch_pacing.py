@@ -55,10 +55,9 @@ async def test_records_in_a_row_reach_a_consumer_of_the_embedded_broker_without_
     await producer.start()
     await consumer.start()
     try:
-        partition = TopicPartition("paced", 0)
-        consumer.assign([partition])
-        await consumer.seek_to_end(partition)
-        latencies = await round_trips(producer, consumer, "paced", b"x", 8, key="paced")
+        latencies = await round_trips(
+            producer, consumer, "paced", TopicPartition("paced", 0), b"x", 8, key="paced"
+        )
         assert consumer._fetcher._fetch_max_wait_ms == BUSY_WAIT_MS
         # Unpaced, each of these is uniform over 0-500 ms; paced, each takes a few ms.
         assert statistics.median(latencies[1:]) < 0.1, latencies
