@@ -40,7 +40,8 @@ def _load_report_interval(text: str) -> float:
     return value
 
 
-def _state_dir(text: str) -> Path | None:
+def _optional_path(text: str) -> Path | None:
+    """An absolute path (the scheduler's and Envoy's working folders differ), or none for empty."""
     return Path(text).resolve() if text else None
 
 
@@ -82,6 +83,13 @@ class SchedulerConfig:
         ),
     )
     lua_file: Path = field(default=DEFAULT_LUA, metadata=flag("Envoy's Lua filter (request glue)"))
+    envoy_access_log: Path | None = field(
+        default=None,
+        metadata=flag(
+            "file Envoy appends a JSON line to per data-plane request (docs/metrics.md); empty: none",
+            parse=_optional_path,
+        ),
+    )
     agent_grace_seconds: float = field(
         default=15.0,
         metadata=flag(
@@ -122,7 +130,7 @@ class SchedulerConfig:
     min_envoys: int = field(default=1, metadata=flag("Envoys that must ACK a route", parse=non_negative_int))
     state_dir: Path | None = field(
         default=None,
-        metadata=flag("where desired state is kept (SQLite); empty: keep nothing", parse=_state_dir),
+        metadata=flag("where desired state is kept (SQLite); empty: keep nothing", parse=_optional_path),
     )
     placement_policy: str = field(
         default=DEFAULT_POLICY,

@@ -75,6 +75,7 @@ def components(config: StackConfig) -> list[Component]:
                 f"--agent-grace-seconds={config.agent_grace_seconds}",
                 f"--server-scale-down-grace-seconds={config.server_scale_down_grace_seconds}",
                 f"--state-dir={config.home / 'state'}",
+                f"--envoy-access-log={config.logs / 'envoy-access.log' if config.envoy_access_log else ''}",
                 *config.autoscaling_flags,
                 *scheduler_tls_flags(config),
             ],

@@ -115,6 +115,10 @@ class StackConfig(KafkaFlags):
             parse=positive_float,
         ),
     )
+    envoy_access_log: bool = field(
+        default=False,
+        metadata=flag("Envoy appends a JSON line per data-plane request to logs/envoy-access.log"),
+    )
     log_level: str = field(default="info", metadata=flag(f"the supervisor's; one of {', '.join(LEVELS)}"))
     restart_limit: int = field(
         default=5,

@@ -2,21 +2,23 @@
 one port) with *scoped routes* keyed on the ``seldon-model`` header, so a request finds its model's
 routes by hash lookup instead of scanning every model's routes, and a model change touches one
 resource (the scopes: xdsserver/resources.py). Before any route, an RBAC filter lets only inference
-endpoints through.
+endpoints through. Optionally, Envoy writes one JSON line per request to an access log
+(:func:`access_log`), with the time Envoy itself spent beside the model server's.
 """
 
 from __future__ import annotations
 
 from envoy.config.accesslog.v3 import accesslog_pb2
-from envoy.config.core.v3 import base_pb2, config_source_pb2
+from envoy.config.core.v3 import base_pb2, config_source_pb2, substitution_format_string_pb2
 from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
 from envoy.config.rbac.v3 import rbac_pb2
+from envoy.extensions.access_loggers.file.v3 import file_pb2
 from envoy.extensions.filters.http.lua.v3 import lua_pb2
 from envoy.extensions.filters.http.rbac.v3 import rbac_pb2 as rbac_filter_pb2
 from envoy.extensions.filters.http.router.v3 import router_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm
 from envoy.type.matcher.v3 import path_pb2, regex_pb2, string_pb2
-from google.protobuf import wrappers_pb2
+from google.protobuf import struct_pb2, wrappers_pb2
 
 from apis.names import MODEL_HEADER
 from xdsserver.clusters import socket_address
@@ -34,6 +36,25 @@ GRPC_SERVICE = "/inference.GRPCInferenceService"
 GRPC_METHODS = ("ModelInfer", "ModelMetadata", "ModelReady", "ServerLive", "ServerReady")
 GRPC_PATHS = tuple(f"{GRPC_SERVICE}/{method}" for method in GRPC_METHODS)
 REST_PATH = r"/v2/models/[^/]+(?:/versions/[^/]+)?(?:/infer|/ready)?|/v2/pipelines/[^/]+(?:/infer|/ready)?"
+# One access-log line per request, JSON. Durations in microseconds: ``duration_us`` from the first
+# byte received from the caller to the last byte sent back, ``upstream_us`` from the first byte sent
+# to the model server to the last byte received from it; the difference is Envoy's own time.
+ACCESS_LOG_FIELDS = {
+    "start_time": "%START_TIME%",
+    "method": "%REQ(:METHOD)%",
+    "path": "%REQ(X-ENVOY-ORIGINAL-PATH?:PATH)%",
+    "model": f"%REQ({MODEL_HEADER})%",
+    "request_id": "%REQ(X-REQUEST-ID)%",
+    "status": "%RESPONSE_CODE%",
+    "grpc_status": "%GRPC_STATUS(NUMBER)%",
+    "flags": "%RESPONSE_FLAGS%",
+    "upstream_cluster": "%UPSTREAM_CLUSTER%",
+    "upstream_host": "%UPSTREAM_HOST%",
+    "bytes_received": "%BYTES_RECEIVED%",
+    "bytes_sent": "%BYTES_SENT%",
+    "duration_us": "%COMMON_DURATION(DS_RX_BEG:DS_TX_END:us)%",
+    "upstream_us": "%COMMON_DURATION(US_TX_BEG:US_RX_END:us)%",
+}
 NOT_INFERENCE = (
     "not an inference endpoint: only /v2/models/<model>[/versions/<v>][/infer|/ready] and "
     "/v2/pipelines/<pipeline>[/infer|/ready] are served"
@@ -43,8 +64,11 @@ _ADS = config_source_pb2.ConfigSource(
 )
 
 
-def data_plane_listener(*, address: str, port: int, lua_code: str) -> listener_pb2.Listener:
-    """The data-plane listener: every model, HTTP/1.1 and HTTP/2 (gRPC) on one port."""
+def data_plane_listener(
+    *, address: str, port: int, lua_code: str, access_log_path: str | None = None
+) -> listener_pb2.Listener:
+    """The data-plane listener: every model, HTTP/1.1 and HTTP/2 (gRPC) on one port; with
+    ``access_log_path``, a line per request there (:func:`access_log`)."""
     manager = hcm.HttpConnectionManager(
         stat_prefix=LISTENER_NAME,
         codec_type=hcm.HttpConnectionManager.AUTO,
@@ -68,6 +92,8 @@ def data_plane_listener(*, address: str, port: int, lua_code: str) -> listener_p
             scoped_rds=hcm.ScopedRds(scoped_rds_config_source=_ADS),
         ),
     )
+    if access_log_path is not None:
+        manager.access_log.append(access_log(access_log_path))
     # The script clears the route cache itself, only when it derived seldon-model from the path.
     lua = lua_pb2.Lua(
         default_source_code=base_pb2.DataSource(inline_string=lua_code),
@@ -81,6 +107,19 @@ def data_plane_listener(*, address: str, port: int, lua_code: str) -> listener_p
     return listener_pb2.Listener(
         name=LISTENER_NAME, address=socket_address(address, port), filter_chains=[chain]
     )
+
+
+def access_log(path: str) -> accesslog_pb2.AccessLog:
+    """Envoy's file access log at ``path``, one JSON object per request (:data:`ACCESS_LOG_FIELDS`).
+    Envoy buffers the lines and writes them from its own thread, about once a second."""
+    fields = struct_pb2.Struct()
+    fields.update(ACCESS_LOG_FIELDS)
+    log = file_pb2.FileAccessLog(
+        path=path, log_format=substitution_format_string_pb2.SubstitutionFormatString(json_format=fields)
+    )
+    entry = accesslog_pb2.AccessLog(name="envoy.access_loggers.file")
+    entry.typed_config.Pack(log)
+    return entry
 
 
 def inference_only() -> rbac_filter_pb2.RBAC:

@@ -6,6 +6,7 @@ import re
 
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.route.v3 import route_components_pb2
+from envoy.extensions.access_loggers.file.v3 import file_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
 from envoy.type.v3 import percent_pb2
@@ -278,6 +279,21 @@ def test_listener_scopes_routes_by_the_model_header_and_runs_lua_before_the_rout
         "envoy.filters.http.lua",
         "envoy.filters.http.router",
     ]
+    assert not manager.access_log  # only when asked for
+
+
+def test_the_listener_writes_an_access_log_only_where_it_is_told() -> None:
+    listener = data_plane_listener(
+        address="0.0.0.0", port=9000, lua_code="", access_log_path="/var/log/a.log"
+    )
+    manager = hcm.HttpConnectionManager()
+    assert listener.filter_chains[0].filters[0].typed_config.Unpack(manager)
+    (entry,) = manager.access_log
+    log = file_pb2.FileAccessLog()
+    assert entry.typed_config.Unpack(log)
+    assert log.path == "/var/log/a.log"
+    fields = dict(log.log_format.json_format.items())
+    assert fields["duration_us"] == "%COMMON_DURATION(DS_RX_BEG:DS_TX_END:us)%"
 
 
 def test_a_one_target_scope_is_the_scope_built_field_by_field() -> None:
