@@ -10,6 +10,10 @@ import json
 from pathlib import Path
 from typing import Any
 
+from google.protobuf import json_format
+
+from xdsserver import listener
+
 ENVOY_CONCURRENCY = 1
 """Worker threads for every Envoy in the benchmarks (the machine has few cores; equal for all)."""
 
@@ -32,8 +36,8 @@ def _address(port: int) -> dict[str, Any]:
     return {"socket_address": {"address": "127.0.0.1", "port_value": port}}
 
 
-def _hcm(routes: list[dict[str, Any]]) -> dict[str, Any]:
-    return {
+def _hcm(routes: list[dict[str, Any]], access_log: Path | None = None) -> dict[str, Any]:
+    manager: dict[str, Any] = {
         "name": "envoy.filters.network.http_connection_manager",
         "typed_config": {
             "@type": "type.googleapis.com/envoy.extensions.filters.network."
@@ -54,6 +58,11 @@ def _hcm(routes: list[dict[str, Any]]) -> dict[str, Any]:
             ],
         },
     }
+    if access_log is not None:  # the same log as meshserve's listener writes (bench/envoy_times.py)
+        manager["typed_config"]["access_log"] = [
+            json_format.MessageToDict(listener.access_log(str(access_log)))
+        ]
+    return manager
 
 
 def _cluster(name: str, port: int, *, http2: bool) -> dict[str, Any]:
@@ -77,7 +86,13 @@ def _cluster(name: str, port: int, *, http2: bool) -> dict[str, Any]:
     return cluster
 
 
-def _bootstrap(admin_port: int, listener_port: int, routes: list[dict[str, Any]], clusters: list[Any]) -> Any:
+def _bootstrap(
+    admin_port: int,
+    listener_port: int,
+    routes: list[dict[str, Any]],
+    clusters: list[Any],
+    access_log: Path | None = None,
+) -> Any:
     return {
         "admin": {"address": _address(admin_port)},
         "static_resources": {
@@ -85,7 +100,7 @@ def _bootstrap(admin_port: int, listener_port: int, routes: list[dict[str, Any]]
                 {
                     "name": "bench",
                     "address": _address(listener_port),
-                    "filter_chains": [{"filters": [_hcm(routes)]}],
+                    "filter_chains": [{"filters": [_hcm(routes, access_log)]}],
                 }
             ],
             "clusters": clusters,
@@ -94,9 +109,16 @@ def _bootstrap(admin_port: int, listener_port: int, routes: list[dict[str, Any]]
 
 
 def write_static_proxy(
-    path: Path, *, admin_port: int, port: int, http_upstream: int, grpc_upstream: int
+    path: Path,
+    *,
+    admin_port: int,
+    port: int,
+    http_upstream: int,
+    grpc_upstream: int,
+    access_log: Path | None = None,
 ) -> Path:
-    """The proxy floor: one listener, REST to MLServer's HTTP port, gRPC (HTTP/2) to its gRPC port."""
+    """The proxy floor: one listener, REST to MLServer's HTTP port, gRPC (HTTP/2) to its gRPC port;
+    with ``access_log``, meshserve's access log written there."""
     routes = [
         {
             "match": {"prefix": "/inference.GRPCInferenceService"},
@@ -108,7 +130,7 @@ def write_static_proxy(
         _cluster("mlserver_http", http_upstream, http2=False),
         _cluster("mlserver_grpc", grpc_upstream, http2=True),
     ]
-    path.write_text(json.dumps(_bootstrap(admin_port, port, routes, clusters), indent=1))
+    path.write_text(json.dumps(_bootstrap(admin_port, port, routes, clusters, access_log), indent=1))
     return path
 
 

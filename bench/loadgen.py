@@ -111,6 +111,9 @@ async def wrk(
     )
 
 
+WARM_UP_S = 0.5  # h2load's warm-up before its measured run (not in its figures)
+
+
 async def h2load(
     url: str,
     body_file: Path,
@@ -120,7 +123,7 @@ async def h2load(
     seconds: float,
     h1: bool = False,
     rps_per_client: float | None = None,
-    warm_up: float = 0.5,
+    warm_up: float = WARM_UP_S,
 ) -> Result:
     """h2load, one thread. Closed loop by default (``clients`` streams, one in flight each);
     with ``rps_per_client`` each client starts requests at that fixed rate (open loop, as long as

@@ -44,7 +44,7 @@ class Mesh:
 
 async def start_mesh(group: Processes, config: StackConfig, only: Sequence[str]) -> Mesh:
     """Start the named components (in the stack's order) and wait until each is ready."""
-    config.home.mkdir(parents=True, exist_ok=True)
+    config.logs.mkdir(parents=True, exist_ok=True)  # the stack's home too (Envoy's access log goes there)
     chosen = [component for component in components(config) if component.name in only]
     return Mesh(config, await start_components(group, config, chosen))
 

@@ -18,14 +18,15 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import aiohttp
 import grpc
 
 from apis.mlops.scheduler import scheduler_pb2, scheduler_pb2_grpc
-from bench import dataplane, payloads, pipelines
+from bench import dataplane, loadgen, payloads, pipelines
+from bench.envoy_times import OwnTimes
 from bench.loadgen import Result, median, paired_difference, paired_ratio
 from bench.mesh import Mesh, bench_config, start_components, start_mesh
 from bench.procs import Process, Processes, processes
@@ -51,7 +52,9 @@ LABELS = {
 
 
 def _config(work: Path) -> StackConfig:
-    config = bench_config(work / "mesh", kafka=True, artifact_roots=str(pipelines.MODELS))
+    config = bench_config(
+        work / "mesh", kafka=True, artifact_roots=str(pipelines.MODELS), envoy_access_log=True
+    )
     config.home.mkdir(parents=True, exist_ok=True)
     return config
 
@@ -131,6 +134,7 @@ async def run_idle(work: Path, quick: bool = False) -> Section:
 class Measured:
     closed: dict[tuple[str, str, str], list[Result]]  # (state, proto, target) -> runs
     opened: dict[tuple[str, str, str], list[Result]]
+    own: OwnTimes = field(default_factory=OwnTimes)  # the open-loop runs' windows
 
 
 async def run_dataplane(work: Path, quick: bool = False) -> Section:
@@ -165,13 +169,14 @@ async def run_dataplane(work: Path, quick: bool = False) -> Section:
                     await _measure_round(state, order, bodies, settings, rates, measured, closed=pair < pairs)
                 for process in reversed(extra.values()):
                     group.stop(process)
+    own_ms = measured.own.medians_ms(dataplane.access_logs(targets))  # flushed: the Envoys stopped
     section = Section(
         key="dataplane-pipelines",
         title="Pipelines: the data-plane figures with the pipeline components running",
         intro=__doc__.split("\n\n")[2].strip() if __doc__ else "",
         command="python -m bench --only dataplane-pipelines --merge",
     )
-    _tabulate(section, targets, measured, rates, settings, pairs, open_pairs)
+    _tabulate(section, targets, measured, own_ms, rates, settings, pairs, open_pairs)
     section.seconds = time.monotonic() - started
     return section
 
@@ -204,7 +209,8 @@ async def _measure_round(
             proto, settings.open_load_fraction * measured.closed[(state, proto, "static")][0].rps
         )
         for target in targets:
-            result = await dataplane._open(proto, target, bodies, settings, rates[proto])
+            with measured.own.run((state, proto, target.key), loadgen.WARM_UP_S):
+                result = await dataplane._open(proto, target, bodies, settings, rates[proto])
             measured.opened.setdefault((state, proto, target.key), []).append(result)
 
 
@@ -212,6 +218,7 @@ def _tabulate(
     section: Section,
     targets: Sequence[dataplane.Target],
     measured: Measured,
+    own_ms: dict[tuple[str, ...], list[float]],
     rates: dict[str, float],
     settings: dataplane.Settings,
     pairs: int,
@@ -239,6 +246,7 @@ def _tabulate(
                 f"open loop @ {rates[proto]:.0f} req/s: p50",
                 "p99",
                 "p50 - static",
+                "Envoy's own time (median)",
                 "errors",
             ],
             caption=f"**{proto}**",
@@ -258,6 +266,7 @@ def _tabulate(
                         f"{p50(state, proto, target.key):.3f} ms",
                         f"{median([r.p99_ms for r in opens]):.3f} ms",
                         f"{delta:+.3f} ms",
+                        f"{median(own_ms[(state, proto, target.key)]) * 1000:.0f} µs",
                         str(sum(r.errors for r in runs + opens)),
                     ]
                 )
@@ -281,9 +290,17 @@ def _tabulate(
         section.goals += goals
         change = rps("with", proto, "meshserve") / rps("without", proto, "meshserve")
         moved = p50("with", proto, "meshserve") - p50("without", proto, "meshserve")
+        own = {
+            state: dataplane.own_time_difference(
+                own_ms[(state, proto, "meshserve")], own_ms[(state, proto, "static")]
+            )
+            for state in ("with", "without")
+        }
         section.notes.append(
             f"{proto}: meshserve with the pipeline components running served {change:.3f} x its "
-            f"throughput without them; p50 {moved:+.3f} ms."
+            f"throughput without them; p50 {moved:+.3f} ms. Envoy's own time per request (section 1's "
+            f"note), meshserve's less the static Envoy's: {own['with']} with the pipeline components "
+            f"running, {own['without']} without them."
         )
     section.notes += [
         "Goals as in figure 1 (section 1), judged with the pipeline components running: the static "
