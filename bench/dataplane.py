@@ -158,13 +158,14 @@ async def start_static(group: Processes, work: Path, mesh: Mesh) -> tuple[list[T
         await wait_for(routed, within=60, what="iris routable through meshserve", interval=0.1)
     envoy = config.binary("envoy")
     port, admin, up_port, up_admin = free_ports(4)
+    static_log = work / "static-envoy-access.log"
     static_cfg = envoys.write_static_proxy(
         work / "static-envoy.json",
         admin_port=admin,
         port=port,
         http_upstream=config.mlserver_http_port,
         grpc_upstream=config.mlserver_grpc_port,
-        access_log=work / "static-envoy-access.log",
+        access_log=static_log,
     )
     static = group.start("static-envoy", envoys.envoy_argv(envoy, static_cfg, admin))
     upstream_cfg = envoys.write_direct_response(
@@ -175,15 +176,7 @@ async def start_static(group: Processes, work: Path, mesh: Mesh) -> tuple[list[T
         await wait_for(functools.partial(port_open, "127.0.0.1", p), within=30, what="envoy", alive=[proc])
     targets = [
         Target("direct", "MLServer direct", config.mlserver_http_port, config.mlserver_grpc_port, "iris_1"),
-        Target(
-            "static",
-            "static Envoy",
-            port,
-            port,
-            "iris_1",
-            proxy=static,
-            access_log=work / "static-envoy-access.log",
-        ),
+        Target("static", "static Envoy", port, port, "iris_1", proxy=static, access_log=static_log),
         Target(
             "meshserve",
             "meshserve",
