@@ -1,4 +1,6 @@
-"""The Python gRPC floor: a no-op ``Scheduler.LoadModel`` on a bare grpc.aio server.
+"""The Python gRPC floor: a no-op ``Scheduler.LoadModel`` on a bare grpc.aio server, run as the
+scheduler runs its servers (``apis.runtime``: uvloop, fewer collections, gRPC's poller-served
+listener, no BDP probe), so that only the servicer differs.
 
 ``python -m bench.grpc_floor --port N [--interceptor]`` serves LoadModel answering an empty
 response and nothing else (``--interceptor``: behind the scheduler's own ``StatusMapping``
@@ -10,14 +12,18 @@ Python gRPC on this machine at that moment: what is the floor, and what is meshs
 
 from __future__ import annotations
 
-import argparse
-import asyncio
-from typing import Any
+from apis import runtime
 
-import grpc
+runtime.fewer_grpc_thread_hops()  # as scheduler/__main__.py does: before anything imports grpc
 
-from apis.mlops.scheduler import scheduler_pb2, scheduler_pb2_grpc
-from scheduler.errors import StatusMapping
+import argparse  # noqa: E402
+from typing import Any  # noqa: E402
+
+import grpc  # noqa: E402
+
+from apis.limits import GRPC_RECEIVE_LIMIT  # noqa: E402
+from apis.mlops.scheduler import scheduler_pb2, scheduler_pb2_grpc  # noqa: E402
+from scheduler.errors import StatusMapping  # noqa: E402
 
 
 class NoopScheduler(scheduler_pb2_grpc.SchedulerServicer):
@@ -28,13 +34,14 @@ class NoopScheduler(scheduler_pb2_grpc.SchedulerServicer):
 
 
 async def serve(port: int, *, interceptor: bool) -> None:
-    # The scheduler's server options (scheduler/app.py), so only the servicer differs.
+    # The scheduler's server options (scheduler/app.py SchedulerApp._server).
     server = grpc.aio.server(
         interceptors=[StatusMapping()] if interceptor else None,
         options=[
-            ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+            GRPC_RECEIVE_LIMIT,
             ("grpc.keepalive_permit_without_calls", 1),
             ("grpc.http2.min_ping_interval_without_data_ms", 5000),
+            runtime.NO_BDP_PROBE,
         ],
     )
     scheduler_pb2_grpc.add_SchedulerServicer_to_server(NoopScheduler(), server)  # type: ignore[abstract]
@@ -49,7 +56,7 @@ def main() -> None:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--interceptor", action="store_true", help="behind scheduler.errors.StatusMapping")
     args = parser.parse_args()
-    asyncio.run(serve(args.port, interceptor=args.interceptor))
+    runtime.run(serve(args.port, interceptor=args.interceptor))
 
 
 if __name__ == "__main__":

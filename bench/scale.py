@@ -679,8 +679,8 @@ def _tabulate(section: Section, results: list[ScaleResult], floor: Floor, batche
         ["server", "CPU per LoadModel, batch", "ratio", "one isolated call, median"],
         [
             [
-                f"no-op LoadModel, bare grpc.aio (`bench/grpc_floor.py`; median of {len(floor.rounds_ms)} "
-                "batches)",
+                "no-op LoadModel, bare grpc.aio on the scheduler's runtime and server options "
+                f"(`bench/grpc_floor.py`; median of {len(floor.rounds_ms)} batches)",
                 f"{median(floor.rounds_ms):.3f} ms",
                 "1.0",
                 f"{median(floor.isolated_ms):.2f} ms",
@@ -725,7 +725,8 @@ def _tabulate(section: Section, results: list[ScaleResult], floor: Floor, batche
         interval_goal(
             f"scheduler CPU per model in the {biggest.models:,}-model batch ≤ 0.5 ms",
             f"{per_model:.2f} ms, median of {len(batches)} batches ({rounds}) = {ratio:.1f} x a no-op "
-            f"unary LoadModel on a bare grpc.aio server (median {median(floor.rounds_ms):.2f} ms, "
+            f"unary LoadModel on a bare grpc.aio server run as the scheduler's are (median "
+            f"{median(floor.rounds_ms):.2f} ms, "
             "each batch paired with one)",
             batches,
             bound=0.5,
@@ -751,8 +752,8 @@ def _tabulate(section: Section, results: list[ScaleResult], floor: Floor, batche
         "scheduler CPU until the confirming pass ended; per model, from the first load until a sample "
         f"of the models answered, {len(batches)} batches on fresh stacks took {rounds} ms (median "
         f"{per_model:.2f} ms: every RPC, agent event, xDS push and ACK included; {ratio:.1f} x the no-op "
-        "unary LoadModel a bare grpc.aio server costs, batch by batch), against the reference's 0.41 s for "
-        "the processor alone "
+        "unary LoadModel a bare grpc.aio server run as the scheduler's costs, batch by batch), "
+        "against the reference's 0.41 s for the processor alone "
         "in-process: loading is CPU-bound in the scheduler, and routes kept pace with it (Envoy was "
         "at most the time shown behind the last load). The same per-change costs listed in the "
         "profile below apply to every model of the batch."
