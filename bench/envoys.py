@@ -59,9 +59,7 @@ def _hcm(routes: list[dict[str, Any]], access_log: Path | None = None) -> dict[s
         },
     }
     if access_log is not None:  # the same log as meshserve's listener writes (bench/envoy_times.py)
-        manager["typed_config"]["access_log"] = [
-            json_format.MessageToDict(listener.access_log(str(access_log)))
-        ]
+        manager["typed_config"]["access_log"] = [json_format.MessageToDict(listener.access_log(access_log))]
     return manager
 
 

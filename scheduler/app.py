@@ -136,12 +136,11 @@ class SchedulerApp:
         self.experiments.restore()
         listen = config.envoy_listen_address
         loopback = "127.0.0.1" if listen in ("0.0.0.0", "::", "") else listen
-        access_log = config.envoy_access_log
         listener = data_plane_listener(
             address=listen,
             port=config.envoy_http_port,
             lua_code=config.lua_file.read_text(),
-            access_log_path=None if access_log is None else str(access_log),
+            access_log_path=config.envoy_access_log,
         )
         self.cache.apply(
             upserts=[

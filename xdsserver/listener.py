@@ -8,6 +8,8 @@ endpoints through. Optionally, Envoy writes one JSON line per request to an acce
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from envoy.config.accesslog.v3 import accesslog_pb2
 from envoy.config.core.v3 import base_pb2, config_source_pb2, substitution_format_string_pb2
 from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
@@ -65,7 +67,7 @@ _ADS = config_source_pb2.ConfigSource(
 
 
 def data_plane_listener(
-    *, address: str, port: int, lua_code: str, access_log_path: str | None = None
+    *, address: str, port: int, lua_code: str, access_log_path: Path | None = None
 ) -> listener_pb2.Listener:
     """The data-plane listener: every model, HTTP/1.1 and HTTP/2 (gRPC) on one port; with
     ``access_log_path``, a line per request there (:func:`access_log`)."""
@@ -109,13 +111,14 @@ def data_plane_listener(
     )
 
 
-def access_log(path: str) -> accesslog_pb2.AccessLog:
+def access_log(path: Path) -> accesslog_pb2.AccessLog:
     """Envoy's file access log at ``path``, one JSON object per request (:data:`ACCESS_LOG_FIELDS`).
-    Envoy buffers the lines and writes them from its own thread, about once a second."""
+    Envoy buffers the lines and writes them from its own thread: every ``--file-flush-interval-msec``
+    (10 s by default) or once ``--file-flush-min-size-kb`` (64 KB) have gathered, and when it stops."""
     fields = struct_pb2.Struct()
     fields.update(ACCESS_LOG_FIELDS)
     log = file_pb2.FileAccessLog(
-        path=path, log_format=substitution_format_string_pb2.SubstitutionFormatString(json_format=fields)
+        path=str(path), log_format=substitution_format_string_pb2.SubstitutionFormatString(json_format=fields)
     )
     entry = accesslog_pb2.AccessLog(name="envoy.access_loggers.file")
     entry.typed_config.Pack(log)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.route.v3 import route_components_pb2
@@ -284,7 +285,7 @@ def test_listener_scopes_routes_by_the_model_header_and_runs_lua_before_the_rout
 
 def test_the_listener_writes_an_access_log_only_where_it_is_told() -> None:
     listener = data_plane_listener(
-        address="0.0.0.0", port=9000, lua_code="", access_log_path="/var/log/a.log"
+        address="0.0.0.0", port=9000, lua_code="", access_log_path=Path("/var/log/a.log")
     )
     manager = hcm.HttpConnectionManager()
     assert listener.filter_chains[0].filters[0].typed_config.Unpack(manager)
